@@ -1,0 +1,542 @@
+//! `Context`: cancellation, deadlines and causes, propagated down a tree.
+//!
+//! Go's `context.Context` for threads. A context is *done* once it is
+//! cancelled or its deadline passes; then it stays done. Work that takes a
+//! context checks it ([`Context::check`]), waits on it next to other
+//! channels ([`Context::done`] in `select!`), or uses the helpers that do
+//! both ([`Context::sleep`], [`Context::recv`], [`Context::send`]).
+//!
+//! | Go | quiesce |
+//! |----|---------|
+//! | `context.Background()` | [`Context::background()`] |
+//! | `ctx, cancel := context.WithCancel(parent)` + `defer cancel()` | `let (ctx, _guard) = parent.with_cancel();` |
+//! | `context.WithTimeout(parent, d)` | [`parent.with_timeout(d)`](Context::with_timeout) |
+//! | `context.WithDeadline(parent, t)` | [`parent.with_deadline(t)`](Context::with_deadline) |
+//! | `context.WithCancelCause(parent)`, `cancel(err)` | [`with_cancel_cause`](Context::with_cancel_cause), [`CancelGuard::cancel_with_cause`] |
+//! | `<-ctx.Done()` | `recv(ctx.done()) -> _` in `crossbeam_channel::select!` |
+//! | `ctx.Err()`, `context.Cause(ctx)` | [`ctx.err()`](Context::err), [`ctx.cause()`](Context::cause) |
+//! | `context.AfterFunc(ctx, f)` | [`ctx.on_cancel(f)`](Context::on_cancel) |
+//!
+//! The one difference that matters: in Go, forgetting `cancel()` leaks the
+//! child until the parent ends (`go vet` warns about it). Here the
+//! [`CancelGuard`] cancels when dropped, so a child cannot outlive the scope
+//! that made it, and a cancelled child is detached from its parent at once:
+//! a long-lived parent with millions of short-lived children does not grow.
+//!
+//! ```
+//! use std::time::Duration;
+//! use quiesce::{Context, ContextError};
+//!
+//! let root = Context::background();
+//! let (ctx, guard) = root.with_timeout(Duration::from_secs(60));
+//! let (child, _child_guard) = ctx.with_cancel();
+//!
+//! assert_eq!(child.err(), None);
+//! drop(guard); // cancels ctx, and through it, child
+//! assert_eq!(child.err(), Some(ContextError::Canceled));
+//! assert!(child.sleep(Duration::from_secs(60)).is_err()); // returns at once
+//! ```
+//!
+//! Deadlines are fired by one shared thread, `quiesce-timer`, which exists
+//! only while some deadline is pending, whatever the number of contexts.
+
+use std::convert::Infallible;
+use std::error::Error;
+use std::fmt;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Select, Sender};
+
+use crate::sync::Arc;
+use crate::tree::{self, Node};
+pub use crate::tree::{Cause, ContextError};
+
+/// A cancellation signal with an optional deadline, passed down a tree of
+/// work. Cheap to clone (one reference count); `Send + Sync`.
+///
+/// A context is made done by its [`CancelGuard`], by its deadline, or by an
+/// ancestor becoming done; never by code that only holds the `Context`.
+///
+/// # Examples
+///
+/// Stop a loop when the context is done, with a channel next to it:
+///
+/// ```
+/// use crossbeam_channel::{select, unbounded};
+/// use quiesce::Context;
+///
+/// let (ctx, guard) = Context::background().with_cancel();
+/// let (tx, rx) = unbounded::<u32>();
+/// let worker = std::thread::spawn(move || {
+///     let mut sum = 0;
+///     loop {
+///         select! {
+///             recv(rx) -> n => sum += n.unwrap_or(0),
+///             recv(ctx.done()) -> _ => return sum,
+///         }
+///     }
+/// });
+/// tx.send(2).unwrap();
+/// drop(guard);
+/// let sum = worker.join().unwrap();
+/// assert!(sum == 0 || sum == 2);
+/// ```
+#[derive(Clone, Default)]
+pub struct Context {
+    /// `None` is the background context: never done, no deadline.
+    node: Option<Arc<Node>>,
+}
+
+/// Cancels its context when dropped (or when [`cancel`](CancelGuard::cancel)
+/// is called): Go's `defer cancel()`, which cannot be forgotten.
+///
+/// Cancelling is idempotent and never blocks on other threads; it returns
+/// once every descendant context is done. The guard is `Send + Sync`: it may
+/// be dropped, or cancel, on any thread.
+#[must_use = "dropping the guard cancels the context at once"]
+pub struct CancelGuard {
+    node: Arc<Node>,
+}
+
+/// A callback registered with [`Context::on_cancel`]; dropping this handle
+/// unregisters the callback if it has not run yet.
+#[must_use = "dropping the handle unregisters the callback"]
+pub struct OnCancel {
+    registered: Option<(Arc<Node>, u64)>,
+}
+
+/// Why [`Context::recv`] returned no message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecvError {
+    /// The context is done (with this error) before a message arrived.
+    Done(ContextError),
+    /// The channel is empty and all its senders are gone.
+    Disconnected,
+}
+
+/// Why [`Context::send`] could not send; hands the message back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum SendError<T> {
+    /// The context is done (with this error) before the message was taken.
+    Done(ContextError, T),
+    /// All receivers are gone.
+    Disconnected(T),
+}
+
+static NEVER: LazyLock<Receiver<Infallible>> = LazyLock::new(crossbeam_channel::never);
+
+impl Context {
+    /// The root context: never done, no deadline. Its children are not
+    /// linked anywhere (there is nothing to propagate), so making them costs
+    /// one allocation.
+    ///
+    /// ```
+    /// let ctx = quiesce::Context::background();
+    /// assert!(ctx.err().is_none() && ctx.deadline().is_none());
+    /// ```
+    pub fn background() -> Context {
+        Context { node: None }
+    }
+
+    /// A child context that is done when `guard` is dropped or cancelled, or
+    /// when `self` is done.
+    ///
+    /// ```
+    /// let (ctx, guard) = quiesce::Context::background().with_cancel();
+    /// guard.cancel();
+    /// assert_eq!(ctx.err(), Some(quiesce::ContextError::Canceled));
+    /// ```
+    pub fn with_cancel(&self) -> (Context, CancelGuard) {
+        self.child(None)
+    }
+
+    /// Like [`with_cancel`](Context::with_cancel); named after Go's
+    /// `WithCancelCause`. Every guard can cancel with a cause through
+    /// [`CancelGuard::cancel_with_cause`]; [`Context::cause`] reports it.
+    ///
+    /// ```
+    /// let (ctx, guard) = quiesce::Context::background().with_cancel_cause();
+    /// guard.cancel_with_cause("site 12 revoked consent");
+    /// assert_eq!(ctx.cause().unwrap().to_string(), "site 12 revoked consent");
+    /// ```
+    pub fn with_cancel_cause(&self) -> (Context, CancelGuard) {
+        self.child(None)
+    }
+
+    /// A child context that is also done `timeout` from now. A timeout too
+    /// large to represent means no deadline of its own; zero means the
+    /// child is born done.
+    ///
+    /// # Panics
+    ///
+    /// Only if the OS refuses to start the shared `quiesce-timer` thread.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let (ctx, _guard) = quiesce::Context::background().with_timeout(Duration::from_millis(5));
+    /// assert_eq!(ctx.sleep(Duration::from_secs(60)), Err(quiesce::ContextError::DeadlineExceeded));
+    /// ```
+    pub fn with_timeout(&self, timeout: Duration) -> (Context, CancelGuard) {
+        self.child(crate::deadline::after(timeout))
+    }
+
+    /// A child context that is also done at `deadline`. Its
+    /// [`deadline`](Context::deadline) is the earlier of `deadline` and
+    /// `self`'s; a deadline already past gives a child that is born done.
+    ///
+    /// # Panics
+    ///
+    /// Only if the OS refuses to start the shared `quiesce-timer` thread.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// let (parent, _g1) = quiesce::Context::background().with_timeout(Duration::from_secs(1));
+    /// let (child, _g2) = parent.with_deadline(Instant::now() + Duration::from_secs(3600));
+    /// assert_eq!(child.deadline(), parent.deadline());
+    /// ```
+    pub fn with_deadline(&self, deadline: Instant) -> (Context, CancelGuard) {
+        self.child(Some(deadline))
+    }
+
+    fn child(&self, deadline: Option<Instant>) -> (Context, CancelGuard) {
+        let node = tree::new_node(self.node.as_ref(), deadline);
+        let guard = CancelGuard { node: node.clone() };
+        (Context { node: Some(node) }, guard)
+    }
+
+    /// A receiver that is disconnected once the context is done, for
+    /// `crossbeam_channel::select!` (`recv(ctx.done()) -> _ => …`). Nothing
+    /// is ever sent on it.
+    ///
+    /// ```
+    /// let (ctx, guard) = quiesce::Context::background().with_cancel();
+    /// assert!(ctx.done().try_recv().unwrap_err().is_empty());
+    /// drop(guard);
+    /// assert!(ctx.done().try_recv().unwrap_err().is_disconnected());
+    /// ```
+    pub fn done(&self) -> &Receiver<Infallible> {
+        match &self.node {
+            Some(node) => tree::done_receiver(node),
+            None => &NEVER,
+        }
+    }
+
+    /// `None` while the context is live; then why it is done.
+    #[inline]
+    pub fn err(&self) -> Option<ContextError> {
+        self.node.as_ref().and_then(|n| n.err())
+    }
+
+    /// `true` once the context is done.
+    #[inline]
+    pub fn is_done(&self) -> bool {
+        self.err().is_some()
+    }
+
+    /// `Ok(())` while live, the error once done: `ctx.check()?` between
+    /// steps of cooperative work.
+    ///
+    /// # Errors
+    ///
+    /// [`ContextError`] once the context is done.
+    ///
+    /// ```
+    /// fn step(ctx: &quiesce::Context) -> Result<u32, quiesce::ContextError> {
+    ///     ctx.check()?;
+    ///     Ok(42)
+    /// }
+    /// assert_eq!(step(&quiesce::Context::background()), Ok(42));
+    /// ```
+    #[inline]
+    pub fn check(&self) -> Result<(), ContextError> {
+        match self.err() {
+            None => Ok(()),
+            Some(err) => Err(err),
+        }
+    }
+
+    /// Why the context is done: the cause given to
+    /// [`CancelGuard::cancel_with_cause`] (on it or on the ancestor whose
+    /// cancellation reached it), else the [`ContextError`] itself. `None`
+    /// while live.
+    pub fn cause(&self) -> Option<Cause> {
+        self.node.as_ref().and_then(|n| n.cause())
+    }
+
+    /// The instant the context will be done by itself, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.node.as_ref().and_then(|n| n.deadline())
+    }
+
+    /// Time left until [`deadline`](Context::deadline) (zero once passed);
+    /// `None` without a deadline.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Sleeps for `duration`, or less if the context is done first.
+    ///
+    /// # Errors
+    ///
+    /// [`ContextError`] when the context was done before `duration`
+    /// passed, including when it was done already.
+    ///
+    /// ```
+    /// let (ctx, guard) = quiesce::Context::background().with_cancel();
+    /// drop(guard);
+    /// assert!(ctx.sleep(std::time::Duration::from_secs(3600)).is_err());
+    /// ```
+    pub fn sleep(&self, duration: Duration) -> Result<(), ContextError> {
+        self.check()?;
+        match self.done().recv_timeout(duration) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Ok(()),
+            _ => Err(self.err().unwrap_or(ContextError::Canceled)),
+        }
+    }
+
+    /// Sleeps until `deadline`, or less if the context is done first.
+    ///
+    /// # Errors
+    ///
+    /// As [`sleep`](Context::sleep).
+    pub fn sleep_until(&self, deadline: Instant) -> Result<(), ContextError> {
+        self.sleep(deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// Receives from `rx`, or gives up when the context is done, whichever
+    /// comes first. A context that is already done fails at once, even if a
+    /// message is waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError::Done`] when the context is done first,
+    /// [`RecvError::Disconnected`] when the channel is empty and closed.
+    ///
+    /// ```
+    /// let (tx, rx) = crossbeam_channel::bounded(1);
+    /// tx.send("report").unwrap();
+    /// let ctx = quiesce::Context::background();
+    /// assert_eq!(ctx.recv(&rx), Ok("report"));
+    /// drop(tx);
+    /// assert_eq!(ctx.recv(&rx), Err(quiesce::context::RecvError::Disconnected));
+    /// ```
+    pub fn recv<T>(&self, rx: &Receiver<T>) -> Result<T, RecvError> {
+        self.check().map_err(RecvError::Done)?;
+        crossbeam_channel::select! {
+            recv(rx) -> msg => msg.map_err(|_| RecvError::Disconnected),
+            recv(self.done()) -> _ => Err(RecvError::Done(self.err().unwrap_or(ContextError::Canceled))),
+        }
+    }
+
+    /// Sends `msg` on `tx`, or gives up when the context is done, whichever
+    /// comes first; blocks while a bounded channel is full. A context that
+    /// is already done fails at once.
+    ///
+    /// # Errors
+    ///
+    /// Hands `msg` back: [`SendError::Done`] when the context is done first,
+    /// [`SendError::Disconnected`] when every receiver is gone.
+    ///
+    /// ```
+    /// use quiesce::context::SendError;
+    /// let (tx, _rx) = crossbeam_channel::bounded(0); // nobody receives
+    /// let (ctx, _guard) = quiesce::Context::background()
+    ///     .with_timeout(std::time::Duration::from_millis(5));
+    /// assert!(matches!(ctx.send(&tx, 7), Err(SendError::Done(_, 7))));
+    /// ```
+    pub fn send<T>(&self, tx: &Sender<T>, msg: T) -> Result<(), SendError<T>> {
+        if let Err(err) = self.check() {
+            return Err(SendError::Done(err, msg));
+        }
+        let mut sel = Select::new();
+        let send = sel.send(tx);
+        let done = sel.recv(self.done());
+        let oper = sel.select();
+        if oper.index() == send {
+            oper.send(tx, msg)
+                .map_err(|e| SendError::Disconnected(e.into_inner()))
+        } else {
+            debug_assert_eq!(oper.index(), done);
+            let _ = oper.recv(self.done());
+            Err(SendError::Done(
+                self.err().unwrap_or(ContextError::Canceled),
+                msg,
+            ))
+        }
+    }
+
+    /// Runs `callback` once, on the thread that cancels the context, right
+    /// after it is marked done; at once, on this thread, if it is done
+    /// already. Go's `context.AfterFunc`, for code that must be woken by
+    /// other means than a channel: shut a socket down so a blocked read
+    /// returns, notify a condition variable.
+    ///
+    /// The callback must be quick and must not block: it runs inside
+    /// `cancel()`. A panic in it is caught and logged. Dropping the returned
+    /// handle unregisters it if it has not run yet. On the background
+    /// context it never runs.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let (ctx, guard) = quiesce::Context::background().with_cancel();
+    /// let fired = Arc::new(AtomicBool::new(false));
+    /// let flag = fired.clone();
+    /// let _hook = ctx.on_cancel(move || flag.store(true, Ordering::SeqCst));
+    /// drop(guard);
+    /// assert!(fired.load(Ordering::SeqCst));
+    /// ```
+    pub fn on_cancel<F>(&self, callback: F) -> OnCancel
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let Some(node) = &self.node else {
+            return OnCancel { registered: None };
+        };
+        match tree::add_callback(node, Box::new(callback)) {
+            Ok(id) => OnCancel {
+                registered: Some((node.clone(), id)),
+            },
+            Err(callback) => {
+                if let Err(panic) = crate::panic::catch(callback) {
+                    log::error!("a context cancel callback {panic}");
+                }
+                OnCancel { registered: None }
+            }
+        }
+    }
+
+    /// How many live children are linked to this context (diagnostics; a
+    /// long-lived context should show few).
+    ///
+    /// ```
+    /// let (root, _guard) = quiesce::Context::background().with_cancel();
+    /// let (child, child_guard) = root.with_cancel();
+    /// assert_eq!(root.children(), 1);
+    /// drop(child_guard);
+    /// assert_eq!(root.children(), 0);
+    /// # drop(child);
+    /// ```
+    pub fn children(&self) -> usize {
+        self.node.as_ref().map_or(0, |n| n.children_len())
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("err", &self.err())
+            .field("deadline", &self.deadline())
+            .finish()
+    }
+}
+
+impl CancelGuard {
+    /// Cancels the context (and every descendant) now. Idempotent.
+    pub fn cancel(&self) {
+        tree::cancel(&self.node, ContextError::Canceled, None);
+    }
+
+    /// Cancels with a cause, which [`Context::cause`] then returns on this
+    /// context and its descendants. Accepts any error, or a `&str`/`String`.
+    /// If the context is done already, the first cause stays.
+    pub fn cancel_with_cause(&self, cause: impl Into<Box<dyn Error + Send + Sync + 'static>>) {
+        let cause: Cause = std::sync::Arc::from(cause.into());
+        tree::cancel(&self.node, ContextError::Canceled, Some(cause));
+    }
+
+    /// The context this guard cancels.
+    pub fn context(&self) -> Context {
+        Context {
+            node: Some(self.node.clone()),
+        }
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+impl fmt::Debug for CancelGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelGuard")
+            .field("err", &self.node.err())
+            .finish()
+    }
+}
+
+impl OnCancel {
+    /// Unregisters the callback; `true` if it had not run (and now never
+    /// will), `false` if it ran or is running.
+    pub fn stop(mut self) -> bool {
+        self.unregister()
+    }
+
+    fn unregister(&mut self) -> bool {
+        match self.registered.take() {
+            Some((node, id)) => tree::remove_callback(&node, id),
+            None => false,
+        }
+    }
+}
+
+impl Drop for OnCancel {
+    fn drop(&mut self) {
+        self.unregister();
+    }
+}
+
+impl fmt::Debug for OnCancel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OnCancel")
+            .field("registered", &self.registered.is_some())
+            .finish()
+    }
+}
+
+impl fmt::Display for RecvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecvError::Done(err) => write!(f, "receive gave up: {err}"),
+            RecvError::Disconnected => {
+                f.write_str("receiving on an empty and disconnected channel")
+            }
+        }
+    }
+}
+
+impl Error for RecvError {}
+
+impl<T> SendError<T> {
+    /// The message that was not sent.
+    pub fn into_inner(self) -> T {
+        match self {
+            SendError::Done(_, msg) | SendError::Disconnected(msg) => msg,
+        }
+    }
+}
+
+impl<T> fmt::Debug for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Done(err, _) => write!(f, "Done({err:?}, ..)"),
+            SendError::Disconnected(_) => f.write_str("Disconnected(..)"),
+        }
+    }
+}
+
+impl<T> fmt::Display for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Done(err, _) => write!(f, "send gave up: {err}"),
+            SendError::Disconnected(_) => f.write_str("sending on a disconnected channel"),
+        }
+    }
+}
+
+impl<T> Error for SendError<T> {}

@@ -1,0 +1,99 @@
+//! Graceful shutdown and bounded concurrency for synchronous Rust.
+//!
+//! quiesce gives threads the tools Go programmers reach for — `close(done)`,
+//! `context`, `sync.WaitGroup`, a weighted semaphore, `RWMutex`-guarded
+//! counters, goleak — on OS threads and crossbeam channels, with no async
+//! runtime. Ownership does the work Go leaves to discipline: a cancel that
+//! cannot be forgotten (it is a guard's `Drop`), a `Done()` that happens
+//! even when the work panics, a permit that comes back on its own. Every
+//! blocking call has a timeout, deadline or [`Context`] form, and every
+//! thread the library starts has a name and an owner that joins it.
+//!
+//! # Go → Rust
+//!
+//! | Go | quiesce |
+//! |----|---------|
+//! | `done := make(chan struct{})`; `close(done)`; `case <-done:` | [`shutdown()`] → ([`Shutdown`], [`Done`]); [`Shutdown::fire`]; `recv(done.channel()) -> _` in `select!` |
+//! | `context.Background()` | [`Context::background()`] |
+//! | `ctx, cancel := context.WithCancel(parent)`; `defer cancel()` | `let (ctx, guard) = parent.with_cancel();` — the guard cancels on drop |
+//! | `context.WithTimeout` / `WithDeadline` | [`Context::with_timeout`] / [`Context::with_deadline`] |
+//! | `context.WithCancelCause`; `cancel(err)`; `context.Cause(ctx)` | [`Context::with_cancel_cause`]; [`CancelGuard::cancel_with_cause`]; [`Context::cause`] |
+//! | `<-ctx.Done()`, `ctx.Err()` | [`Context::done`] in `select!`, [`Context::err`] ([`ContextError::Canceled`] / [`ContextError::DeadlineExceeded`]) |
+//! | `select { case <-time.After(d): case <-ctx.Done(): }` | [`Context::sleep`] |
+//! | `select { case v := <-ch: case <-ctx.Done(): }` | [`Context::recv`] / [`Context::send`] |
+//! | `context.AfterFunc(ctx, f)` | [`Context::on_cancel`] |
+//! | `var wg sync.WaitGroup`; `wg.Add(1)`; `defer wg.Done()`; `wg.Wait()` | [`WaitGroup::add`] → [`WaitGuard`] (done on drop); [`WaitGroup::wait_timeout`] |
+//! | `go f()` (and hoping it ends) | [`Threads::spawn`], [`Threads::join_deadline`] naming what still runs |
+//! | `sem := make(chan struct{}, n)`; `semaphore.NewWeighted(n)` | [`Semaphore::new`]; [`Semaphore::acquire_ctx`] → [`Permit`] (released on drop) |
+//! | `mu sync.RWMutex` + `map[string]int` | [`Counters`] |
+//! | `goleak.VerifyNone(t)` | [`leak::track`] … [`leak::Tracker::assert_none`] |
+//!
+//! # A first program
+//!
+//! A background job that stops, within a deadline, when the program is
+//! asked to stop:
+//!
+//! ```
+//! use std::time::Duration;
+//! use quiesce::{Context, Threads};
+//!
+//! let (root, stop) = Context::background().with_cancel();
+//! let mut threads = Threads::new(&root);
+//! threads
+//!     .spawn("daily-report", |ctx| {
+//!         let mut reports = 0u32;
+//!         while ctx.sleep(Duration::from_millis(1)).is_ok() {
+//!             reports += 1; // write a report
+//!         }
+//!         reports
+//!     })
+//!     .unwrap();
+//!
+//! drop(stop); // Ctrl-C, say
+//! let report = threads.join_timeout(Duration::from_secs(5));
+//! assert!(report.running.is_empty(), "stuck: {:?}", report.running);
+//! ```
+//!
+//! # Threads
+//!
+//! Threads the library starts are named (`quiesce-timer`, or the name you
+//! give) and recorded in a registry while they run ([`leak::live_threads`]).
+//! Deadlines of all contexts are fired by one shared thread,
+//! `quiesce-timer`, which exists only while a deadline is pending.
+//!
+//! # Panics
+//!
+//! Panics in user code (a thread given to [`Threads`], a callback) are
+//! caught and handed back as [`Panic`] values or logged, as each type's docs
+//! say. The library itself does not panic on misuse such as zero or huge
+//! durations, past deadlines, cancelling twice, or asking a semaphore for
+//! more than it has.
+//!
+//! # Logging
+//!
+//! Through the `log` crate; the library never prints.
+
+#![deny(missing_docs)]
+#![warn(rust_2018_idioms, unreachable_pub)]
+
+mod counters;
+mod deadline;
+mod done;
+mod panic;
+mod semaphore;
+mod sync;
+mod threads;
+mod timer;
+mod tree;
+mod wait;
+
+pub mod context;
+pub mod leak;
+
+pub use context::{CancelGuard, Cause, Context, ContextError, OnCancel};
+pub use counters::{Counters, Snapshot};
+pub use done::{shutdown, Done, Shutdown};
+pub use panic::Panic;
+pub use semaphore::{AcquireError, Permit, Semaphore};
+pub use threads::{Finished, JoinReport, Running, Threads};
+pub use wait::{WaitGroup, WaitGuard};

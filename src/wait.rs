@@ -1,0 +1,169 @@
+//! `WaitGroup`: wait for a set of work to finish. Go's `sync.WaitGroup`,
+//! where `Done()` is the drop of a guard, so it also happens when the work
+//! panics and cannot be forgotten.
+//!
+//! | Go | quiesce |
+//! |----|---------|
+//! | `wg.Add(1)` … `defer wg.Done()` | `let guard = wg.add();` (moved into the work, dropped at its end) |
+//! | `wg.Wait()` | [`wg.wait()`](WaitGroup::wait), or with a bound: [`wait_timeout`](WaitGroup::wait_timeout), [`wait_deadline`](WaitGroup::wait_deadline), [`wait_ctx`](WaitGroup::wait_ctx) |
+//!
+//! ```
+//! use quiesce::WaitGroup;
+//!
+//! let wg = WaitGroup::new();
+//! let mut handles = Vec::new();
+//! for file in ["site-a.csv", "site-b.csv", "site-c.csv"] {
+//!     let guard = wg.add();
+//!     handles.push(std::thread::spawn(move || {
+//!         let _guard = guard; // counts done when this thread's work ends
+//!         file.len()
+//!     }));
+//! }
+//! assert!(wg.wait_timeout(std::time::Duration::from_secs(10)));
+//! # for h in handles { h.join().unwrap(); }
+//! ```
+//!
+//! # Invariants
+//!
+//! 1. `count` is the number of live guards; it changes only under `state`'s
+//!    lock.
+//! 2. Waiters check `count == 0` under the lock before each wait, and the
+//!    guard that brings it to zero notifies after changing it under the
+//!    lock: no wake-up is lost.
+//! 3. A context-bound waiter registers a cancel callback that takes the same
+//!    lock before notifying, so a cancellation between the waiter's check
+//!    and its wait is not lost either.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::context::{Context, ContextError};
+use crate::sync::{Arc, Condvar, Mutex};
+
+/// Counts outstanding work; [`wait`](WaitGroup::wait) blocks until it is
+/// zero. Cloning gives another handle to the same group.
+#[derive(Clone, Default)]
+pub struct WaitGroup {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    count: Mutex<usize>,
+    zero: Condvar,
+}
+
+/// One unit of outstanding work in a [`WaitGroup`]; dropping it (also while
+/// unwinding from a panic) marks that work done.
+#[must_use = "dropping the guard marks the work done at once"]
+pub struct WaitGuard {
+    inner: Arc<Inner>,
+}
+
+impl WaitGroup {
+    /// An empty group.
+    pub fn new() -> WaitGroup {
+        WaitGroup::default()
+    }
+
+    /// Adds one unit of work; it is done when the returned guard drops.
+    pub fn add(&self) -> WaitGuard {
+        *self.inner.count.lock() += 1;
+        WaitGuard {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// How much work is outstanding now.
+    pub fn count(&self) -> usize {
+        *self.inner.count.lock()
+    }
+
+    /// Blocks until no work is outstanding. See the bounded forms.
+    pub fn wait(&self) {
+        let mut count = self.inner.count.lock();
+        while *count > 0 {
+            self.inner.zero.wait(&mut count);
+        }
+    }
+
+    /// Blocks until no work is outstanding or `timeout` passes; `true` if
+    /// the work is all done. A timeout too large to represent waits forever.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        match crate::deadline::after(timeout) {
+            Some(deadline) => self.wait_deadline(deadline),
+            None => {
+                self.wait();
+                true
+            }
+        }
+    }
+
+    /// Blocks until no work is outstanding or `deadline`; `true` if the work
+    /// is all done.
+    pub fn wait_deadline(&self, deadline: Instant) -> bool {
+        let mut count = self.inner.count.lock();
+        while *count > 0 {
+            if self.inner.zero.wait_until(&mut count, deadline) {
+                return *count == 0;
+            }
+        }
+        true
+    }
+
+    /// Blocks until no work is outstanding or `ctx` is done.
+    ///
+    /// # Errors
+    ///
+    /// The context's error when it is done first (or already).
+    ///
+    /// ```
+    /// let wg = quiesce::WaitGroup::new();
+    /// let _busy = wg.add();
+    /// let (ctx, guard) = quiesce::Context::background().with_cancel();
+    /// drop(guard);
+    /// assert!(wg.wait_ctx(&ctx).is_err());
+    /// ```
+    pub fn wait_ctx(&self, ctx: &Context) -> Result<(), ContextError> {
+        ctx.check()?;
+        let inner = self.inner.clone();
+        // Invariant 3.
+        let _hook = ctx.on_cancel(move || {
+            let _count = inner.count.lock();
+            inner.zero.notify_all();
+        });
+        let mut count = self.inner.count.lock();
+        loop {
+            if *count == 0 {
+                return Ok(());
+            }
+            ctx.check()?;
+            self.inner.zero.wait(&mut count);
+        }
+    }
+}
+
+impl fmt::Debug for WaitGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WaitGroup")
+            .field("count", &self.count())
+            .finish()
+    }
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        let mut count = self.inner.count.lock();
+        *count -= 1;
+        if *count == 0 {
+            // Invariant 2: changed under the lock, then notified.
+            self.inner.zero.notify_all();
+        }
+    }
+}
+
+impl fmt::Debug for WaitGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WaitGuard")
+    }
+}
