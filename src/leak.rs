@@ -94,9 +94,14 @@ pub struct Leaked {
 
 impl fmt::Display for Leaked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} quiesce thread(s) still running:", self.threads.len())?;
-        for t in &self.threads {
-            write!(f, " {t};")?;
+        write!(
+            f,
+            "{} quiesce thread(s) still running: ",
+            self.threads.len()
+        )?;
+        for (i, t) in self.threads.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{t}")?;
         }
         Ok(())
     }

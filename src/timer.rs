@@ -33,6 +33,9 @@ pub(crate) const THREAD_NAME: &str = "quiesce-timer";
 
 struct State {
     entries: BTreeMap<(Instant, u64), Arc<Node>>,
+    /// When the sleeping thread will wake by itself; `None` while it is
+    /// awake (it looks at `entries` again before it sleeps).
+    wake_at: Option<Instant>,
     running: bool,
     stop: bool,
     handle: Option<JoinHandle<()>>,
@@ -46,6 +49,7 @@ struct Timer {
 static TIMER: LazyLock<Timer> = LazyLock::new(|| Timer {
     state: Mutex::new(State {
         entries: BTreeMap::new(),
+        wake_at: None,
         running: false,
         stop: false,
         handle: None,
@@ -63,15 +67,13 @@ pub(crate) fn next_id() -> u64 {
 pub(crate) fn insert(at: Instant, id: u64, node: Arc<Node>) {
     let timer = &*TIMER;
     let mut state = timer.state.lock();
-    let earliest = state
-        .entries
-        .keys()
-        .next()
-        .is_none_or(|first| (at, id) < *first);
     state.entries.insert((at, id), node);
     state.stop = false;
     if state.running {
-        if earliest {
+        // Wake the thread only if it would sleep past this deadline: most
+        // deadlines (timeouts that end in a cancel) never cost a wake-up.
+        if state.wake_at.is_some_and(|wake_at| at < wake_at) {
+            state.wake_at = None;
             timer.wake.notify_one();
         }
         return;
@@ -107,6 +109,7 @@ pub(crate) fn stop_if_idle() {
     let mut state = timer.state.lock();
     if state.entries.is_empty() {
         state.stop = true;
+        state.wake_at = None;
         timer.wake.notify_one();
     }
 }
@@ -157,18 +160,23 @@ fn run() {
         }
         match state.entries.keys().next() {
             Some(&(at, _)) => {
+                state.wake_at = Some(at);
                 timer.wake.wait_until(&mut state, at);
             }
             None => {
-                let timed_out = timer.wake.wait_for(&mut state, LINGER).timed_out();
+                let linger_end = now + LINGER;
+                state.wake_at = Some(linger_end);
+                let timed_out = timer.wake.wait_until(&mut state, linger_end).timed_out();
                 if timed_out && state.entries.is_empty() {
                     break;
                 }
             }
         }
+        state.wake_at = None;
     }
     state.running = false;
     state.stop = false;
+    state.wake_at = None;
     log::trace!("{THREAD_NAME} exits: no pending deadline");
 }
 

@@ -161,6 +161,10 @@ impl Drop for Node {
         // so a deep tree cannot overflow the stack.
         let mut parent = self.parent.take();
         while let Some(p) = parent {
+            // Usually the parent lives on: skip the failing `try_unwrap`.
+            if Arc::strong_count(&p) > 1 {
+                break;
+            }
             match Arc::try_unwrap(p) {
                 Ok(mut node) => parent = node.parent.take(),
                 Err(_) => break,

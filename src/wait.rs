@@ -25,11 +25,14 @@
 //!
 //! # Invariants
 //!
-//! 1. `count` is the number of live guards; it changes only under `state`'s
-//!    lock.
-//! 2. Waiters check `count == 0` under the lock before each wait, and the
-//!    guard that brings it to zero notifies after changing it under the
-//!    lock: no wake-up is lost.
+//! 1. `count` is the number of live guards. Adding and dropping a guard is
+//!    one atomic operation; the lock is taken only by waiters and by the
+//!    guard that brings the count to zero (crossbeam-utils does the same).
+//! 2. A waiter checks `count == 0` with the lock held before each wait, and
+//!    the guard that brings it to zero takes the lock before notifying: if
+//!    its decrement came after the waiter's check, its lock waits until the
+//!    waiter is inside `wait`, so the notification reaches it. No wake-up is
+//!    lost.
 //! 3. A context-bound waiter registers a cancel callback that takes the same
 //!    lock before notifying, so a cancellation between the waiter's check
 //!    and its wait is not lost either.
@@ -38,7 +41,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::context::{Context, ContextError};
-use crate::sync::{Arc, Condvar, Mutex};
+use crate::sync::{Arc, AtomicUsize, Condvar, Mutex, Ordering};
 
 /// Counts outstanding work; [`wait`](WaitGroup::wait) blocks until it is
 /// zero. Cloning gives another handle to the same group.
@@ -49,7 +52,8 @@ pub struct WaitGroup {
 
 #[derive(Default)]
 struct Inner {
-    count: Mutex<usize>,
+    count: AtomicUsize,
+    lock: Mutex<()>,
     zero: Condvar,
 }
 
@@ -68,7 +72,7 @@ impl WaitGroup {
 
     /// Adds one unit of work; it is done when the returned guard drops.
     pub fn add(&self) -> WaitGuard {
-        *self.inner.count.lock() += 1;
+        self.inner.count.fetch_add(1, Ordering::SeqCst);
         WaitGuard {
             inner: self.inner.clone(),
         }
@@ -76,14 +80,14 @@ impl WaitGroup {
 
     /// How much work is outstanding now.
     pub fn count(&self) -> usize {
-        *self.inner.count.lock()
+        self.inner.count.load(Ordering::SeqCst)
     }
 
     /// Blocks until no work is outstanding. See the bounded forms.
     pub fn wait(&self) {
-        let mut count = self.inner.count.lock();
-        while *count > 0 {
-            self.inner.zero.wait(&mut count);
+        let mut lock = self.inner.lock.lock();
+        while self.count() > 0 {
+            self.inner.zero.wait(&mut lock);
         }
     }
 
@@ -102,10 +106,10 @@ impl WaitGroup {
     /// Blocks until no work is outstanding or `deadline`; `true` if the work
     /// is all done.
     pub fn wait_deadline(&self, deadline: Instant) -> bool {
-        let mut count = self.inner.count.lock();
-        while *count > 0 {
-            if self.inner.zero.wait_until(&mut count, deadline) {
-                return *count == 0;
+        let mut lock = self.inner.lock.lock();
+        while self.count() > 0 {
+            if self.inner.zero.wait_until(&mut lock, deadline) {
+                return self.count() == 0;
             }
         }
         true
@@ -129,16 +133,16 @@ impl WaitGroup {
         let inner = self.inner.clone();
         // Invariant 3.
         let _hook = ctx.on_cancel(move || {
-            let _count = inner.count.lock();
+            let _lock = inner.lock.lock();
             inner.zero.notify_all();
         });
-        let mut count = self.inner.count.lock();
+        let mut lock = self.inner.lock.lock();
         loop {
-            if *count == 0 {
+            if self.count() == 0 {
                 return Ok(());
             }
             ctx.check()?;
-            self.inner.zero.wait(&mut count);
+            self.inner.zero.wait(&mut lock);
         }
     }
 }
@@ -153,10 +157,9 @@ impl fmt::Debug for WaitGroup {
 
 impl Drop for WaitGuard {
     fn drop(&mut self) {
-        let mut count = self.inner.count.lock();
-        *count -= 1;
-        if *count == 0 {
-            // Invariant 2: changed under the lock, then notified.
+        if self.inner.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // Invariant 2: take the lock before notifying.
+            let _lock = self.inner.lock.lock();
             self.inner.zero.notify_all();
         }
     }
