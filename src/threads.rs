@@ -27,6 +27,7 @@
 //! assert_eq!(report.finished.len(), 2);
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::thread::JoinHandle;
@@ -48,7 +49,10 @@ use crate::panic::Panic;
 pub struct Threads<T = ()> {
     ctx: Context,
     guard: CancelGuard,
-    threads: Vec<Entry<T>>,
+    /// Threads whose code has not finished, by spawn order.
+    running: BTreeMap<u64, Entry<T>>,
+    /// Threads whose code has finished, not yet joined.
+    exited: Vec<Entry<T>>,
     exited_tx: Sender<u64>,
     exited_rx: Receiver<u64>,
     next_id: u64,
@@ -59,7 +63,6 @@ struct Entry<T> {
     name: String,
     started: Instant,
     handle: JoinHandle<T>,
-    exited: bool,
 }
 
 /// What [`Threads::join_deadline`] found.
@@ -117,7 +120,8 @@ impl<T> Threads<T> {
         Threads {
             ctx,
             guard,
-            threads: Vec::new(),
+            running: BTreeMap::new(),
+            exited: Vec::new(),
             exited_tx,
             exited_rx,
             next_id: 0,
@@ -147,13 +151,13 @@ impl<T: Send + 'static> Threads<T> {
             let _notice = notice;
             f(&ctx)
         })?;
-        self.threads.push(Entry {
+        let entry = Entry {
             id,
             name,
             started: Instant::now(),
             handle,
-            exited: false,
-        });
+        };
+        self.running.insert(id, entry);
         Ok(())
     }
 }
@@ -172,26 +176,26 @@ impl<T> Threads<T> {
     /// How many threads are owned (running, or finished and not yet
     /// joined).
     pub fn len(&self) -> usize {
-        self.threads.len()
+        self.running.len() + self.exited.len()
     }
 
     /// `true` when no thread is owned.
     pub fn is_empty(&self) -> bool {
-        self.threads.is_empty()
+        self.len() == 0
     }
 
-    /// The threads that are still running now, by name and age.
+    /// The threads that are still running now, by name and age, oldest
+    /// first.
     pub fn running(&mut self) -> Vec<Running> {
         self.collect_exits(None);
-        let now = Instant::now();
-        self.threads
-            .iter()
-            .filter(|t| !t.exited)
-            .map(|t| Running {
-                name: t.name.clone(),
-                age: now.saturating_duration_since(t.started),
-            })
-            .collect()
+        self.list_running()
+    }
+
+    /// Joins the threads that have finished, without waiting for the
+    /// others; in spawn order.
+    pub fn reap(&mut self) -> Vec<Finished<T>> {
+        self.collect_exits(None);
+        self.join_exited()
     }
 
     /// Joins every thread that returns before `deadline`, without
@@ -199,24 +203,10 @@ impl<T> Threads<T> {
     /// still running.
     pub fn join_deadline(&mut self, deadline: Instant) -> JoinReport<T> {
         self.collect_exits(Some(deadline));
-        let now = Instant::now();
-        let mut finished = Vec::new();
-        let mut running = Vec::new();
-        for t in std::mem::take(&mut self.threads) {
-            if t.exited {
-                finished.push(Finished {
-                    name: t.name,
-                    result: t.handle.join().map_err(Panic::from_payload),
-                });
-            } else {
-                running.push(Running {
-                    name: t.name.clone(),
-                    age: now.saturating_duration_since(t.started),
-                });
-                self.threads.push(t);
-            }
+        JoinReport {
+            finished: self.join_exited(),
+            running: self.list_running(),
         }
-        JoinReport { finished, running }
     }
 
     /// [`join_deadline`](Threads::join_deadline) `timeout` from now (a
@@ -234,19 +224,18 @@ impl<T> Threads<T> {
         self.join_timeout(timeout)
     }
 
+    /// Joins them all, however long it takes, logging (at `warn`) the ones
+    /// it waits for every five seconds.
     fn join_all(&mut self) -> JoinReport<T> {
         loop {
-            let slice = Instant::now() + Duration::from_secs(5);
-            self.collect_exits(Some(slice));
-            let waiting: Vec<String> = self
-                .threads
-                .iter()
-                .filter(|t| !t.exited)
-                .map(|t| t.name.clone())
-                .collect();
-            if waiting.is_empty() {
-                return self.join_deadline(Instant::now());
+            self.collect_exits(Some(Instant::now() + Duration::from_secs(5)));
+            if self.running.is_empty() {
+                return JoinReport {
+                    finished: self.join_exited(),
+                    running: Vec::new(),
+                };
             }
+            let waiting: Vec<&str> = self.running.values().map(|t| t.name.as_str()).collect();
             log::warn!(
                 "still waiting for thread(s) to return: {}",
                 waiting.join(", ")
@@ -254,25 +243,47 @@ impl<T> Threads<T> {
         }
     }
 
-    /// Records exit notices; with a deadline, waits for them until every
-    /// thread has exited or the deadline passes.
+    fn list_running(&self) -> Vec<Running> {
+        let now = Instant::now();
+        self.running
+            .values()
+            .map(|t| Running {
+                name: t.name.clone(),
+                age: now.saturating_duration_since(t.started),
+            })
+            .collect()
+    }
+
+    fn join_exited(&mut self) -> Vec<Finished<T>> {
+        let mut exited = std::mem::take(&mut self.exited);
+        exited.sort_by_key(|t| t.id);
+        exited
+            .into_iter()
+            .map(|t| Finished {
+                name: t.name,
+                // It has sent its exit notice: only the return is left.
+                result: t.handle.join().map_err(Panic::from_payload),
+            })
+            .collect()
+    }
+
+    /// Moves threads that sent their exit notice from `running` to
+    /// `exited`; with a deadline, waits for notices until none is running
+    /// or the deadline passes.
     fn collect_exits(&mut self, deadline: Option<Instant>) {
         loop {
             let id = match self.exited_rx.try_recv() {
                 Ok(id) => id,
-                Err(_) => {
-                    let pending = self.threads.iter().any(|t| !t.exited);
-                    match deadline {
-                        Some(d) if pending => match self.exited_rx.recv_deadline(d) {
-                            Ok(id) => id,
-                            Err(_) => return,
-                        },
-                        _ => return,
-                    }
-                }
+                Err(_) => match deadline {
+                    Some(d) if !self.running.is_empty() => match self.exited_rx.recv_deadline(d) {
+                        Ok(id) => id,
+                        Err(_) => return,
+                    },
+                    _ => return,
+                },
             };
-            if let Some(t) = self.threads.iter_mut().find(|t| t.id == id) {
-                t.exited = true;
+            if let Some(entry) = self.running.remove(&id) {
+                self.exited.push(entry);
             }
         }
     }
@@ -280,15 +291,18 @@ impl<T> Threads<T> {
 
 impl<T> fmt::Debug for Threads<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = self.threads.iter().map(|t| t.name.as_str()).collect();
-        f.debug_struct("Threads").field("threads", &names).finish()
+        let names: Vec<&str> = self.running.values().map(|t| t.name.as_str()).collect();
+        f.debug_struct("Threads")
+            .field("running", &names)
+            .field("exited", &self.exited.len())
+            .finish()
     }
 }
 
 impl<T> Drop for Threads<T> {
     fn drop(&mut self) {
         self.guard.cancel();
-        if self.threads.is_empty() {
+        if self.is_empty() {
             return;
         }
         for finished in self.join_all().finished {

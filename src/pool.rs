@@ -1,0 +1,1134 @@
+//! `Pool`: a fixed or elastic set of worker threads fed by a bounded queue.
+//! Go's `ants` pool (and the worker-pool pattern of `jobs := make(chan Job,
+//! 100)` plus N goroutines), with what Rust's sync pools usually lack:
+//! backpressure, a job handed back whenever it is refused, panics caught
+//! and counted, and a shutdown that drains, cancels at a deadline, joins
+//! the workers and says what happened.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use quiesce::Pool;
+//!
+//! let pool = Pool::builder().workers(2).queue(16).name("upload").build().unwrap();
+//! for device in 0..10 {
+//!     pool.submit(move |ctx| {
+//!         // process the upload from `device`, checking `ctx` between steps
+//!         let _ = (device, ctx.check());
+//!     })
+//!     .unwrap();
+//! }
+//! let report = pool.shutdown(Instant::now() + Duration::from_secs(10));
+//! assert_eq!(report.completed, 10);
+//! assert!(report.never_started.is_empty() && report.stuck.is_empty());
+//! ```
+//!
+//! # Lifecycle
+//!
+//! Open: submits are accepted while the queue has room; `submit` blocks
+//! while it is full, `try_submit`/`submit_timeout`/`submit_ctx` give the job
+//! back inside the error instead. [`Pool::shutdown`] then:
+//!
+//! 1. closes intake: every submit from now on (and every one blocked on a
+//!    full queue) gets its job back with [`Refused::Closed`];
+//! 2. waits for submits already under way to finish, so no job can slip in
+//!    after this point;
+//! 3. lets the workers run every queued job and exit, until the deadline;
+//! 4. at the deadline, cancels the [`Context`] of the running jobs, and
+//!    waits [`stop_grace`](PoolBuilder::stop_grace) more for them to return;
+//! 5. reports: jobs completed, panicked and cancelled, the jobs that never
+//!    started (handed back, to run elsewhere or persist), and the workers
+//!    still running, by name.
+//!
+//! [`Pool::abort`] skips step 3. Dropping a pool that was not shut down
+//! drains it like `shutdown` with no deadline, and so blocks until every
+//! queued job has run.
+//!
+//! # Panics
+//!
+//! A job that panics is caught: counted in [`Pool::panicked`], passed to the
+//! [`panic_handler`](PoolBuilder::panic_handler) if any, reported through
+//! its [`JobHandle`] if it has one. The worker lives on, so a panic never
+//! shrinks the pool.
+
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::context::{Context, ContextError};
+use crate::done::{shutdown, Done, Shutdown};
+use crate::panic::Panic;
+use crate::threads::{Running, Threads};
+
+type Hook = Arc<dyn Fn(usize) + Send + Sync>;
+type PanicHandler = Arc<dyn Fn(&Panic) + Send + Sync>;
+
+/// A job of a [`Pool`]: a closure given the pool's [`Context`], boxed.
+/// Refused and never-started jobs come back as `Job`s, so nothing is lost:
+/// run one elsewhere with [`Job::run`], or drop it knowingly.
+pub struct Job {
+    f: JobFn,
+}
+
+/// A job as the workers run it: the panic, if any, comes back as a value.
+type JobFn = Box<dyn FnOnce(&Context) -> Option<Panic> + Send + 'static>;
+
+impl Job {
+    /// Wraps a closure as a job (panics in it are caught when it runs).
+    pub fn new<F>(f: F) -> Job
+    where
+        F: FnOnce(&Context) + Send + 'static,
+    {
+        Job {
+            f: Box::new(move |ctx: &Context| crate::panic::catch(|| f(ctx)).err()),
+        }
+    }
+
+    /// Runs the job here, on this thread, with `ctx`.
+    ///
+    /// # Errors
+    ///
+    /// The job's panic, caught.
+    pub fn run(self, ctx: &Context) -> Result<(), Panic> {
+        match (self.f)(ctx) {
+            None => Ok(()),
+            Some(panic) => Err(panic),
+        }
+    }
+}
+
+impl fmt::Debug for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Job")
+    }
+}
+
+/// Why a submit did not take the job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// `try_submit`: the queue is full.
+    Full,
+    /// `submit_timeout` / `submit_deadline`: still full at the deadline.
+    Timeout,
+    /// `submit_ctx`: the context was done first.
+    Done(ContextError),
+    /// The pool is shutting down or shut down.
+    Closed,
+}
+
+/// A refused submit: why, and the job, handed back.
+pub struct SubmitError {
+    /// Why the job was refused.
+    pub reason: Refused,
+    /// The job, not run.
+    pub job: Job,
+}
+
+impl SubmitError {
+    /// The job that was refused.
+    pub fn into_job(self) -> Job {
+        self.job
+    }
+}
+
+impl fmt::Debug for SubmitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubmitError")
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.reason {
+            Refused::Full => f.write_str("job refused: the pool's queue is full"),
+            Refused::Timeout => {
+                f.write_str("job refused: the pool's queue stayed full until the deadline")
+            }
+            Refused::Done(err) => write!(f, "job refused: {err}"),
+            Refused::Closed => f.write_str("job refused: the pool is shutting down"),
+        }
+    }
+}
+
+impl std::error::Error for SubmitError {}
+
+/// What [`Pool::shutdown`] and [`Pool::abort`] found. The counts cover the
+/// pool's whole life.
+#[must_use = "the report holds the jobs that never started"]
+pub struct ShutdownReport {
+    /// Jobs that returned normally before the pool's context was cancelled.
+    pub completed: u64,
+    /// Jobs that panicked.
+    pub panicked: u64,
+    /// Jobs that returned after the pool's context was cancelled (they were
+    /// running at the deadline).
+    pub cancelled: u64,
+    /// Jobs accepted but never started, handed back in submission order.
+    pub never_started: Vec<Job>,
+    /// Workers still running after the deadline and the grace period: each
+    /// is stuck in a job that ignores its context. They stay owned by the
+    /// pool; dropping it waits for them.
+    pub stuck: Vec<Running>,
+}
+
+impl fmt::Debug for ShutdownReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShutdownReport")
+            .field("completed", &self.completed)
+            .field("panicked", &self.panicked)
+            .field("cancelled", &self.cancelled)
+            .field("never_started", &self.never_started.len())
+            .field("stuck", &self.stuck)
+            .finish()
+    }
+}
+
+/// Configures a [`Pool`]; `Pool::builder()` starts one.
+#[must_use = "a builder does nothing until build()"]
+pub struct PoolBuilder {
+    min: usize,
+    max: usize,
+    queue: Option<usize>,
+    name: String,
+    idle_timeout: Duration,
+    stop_grace: Duration,
+    parent: Context,
+    panic_handler: Option<PanicHandler>,
+    on_start: Option<Hook>,
+    on_exit: Option<Hook>,
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        PoolBuilder {
+            min: n,
+            max: n,
+            queue: None,
+            name: "quiesce-worker".to_string(),
+            idle_timeout: Duration::from_secs(10),
+            stop_grace: Duration::from_millis(250),
+            parent: Context::background(),
+            panic_handler: None,
+            on_start: None,
+            on_exit: None,
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// A builder with the defaults below.
+    pub fn new() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// A fixed number of workers (at least one). Default: the number of
+    /// CPUs (`std::thread::available_parallelism`).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.min = n.max(1);
+        self.max = self.min;
+        self
+    }
+
+    /// Elastic workers: `min` always, up to `max` while jobs wait; a worker
+    /// above `min` exits after [`idle_timeout`](PoolBuilder::idle_timeout)
+    /// without work. `max` is at least one and at least `min`.
+    pub fn elastic(mut self, min: usize, max: usize) -> Self {
+        self.max = max.max(min).max(1);
+        self.min = min;
+        self
+    }
+
+    /// Queue capacity: how many accepted jobs may wait for a worker. Zero
+    /// means none wait: a submit succeeds only when a worker takes the job
+    /// at once. Default: 64 per worker (of `max`).
+    pub fn queue(mut self, capacity: usize) -> Self {
+        self.queue = Some(capacity);
+        self
+    }
+
+    /// Thread name prefix; workers are `{name}-{n}`. Default
+    /// `quiesce-worker`.
+    pub fn name(mut self, prefix: impl Into<String>) -> Self {
+        self.name = prefix.into();
+        self
+    }
+
+    /// How long a worker above `min` waits for work before exiting.
+    /// Default: 10 s.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// How long a shutdown waits, after cancelling the running jobs at its
+    /// deadline, for them to return before calling their workers stuck.
+    /// Default: 250 ms.
+    pub fn stop_grace(mut self, grace: Duration) -> Self {
+        self.stop_grace = grace;
+        self
+    }
+
+    /// The parent of the pool's context. Cancelling it acts like
+    /// [`Pool::abort`] without the report: running jobs see the
+    /// cancellation, workers stop, submits are refused as
+    /// [`Refused::Closed`], and jobs still queued wait to be handed back by
+    /// [`Pool::shutdown`]. Default: the background context.
+    pub fn context(mut self, parent: &Context) -> Self {
+        self.parent = parent.clone();
+        self
+    }
+
+    /// Called (on the worker) with each caught job panic.
+    pub fn panic_handler(mut self, f: impl Fn(&Panic) + Send + Sync + 'static) -> Self {
+        self.panic_handler = Some(Arc::new(f));
+        self
+    }
+
+    /// Called on each worker thread as it starts, with its number.
+    pub fn on_start(mut self, f: impl Fn(usize) + Send + Sync + 'static) -> Self {
+        self.on_start = Some(Arc::new(f));
+        self
+    }
+
+    /// Called on each worker thread as it exits, with its number.
+    pub fn on_exit(mut self, f: impl Fn(usize) + Send + Sync + 'static) -> Self {
+        self.on_exit = Some(Arc::new(f));
+        self
+    }
+
+    /// Starts the pool's `min` workers.
+    ///
+    /// # Errors
+    ///
+    /// The OS error if a worker thread cannot be started (those already
+    /// started are stopped and joined).
+    pub fn build(self) -> io::Result<Pool> {
+        let capacity = self.queue.unwrap_or(64 * self.max);
+        let (queue_tx, queue_rx) = crossbeam_channel::bounded(capacity);
+        let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
+        let (closed_trigger, closed) = shutdown();
+        let (drain_trigger, drain) = shutdown();
+        let threads = Threads::new(&self.parent);
+        let shared = Arc::new(Shared {
+            name: self.name,
+            ctx: threads.context().clone(),
+            queue_tx,
+            queue_rx,
+            wake_tx,
+            wake_rx,
+            intake: RwLock::new(()),
+            closed_trigger,
+            closed,
+            drain_trigger,
+            drain,
+            threads: Mutex::new(Some(threads)),
+            returned: Mutex::new(Vec::new()),
+            min: AtomicUsize::new(self.min),
+            max: AtomicUsize::new(self.max),
+            workers: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            next_worker: AtomicUsize::new(0),
+            completed: AtomicU64::new(0),
+            panicked: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            idle_timeout: self.idle_timeout,
+            stop_grace: self.stop_grace,
+            panic_handler: self.panic_handler,
+            on_start: self.on_start,
+            on_exit: self.on_exit,
+            shut: Mutex::new(false),
+        });
+        let pool = Pool { shared };
+        for _ in 0..pool.shared.min.load(Ordering::Relaxed) {
+            pool.shared.spawn_worker()?;
+        }
+        Ok(pool)
+    }
+}
+
+/// A pool of worker threads; see the [module docs](self).
+///
+/// Share it between threads with an `Arc`. All methods take `&self`.
+///
+/// # Drop
+///
+/// Dropping a pool that was not shut down runs every queued job, then joins
+/// the workers: it blocks until then. Call [`Pool::shutdown`] first to
+/// bound the wait.
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    name: String,
+    /// The context jobs run with; cancelled at the shutdown deadline.
+    ctx: Context,
+    queue_tx: Sender<Job>,
+    queue_rx: Receiver<Job>,
+    /// Wakes idle workers to re-check `max` after a `resize`.
+    wake_tx: Sender<()>,
+    wake_rx: Receiver<()>,
+    /// Submits hold it shared; shutdown takes it exclusively, once, to wait
+    /// for submits under way after `closed` fired.
+    intake: RwLock<()>,
+    closed_trigger: Shutdown,
+    closed: Done,
+    drain_trigger: Shutdown,
+    drain: Done,
+    /// `None` while a stop waits for the workers.
+    threads: Mutex<Option<Threads<()>>>,
+    /// Jobs a worker took from the queue but did not start because the
+    /// pool's context was already cancelled.
+    returned: Mutex<Vec<Job>>,
+    min: AtomicUsize,
+    max: AtomicUsize,
+    workers: AtomicUsize,
+    idle: AtomicUsize,
+    running: AtomicUsize,
+    next_worker: AtomicUsize,
+    completed: AtomicU64,
+    panicked: AtomicU64,
+    cancelled: AtomicU64,
+    idle_timeout: Duration,
+    stop_grace: Duration,
+    panic_handler: Option<PanicHandler>,
+    on_start: Option<Hook>,
+    on_exit: Option<Hook>,
+    shut: Mutex<bool>,
+}
+
+/// How a stop treats the queue.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// Run queued jobs until the deadline (`None`: however long it takes).
+    Drain(Option<Instant>),
+    /// Run nothing more.
+    Abort,
+}
+
+/// When a submit stops waiting for room in the queue.
+#[derive(Clone, Copy)]
+enum Until<'a> {
+    Now,
+    Deadline(Option<Instant>),
+    Context(&'a Context),
+}
+
+impl Pool {
+    /// A builder with the defaults.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::new()
+    }
+
+    /// Queues `f`, waiting while the queue is full (backpressure).
+    ///
+    /// # Errors
+    ///
+    /// [`Refused::Closed`] once shutdown has begun, with the job.
+    pub fn submit<F>(&self, f: F) -> Result<(), SubmitError>
+    where
+        F: FnOnce(&Context) + Send + 'static,
+    {
+        self.submit_job(Job::new(f), Until::Deadline(None))
+    }
+
+    /// Queues `f` if there is room now.
+    ///
+    /// # Errors
+    ///
+    /// [`Refused::Full`] or [`Refused::Closed`], with the job.
+    pub fn try_submit<F>(&self, f: F) -> Result<(), SubmitError>
+    where
+        F: FnOnce(&Context) + Send + 'static,
+    {
+        self.submit_job(Job::new(f), Until::Now)
+    }
+
+    /// Queues `f`, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    ///
+    /// [`Refused::Timeout`] or [`Refused::Closed`], with the job.
+    pub fn submit_timeout<F>(&self, f: F, timeout: Duration) -> Result<(), SubmitError>
+    where
+        F: FnOnce(&Context) + Send + 'static,
+    {
+        self.submit_job(
+            Job::new(f),
+            Until::Deadline(crate::deadline::after(timeout)),
+        )
+    }
+
+    /// Queues `f`, waiting until `deadline` at most for room.
+    ///
+    /// # Errors
+    ///
+    /// [`Refused::Timeout`] or [`Refused::Closed`], with the job.
+    pub fn submit_deadline<F>(&self, f: F, deadline: Instant) -> Result<(), SubmitError>
+    where
+        F: FnOnce(&Context) + Send + 'static,
+    {
+        self.submit_job(Job::new(f), Until::Deadline(Some(deadline)))
+    }
+
+    /// Queues `f`, waiting for room until `ctx` is done at most.
+    ///
+    /// # Errors
+    ///
+    /// [`Refused::Done`] or [`Refused::Closed`], with the job.
+    pub fn submit_ctx<F>(&self, f: F, ctx: &Context) -> Result<(), SubmitError>
+    where
+        F: FnOnce(&Context) + Send + 'static,
+    {
+        self.submit_job(Job::new(f), Until::Context(ctx))
+    }
+
+    /// Queues `f` (waiting while the queue is full) and returns a handle to
+    /// its result or panic.
+    ///
+    /// # Errors
+    ///
+    /// [`Refused::Closed`] once shutdown has begun, with the job.
+    ///
+    /// ```
+    /// let pool = quiesce::Pool::builder().workers(1).build().unwrap();
+    /// let score = pool.execute(|_ctx| 3 + 4).unwrap();
+    /// assert_eq!(score.join().unwrap(), 7);
+    /// ```
+    pub fn execute<F, T>(&self, f: F) -> Result<JobHandle<T>, SubmitError>
+    where
+        F: FnOnce(&Context) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let slot = Arc::new(Slot {
+            state: Mutex::new(SlotState::Pending),
+            ready: Condvar::new(),
+        });
+        let completer = Completer { slot: slot.clone() };
+        let job = Job {
+            f: Box::new(move |ctx: &Context| {
+                let result = crate::panic::catch(|| f(ctx));
+                let panic = result.as_ref().err().cloned();
+                completer.complete(SlotState::Done(result));
+                panic
+            }),
+        };
+        self.submit_job(job, Until::Deadline(None))?;
+        Ok(JobHandle { slot })
+    }
+
+    /// Requeues a job that was handed back (by a refused submit or a
+    /// shutdown report), waiting while the queue is full.
+    ///
+    /// # Errors
+    ///
+    /// [`Refused::Closed`] once shutdown has begun, with the job.
+    pub fn submit_job_blocking(&self, job: Job) -> Result<(), SubmitError> {
+        self.submit_job(job, Until::Deadline(None))
+    }
+
+    fn submit_job(&self, job: Job, until: Until<'_>) -> Result<(), SubmitError> {
+        let shared = &self.shared;
+        let refuse = |reason, job| Err(SubmitError { reason, job });
+        let _intake = shared.intake.read();
+        if shared.closed.is_fired() || shared.ctx.is_done() {
+            return refuse(Refused::Closed, job);
+        }
+        if let Until::Context(ctx) = until {
+            if let Err(err) = ctx.check() {
+                return refuse(Refused::Done(err), job);
+            }
+        }
+        let job = match shared.queue_tx.try_send(job) {
+            Ok(()) => {
+                shared.grow_if_needed();
+                return Ok(());
+            }
+            Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => job,
+        };
+        shared.grow_if_needed();
+        let deadline = match until {
+            Until::Now => return refuse(Refused::Full, job),
+            Until::Deadline(deadline) => deadline,
+            Until::Context(_) => None,
+        };
+        let mut sel = Select::new();
+        let send = sel.send(&shared.queue_tx);
+        sel.recv(shared.closed.channel());
+        let done = match until {
+            Until::Context(ctx) => Some(sel.recv(ctx.done())),
+            _ => None,
+        };
+        let oper = match deadline {
+            Some(deadline) => match sel.select_deadline(deadline) {
+                Ok(oper) => oper,
+                Err(_) => return refuse(Refused::Timeout, job),
+            },
+            None => sel.select(),
+        };
+        let index = oper.index();
+        if index == send {
+            return match oper.send(&shared.queue_tx, job) {
+                Ok(()) => {
+                    shared.grow_if_needed();
+                    Ok(())
+                }
+                Err(err) => refuse(Refused::Closed, err.into_inner()),
+            };
+        }
+        if Some(index) == done {
+            if let Until::Context(ctx) = until {
+                let _ = oper.recv(ctx.done());
+                return refuse(
+                    Refused::Done(ctx.err().unwrap_or(ContextError::Canceled)),
+                    job,
+                );
+            }
+        }
+        let _ = oper.recv(shared.closed.channel());
+        refuse(Refused::Closed, job)
+    }
+
+    /// Changes the number of workers: a fixed pool gets exactly `n`; an
+    /// elastic one gets `max = n` (and `min` lowered to `n` if above).
+    /// Extra workers exit after their current job; missing ones start now.
+    ///
+    /// # Errors
+    ///
+    /// The OS error if a new worker cannot be started.
+    pub fn resize(&self, n: usize) -> io::Result<()> {
+        let shared = &self.shared;
+        let n = n.max(1);
+        let fixed = shared.min.load(Ordering::Relaxed) == shared.max.load(Ordering::Relaxed);
+        shared.max.store(n, Ordering::SeqCst);
+        if fixed || shared.min.load(Ordering::Relaxed) > n {
+            shared.min.store(n, Ordering::SeqCst);
+        }
+        let workers = shared.workers.load(Ordering::SeqCst);
+        for _ in n..workers {
+            let _ = shared.wake_tx.send(());
+        }
+        while shared.workers.load(Ordering::SeqCst) < shared.min.load(Ordering::SeqCst) {
+            if !shared.spawn_worker()? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the pool: closes intake, runs the queued jobs until `deadline`,
+    /// then cancels the running ones; see the [module docs](self). Returns
+    /// soon after `deadline` (plus the stop grace) even if a job ignores its
+    /// context; that job's worker is named in the report. Calling it again
+    /// reports on whatever is left.
+    pub fn shutdown(&self, deadline: Instant) -> ShutdownReport {
+        self.shared.stop(Stop::Drain(Some(deadline)))
+    }
+
+    /// [`shutdown`](Pool::shutdown) `timeout` from now.
+    pub fn shutdown_timeout(&self, timeout: Duration) -> ShutdownReport {
+        match crate::deadline::after(timeout) {
+            Some(deadline) => self.shutdown(deadline),
+            None => self.shared.stop(Stop::Drain(None)),
+        }
+    }
+
+    /// Stops the pool now: closes intake, cancels running jobs, hands back
+    /// every queued job, and waits the stop grace for the workers.
+    pub fn abort(&self) -> ShutdownReport {
+        self.shared.stop(Stop::Abort)
+    }
+
+    /// Jobs running now.
+    pub fn running(&self) -> usize {
+        self.shared.running.load(Ordering::Relaxed)
+    }
+
+    /// Jobs waiting in the queue now.
+    pub fn queued(&self) -> usize {
+        self.shared.queue_rx.len()
+    }
+
+    /// Jobs that returned normally so far.
+    pub fn completed(&self) -> u64 {
+        self.shared.completed.load(Ordering::Relaxed)
+    }
+
+    /// Jobs that panicked so far.
+    pub fn panicked(&self) -> u64 {
+        self.shared.panicked.load(Ordering::Relaxed)
+    }
+
+    /// Live worker threads now.
+    pub fn workers(&self) -> usize {
+        self.shared.workers.load(Ordering::Relaxed)
+    }
+
+    /// `true` once shutdown has begun.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.is_fired()
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.shared.name)
+            .field("workers", &self.workers())
+            .field("running", &self.running())
+            .field("queued", &self.queued())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let report = self.shared.stop(Stop::Drain(None));
+        if !report.never_started.is_empty() {
+            // Only possible if a job was handed back by a worker that saw
+            // the parent context cancelled.
+            log::warn!(
+                "pool {}: {} job(s) never started and are dropped with the pool",
+                self.shared.name,
+                report.never_started.len()
+            );
+        }
+    }
+}
+
+impl Shared {
+    fn elastic(&self) -> bool {
+        self.min.load(Ordering::Relaxed) < self.max.load(Ordering::Relaxed)
+    }
+
+    /// Starts one more worker if below `max`; `Ok(false)` when at `max` or
+    /// closed.
+    fn spawn_worker(self: &Arc<Self>) -> io::Result<bool> {
+        let mut guard = self.threads.lock();
+        let Some(threads) = guard.as_mut().filter(|_| !self.closed.is_fired()) else {
+            return Ok(false);
+        };
+        let max = self.max.load(Ordering::SeqCst);
+        if self
+            .workers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                (w < max).then_some(w + 1)
+            })
+            .is_err()
+        {
+            return Ok(false);
+        }
+        // Join workers that have exited (elastic shrink, resize) as we go.
+        threads.reap();
+        let index = self.next_worker.fetch_add(1, Ordering::Relaxed);
+        let shared = self.clone();
+        let started = threads.spawn(format!("{}-{index}", self.name), move |ctx| {
+            worker(&shared, ctx, index);
+        });
+        if let Err(err) = started {
+            self.workers.fetch_sub(1, Ordering::SeqCst);
+            return Err(err);
+        }
+        Ok(true)
+    }
+
+    /// Elastic growth: one more worker when none is idle (and below
+    /// `max`).
+    ///
+    /// Called by a submitter *after* it queued a job, and by a worker
+    /// *after* it took a job (and so left the idle count) and finds jobs
+    /// still queued. All
+    /// `SeqCst`: if the worker's look at the queue misses the new job, the
+    /// submitter's look at `idle` sees the worker gone, so a queued job is
+    /// never left without either an idle worker or a new one.
+    fn grow_if_needed(self: &Arc<Self>) {
+        if !self.elastic()
+            || self.idle.load(Ordering::SeqCst) > 0
+            || self.workers.load(Ordering::SeqCst) >= self.max.load(Ordering::SeqCst)
+        {
+            return;
+        }
+        if let Err(err) = self.spawn_worker() {
+            log::warn!("pool {}: cannot start another worker: {err}", self.name);
+        }
+    }
+
+    /// A worker took a job: if more are waiting and nobody is idle, the
+    /// pool grows (each new worker does the same as it takes its first
+    /// job, so a burst of submits grows the pool as far as it needs).
+    fn took_job(self: &Arc<Self>) {
+        if self.elastic() && !self.queue_rx.is_empty() {
+            self.grow_if_needed();
+        }
+    }
+
+    /// Leaves the worker count if it is above the current `max` (resize) or
+    /// above `min` and idle (`idle_exit`); `true` when this worker must go.
+    fn retire(&self, idle_exit: bool) -> bool {
+        let limit = if idle_exit {
+            self.min.load(Ordering::SeqCst)
+        } else {
+            self.max.load(Ordering::SeqCst)
+        };
+        self.workers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                (w > limit).then(|| w - 1)
+            })
+            .is_ok()
+    }
+
+    /// Undoes a `retire` when work showed up meanwhile; `false` if the
+    /// pool is at `max` again (others took the place).
+    fn rejoin(&self) -> bool {
+        let max = self.max.load(Ordering::SeqCst);
+        self.workers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                (w < max).then_some(w + 1)
+            })
+            .is_ok()
+    }
+
+    fn run_job(&self, job: Job, ctx: &Context) {
+        if ctx.is_done() {
+            // Cancelled (abort, deadline, parent): hand it back, unstarted.
+            self.returned.lock().push(job);
+            return;
+        }
+        self.running.fetch_add(1, Ordering::Relaxed);
+        let panic = (job.f)(ctx);
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        match panic {
+            Some(panic) => {
+                self.panicked.fetch_add(1, Ordering::Relaxed);
+                log::warn!("pool {}: a job {panic}", self.name);
+                if let Some(handler) = &self.panic_handler {
+                    if let Err(p) = crate::panic::catch(|| handler(&panic)) {
+                        log::error!("pool {}: the panic handler {p}", self.name);
+                    }
+                }
+            }
+            None if ctx.is_done() => {
+                self.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                self.completed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Steps 1 and 2 of a shutdown: close intake, then wait out the
+    /// submits under way. Idempotent.
+    fn close_intake(&self) {
+        let mut shut = self.shut.lock();
+        if !*shut {
+            *shut = true;
+            self.closed_trigger.fire();
+            drop(self.intake.write());
+            log::debug!("pool {}: intake closed", self.name);
+        }
+    }
+
+    fn stop(&self, how: Stop) -> ShutdownReport {
+        self.close_intake();
+        // Take the workers out of the lock while waiting for them, so a
+        // worker trying to grow the pool is not blocked behind us (it finds
+        // `closed` fired, or no `Threads`, and gives up). A concurrent stop
+        // that finds them taken reports without waiting.
+        let Some(mut threads) = self.threads.lock().take() else {
+            return self.report(Vec::new());
+        };
+        if let Stop::Drain(deadline) = how {
+            // Step 3: intake is sealed, so an empty queue stays empty.
+            self.drain_trigger.fire();
+            let _ = match deadline {
+                Some(deadline) => threads.join_deadline(deadline),
+                None => threads.join_timeout(Duration::MAX),
+            };
+        }
+        // Step 4.
+        threads.cancel();
+        let stuck = threads.join_timeout(self.stop_grace).running;
+        *self.threads.lock() = Some(threads);
+        self.report(stuck)
+    }
+
+    fn report(&self, stuck: Vec<Running>) -> ShutdownReport {
+        let mut never_started = std::mem::take(&mut *self.returned.lock());
+        never_started.extend(self.queue_rx.try_iter());
+        if !stuck.is_empty() {
+            let names: Vec<&str> = stuck.iter().map(|r| r.name.as_str()).collect();
+            log::warn!(
+                "pool {}: worker(s) still running after the deadline: {}",
+                self.name,
+                names.join(", ")
+            );
+        }
+        ShutdownReport {
+            completed: self.completed.load(Ordering::Relaxed),
+            panicked: self.panicked.load(Ordering::Relaxed),
+            cancelled: self.cancelled.load(Ordering::Relaxed),
+            never_started,
+            stuck,
+        }
+    }
+}
+
+/// Decrements the live worker count when a worker ends, however it ends,
+/// unless the worker already left the count (retire).
+struct WorkerExit<'a> {
+    shared: &'a Shared,
+    counted: bool,
+    index: usize,
+}
+
+impl Drop for WorkerExit<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.shared.workers.fetch_sub(1, Ordering::SeqCst);
+        }
+        if let Some(hook) = &self.shared.on_exit {
+            let index = self.index;
+            if let Err(p) = crate::panic::catch(|| hook(index)) {
+                log::error!("pool {}: the on_exit hook {p}", self.shared.name);
+            }
+        }
+    }
+}
+
+/// What woke an idle worker.
+enum Wake {
+    Job(Job),
+    Resize,
+    Drain,
+    Stop,
+    IdleTimeout,
+}
+
+fn worker(shared: &Arc<Shared>, ctx: &Context, index: usize) {
+    let mut exit = WorkerExit {
+        shared,
+        counted: true,
+        index,
+    };
+    if let Some(hook) = &shared.on_start {
+        if let Err(p) = crate::panic::catch(|| hook(index)) {
+            log::error!("pool {}: the on_start hook {p}", shared.name);
+        }
+    }
+    loop {
+        if ctx.is_done() {
+            return;
+        }
+        // Fast path: take queued work without building a `Select`.
+        if let Ok(job) = shared.queue_rx.try_recv() {
+            shared.took_job();
+            shared.run_job(job, ctx);
+            continue;
+        }
+        if shared.drain.is_fired() {
+            // Intake is sealed before `drain` fires: an empty queue stays
+            // empty.
+            return;
+        }
+        match wait_for_work(shared, ctx) {
+            Wake::Job(job) => {
+                shared.took_job();
+                shared.run_job(job, ctx);
+            }
+            Wake::Resize => {
+                if shared.retire(false) {
+                    exit.counted = false;
+                    return;
+                }
+            }
+            Wake::IdleTimeout => {
+                // Leave the count first, then look at the queue: a job
+                // queued after that look is seen by its submitter, who then
+                // finds room to grow (see `grow_if_needed`).
+                if shared.retire(true) && (shared.queue_rx.is_empty() || !shared.rejoin()) {
+                    exit.counted = false;
+                    return;
+                }
+            }
+            Wake::Drain => {}
+            Wake::Stop => return,
+        }
+    }
+}
+
+fn wait_for_work(shared: &Shared, ctx: &Context) -> Wake {
+    let mut sel = Select::new();
+    let job = sel.recv(&shared.queue_rx);
+    let resize = sel.recv(&shared.wake_rx);
+    let drain = sel.recv(shared.drain.channel());
+    sel.recv(ctx.done());
+    shared.idle.fetch_add(1, Ordering::SeqCst);
+    let oper = if shared.elastic() {
+        sel.select_timeout(shared.idle_timeout)
+    } else {
+        Ok(sel.select())
+    };
+    shared.idle.fetch_sub(1, Ordering::SeqCst);
+    let Ok(oper) = oper else {
+        return Wake::IdleTimeout;
+    };
+    match oper.index() {
+        i if i == job => match oper.recv(&shared.queue_rx) {
+            Ok(job) => Wake::Job(job),
+            Err(_) => Wake::Stop,
+        },
+        i if i == resize => {
+            let _ = oper.recv(&shared.wake_rx);
+            Wake::Resize
+        }
+        i if i == drain => {
+            let _ = oper.recv(shared.drain.channel());
+            Wake::Drain
+        }
+        _ => {
+            let _ = oper.recv(ctx.done());
+            Wake::Stop
+        }
+    }
+}
+
+/// The result of a job queued with [`Pool::execute`].
+pub struct JobHandle<T> {
+    slot: Arc<Slot<T>>,
+}
+
+struct Slot<T> {
+    state: Mutex<SlotState<T>>,
+    ready: Condvar,
+}
+
+enum SlotState<T> {
+    Pending,
+    Done(Result<T, Panic>),
+    NotRun,
+    Taken,
+}
+
+/// Owned by the job: fills the slot when the job ends, or marks it
+/// `NotRun` when the job is dropped without running.
+struct Completer<T> {
+    slot: Arc<Slot<T>>,
+}
+
+impl<T> Completer<T> {
+    fn complete(&self, outcome: SlotState<T>) {
+        let mut state = self.slot.state.lock();
+        if matches!(*state, SlotState::Pending) {
+            *state = outcome;
+            self.slot.ready.notify_all();
+        }
+    }
+}
+
+impl<T> Drop for Completer<T> {
+    fn drop(&mut self) {
+        self.complete(SlotState::NotRun);
+    }
+}
+
+/// Why a [`JobHandle`] has no value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobError {
+    /// The job panicked.
+    Panicked(Panic),
+    /// The job was dropped without running (the pool was aborted and the
+    /// handed-back job dropped).
+    NotRun,
+    /// The wait timed out; the job may still finish (join again).
+    Timeout,
+    /// The result was already taken by an earlier join.
+    AlreadyJoined,
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobError::Panicked(p) => write!(f, "the job {p}"),
+            JobError::NotRun => f.write_str("the job was dropped without running"),
+            JobError::Timeout => f.write_str("timed out waiting for the job"),
+            JobError::AlreadyJoined => f.write_str("the job's result was already taken"),
+        }
+    }
+}
+
+impl std::error::Error for JobError {}
+
+impl<T> JobHandle<T> {
+    /// Waits for the job's result.
+    ///
+    /// # Errors
+    ///
+    /// [`JobError::Panicked`] or [`JobError::NotRun`].
+    pub fn join(self) -> Result<T, JobError> {
+        self.join_until(None)
+    }
+
+    /// Waits at most `timeout` for the job's result; after
+    /// [`JobError::Timeout`] it can be joined again.
+    ///
+    /// # Errors
+    ///
+    /// [`JobError::Timeout`], [`JobError::Panicked`], [`JobError::NotRun`],
+    /// [`JobError::AlreadyJoined`].
+    pub fn join_timeout(&self, timeout: Duration) -> Result<T, JobError> {
+        self.join_until(crate::deadline::after(timeout))
+    }
+
+    /// Waits until `deadline` at most for the job's result.
+    ///
+    /// # Errors
+    ///
+    /// As [`join_timeout`](JobHandle::join_timeout).
+    pub fn join_deadline(&self, deadline: Instant) -> Result<T, JobError> {
+        self.join_until(Some(deadline))
+    }
+
+    /// `true` once the job has finished (or was dropped unrun).
+    pub fn is_finished(&self) -> bool {
+        !matches!(*self.slot.state.lock(), SlotState::Pending)
+    }
+
+    fn join_until(&self, deadline: Option<Instant>) -> Result<T, JobError> {
+        let mut state = self.slot.state.lock();
+        while matches!(*state, SlotState::Pending) {
+            match deadline {
+                Some(deadline) => {
+                    if self.slot.ready.wait_until(&mut state, deadline).timed_out()
+                        && matches!(*state, SlotState::Pending)
+                    {
+                        return Err(JobError::Timeout);
+                    }
+                }
+                None => self.slot.ready.wait(&mut state),
+            }
+        }
+        match std::mem::replace(&mut *state, SlotState::Taken) {
+            SlotState::Done(result) => result.map_err(JobError::Panicked),
+            SlotState::NotRun => Err(JobError::NotRun),
+            SlotState::Taken => Err(JobError::AlreadyJoined),
+            SlotState::Pending => unreachable!("waited above"),
+        }
+    }
+}
+
+impl<T> fmt::Debug for JobHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobHandle")
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
