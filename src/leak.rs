@@ -267,13 +267,15 @@ impl Drop for Registered {
 }
 
 /// Spawns a named library thread and records it in the registry for as long
-/// as `f` runs. Every thread quiesce starts goes through here.
+/// as `f` runs. Every thread quiesce starts goes through here (or
+/// [`spawn_scoped`]).
 pub(crate) fn spawn<F, T>(name: String, f: F) -> io::Result<JoinHandle<T>>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    spawn_with_trackers(name, true, f)
+    let f = register(&name, true, f);
+    std::thread::Builder::new().name(name).spawn(f)
 }
 
 /// Like [`spawn`], but the thread belongs to no tracker (process-wide
@@ -283,13 +285,32 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    spawn_with_trackers(name, false, f)
+    let f = register(&name, false, f);
+    std::thread::Builder::new().name(name).spawn(f)
 }
 
-fn spawn_with_trackers<F, T>(name: String, tracked: bool, f: F) -> io::Result<JoinHandle<T>>
+/// Like [`spawn`], for a thread of a `std::thread::scope`.
+pub(crate) fn spawn_scoped<'scope, 'env, F, T>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    name: String,
+    f: F,
+) -> io::Result<std::thread::ScopedJoinHandle<'scope, T>>
 where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'scope,
+    T: Send + 'scope,
+{
+    let f = register(&name, true, f);
+    std::thread::Builder::new()
+        .name(name)
+        .spawn_scoped(scope, f)
+}
+
+/// Records a thread about to start, and wraps its code so that it runs with
+/// the spawner's trackers and leaves the registry when it is over. If the
+/// thread is never started, dropping the wrapper removes the entry again.
+fn register<F, T>(name: &str, tracked: bool, f: F) -> impl FnOnce() -> T + Send
+where
+    F: FnOnce() -> T + Send,
 {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let trackers = if tracked {
@@ -300,17 +321,15 @@ where
     REGISTRY.threads.lock().insert(
         id,
         Entry {
-            name: name.clone(),
+            name: name.to_string(),
             started: Instant::now(),
             trackers: trackers.clone(),
         },
     );
     let registered = Registered(id);
-    std::thread::Builder::new().name(name).spawn(move || {
+    move || {
         let _registered = registered;
         ACTIVE.with(|a| *a.borrow_mut() = trackers);
         f()
-    })
-    // On a failed spawn the closure, and `registered` with it, is dropped,
-    // which removes the entry again.
+    }
 }

@@ -53,5 +53,10 @@ impl std::error::Error for Panic {}
 
 /// Runs `f`, turning a panic into `Err(Panic)`.
 pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Panic> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(Panic::from_payload)
+    catch_payload(f).map_err(Panic::from_payload)
+}
+
+/// Runs `f`, keeping a panic's payload (to resume it later).
+pub(crate) fn catch_payload<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
 }

@@ -57,10 +57,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 
 use crate::context::{Context, ContextError};
 use crate::done::{shutdown, Done, Shutdown};
+use crate::handle::{self, JobHandle};
 use crate::panic::Panic;
 use crate::threads::{Running, Threads};
 
@@ -508,21 +509,17 @@ impl Pool {
         F: FnOnce(&Context) -> T + Send + 'static,
         T: Send + 'static,
     {
-        let slot = Arc::new(Slot {
-            state: Mutex::new(SlotState::Pending),
-            ready: Condvar::new(),
-        });
-        let completer = Completer { slot: slot.clone() };
+        let (completer, handle) = handle::pair();
         let job = Job {
             f: Box::new(move |ctx: &Context| {
                 let result = crate::panic::catch(|| f(ctx));
                 let panic = result.as_ref().err().cloned();
-                completer.complete(SlotState::Done(result));
+                completer.finish(result);
                 panic
             }),
         };
         self.submit_job(job, Until::Deadline(None))?;
-        Ok(JobHandle { slot })
+        Ok(handle)
     }
 
     /// Requeues a job that was handed back (by a refused submit or a
@@ -998,137 +995,5 @@ fn wait_for_work(shared: &Shared, ctx: &Context) -> Wake {
             let _ = oper.recv(ctx.done());
             Wake::Stop
         }
-    }
-}
-
-/// The result of a job queued with [`Pool::execute`].
-pub struct JobHandle<T> {
-    slot: Arc<Slot<T>>,
-}
-
-struct Slot<T> {
-    state: Mutex<SlotState<T>>,
-    ready: Condvar,
-}
-
-enum SlotState<T> {
-    Pending,
-    Done(Result<T, Panic>),
-    NotRun,
-    Taken,
-}
-
-/// Owned by the job: fills the slot when the job ends, or marks it
-/// `NotRun` when the job is dropped without running.
-struct Completer<T> {
-    slot: Arc<Slot<T>>,
-}
-
-impl<T> Completer<T> {
-    fn complete(&self, outcome: SlotState<T>) {
-        let mut state = self.slot.state.lock();
-        if matches!(*state, SlotState::Pending) {
-            *state = outcome;
-            self.slot.ready.notify_all();
-        }
-    }
-}
-
-impl<T> Drop for Completer<T> {
-    fn drop(&mut self) {
-        self.complete(SlotState::NotRun);
-    }
-}
-
-/// Why a [`JobHandle`] has no value.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum JobError {
-    /// The job panicked.
-    Panicked(Panic),
-    /// The job was dropped without running (the pool was aborted and the
-    /// handed-back job dropped).
-    NotRun,
-    /// The wait timed out; the job may still finish (join again).
-    Timeout,
-    /// The result was already taken by an earlier join.
-    AlreadyJoined,
-}
-
-impl fmt::Display for JobError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            JobError::Panicked(p) => write!(f, "the job {p}"),
-            JobError::NotRun => f.write_str("the job was dropped without running"),
-            JobError::Timeout => f.write_str("timed out waiting for the job"),
-            JobError::AlreadyJoined => f.write_str("the job's result was already taken"),
-        }
-    }
-}
-
-impl std::error::Error for JobError {}
-
-impl<T> JobHandle<T> {
-    /// Waits for the job's result.
-    ///
-    /// # Errors
-    ///
-    /// [`JobError::Panicked`] or [`JobError::NotRun`].
-    pub fn join(self) -> Result<T, JobError> {
-        self.join_until(None)
-    }
-
-    /// Waits at most `timeout` for the job's result; after
-    /// [`JobError::Timeout`] it can be joined again.
-    ///
-    /// # Errors
-    ///
-    /// [`JobError::Timeout`], [`JobError::Panicked`], [`JobError::NotRun`],
-    /// [`JobError::AlreadyJoined`].
-    pub fn join_timeout(&self, timeout: Duration) -> Result<T, JobError> {
-        self.join_until(crate::deadline::after(timeout))
-    }
-
-    /// Waits until `deadline` at most for the job's result.
-    ///
-    /// # Errors
-    ///
-    /// As [`join_timeout`](JobHandle::join_timeout).
-    pub fn join_deadline(&self, deadline: Instant) -> Result<T, JobError> {
-        self.join_until(Some(deadline))
-    }
-
-    /// `true` once the job has finished (or was dropped unrun).
-    pub fn is_finished(&self) -> bool {
-        !matches!(*self.slot.state.lock(), SlotState::Pending)
-    }
-
-    fn join_until(&self, deadline: Option<Instant>) -> Result<T, JobError> {
-        let mut state = self.slot.state.lock();
-        while matches!(*state, SlotState::Pending) {
-            match deadline {
-                Some(deadline) => {
-                    if self.slot.ready.wait_until(&mut state, deadline).timed_out()
-                        && matches!(*state, SlotState::Pending)
-                    {
-                        return Err(JobError::Timeout);
-                    }
-                }
-                None => self.slot.ready.wait(&mut state),
-            }
-        }
-        match std::mem::replace(&mut *state, SlotState::Taken) {
-            SlotState::Done(result) => result.map_err(JobError::Panicked),
-            SlotState::NotRun => Err(JobError::NotRun),
-            SlotState::Taken => Err(JobError::AlreadyJoined),
-            SlotState::Pending => unreachable!("waited above"),
-        }
-    }
-}
-
-impl<T> fmt::Debug for JobHandle<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JobHandle")
-            .field("finished", &self.is_finished())
-            .finish()
     }
 }

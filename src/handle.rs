@@ -1,0 +1,159 @@
+//! `JobHandle`: the result of one job run by a [`Pool`](crate::Pool) or a
+//! [`scope`](crate::scope), filled in by the job, or marked "never ran" if
+//! the job is dropped unrun.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::panic::Panic;
+
+/// A fresh handle and the completer its job carries.
+pub(crate) fn pair<T>() -> (Completer<T>, JobHandle<T>) {
+    let slot = Arc::new(Slot {
+        state: Mutex::new(SlotState::Pending),
+        ready: Condvar::new(),
+    });
+    (Completer { slot: slot.clone() }, JobHandle { slot })
+}
+
+/// The result of a job queued with [`Pool::execute`](crate::Pool::execute)
+/// or [`Scope::spawn`](crate::Scope::spawn).
+pub struct JobHandle<T> {
+    slot: Arc<Slot<T>>,
+}
+
+struct Slot<T> {
+    state: Mutex<SlotState<T>>,
+    ready: Condvar,
+}
+
+enum SlotState<T> {
+    Pending,
+    Done(Result<T, Panic>),
+    NotRun,
+    Taken,
+}
+
+/// Owned by the job: fills the slot when the job ends, or marks it
+/// `NotRun` when the job is dropped without running.
+pub(crate) struct Completer<T> {
+    slot: Arc<Slot<T>>,
+}
+
+impl<T> Completer<T> {
+    /// Records the job's outcome and wakes whoever joins it.
+    pub(crate) fn finish(self, result: Result<T, Panic>) {
+        self.complete(SlotState::Done(result));
+    }
+
+    fn complete(&self, outcome: SlotState<T>) {
+        let mut state = self.slot.state.lock();
+        if matches!(*state, SlotState::Pending) {
+            *state = outcome;
+            self.slot.ready.notify_all();
+        }
+    }
+}
+
+impl<T> Drop for Completer<T> {
+    fn drop(&mut self) {
+        self.complete(SlotState::NotRun);
+    }
+}
+
+/// Why a [`JobHandle`] has no value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobError {
+    /// The job panicked.
+    Panicked(Panic),
+    /// The job never ran: it was dropped unrun (a pool's handed-back job
+    /// that was dropped, a scope job skipped because the scope's context
+    /// was done).
+    NotRun,
+    /// The wait timed out; the job may still finish (join again).
+    Timeout,
+    /// The result was already taken by an earlier join.
+    AlreadyJoined,
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobError::Panicked(p) => write!(f, "the job {p}"),
+            JobError::NotRun => f.write_str("the job never ran"),
+            JobError::Timeout => f.write_str("timed out waiting for the job"),
+            JobError::AlreadyJoined => f.write_str("the job's result was already taken"),
+        }
+    }
+}
+
+impl std::error::Error for JobError {}
+
+impl<T> JobHandle<T> {
+    /// Waits for the job's result.
+    ///
+    /// # Errors
+    ///
+    /// [`JobError::Panicked`] or [`JobError::NotRun`].
+    pub fn join(self) -> Result<T, JobError> {
+        self.join_until(None)
+    }
+
+    /// Waits at most `timeout` for the job's result; after
+    /// [`JobError::Timeout`] it can be joined again.
+    ///
+    /// # Errors
+    ///
+    /// [`JobError::Timeout`], [`JobError::Panicked`], [`JobError::NotRun`],
+    /// [`JobError::AlreadyJoined`].
+    pub fn join_timeout(&self, timeout: Duration) -> Result<T, JobError> {
+        self.join_until(crate::deadline::after(timeout))
+    }
+
+    /// Waits until `deadline` at most for the job's result.
+    ///
+    /// # Errors
+    ///
+    /// As [`join_timeout`](JobHandle::join_timeout).
+    pub fn join_deadline(&self, deadline: Instant) -> Result<T, JobError> {
+        self.join_until(Some(deadline))
+    }
+
+    /// `true` once the job has finished (or was dropped unrun).
+    pub fn is_finished(&self) -> bool {
+        !matches!(*self.slot.state.lock(), SlotState::Pending)
+    }
+
+    fn join_until(&self, deadline: Option<Instant>) -> Result<T, JobError> {
+        let mut state = self.slot.state.lock();
+        while matches!(*state, SlotState::Pending) {
+            match deadline {
+                Some(deadline) => {
+                    if self.slot.ready.wait_until(&mut state, deadline).timed_out()
+                        && matches!(*state, SlotState::Pending)
+                    {
+                        return Err(JobError::Timeout);
+                    }
+                }
+                None => self.slot.ready.wait(&mut state),
+            }
+        }
+        match std::mem::replace(&mut *state, SlotState::Taken) {
+            SlotState::Done(result) => result.map_err(JobError::Panicked),
+            SlotState::NotRun => Err(JobError::NotRun),
+            SlotState::Taken => Err(JobError::AlreadyJoined),
+            SlotState::Pending => unreachable!("waited above"),
+        }
+    }
+}
+
+impl<T> fmt::Debug for JobHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobHandle")
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
