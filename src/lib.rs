@@ -81,10 +81,13 @@ mod deadline;
 mod done;
 mod group;
 mod handle;
+mod notify;
 mod panic;
 mod pool;
 mod scope;
 mod semaphore;
+pub mod signals;
+mod supervisor;
 mod sync;
 mod threads;
 mod timer;
@@ -103,5 +106,9 @@ pub use panic::Panic;
 pub use pool::{Job, Pool, PoolBuilder, Refused, ShutdownReport, SubmitError};
 pub use scope::{scope, Scope};
 pub use semaphore::{AcquireError, Permit, Semaphore};
+pub use supervisor::{
+    exit, BoxError, Outcome, Readiness, RestartPolicy, Service, ServiceContext, ServiceReport,
+    ServiceSpec, StopCause, Supervisor, SupervisorReport,
+};
 pub use threads::{Finished, JoinReport, Running, Threads};
 pub use wait::{WaitGroup, WaitGuard};

@@ -1,0 +1,144 @@
+//! SIGINT and SIGTERM as a [`Context`]: the first signal cancels it (a
+//! graceful shutdown starts), a second one ends the process at once with
+//! exit code 128 + the signal's number.
+//!
+//! Go programs write this by hand with `signal.Notify(ch, os.Interrupt,
+//! syscall.SIGTERM)` and a goroutine, or use `signal.NotifyContext`. Here
+//! [`signal_context`] returns the context and a guard that owns the
+//! listening thread (`quiesce-signals`); dropping the guard stops listening
+//! and joins the thread.
+//!
+//! The signal handlers themselves only write to a pipe (signal-hook's
+//! `iterator`); everything else — cancelling, logging, exiting — happens on
+//! the `quiesce-signals` thread.
+//!
+//! ```no_run
+//! let (ctx, signals) = quiesce::signals::signal_context(&quiesce::Context::background()).unwrap();
+//! // ... start work under `ctx` ...
+//! let _ = ctx.done().recv(); // blocks until Ctrl-C or SIGTERM
+//! println!("stopping after {:?}", signals.received());
+//! ```
+//!
+//! Signal dispositions are process-wide: use one `signal_context` at a time
+//! (tests that touch signals belong in their own test binary).
+
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::{Handle, Signals};
+
+use crate::context::{CancelGuard, Context};
+
+/// The cause given to the context when a signal cancels it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignalReceived(pub i32);
+
+impl SignalReceived {
+    /// `SIGTERM`, `SIGINT`, or the number.
+    pub fn name(&self) -> String {
+        signal_name(self.0)
+    }
+}
+
+impl fmt::Display for SignalReceived {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "received {}", signal_name(self.0))
+    }
+}
+
+impl std::error::Error for SignalReceived {}
+
+/// `SIGTERM`, `SIGINT`, or `signal N`.
+pub fn signal_name(signal: i32) -> String {
+    match signal {
+        SIGINT => "SIGINT".to_string(),
+        SIGTERM => "SIGTERM".to_string(),
+        n => format!("signal {n}"),
+    }
+}
+
+/// Owns the `quiesce-signals` thread of a [`signal_context`]; dropping it
+/// stops listening (the handlers are unregistered) and joins the thread.
+#[must_use = "dropping the guard stops listening for signals at once"]
+pub struct SignalGuard {
+    handle: Handle,
+    thread: Option<JoinHandle<()>>,
+    received: Arc<AtomicI32>,
+}
+
+impl SignalGuard {
+    /// The first signal received, if any.
+    pub fn received(&self) -> Option<i32> {
+        match self.received.load(Ordering::SeqCst) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        self.handle.close();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl fmt::Debug for SignalGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignalGuard")
+            .field("received", &self.received())
+            .finish()
+    }
+}
+
+/// A child of `parent` cancelled by the first SIGINT or SIGTERM, with
+/// [`SignalReceived`] as its [cause](Context::cause); a second signal exits
+/// the process with 128 + its number.
+///
+/// # Errors
+///
+/// When the handlers cannot be installed or the thread cannot start.
+pub fn signal_context(parent: &Context) -> io::Result<(Context, SignalGuard)> {
+    let (ctx, cancel) = parent.with_cancel();
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let handle = signals.handle();
+    let received = Arc::new(AtomicI32::new(0));
+    let first = received.clone();
+    let thread = crate::leak::spawn("quiesce-signals".to_string(), move || {
+        listen(&mut signals, &cancel, &first);
+    })?;
+    let guard = SignalGuard {
+        handle,
+        thread: Some(thread),
+        received,
+    };
+    Ok((ctx, guard))
+}
+
+fn listen(signals: &mut Signals, cancel: &CancelGuard, first: &AtomicI32) {
+    for signal in signals.forever() {
+        if first
+            .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            log::info!(
+                "{}: shutting down gracefully (send it again to exit at once)",
+                SignalReceived(signal)
+            );
+            cancel.cancel_with_cause(SignalReceived(signal));
+        } else {
+            log::warn!(
+                "{} again: exiting now with code {}",
+                signal_name(signal),
+                128 + signal
+            );
+            std::process::exit(128 + signal);
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! Supervisor contract, in process (no signals: a stop context stands in
+//! for SIGTERM; the signal paths are in tests/supervisor_process.rs).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::bounded;
+use quiesce::{
+    exit, leak, Context, Outcome, Readiness, RestartPolicy, StopCause, Supervisor, SupervisorReport,
+};
+
+const LONG: Duration = Duration::from_secs(60);
+
+type Log = Arc<Mutex<Vec<String>>>;
+
+fn log_line(log: &Log, line: impl Into<String>) {
+    log.lock().unwrap().push(line.into());
+}
+
+/// A service that logs its start, becomes ready, waits to be stopped and
+/// logs its stop.
+fn polite(sup: &mut Supervisor, name: &str, log: &Log) {
+    let (name, log) = (name.to_string(), log.clone());
+    let n = name.clone();
+    sup.add_fn(n, move |ctx| {
+        log_line(&log, format!("start {name}"));
+        ctx.ready();
+        let _ = ctx.done().recv();
+        log_line(&log, format!("stop {name}"));
+        Ok(())
+    });
+}
+
+/// Runs `sup` on a thread; returns the stop guard, the readiness and the
+/// thread.
+fn start(
+    sup: Supervisor,
+) -> (
+    quiesce::CancelGuard,
+    Readiness,
+    thread::JoinHandle<SupervisorReport>,
+) {
+    let readiness = sup.readiness();
+    let (stop, guard) = Context::background().with_cancel();
+    let runner = thread::spawn(move || sup.run(&stop));
+    (guard, readiness, runner)
+}
+
+fn wait_ready(readiness: &Readiness) {
+    let give_up = Instant::now() + LONG;
+    while !readiness.is_ready() {
+        assert!(Instant::now() < give_up, "never ready");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn services_start_in_order_and_stop_in_reverse() {
+    let leaks = leak::track();
+    let log: Log = Arc::default();
+    let mut sup = Supervisor::new();
+    for name in ["store", "pipeline", "intake"] {
+        polite(&mut sup, name, &log);
+    }
+    let (stop, readiness, runner) = start(sup);
+    wait_ready(&readiness);
+    drop(stop);
+    let report = runner.join().unwrap();
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "start store",
+            "start pipeline",
+            "start intake",
+            "stop intake",
+            "stop pipeline",
+            "stop store"
+        ]
+    );
+    assert_eq!(report.stop_order, ["intake", "pipeline", "store"]);
+    assert!(report.services.iter().all(|s| s.outcome == Outcome::Clean));
+    assert!(matches!(report.cause, StopCause::Requested(_)));
+    assert_eq!(report.exit_code(), exit::OK);
+    assert!(!readiness.is_ready());
+    leaks.assert_none();
+}
+
+#[test]
+fn the_next_service_starts_only_once_the_previous_is_up() {
+    let leaks = leak::track();
+    let store_up = Arc::new(AtomicUsize::new(0));
+    let seen_by_intake = Arc::new(AtomicUsize::new(usize::MAX));
+    let mut sup = Supervisor::new();
+    let up = store_up.clone();
+    sup.add_fn("store", move |ctx| {
+        // Opening takes a while; intake must not start meanwhile.
+        thread::sleep(Duration::from_millis(30));
+        up.store(1, Ordering::SeqCst);
+        ctx.ready();
+        let _ = ctx.done().recv();
+        Ok(())
+    });
+    let (up, seen) = (store_up.clone(), seen_by_intake.clone());
+    sup.add_fn("intake", move |ctx| {
+        seen.store(up.load(Ordering::SeqCst), Ordering::SeqCst);
+        ctx.ready();
+        let _ = ctx.done().recv();
+        Ok(())
+    });
+    let (stop, readiness, runner) = start(sup);
+    wait_ready(&readiness);
+    drop(stop);
+    assert_eq!(runner.join().unwrap().exit_code(), exit::OK);
+    assert_eq!(seen_by_intake.load(Ordering::SeqCst), 1);
+    leaks.assert_none();
+}
+
+#[test]
+fn a_service_that_never_comes_up_fails_the_start_and_rolls_back() {
+    let leaks = leak::track();
+    let log: Log = Arc::default();
+    let mut sup = Supervisor::new();
+    polite(&mut sup, "store", &log);
+    polite(&mut sup, "pipeline", &log);
+    let l = log.clone();
+    sup.add_fn("intake", move |ctx| {
+        log_line(&l, "start intake (never ready)");
+        let _ = ctx.done().recv();
+        log_line(&l, "stop intake");
+        Ok(())
+    })
+    .start_timeout(Duration::from_millis(30));
+    polite(&mut sup, "scheduler", &log);
+    let report = sup.run(&Context::background());
+    match &report.cause {
+        StopCause::StartFailed { service, reason } => {
+            assert_eq!(service, "intake");
+            assert!(reason.contains("ready"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(report.stop_order, ["intake", "pipeline", "store"]);
+    let scheduler = report
+        .services
+        .iter()
+        .find(|s| s.name == "scheduler")
+        .unwrap();
+    assert_eq!(scheduler.outcome, Outcome::NotStarted);
+    assert!(!log.lock().unwrap().iter().any(|l| l.contains("scheduler")));
+    assert_eq!(report.exit_code(), exit::SERVICE_FAILED);
+    leaks.assert_none();
+}
+
+#[test]
+fn a_service_that_errors_while_starting_fails_the_start() {
+    let leaks = leak::track();
+    let log: Log = Arc::default();
+    let mut sup = Supervisor::new();
+    polite(&mut sup, "store", &log);
+    sup.add_fn("intake", |_ctx| Err("address already in use".into()));
+    let report = sup.run(&Context::background());
+    assert_eq!(
+        report.cause,
+        StopCause::StartFailed {
+            service: "intake".into(),
+            reason: "failed: address already in use".into()
+        }
+    );
+    assert_eq!(*log.lock().unwrap(), ["start store", "stop store"]);
+    assert_eq!(report.exit_code(), exit::SERVICE_FAILED);
+    leaks.assert_none();
+}
+
+#[test]
+fn a_failing_service_stops_the_group_in_order_and_is_named() {
+    let leaks = leak::track();
+    let log: Log = Arc::default();
+    let mut sup = Supervisor::new();
+    polite(&mut sup, "store", &log);
+    let (fail_tx, fail_rx) = bounded::<()>(1);
+    sup.add_fn("pipeline", move |ctx| {
+        ctx.ready();
+        let _ = fail_rx.recv_timeout(LONG);
+        Err(std::io::Error::other("disk full").into())
+    });
+    polite(&mut sup, "intake", &log);
+    let (_stop, readiness, runner) = start(sup);
+    wait_ready(&readiness);
+    fail_tx.send(()).unwrap();
+    let report = runner.join().unwrap();
+    assert_eq!(report.cause, StopCause::ServiceEnded("pipeline".into()));
+    let pipeline = report
+        .services
+        .iter()
+        .find(|s| s.name == "pipeline")
+        .unwrap();
+    assert_eq!(pipeline.outcome, Outcome::Failed("disk full".into()));
+    assert_eq!(report.stop_order, ["intake", "store"]);
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["start store", "start intake", "stop intake", "stop store"]
+    );
+    assert_eq!(report.exit_code(), exit::SERVICE_FAILED);
+    leaks.assert_none();
+}
+
+#[test]
+fn a_panicking_service_is_reported_with_its_message() {
+    let leaks = leak::track();
+    let log: Log = Arc::default();
+    let mut sup = Supervisor::new();
+    polite(&mut sup, "store", &log);
+    sup.add_fn("scheduler", |ctx| {
+        ctx.ready();
+        panic!("summary template missing")
+    });
+    let report = sup.run(&Context::background());
+    let scheduler = report
+        .services
+        .iter()
+        .find(|s| s.name == "scheduler")
+        .unwrap();
+    match &scheduler.outcome {
+        Outcome::Panicked(p) => assert_eq!(p.message(), "summary template missing"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(report.exit_code(), exit::SERVICE_FAILED);
+    assert!(report
+        .to_string()
+        .contains("scheduler=panicked: summary template missing"));
+    leaks.assert_none();
+}
+
+#[test]
+fn a_service_returning_on_its_own_ends_the_group() {
+    let leaks = leak::track();
+    let log: Log = Arc::default();
+    let mut sup = Supervisor::new();
+    polite(&mut sup, "store", &log);
+    sup.add_fn("oneshot", |ctx| {
+        ctx.ready();
+        Ok(())
+    });
+    let report = sup.run(&Context::background());
+    assert_eq!(report.cause, StopCause::ServiceEnded("oneshot".into()));
+    let oneshot = report
+        .services
+        .iter()
+        .find(|s| s.name == "oneshot")
+        .unwrap();
+    assert_eq!(oneshot.outcome, Outcome::ExitedEarly);
+    assert_eq!(report.exit_code(), exit::SERVICE_FAILED);
+    leaks.assert_none();
+}
+
+#[test]
+fn a_stuck_service_is_named_and_the_deadline_holds() {
+    let leaks = leak::track();
+    let log: Log = Arc::default();
+    let (release_tx, release_rx) = bounded::<()>(0);
+    let mut sup = Supervisor::new().shutdown_timeout(LONG);
+    polite(&mut sup, "store", &log);
+    sup.add_fn("analyzer-call", move |ctx| {
+        ctx.ready();
+        // Ignores its context entirely.
+        let _ = release_rx.recv_timeout(LONG);
+        Ok(())
+    })
+    .stop_timeout(Duration::from_millis(30));
+    polite(&mut sup, "intake", &log);
+    let (stop, readiness, runner) = start(sup);
+    wait_ready(&readiness);
+    drop(stop);
+    let report = runner.join().unwrap();
+    assert_eq!(report.stuck.len(), 1);
+    assert_eq!(report.stuck[0].name, "analyzer-call");
+    let stuck = report
+        .services
+        .iter()
+        .find(|s| s.name == "analyzer-call")
+        .unwrap();
+    assert!(matches!(stuck.outcome, Outcome::Stuck(_)));
+    // The shutdown moved on: the store below it was still stopped.
+    assert_eq!(report.stop_order, ["intake", "analyzer-call", "store"]);
+    assert_eq!(log.lock().unwrap().last().unwrap(), "stop store");
+    assert_eq!(report.exit_code(), exit::DEADLINE_EXCEEDED);
+    // Release the abandoned thread so this test leaves nothing behind.
+    release_tx.send(()).unwrap();
+    leaks.assert_none();
+}
+
+#[test]
+fn the_overall_shutdown_timeout_bounds_every_stop() {
+    let leaks = leak::track();
+    let (release_tx, release_rx) = bounded::<()>(0);
+    let mut sup = Supervisor::new()
+        .shutdown_timeout(Duration::from_millis(50))
+        .stop_timeout(LONG);
+    for name in ["a", "b", "c"] {
+        let rx = release_rx.clone();
+        sup.add_fn(name, move |ctx| {
+            ctx.ready();
+            let _ = rx.recv_timeout(LONG);
+            Ok(())
+        });
+    }
+    let (stop, readiness, runner) = start(sup);
+    wait_ready(&readiness);
+    drop(stop);
+    let report = runner.join().unwrap();
+    // Each stop's own timeout is a minute, yet the run returned: the overall
+    // deadline cut them short, and all three are named.
+    let mut stuck: Vec<&str> = report.stuck.iter().map(|r| r.name.as_str()).collect();
+    stuck.sort();
+    assert_eq!(stuck, ["a", "b", "c"]);
+    assert_eq!(report.exit_code(), exit::DEADLINE_EXCEEDED);
+    drop(release_tx);
+    leaks.assert_none();
+}
+
+#[test]
+fn restarts_happen_with_backoff_and_stop_at_the_budget() {
+    let leaks = leak::track();
+    let runs = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let mut sup = Supervisor::new();
+    let r = runs.clone();
+    sup.add_fn("flaky-sync", move |ctx| {
+        r.lock().unwrap().push(Instant::now());
+        ctx.ready();
+        Err("EHR endpoint returned 502".into())
+    })
+    .restart(
+        RestartPolicy::new(3, LONG).backoff(Duration::from_millis(5), Duration::from_millis(20)),
+    );
+    let report = sup.run(&Context::background());
+    let service = &report.services[0];
+    assert_eq!(service.restarts, 3);
+    assert_eq!(
+        service.outcome,
+        Outcome::Failed("EHR endpoint returned 502".into())
+    );
+    assert_eq!(report.exit_code(), exit::SERVICE_FAILED);
+    let runs = runs.lock().unwrap();
+    assert_eq!(runs.len(), 4, "the first run and three restarts");
+    // Exponential: at least 5, 10, 20 ms between runs.
+    for (gap, min) in runs.windows(2).zip([5u64, 10, 20]) {
+        assert!(
+            gap[1] - gap[0] >= Duration::from_millis(min),
+            "{:?} < {min} ms",
+            gap[1] - gap[0]
+        );
+    }
+    leaks.assert_none();
+}
+
+#[test]
+fn a_restarted_service_flips_readiness_until_it_is_up_again() {
+    let leaks = leak::track();
+    let (fail_tx, fail_rx) = bounded::<()>(0);
+    let (proceed_tx, proceed_rx) = bounded::<()>(0);
+    let readiness_seen = Arc::new(Mutex::new(Vec::new()));
+    let mut sup = Supervisor::new();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let a = attempts.clone();
+    sup.add_fn("cache", move |ctx| {
+        let attempt = a.fetch_add(1, Ordering::SeqCst);
+        if attempt == 1 {
+            // Restarted: hold before becoming ready so the test can look.
+            let _ = proceed_rx.recv_timeout(LONG);
+        }
+        ctx.ready();
+        if attempt == 0 {
+            let _ = fail_rx.recv_timeout(LONG);
+            return Err("connection reset".into());
+        }
+        let _ = ctx.done().recv();
+        Ok(())
+    })
+    .restart(
+        RestartPolicy::new(5, LONG).backoff(Duration::from_millis(1), Duration::from_millis(1)),
+    );
+    let (stop, readiness, runner) = start(sup);
+    wait_ready(&readiness);
+    readiness_seen.lock().unwrap().push(readiness.is_ready());
+    fail_tx.send(()).unwrap();
+    let give_up = Instant::now() + LONG;
+    while readiness.is_ready() {
+        assert!(Instant::now() < give_up);
+        thread::sleep(Duration::from_millis(1));
+    }
+    readiness_seen.lock().unwrap().push(readiness.is_ready());
+    proceed_tx.send(()).unwrap();
+    wait_ready(&readiness);
+    drop(stop);
+    let report = runner.join().unwrap();
+    assert_eq!(*readiness_seen.lock().unwrap(), [true, false]);
+    assert_eq!(report.services[0].restarts, 1);
+    assert_eq!(report.services[0].outcome, Outcome::Clean);
+    assert_eq!(report.exit_code(), exit::OK);
+    leaks.assert_none();
+}
+
+#[test]
+fn readiness_is_false_from_the_first_moment_of_shutdown() {
+    let leaks = leak::track();
+    let seen_at_stop = Arc::new(Mutex::new(None));
+    let mut sup = Supervisor::new();
+    let readiness = sup.readiness();
+    let seen = seen_at_stop.clone();
+    sup.add_fn("intake", move |ctx| {
+        ctx.ready();
+        let _ = ctx.done().recv();
+        *seen.lock().unwrap() = Some(readiness.is_ready());
+        Ok(())
+    });
+    let (stop, readiness, runner) = start(sup);
+    wait_ready(&readiness);
+    drop(stop);
+    let _ = runner.join().unwrap();
+    assert_eq!(*seen_at_stop.lock().unwrap(), Some(false));
+    leaks.assert_none();
+}
+
+#[test]
+fn the_drain_delay_keeps_services_running_while_readiness_is_false() {
+    let leaks = leak::track();
+    let observed = Arc::new(Mutex::new(None));
+    let mut sup = Supervisor::new().drain_delay(Duration::from_millis(30));
+    let readiness = sup.readiness();
+    let obs = observed.clone();
+    sup.add_fn("intake", move |ctx| {
+        ctx.ready();
+        // Wait until readiness drops, then check the service is still
+        // running (its context is not done yet): that is the drain.
+        while readiness.is_ready() {
+            thread::sleep(Duration::from_millis(1));
+        }
+        *obs.lock().unwrap() = Some(ctx.is_done());
+        let _ = ctx.done().recv();
+        Ok(())
+    });
+    let (stop, readiness, runner) = start(sup);
+    wait_ready(&readiness);
+    drop(stop);
+    let report = runner.join().unwrap();
+    assert_eq!(*observed.lock().unwrap(), Some(false));
+    assert_eq!(report.exit_code(), exit::OK);
+    leaks.assert_none();
+}
+
+#[test]
+fn a_stop_requested_during_start_stops_what_started() {
+    let leaks = leak::track();
+    let log: Log = Arc::default();
+    let mut sup = Supervisor::new();
+    polite(&mut sup, "store", &log);
+    let (stop, guard) = Context::background().with_cancel();
+    let l = log.clone();
+    sup.add_fn("slow", move |ctx| {
+        log_line(&l, "start slow");
+        guard.cancel(); // a signal arrives while "slow" is starting
+        let _ = ctx.done().recv();
+        log_line(&l, "stop slow");
+        Ok(())
+    });
+    let report = sup.run(&stop);
+    assert!(
+        matches!(report.cause, StopCause::Requested(_)),
+        "{:?}",
+        report.cause
+    );
+    assert_eq!(report.stop_order, ["slow", "store"]);
+    assert_eq!(report.exit_code(), exit::OK);
+    leaks.assert_none();
+}
