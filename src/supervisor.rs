@@ -340,7 +340,8 @@ impl fmt::Display for SupervisorReport {
             }
         };
         write!(f, "{cause}; stopped in {:.1?}:", self.shutdown_time)?;
-        for s in &self.services {
+        for (i, s) in self.services.iter().enumerate() {
+            f.write_str(if i == 0 { " " } else { "; " })?;
             let outcome = match &s.outcome {
                 Outcome::Clean => "clean".to_string(),
                 Outcome::Failed(e) => format!("failed: {e}"),
@@ -349,11 +350,10 @@ impl fmt::Display for SupervisorReport {
                 Outcome::Stuck(age) => format!("still running after {age:.1?}"),
                 Outcome::NotStarted => "not started".to_string(),
             };
-            write!(f, " {}={outcome}", s.name)?;
+            write!(f, "{}={outcome}", s.name)?;
             if s.restarts > 0 {
                 write!(f, " ({} restarts)", s.restarts)?;
             }
-            f.write_str(";")?;
         }
         Ok(())
     }

@@ -394,3 +394,45 @@ fn enrollment_counter_counts_exactly_1000() {
         assert_contains(&out, &format!("{site}: 10 enrolled"));
     }
 }
+
+/// The lines of the service group's own services that say they stopped,
+/// in order.
+fn service_stops(out: &Output) -> Vec<&str> {
+    out.stdout
+        .lines()
+        .filter_map(|l| l.split_once(": stopped").map(|(name, _)| name))
+        .collect()
+}
+
+#[test]
+fn service_group_stops_in_reverse_order_on_its_own_sigterm() {
+    let out = run("service_group", &["--stop-after-ms", "400"]);
+    assert_success("service_group", &out);
+    assert_eq!(
+        service_stops(&out),
+        ["scheduler", "report-processor", "ehr-sync"]
+    );
+    assert_contains(&out, "stop requested (received SIGTERM)");
+    assert_contains(&out, "exit code 0");
+}
+
+#[test]
+fn service_group_stops_on_ctrl_c() {
+    let mut example = Running::start("service_group", &[]);
+    example.wait_for_line("service group starting");
+    // Every service is up once the first tick of the slowest one is seen.
+    example.wait_for_line("scheduler: daily summary #1");
+    let pid = example.child.id().to_string();
+    let kill = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("run kill(1)");
+    assert!(kill.success());
+    let out = example.finish();
+    assert_success("service_group", &out);
+    assert_eq!(
+        service_stops(&out),
+        ["scheduler", "report-processor", "ehr-sync"]
+    );
+    assert_contains(&out, "received SIGINT");
+}
