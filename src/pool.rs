@@ -59,7 +59,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
 
-use crate::context::{Context, ContextError};
+use crate::context::{CancelGuard, Context, ContextError};
 use crate::done::{shutdown, Done, Shutdown};
 use crate::handle::{self, JobHandle};
 use crate::panic::Panic;
@@ -316,10 +316,12 @@ impl PoolBuilder {
         let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
         let (closed_trigger, closed) = shutdown();
         let (drain_trigger, drain) = shutdown();
-        let threads = Threads::new(&self.parent);
+        let (pool_ctx, cancel) = self.parent.with_cancel();
+        let threads = Threads::new(&pool_ctx);
         let shared = Arc::new(Shared {
             name: self.name,
             ctx: threads.context().clone(),
+            cancel,
             queue_tx,
             queue_rx,
             wake_tx,
@@ -372,6 +374,9 @@ struct Shared {
     name: String,
     /// The context jobs run with; cancelled at the shutdown deadline.
     ctx: Context,
+    /// Cancels `ctx` (it is a child of this guard's context) even while a
+    /// stop has the `Threads` out of the lock.
+    cancel: CancelGuard,
     queue_tx: Sender<Job>,
     queue_rx: Receiver<Job>,
     /// Wakes idle workers to re-check `max` after a `resize`.
@@ -624,8 +629,12 @@ impl Pool {
     /// Stops the pool: closes intake, runs the queued jobs until `deadline`,
     /// then cancels the running ones; see the [module docs](self). Returns
     /// soon after `deadline` (plus the stop grace) even if a job ignores its
-    /// context; that job's worker is named in the report. Calling it again
-    /// reports on whatever is left.
+    /// context; that job's worker is named in the report.
+    ///
+    /// While one stop is under way, another — [`abort`](Pool::abort) on a
+    /// second Ctrl-C, or a shutdown with an earlier deadline — cancels the
+    /// running jobs on its own terms, and its report hands back the jobs
+    /// still queued then; the first call's report names any stuck worker.
     pub fn shutdown(&self, deadline: Instant) -> ShutdownReport {
         self.shared.stop(Stop::Drain(Some(deadline)))
     }
@@ -841,6 +850,17 @@ impl Shared {
         // `closed` fired, or no `Threads`, and gives up). A concurrent stop
         // that finds them taken reports without waiting.
         let Some(mut threads) = self.threads.lock().take() else {
+            // Another stop is waiting for the workers. Still honour this
+            // one's stricter terms: an abort, or an earlier deadline,
+            // cancels the running jobs when it says so.
+            match how {
+                Stop::Abort => self.cancel.cancel(),
+                Stop::Drain(Some(deadline)) => {
+                    let _ = self.ctx.done().recv_deadline(deadline);
+                    self.cancel.cancel();
+                }
+                Stop::Drain(None) => {}
+            }
             return self.report(Vec::new());
         };
         if let Stop::Drain(deadline) = how {

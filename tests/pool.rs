@@ -572,3 +572,33 @@ fn stress_no_job_is_lost_when_shutdown_races_many_submitters() {
     }
     leaks.assert_none();
 }
+
+#[test]
+fn abort_during_a_draining_shutdown_cancels_the_running_jobs() {
+    let leaks = leak::track();
+    let pool = Arc::new(Pool::builder().workers(1).queue(10).build().unwrap());
+    for _ in 0..4 {
+        pool.submit(|ctx| {
+            let _ = ctx.sleep(LONG);
+        })
+        .unwrap();
+    }
+    eventually("the first job runs", || pool.running() == 1);
+    let drainer = {
+        let pool = pool.clone();
+        thread::spawn(move || pool.shutdown(Instant::now() + LONG))
+    };
+    eventually("intake closed", || pool.is_closed());
+    // The second Ctrl-C: abort must not wait for the first call's deadline.
+    let aborted = pool.abort();
+    let drained = drainer.join().unwrap();
+    // Counts are totals over the pool's life; the drainer reports last.
+    assert_eq!(drained.cancelled, 1);
+    assert_eq!(drained.completed, 0);
+    // Every queued job is handed back by one of the two calls, or ran
+    // (with the cancelled context, it is returned unstarted instead).
+    assert_eq!(drained.never_started.len() + aborted.never_started.len(), 3);
+    assert!(drained.stuck.is_empty());
+    drop(pool);
+    leaks.assert_none();
+}
