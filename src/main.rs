@@ -1,0 +1,48 @@
+//! `quiesce`: the ePRO intake sidecar (`quiesce serve`) and the CSV
+//! de-identification job (`quiesce anonymize`), built only from the
+//! quiesce library's public API.
+
+mod sidecar;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Graceful shutdown and bounded concurrency for synchronous Rust: an ePRO
+/// intake sidecar and a CSV de-identification job built on the quiesce
+/// library.
+#[derive(Debug, Parser)]
+#[command(name = "quiesce", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Take in patient-reported outcome reports over HTTP, store them
+    /// durably, process them on a bounded pool, stop on SIGTERM without
+    /// losing one.
+    Serve(Box<sidecar::serve::Args>),
+    /// Replace identifier columns of CSV exports by keyed pseudonyms, many
+    /// files at once.
+    Anonymize(sidecar::anonymize::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => sidecar::serve::run(*args),
+        Command::Anonymize(args) => sidecar::anonymize::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("quiesce: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

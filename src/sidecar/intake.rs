@@ -1,0 +1,315 @@
+//! The `intake` service: the HTTP API.
+//!
+//! | Route | Answer |
+//! |-------|--------|
+//! | `POST /v1/reports` | 202 accepted (durable), 200 duplicate, 409 conflict, 400 invalid (naming the field), 413 too large, 415 not JSON, 429 backlog full, 503 shutting down |
+//! | `GET /v1/reports/{id}` | the report's status, and its result or last error; 404 |
+//! | `GET /v1/enrollment` | distinct patients per site and in total |
+//! | `GET /livez`, `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 while serving, 503 from the first moment of shutdown |
+//! | `GET /metrics` | Prometheus text format |
+//!
+//! It starts last (after the store and the pipeline are up) and stops
+//! first. It binds its listener when it starts, and writes the bound
+//! address to `<data-dir>/listen.addr`.
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quiesce::{BoxError, Readiness, Service, ServiceContext};
+use rusqlite::{Connection, OptionalExtension};
+use serde_json::{json, Value};
+
+use super::http::{Handler, Limits, Request, Response, Server};
+use super::report::{rfc3339, Report};
+use super::scheduler::write_atomically;
+use super::store::{self, CallError, Op, Outcome, StoreHandle};
+
+/// How long a request may wait for the store.
+const STORE_WAIT: Duration = Duration::from_secs(10);
+/// The Retry-After given with 429 and 503, in seconds.
+const RETRY_AFTER: &str = "5";
+
+/// The HTTP service.
+pub struct Intake {
+    /// Where to listen (`host:port`; port 0 picks one).
+    pub listen: String,
+    /// Where to write the bound address.
+    pub addr_file: PathBuf,
+    /// The database, for reads.
+    pub db_path: PathBuf,
+    /// Server limits.
+    pub limits: Limits,
+    /// The most reports waiting to be processed before 429.
+    pub max_backlog: i64,
+    /// How long the stop may take.
+    pub stop_budget: Duration,
+    /// The store.
+    pub store: StoreHandle,
+    /// State shared with the store.
+    pub shared: Arc<store::Shared>,
+    /// The group's readiness, for `/readyz`.
+    pub readiness: Readiness,
+}
+
+impl Service for Intake {
+    fn name(&self) -> &str {
+        "intake"
+    }
+
+    fn run(&mut self, ctx: &ServiceContext) -> Result<(), BoxError> {
+        let addr = resolve(&self.listen)?;
+        let listener =
+            TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let api = Api {
+            store: self.store.clone(),
+            shared: self.shared.clone(),
+            readiness: self.readiness.clone(),
+            max_backlog: self.max_backlog,
+        };
+        let db = self.db_path.clone();
+        let server = Server::start(
+            listener,
+            self.limits.clone(),
+            move || store::open_reader(&db).map_err(std::io::Error::other),
+            api,
+        )?;
+        let bound = server.local_addr();
+        write_atomically(&self.addr_file, format!("{bound}\n").as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", self.addr_file.display()))?;
+        log::info!("listening on http://{bound}");
+        ctx.ready();
+        let _ = ctx.done().recv();
+        let stuck = server.stop(Instant::now() + self.stop_budget);
+        if stuck.is_empty() {
+            log::info!("intake stopped: every request answered");
+            Ok(())
+        } else {
+            Err(format!(
+                "http thread(s) still busy at the stop deadline: {}",
+                stuck.join(", ")
+            )
+            .into())
+        }
+    }
+}
+
+fn resolve(listen: &str) -> Result<SocketAddr, BoxError> {
+    listen
+        .to_socket_addrs()
+        .map_err(|e| format!("invalid listen address {listen:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("listen address {listen:?} resolves to nothing").into())
+}
+
+struct Api {
+    store: StoreHandle,
+    shared: Arc<store::Shared>,
+    readiness: Readiness,
+    max_backlog: i64,
+}
+
+impl Handler<Connection> for Api {
+    fn handle(&self, db: &mut Connection, request: &Request, stopping: bool) -> Response {
+        let (route, response) = self.route(db, request, stopping);
+        self.shared
+            .metrics
+            .requests
+            .with_label_values(&[route, &response.status.to_string()])
+            .inc();
+        response
+    }
+
+    fn refused(&self, status: u16, why: &str) {
+        log::debug!("refused a request: {status} {why}");
+        self.shared
+            .metrics
+            .requests
+            .with_label_values(&["refused", &status.to_string()])
+            .inc();
+    }
+}
+
+fn error(status: u16, message: &str) -> Response {
+    Response::json(status, &json!({ "error": message }))
+}
+
+fn not_allowed(allow: &'static str) -> Response {
+    error(405, "method not allowed").with_header("Allow", allow)
+}
+
+impl Api {
+    fn route(
+        &self,
+        db: &Connection,
+        request: &Request,
+        stopping: bool,
+    ) -> (&'static str, Response) {
+        let method = request.method.as_str();
+        match request.path.as_str() {
+            "/v1/reports" => match method {
+                "POST" => ("POST /v1/reports", self.post_report(request, stopping)),
+                _ => ("/v1/reports", not_allowed("POST")),
+            },
+            path if path.starts_with("/v1/reports/") => match method {
+                "GET" => (
+                    "GET /v1/reports/{id}",
+                    get_report(db, &path["/v1/reports/".len()..]),
+                ),
+                _ => ("/v1/reports/{id}", not_allowed("GET")),
+            },
+            "/v1/enrollment" => match method {
+                "GET" => ("GET /v1/enrollment", self.enrollment()),
+                _ => ("/v1/enrollment", not_allowed("GET")),
+            },
+            "/livez" | "/healthz" => (
+                "GET /livez",
+                Response::json(200, &json!({ "status": "ok" })),
+            ),
+            "/readyz" => {
+                if self.readiness.is_ready() && !stopping {
+                    (
+                        "GET /readyz",
+                        Response::json(200, &json!({ "status": "ready" })),
+                    )
+                } else {
+                    (
+                        "GET /readyz",
+                        Response::json(503, &json!({ "status": "not ready" })),
+                    )
+                }
+            }
+            "/metrics" => {
+                let (body, content_type) = self.shared.metrics.render();
+                let response = Response {
+                    status: 200,
+                    content_type,
+                    headers: Vec::new(),
+                    body,
+                };
+                ("GET /metrics", response)
+            }
+            _ => ("unknown", error(404, "no such route")),
+        }
+    }
+
+    fn post_report(&self, request: &Request, stopping: bool) -> Response {
+        if stopping {
+            return error(503, "shutting down").with_header("Retry-After", RETRY_AFTER);
+        }
+        let json = request.header("content-type").is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+        });
+        if !json {
+            return error(
+                415,
+                "the body must be JSON (Content-Type: application/json)",
+            );
+        }
+        let report = match Report::parse(&request.body, time::OffsetDateTime::now_utc()) {
+            Ok(report) => report,
+            Err(invalid) => {
+                return Response::json(
+                    400,
+                    &json!({ "error": invalid.message, "field": invalid.field }),
+                );
+            }
+        };
+        if self.shared.backlog.load(Ordering::SeqCst) >= self.max_backlog {
+            return error(429, "too many reports waiting to be processed; retry later")
+                .with_header("Retry-After", RETRY_AFTER);
+        }
+        let report_id = report.report_id.clone();
+        match self
+            .store
+            .call(Op::Insert { report }, Instant::now() + STORE_WAIT)
+        {
+            Ok(Outcome::Accepted) => Response::json(
+                202,
+                &json!({ "report_id": report_id, "status": "accepted" }),
+            ),
+            Ok(Outcome::Duplicate) => Response::json(
+                200,
+                &json!({ "report_id": report_id, "status": "duplicate" }),
+            ),
+            Ok(Outcome::Conflict) => Response::json(
+                409,
+                &json!({ "error": "report_id already used for a different report", "field": "report_id" }),
+            ),
+            Ok(other) => {
+                log::error!("insert of {report_id} answered {other:?}");
+                error(500, "unexpected store answer")
+            }
+            Err(err @ CallError::Unavailable(_)) | Err(err @ CallError::Failed(_)) => {
+                log::warn!("report {report_id} not stored: {err}");
+                error(503, "the report could not be stored; retry")
+                    .with_header("Retry-After", RETRY_AFTER)
+            }
+        }
+    }
+
+    fn enrollment(&self) -> Response {
+        let snapshot = self.shared.enrollment.snapshot();
+        let sites: serde_json::Map<String, Value> = snapshot
+            .sorted()
+            .into_iter()
+            .map(|(site, n)| (site.clone(), json!(n)))
+            .collect();
+        Response::json(200, &json!({ "sites": sites, "total": snapshot.total }))
+    }
+}
+
+fn get_report(db: &Connection, id: &str) -> Response {
+    let found = db
+        .prepare_cached(
+            "SELECT report_id, status, site_id, patient_id, instrument, submitted_at, received_at,
+                    attempts, last_error, result, processed_at
+             FROM reports WHERE report_id = ?1",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_row([id], |r| {
+                let ms = |t: Option<i64>| {
+                    t.and_then(|t| {
+                        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t) * 1_000_000)
+                            .ok()
+                    })
+                    .map(rfc3339)
+                };
+                let result: Option<String> = r.get(9)?;
+                let mut body = json!({
+                    "report_id": r.get::<_, String>(0)?,
+                    "status": r.get::<_, String>(1)?,
+                    "site_id": r.get::<_, String>(2)?,
+                    "patient_id": r.get::<_, String>(3)?,
+                    "instrument": r.get::<_, String>(4)?,
+                    "submitted_at": r.get::<_, String>(5)?,
+                    "received_at": ms(r.get(6)?),
+                    "attempts": r.get::<_, i64>(7)?,
+                });
+                if let Some(err) = r.get::<_, Option<String>>(8)? {
+                    body["last_error"] = json!(err);
+                }
+                if let Some(result) = result {
+                    body["result"] = serde_json::from_str(&result).unwrap_or(Value::Null);
+                }
+                if let Some(at) = ms(r.get(10)?) {
+                    body["processed_at"] = json!(at);
+                }
+                Ok(body)
+            })
+            .optional()
+        });
+    match found {
+        Ok(Some(body)) => Response::json(200, &body),
+        Ok(None) => error(404, "no such report"),
+        Err(err) => {
+            log::error!("reading report {id}: {err}");
+            error(500, "cannot read the report")
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The sidecar's Prometheus metrics (`GET /metrics`, text format 0.0.4).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric the sidecar exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP requests by route and status.
+    pub requests: IntCounterVec,
+    /// Reports accepted (new, durable).
+    pub accepted: IntCounter,
+    /// Reports processed.
+    pub processed: IntCounter,
+    /// Reports failed for good (attempts spent).
+    pub failed: IntCounter,
+    /// Job attempts that failed and were scheduled again.
+    pub retried: IntCounter,
+    /// Reports accepted and not yet processed or failed.
+    pub backlog: IntGauge,
+    /// Analysis jobs running now.
+    pub jobs_running: IntGauge,
+    /// Analysis job duration.
+    pub job_seconds: Histogram,
+    /// Commands per store transaction.
+    pub commit_batch: Histogram,
+    /// Time of a store commit (the fsync).
+    pub commit_seconds: Histogram,
+}
+
+impl Metrics {
+    /// Creates and registers them all.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "quiesce_http_requests_total",
+                "HTTP requests by route and status.",
+            ),
+            &["route", "status"],
+        )
+        .expect("valid metric");
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        let accepted = counter(
+            "quiesce_reports_accepted_total",
+            "Reports accepted and stored durably.",
+        );
+        let processed = counter("quiesce_reports_processed_total", "Reports processed.");
+        let failed = counter(
+            "quiesce_reports_failed_total",
+            "Reports failed after their last attempt.",
+        );
+        let retried = counter(
+            "quiesce_reports_retried_total",
+            "Failed attempts scheduled again.",
+        );
+        let backlog = IntGauge::new(
+            "quiesce_backlog",
+            "Reports accepted and not yet processed or failed.",
+        )
+        .expect("valid metric");
+        let jobs_running = IntGauge::new("quiesce_jobs_running", "Analysis jobs running now.")
+            .expect("valid metric");
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric")
+        };
+        let job_seconds = histogram(
+            "quiesce_job_duration_seconds",
+            "Analysis job duration.",
+            prometheus::exponential_buckets(0.0005, 2.0, 16).expect("valid buckets"),
+        );
+        let commit_batch = histogram(
+            "quiesce_store_commit_batch_size",
+            "Commands committed per store transaction.",
+            vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+        );
+        let commit_seconds = histogram(
+            "quiesce_store_commit_seconds",
+            "Time of one store commit, fsync included.",
+            prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets"),
+        );
+        for m in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(accepted.clone()),
+            Box::new(processed.clone()),
+            Box::new(failed.clone()),
+            Box::new(retried.clone()),
+            Box::new(backlog.clone()),
+            Box::new(jobs_running.clone()),
+            Box::new(job_seconds.clone()),
+            Box::new(commit_batch.clone()),
+            Box::new(commit_seconds.clone()),
+        ] {
+            registry.register(m).expect("unique metric names");
+        }
+        Metrics {
+            registry,
+            requests,
+            accepted,
+            processed,
+            failed,
+            retried,
+            backlog,
+            jobs_running,
+            job_seconds,
+            commit_batch,
+            commit_seconds,
+        }
+    }
+
+    /// The text exposition, and its content type.
+    pub fn render(&self) -> (Vec<u8>, &'static str) {
+        let mut out = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(err) = encoder.encode(&self.registry.gather(), &mut out) {
+            log::error!("cannot encode metrics: {err}");
+        }
+        (out, "text/plain; version=0.0.4")
+    }
+}

@@ -1,0 +1,141 @@
+//! The `scheduler` service: every `--summary-interval`, a summary of the
+//! period since the last one — per site, reports received, alerts raised
+//! and distinct patients — stored in the database and written as a JSON
+//! file in `<data-dir>/summaries/`, atomically (a temporary file, fsynced,
+//! renamed, and the directory fsynced).
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use quiesce::{BoxError, Service, ServiceContext};
+use rusqlite::Connection;
+use serde_json::json;
+
+use super::report::rfc3339;
+use super::store::{self, now_ms, Op, StoreHandle};
+
+/// The summary service.
+pub struct Scheduler {
+    db_path: PathBuf,
+    dir: PathBuf,
+    store: StoreHandle,
+    interval: Duration,
+}
+
+impl Scheduler {
+    /// Summaries of `db_path` every `interval`, written to `dir`.
+    pub fn new(
+        db_path: PathBuf,
+        dir: PathBuf,
+        store: StoreHandle,
+        interval: Duration,
+    ) -> Scheduler {
+        Scheduler {
+            db_path,
+            dir,
+            store,
+            interval,
+        }
+    }
+}
+
+impl Service for Scheduler {
+    fn name(&self) -> &str {
+        "scheduler"
+    }
+
+    fn run(&mut self, ctx: &ServiceContext) -> Result<(), BoxError> {
+        fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+        let reader = store::open_reader(&self.db_path)?;
+        ctx.ready();
+        while ctx.sleep(self.interval).is_ok() {
+            match self.summarise(&reader) {
+                Ok(path) => log::info!("summary written to {}", path.display()),
+                // A summary that fails is logged and tried again next time;
+                // it does not take the sidecar down.
+                Err(err) => log::error!("summary failed: {err}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Scheduler {
+    fn summarise(&self, reader: &Connection) -> Result<PathBuf, BoxError> {
+        let start: i64 = reader.query_row(
+            "SELECT COALESCE(MAX(period_end), 0) FROM summaries",
+            [],
+            |r| r.get(0),
+        )?;
+        let end = now_ms();
+        let mut stmt = reader.prepare_cached(
+            "SELECT site_id, COUNT(*), COALESCE(SUM(alert), 0), COUNT(DISTINCT patient_id)
+             FROM reports WHERE received_at >= ?1 AND received_at < ?2
+             GROUP BY site_id ORDER BY site_id",
+        )?;
+        let mut sites = Vec::new();
+        let (mut reports, mut alerts) = (0i64, 0i64);
+        for row in stmt.query_map([start, end], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })? {
+            let (site, n, a, patients) = row?;
+            reports += n;
+            alerts += a;
+            sites.push(json!({ "site_id": site, "reports": n, "alerts": a, "patients": patients }));
+        }
+        let ms = |t: i64| {
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t) * 1_000_000)
+                .map(rfc3339)
+                .unwrap_or_default()
+        };
+        let body = json!({
+            "period_start": ms(start),
+            "period_end": ms(end),
+            "reports": reports,
+            "alerts": alerts,
+            "sites": sites,
+        })
+        .to_string();
+        self.store.call(
+            Op::Summary {
+                period_start: start,
+                period_end: end,
+                body: body.clone(),
+            },
+            Instant::now() + Duration::from_secs(30),
+        )?;
+        let path = self.dir.join(format!("summary-{end}.json"));
+        write_atomically(&path, body.as_bytes())?;
+        Ok(path)
+    }
+}
+
+/// Writes `bytes` to `path` so that it is whole or absent, even after a
+/// crash.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let written = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}

@@ -1,0 +1,311 @@
+//! `quiesce serve`: the ePRO intake sidecar, wired from four supervised
+//! services.
+//!
+//! ```text
+//! start:  store -> pipeline -> scheduler -> intake      (each waits for the previous to be up)
+//! stop:   intake -> scheduler -> pipeline -> store      (each within its share of the deadline)
+//! ```
+//!
+//! The stop on SIGTERM: readiness false -> drain delay -> intake stops
+//! accepting and finishes its requests -> the scheduler stops -> the
+//! pipeline stops claiming work and its running jobs finish or are
+//! cancelled (left queued) -> the store commits what is left and
+//! checkpoints -> exit 0. Past the shutdown timeout the stuck threads are
+//! named and the exit code is 3.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use quiesce::{Counters, Supervisor};
+
+use super::analyzer::Analyzer;
+use super::http::Limits;
+use super::intake::Intake;
+use super::metrics::Metrics;
+use super::pipeline::{self, Pipeline};
+use super::scheduler::Scheduler;
+use super::store;
+
+/// Options of `quiesce serve`. Every one has a `QUIESCE_*` environment
+/// variable; a flag wins over the variable.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit codes: 0 graceful stop; 1 a service failed or could not start; \
+3 shutdown deadline exceeded (stuck threads are named in the log); 130/143 forced by a second \
+SIGINT/SIGTERM. Durations take units: 500ms, 25s, 24h. RUST_LOG sets the log level (default info)."
+)]
+pub struct Args {
+    /// Address to listen on. Port 0 picks a free port; the bound address is
+    /// logged and written to <DATA_DIR>/listen.addr.
+    #[arg(long, env = "QUIESCE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+
+    /// Directory for the database, summaries and listen.addr (created if
+    /// missing).
+    #[arg(long, env = "QUIESCE_DATA_DIR", default_value = "./quiesce-data")]
+    pub data_dir: PathBuf,
+
+    /// Analysis workers. Default: the number of CPUs.
+    #[arg(long, env = "QUIESCE_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// Reports accepted but not yet processed at which POSTs get 429.
+    #[arg(long, env = "QUIESCE_MAX_BACKLOG", default_value_t = 1_000_000)]
+    pub max_backlog: u64,
+
+    /// Deadline of one processing job (analyzer call included).
+    #[arg(long, env = "QUIESCE_JOB_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub job_timeout: Duration,
+
+    /// Attempts before a report is marked failed with its last error.
+    #[arg(long, env = "QUIESCE_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+
+    /// Delay before the first retry; it doubles at each attempt (at most
+    /// 5 minutes).
+    #[arg(long, env = "QUIESCE_RETRY_BACKOFF", default_value = "1s", value_parser = duration)]
+    pub retry_backoff: Duration,
+
+    /// How often the summary (per site: reports, alerts, patients) is
+    /// written.
+    #[arg(long, env = "QUIESCE_SUMMARY_INTERVAL", default_value = "24h", value_parser = duration)]
+    pub summary_interval: Duration,
+
+    /// On SIGTERM, how long to keep serving with /readyz at 503 before
+    /// stopping, so load balancers stop sending traffic (5s under
+    /// Kubernetes). Counts against the shutdown timeout.
+    #[arg(long, env = "QUIESCE_DRAIN_DELAY", default_value = "0s", value_parser = duration)]
+    pub drain_delay: Duration,
+
+    /// The whole shutdown's deadline (under Kubernetes' 30 s grace period).
+    #[arg(long, env = "QUIESCE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = duration)]
+    pub shutdown_timeout: Duration,
+
+    /// External analysis service, e.g. http://127.0.0.1:9000/v1/analyze.
+    /// Each report is posted there under the job's deadline.
+    #[arg(long, env = "QUIESCE_ANALYZER_URL")]
+    pub analyzer_url: Option<String>,
+
+    /// Largest request body accepted (bytes; KiB and MiB suffixes allowed).
+    #[arg(long, env = "QUIESCE_MAX_BODY", default_value = "64KiB", value_parser = size)]
+    pub max_body: usize,
+
+    /// A report whose answers total more than this raises an alert (as
+    /// does any answer of 3 or 4).
+    #[arg(long, env = "QUIESCE_ALERT_TOTAL", default_value_t = 20)]
+    pub alert_total: u32,
+
+    /// HTTP connections served at once.
+    #[arg(long, env = "QUIESCE_HTTP_THREADS", default_value_t = 64)]
+    pub http_threads: usize,
+
+    /// Open HTTP connections at most; more get 503 at once.
+    #[arg(long, env = "QUIESCE_MAX_CONNECTIONS", default_value_t = 256)]
+    pub max_connections: usize,
+
+    /// Time a client has to send a request's head, from its first byte.
+    #[arg(long, env = "QUIESCE_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub header_timeout: Duration,
+
+    /// Time a client has to send a request's body.
+    #[arg(long, env = "QUIESCE_BODY_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub body_timeout: Duration,
+
+    /// How long an idle keep-alive connection stays open.
+    #[arg(long, env = "QUIESCE_IDLE_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub idle_timeout: Duration,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 25s, 24h)"))
+}
+
+fn size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&s[..i], s[i..].trim()),
+        None => (s, ""),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 65536, 64KiB, 1MiB)"))?;
+    let factor = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        _ => return Err(format!("unknown size unit {unit:?} (use KiB or MiB)")),
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+impl Args {
+    fn check(&self) -> anyhow::Result<()> {
+        if self.workers == Some(0) {
+            bail!("--workers must be at least 1");
+        }
+        if self.max_attempts == 0 {
+            bail!("--max-attempts must be at least 1");
+        }
+        if self.job_timeout.is_zero() {
+            bail!("--job-timeout must be more than zero");
+        }
+        if self.summary_interval.is_zero() {
+            bail!("--summary-interval must be more than zero");
+        }
+        if self.shutdown_timeout <= self.drain_delay {
+            bail!("--shutdown-timeout must be longer than --drain-delay");
+        }
+        if self.http_threads == 0 || self.max_connections < self.http_threads {
+            bail!("--http-threads must be at least 1 and at most --max-connections");
+        }
+        if self.max_body == 0 {
+            bail!("--max-body must be more than zero");
+        }
+        Ok(())
+    }
+}
+
+/// Runs `quiesce serve` until SIGINT/SIGTERM; the exit code says how the
+/// stop went.
+///
+/// # Errors
+///
+/// Invalid options, or a data directory that cannot be created.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    args.check()?;
+    let analyzer = args
+        .analyzer_url
+        .as_deref()
+        .map(Analyzer::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)
+        .context("--analyzer-url")?;
+    std::fs::create_dir_all(&args.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            args.data_dir.display()
+        )
+    })?;
+    let db_path = args.data_dir.join("quiesce.db");
+    let addr_file = args.data_dir.join("listen.addr");
+    // A stale address must not mislead a script waiting for this run's.
+    match std::fs::remove_file(&addr_file) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            return Err(err).with_context(|| format!("cannot remove {}", addr_file.display()));
+        }
+        _ => {}
+    }
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+
+    // The shutdown budget after the drain delay, shared out in stop order;
+    // the supervisor also holds the whole to `--shutdown-timeout`.
+    let budget = args.shutdown_timeout - args.drain_delay;
+    let intake_stop = budget.mul_f64(0.3);
+    let pipeline_stop = budget.mul_f64(0.5);
+    let store_stop = budget.mul_f64(0.15);
+
+    let (work_added_tx, work_added_rx) = crossbeam_channel::bounded(1);
+    let shared = Arc::new(store::Shared {
+        enrollment: Counters::new(),
+        backlog: AtomicI64::new(0),
+        metrics: Metrics::new(),
+        work_added: work_added_tx,
+    });
+    let (store_service, store) = store::new(db_path.clone(), shared.clone(), 4096);
+
+    let mut sup = Supervisor::new()
+        .shutdown_timeout(args.shutdown_timeout)
+        .drain_delay(args.drain_delay)
+        .start_timeout(Duration::from_secs(60));
+    let readiness = sup.readiness();
+    sup.add(store_service).stop_timeout(store_stop);
+    sup.add(Pipeline::new(
+        db_path.clone(),
+        store.clone(),
+        work_added_rx,
+        pipeline::Settings {
+            workers,
+            job_timeout: args.job_timeout,
+            max_attempts: args.max_attempts,
+            retry_backoff: args.retry_backoff,
+            alert_total: args.alert_total,
+            analyzer,
+            drain: pipeline_stop.saturating_sub(Duration::from_millis(500)),
+        },
+        &shared,
+    ))
+    .stop_timeout(pipeline_stop);
+    sup.add(Scheduler::new(
+        db_path.clone(),
+        args.data_dir.join("summaries"),
+        store.clone(),
+        args.summary_interval,
+    ))
+    .stop_timeout(Duration::from_secs(1));
+    sup.add(Intake {
+        listen: args.listen.clone(),
+        addr_file,
+        db_path,
+        limits: Limits {
+            handlers: args.http_threads,
+            max_connections: args.max_connections,
+            header_timeout: args.header_timeout,
+            body_timeout: args.body_timeout,
+            idle_timeout: args.idle_timeout,
+            max_body: args.max_body,
+            max_head: 16 * 1024,
+            close_grace: Duration::from_millis(200).min(intake_stop / 4),
+        },
+        max_backlog: i64::try_from(args.max_backlog).unwrap_or(i64::MAX),
+        stop_budget: intake_stop.saturating_sub(Duration::from_millis(100)),
+        store,
+        shared: shared.clone(),
+        readiness,
+    })
+    .stop_timeout(intake_stop);
+
+    log::info!(
+        "quiesce serve: data in {}, {workers} worker(s), shutdown timeout {:?}",
+        args.data_dir.display(),
+        args.shutdown_timeout
+    );
+    let report = sup
+        .run_until_signal()
+        .context("cannot install the signal handlers")?;
+    log::info!(
+        "stopped ({}): {} accepted, {} processed, {} failed, {} still queued; exit {}",
+        match &report.cause {
+            quiesce::StopCause::Requested(why) => why.clone(),
+            other => format!("{other:?}"),
+        },
+        shared.metrics.accepted.get(),
+        shared.metrics.processed.get(),
+        shared.metrics.failed.get(),
+        shared.backlog.load(Ordering::SeqCst),
+        report.exit_code()
+    );
+    Ok(ExitCode::from(
+        u8::try_from(report.exit_code()).unwrap_or(1),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(size("65536"), Ok(65536));
+        assert_eq!(size("64KiB"), Ok(65536));
+        assert_eq!(size("1 MiB"), Ok(1 << 20));
+        assert!(size("lots").is_err());
+        assert!(size("3 parsecs").is_err());
+    }
+}

@@ -1,0 +1,538 @@
+//! The SQLite store: one writer thread (the `store` service) owns the write
+//! connection and commits whatever is waiting in one transaction — many
+//! inserts, results and retries, one fsync (`synchronous = FULL` in WAL
+//! mode) — then answers each caller. Readers open their own connections.
+//!
+//! The `reports` table is both the archive and the work queue: a report is
+//! `queued` until a result (`processed`) or its last failed attempt
+//! (`failed`) is committed, so a crash at any moment loses nothing, and
+//! every update is conditional on `status = 'queued'`, so processing a
+//! report twice (after a crash) stores it once.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Receiver, Sender};
+use quiesce::{BoxError, Counters, Service, ServiceContext};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+
+use super::metrics::Metrics;
+use super::report::Report;
+
+/// Most commands in one transaction.
+const MAX_BATCH: usize = 512;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS reports (
+    report_id       TEXT PRIMARY KEY,
+    patient_id      TEXT NOT NULL,
+    site_id         TEXT NOT NULL,
+    instrument      TEXT NOT NULL,
+    submitted_at    TEXT NOT NULL,
+    answers         TEXT NOT NULL,
+    content_hash    TEXT NOT NULL,
+    received_at     INTEGER NOT NULL,
+    status          TEXT NOT NULL CHECK (status IN ('queued', 'processed', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    result          TEXT,
+    alert           INTEGER,
+    processed_at    INTEGER
+);
+CREATE INDEX IF NOT EXISTS reports_due ON reports (next_attempt_at) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS reports_received ON reports (received_at);
+CREATE TABLE IF NOT EXISTS enrollment (
+    site_id     TEXT NOT NULL,
+    patient_id  TEXT NOT NULL,
+    enrolled_at INTEGER NOT NULL,
+    PRIMARY KEY (site_id, patient_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS summaries (
+    id           INTEGER PRIMARY KEY,
+    period_start INTEGER NOT NULL,
+    period_end   INTEGER NOT NULL,
+    created_at   INTEGER NOT NULL,
+    body         TEXT NOT NULL
+);
+PRAGMA user_version = 1;
+";
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// Opens (creating if needed) the database for writing: WAL, full fsync on
+/// commit, schema in place.
+///
+/// # Errors
+///
+/// When the file cannot be opened or the schema applied.
+pub fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        log::warn!("SQLite refused WAL mode (got {mode}); commits stay durable, readers may wait");
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection.
+///
+/// # Errors
+///
+/// When the file cannot be opened.
+pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// What a writer command does.
+#[derive(Debug)]
+pub enum Op {
+    /// Store a new report (or recognise a duplicate or a conflict).
+    Insert {
+        /// The report.
+        report: Report,
+    },
+    /// Store a report's result and mark it processed.
+    Complete {
+        /// Which report.
+        report_id: String,
+        /// Its site and patient, for enrollment.
+        site_id: String,
+        /// Its patient.
+        patient_id: String,
+        /// The result, as JSON.
+        result: String,
+        /// Whether it raised an alert.
+        alert: bool,
+        /// Attempts made, this one included.
+        attempts: u32,
+    },
+    /// Record a failed attempt and when to try again.
+    Retry {
+        /// Which report.
+        report_id: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The attempt's error.
+        error: String,
+        /// Not before this (ms since the epoch).
+        next_at_ms: i64,
+    },
+    /// Mark a report failed for good.
+    Fail {
+        /// Which report.
+        report_id: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        error: String,
+    },
+    /// Store a periodic summary.
+    Summary {
+        /// Its period, ms since the epoch.
+        period_start: i64,
+        /// End of the period (exclusive).
+        period_end: i64,
+        /// The summary, as JSON.
+        body: String,
+    },
+}
+
+/// How a command went, once committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new report, now durable.
+    Accepted,
+    /// The same report again.
+    Duplicate,
+    /// Another report with the same id.
+    Conflict,
+    /// An update that changed a row.
+    Done,
+    /// An update that found nothing to change (already processed).
+    Unchanged,
+}
+
+/// Called with the outcome once the command's transaction has committed
+/// (or failed).
+pub type Reply = Box<dyn FnOnce(Result<Outcome, String>) + Send + 'static>;
+
+struct Command {
+    op: Op,
+    reply: Reply,
+}
+
+/// What the store shares with the rest of the sidecar.
+pub struct Shared {
+    /// Distinct patients per site, among processed reports.
+    pub enrollment: Counters<String>,
+    /// Reports queued (accepted, not yet processed or failed).
+    pub backlog: AtomicI64,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Wakes the dispatcher when new work is committed.
+    pub work_added: Sender<()>,
+}
+
+/// A cheap handle to send commands to the store.
+#[derive(Clone)]
+pub struct StoreHandle {
+    tx: Sender<Command>,
+}
+
+/// Why a store command got no answer.
+#[derive(Debug)]
+pub enum CallError {
+    /// The store did not take or answer the command before the deadline
+    /// (busy, or stopped).
+    Unavailable(&'static str),
+    /// The transaction failed (e.g. disk full).
+    Failed(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Unavailable(why) => write!(f, "store unavailable: {why}"),
+            CallError::Failed(err) => write!(f, "store failed: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+impl StoreHandle {
+    /// Sends `op` and waits (until `deadline`) for it to be committed.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError`].
+    pub fn call(&self, op: Op, deadline: Instant) -> Result<Outcome, CallError> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.send(
+            op,
+            Box::new(move |outcome| {
+                let _ = reply.send(outcome);
+            }),
+            deadline,
+        )?;
+        match answer.recv_deadline(deadline) {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(err)) => Err(CallError::Failed(err)),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                Err(CallError::Unavailable("no answer in time"))
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                Err(CallError::Unavailable("stopped"))
+            }
+        }
+    }
+
+    /// Queues `op` (waiting until `deadline` for room) without waiting for
+    /// its commit; `reply` gets the outcome once committed.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError::Unavailable`] when the store did not take it in time;
+    /// `reply` is then dropped uncalled.
+    pub fn send(&self, op: Op, reply: Reply, deadline: Instant) -> Result<(), CallError> {
+        self.tx
+            .send_deadline(Command { op, reply }, deadline)
+            .map_err(|e| match e {
+                crossbeam_channel::SendTimeoutError::Timeout(_) => CallError::Unavailable("busy"),
+                crossbeam_channel::SendTimeoutError::Disconnected(_) => {
+                    CallError::Unavailable("stopped")
+                }
+            })
+    }
+}
+
+/// The writer service.
+pub struct Store {
+    path: PathBuf,
+    rx: Receiver<Command>,
+    shared: Arc<Shared>,
+}
+
+/// A store service and the handle to reach it.
+pub fn new(path: PathBuf, shared: Arc<Shared>, capacity: usize) -> (Store, StoreHandle) {
+    let (tx, rx) = crossbeam_channel::bounded(capacity);
+    (Store { path, rx, shared }, StoreHandle { tx })
+}
+
+impl Service for Store {
+    fn name(&self) -> &str {
+        "store"
+    }
+
+    fn run(&mut self, ctx: &ServiceContext) -> Result<(), BoxError> {
+        let mut conn = open_writer(&self.path)
+            .map_err(|e| format!("cannot open {}: {e}", self.path.display()))?;
+        self.recover(&conn)?;
+        ctx.ready();
+        loop {
+            select! {
+                recv(self.rx) -> cmd => match cmd {
+                    Ok(cmd) => self.commit_batch(&mut conn, cmd),
+                    Err(_) => break,
+                },
+                recv(ctx.done()) -> _ => break,
+            }
+        }
+        // Stopped last: every producer has stopped, but commands may still
+        // be waiting. Commit them, then fold the WAL into the database.
+        while let Ok(cmd) = self.rx.try_recv() {
+            self.commit_batch(&mut conn, cmd);
+        }
+        if let Err(err) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+            log::warn!("final WAL checkpoint failed: {err}");
+        }
+        conn.close()
+            .map_err(|(_, e)| format!("closing the database: {e}"))?;
+        log::info!("store closed cleanly");
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Rebuilds the in-memory state from the database: the backlog and the
+    /// enrollment counters.
+    fn recover(&self, conn: &Connection) -> Result<(), BoxError> {
+        let backlog: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM reports WHERE status = 'queued'",
+            [],
+            |r| r.get(0),
+        )?;
+        self.shared.backlog.store(backlog, Ordering::SeqCst);
+        self.shared.metrics.backlog.set(backlog);
+        let mut stmt = conn.prepare("SELECT site_id, COUNT(*) FROM enrollment GROUP BY site_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut sites = Vec::new();
+        for row in rows {
+            let (site, n) = row?;
+            sites.push((site, u64::try_from(n).unwrap_or(0)));
+        }
+        self.shared.enrollment.add_all(sites);
+        log::info!(
+            "store open: {backlog} report(s) queued, {} patient(s) enrolled",
+            self.shared.enrollment.total()
+        );
+        if backlog > 0 {
+            let _ = self.shared.work_added.try_send(());
+        }
+        Ok(())
+    }
+
+    /// Commits `first` and whatever else is waiting, in one transaction.
+    fn commit_batch(&self, conn: &mut Connection, first: Command) {
+        let mut batch = vec![first];
+        batch.extend(self.rx.try_iter().take(MAX_BATCH - 1));
+        let started = Instant::now();
+        let applied = match conn.transaction() {
+            Ok(tx) => {
+                let results: Vec<Result<Effect, String>> =
+                    batch.iter().map(|c| apply(&tx, &c.op)).collect();
+                tx.commit().map(|()| results).map_err(|e| e.to_string())
+            }
+            Err(err) => Err(err.to_string()),
+        };
+        let metrics = &self.shared.metrics;
+        metrics.commit_batch.observe(batch.len() as f64);
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match applied {
+            Ok(results) => {
+                let mut woke = false;
+                for (cmd, result) in batch.into_iter().zip(results) {
+                    let reply = result.map(|effect| {
+                        if effect.outcome == Outcome::Accepted && !woke {
+                            woke = true;
+                            let _ = self.shared.work_added.try_send(());
+                        }
+                        self.account(&cmd.op, &effect);
+                        effect.outcome
+                    });
+                    (cmd.reply)(reply);
+                }
+            }
+            Err(err) => {
+                log::error!("store commit of {} command(s) failed: {err}", batch.len());
+                for cmd in batch {
+                    (cmd.reply)(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    /// Updates counters and metrics for a committed command.
+    fn account(&self, op: &Op, effect: &Effect) {
+        let shared = &self.shared;
+        let metrics = &shared.metrics;
+        let backlog = |delta: i64| {
+            let now = shared.backlog.fetch_add(delta, Ordering::SeqCst) + delta;
+            metrics.backlog.set(now);
+        };
+        match (op, effect.outcome) {
+            (Op::Insert { .. }, Outcome::Accepted) => {
+                metrics.accepted.inc();
+                backlog(1);
+            }
+            (Op::Complete { site_id, .. }, Outcome::Done) => {
+                metrics.processed.inc();
+                backlog(-1);
+                if effect.new_enrollment {
+                    shared.enrollment.add(site_id.clone(), 1);
+                }
+            }
+            (Op::Fail { .. }, Outcome::Done) => {
+                metrics.failed.inc();
+                backlog(-1);
+            }
+            (Op::Retry { .. }, Outcome::Done) => metrics.retried.inc(),
+            _ => {}
+        }
+    }
+}
+
+struct Effect {
+    outcome: Outcome,
+    new_enrollment: bool,
+}
+
+impl From<Outcome> for Effect {
+    fn from(outcome: Outcome) -> Effect {
+        Effect {
+            outcome,
+            new_enrollment: false,
+        }
+    }
+}
+
+fn changed(rows: usize) -> Outcome {
+    if rows == 0 {
+        Outcome::Unchanged
+    } else {
+        Outcome::Done
+    }
+}
+
+fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Effect, String> {
+    apply_sql(tx, op).map_err(|e| e.to_string())
+}
+
+fn apply_sql(tx: &Transaction<'_>, op: &Op) -> rusqlite::Result<Effect> {
+    match op {
+        Op::Insert { report } => {
+            let hash = report.content_hash();
+            let existing: Option<String> = tx
+                .prepare_cached("SELECT content_hash FROM reports WHERE report_id = ?1")?
+                .query_row([&report.report_id], |r| r.get(0))
+                .optional()?;
+            if let Some(existing) = existing {
+                return Ok(if existing == hash {
+                    Outcome::Duplicate
+                } else {
+                    Outcome::Conflict
+                }
+                .into());
+            }
+            let answers = serde_json::to_string(&report.answers).expect("answers serialise");
+            tx.prepare_cached(
+                "INSERT INTO reports (report_id, patient_id, site_id, instrument, submitted_at, answers,
+                                      content_hash, received_at, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued')",
+            )?
+            .execute(params![
+                report.report_id,
+                report.patient_id,
+                report.site_id,
+                report.instrument,
+                report.submitted_at,
+                answers,
+                hash,
+                now_ms()
+            ])?;
+            Ok(Outcome::Accepted.into())
+        }
+        Op::Complete {
+            report_id,
+            site_id,
+            patient_id,
+            result,
+            alert,
+            attempts,
+        } => {
+            let now = now_ms();
+            let rows = tx
+                .prepare_cached(
+                    "UPDATE reports SET status = 'processed', result = ?2, alert = ?3, attempts = ?4,
+                                        processed_at = ?5, last_error = NULL
+                     WHERE report_id = ?1 AND status = 'queued'",
+                )?
+                .execute(params![report_id, result, alert, attempts, now])?;
+            let mut effect = Effect::from(changed(rows));
+            if rows > 0 {
+                let enrolled = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO enrollment (site_id, patient_id, enrolled_at) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![site_id, patient_id, now])?;
+                effect.new_enrollment = enrolled > 0;
+            }
+            Ok(effect)
+        }
+        Op::Retry {
+            report_id,
+            attempts,
+            error,
+            next_at_ms,
+        } => {
+            let rows = tx
+                .prepare_cached(
+                    "UPDATE reports SET attempts = ?2, last_error = ?3, next_attempt_at = ?4
+                     WHERE report_id = ?1 AND status = 'queued'",
+                )?
+                .execute(params![report_id, attempts, error, next_at_ms])?;
+            Ok(changed(rows).into())
+        }
+        Op::Fail {
+            report_id,
+            attempts,
+            error,
+        } => {
+            let rows = tx
+                .prepare_cached(
+                    "UPDATE reports SET status = 'failed', attempts = ?2, last_error = ?3, processed_at = ?4
+                     WHERE report_id = ?1 AND status = 'queued'",
+                )?
+                .execute(params![report_id, attempts, error, now_ms()])?;
+            Ok(changed(rows).into())
+        }
+        Op::Summary {
+            period_start,
+            period_end,
+            body,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO summaries (period_start, period_end, created_at, body) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![period_start, period_end, now_ms(), body])?;
+            Ok(Outcome::Done.into())
+        }
+    }
+}
