@@ -230,7 +230,7 @@ mod tests {
 
     #[test]
     fn responses_are_checked() {
-        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"risk\":0.2}";
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n{\"risk\":0.2}";
         assert!(complete(ok));
         assert_eq!(
             parse_response(ok).unwrap(),

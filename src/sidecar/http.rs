@@ -315,7 +315,29 @@ fn refuse(mut stream: TcpStream, status: u16, message: &str) {
     let response = Response::json(status, &serde_json::json!({ "error": message }))
         .with_header("Retry-After", "1");
     let _ = write_response(&mut stream, &response, true);
+    linger_close(stream, Duration::from_millis(50));
+}
+
+/// Closes after an answer sent before the request was read in full: stop
+/// writing, then read and discard what the client is still sending for a
+/// moment. Closing a socket with unread data makes the kernel send a reset,
+/// which can reach the client before it has read our answer (Go's server
+/// does the same "lingering close").
+fn linger_close(mut stream: TcpStream, linger: Duration) {
     let _ = stream.shutdown(Shutdown::Write);
+    let end = Instant::now() + linger;
+    let mut sink = [0u8; 8192];
+    let mut discarded = 0usize;
+    while discarded < (1 << 20) {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => discarded += n,
+        }
+    }
 }
 
 fn handler_loop<S, H: Handler<S>>(
@@ -399,7 +421,9 @@ impl Connection<'_> {
                     handler.refused(status, why);
                     let response = Response::json(status, &serde_json::json!({ "error": why }));
                     let _ = write_response(&mut self.stream, &response, true);
-                    let _ = self.stream.shutdown(Shutdown::Write);
+                    if let Ok(stream) = self.stream.try_clone() {
+                        linger_close(stream, Duration::from_millis(500));
+                    }
                     return;
                 }
             };

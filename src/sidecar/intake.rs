@@ -225,9 +225,10 @@ impl Api {
                 .with_header("Retry-After", RETRY_AFTER);
         }
         let report_id = report.report_id.clone();
+        let hash = report.content_hash();
         match self
             .store
-            .call(Op::Insert { report }, Instant::now() + STORE_WAIT)
+            .call(Op::Insert { report, hash }, Instant::now() + STORE_WAIT)
         {
             Ok(Outcome::Accepted) => Response::json(
                 202,

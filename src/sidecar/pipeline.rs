@@ -58,6 +58,8 @@ pub struct Pipeline {
 struct Claim {
     report: Report,
     attempts: u32,
+    /// Why the stored answers could not be read back, if they could not.
+    unreadable: Option<String>,
 }
 
 /// A report settled: `true` when its outcome was committed.
@@ -177,6 +179,13 @@ impl Pipeline {
         let limit = i64::try_from(in_flight.len() + free).unwrap_or(i64::MAX);
         let rows = stmt.query_map(rusqlite::params![now_ms(), limit], |r| {
             let answers: String = r.get(5)?;
+            let (answers, unreadable) = match serde_json::from_str(&answers) {
+                Ok(answers) => (answers, None),
+                Err(err) => (
+                    Default::default(),
+                    Some(format!("stored answers unreadable: {err}")),
+                ),
+            };
             Ok(Claim {
                 report: Report {
                     report_id: r.get(0)?,
@@ -184,9 +193,10 @@ impl Pipeline {
                     site_id: r.get(2)?,
                     instrument: r.get(3)?,
                     submitted_at: r.get(4)?,
-                    answers: serde_json::from_str(&answers).unwrap_or_default(),
+                    answers,
                 },
                 attempts: r.get(6)?,
+                unreadable,
             })
         })?;
         for claim in rows {
@@ -223,7 +233,11 @@ impl Pipeline {
             metrics.jobs_running.inc();
             let started = Instant::now();
             let (ctx, _deadline) = pool_ctx.with_timeout(settings.job_timeout);
-            let outcome = process(&claim.report, &ctx, &settings);
+            let outcome = match &claim.unreadable {
+                // Retrying cannot help: fail it for good, with the reason.
+                Some(why) => Err(why.clone()),
+                None => process(&claim.report, &ctx, &settings),
+            };
             metrics.job_seconds.observe(started.elapsed().as_secs_f64());
             metrics.jobs_running.dec();
             let id = claim.report.report_id.clone();
@@ -244,7 +258,7 @@ impl Pipeline {
                     let _ = settled.send((id, false));
                     return;
                 }
-                Err(error) if attempts >= settings.max_attempts => {
+                Err(error) if attempts >= settings.max_attempts || claim.unreadable.is_some() => {
                     log::warn!("report {id} failed after {attempts} attempt(s): {error}");
                     Op::Fail {
                         report_id: id.clone(),

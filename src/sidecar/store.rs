@@ -105,6 +105,9 @@ pub enum Op {
     Insert {
         /// The report.
         report: Report,
+        /// Its [`Report::content_hash`] (computed by the caller, off the
+        /// writer thread).
+        hash: String,
     },
     /// Store a report's result and mark it processed.
     Complete {
@@ -437,14 +440,13 @@ fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Effect, String> {
 
 fn apply_sql(tx: &Transaction<'_>, op: &Op) -> rusqlite::Result<Effect> {
     match op {
-        Op::Insert { report } => {
-            let hash = report.content_hash();
+        Op::Insert { report, hash } => {
             let existing: Option<String> = tx
                 .prepare_cached("SELECT content_hash FROM reports WHERE report_id = ?1")?
                 .query_row([&report.report_id], |r| r.get(0))
                 .optional()?;
             if let Some(existing) = existing {
-                return Ok(if existing == hash {
+                return Ok(if existing == *hash {
                     Outcome::Duplicate
                 } else {
                     Outcome::Conflict
