@@ -60,6 +60,7 @@ use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
 
 use crate::context::{CancelGuard, Context, ContextError};
+use crate::deadline::Until;
 use crate::done::{shutdown, Done, Shutdown};
 use crate::handle::{self, JobHandle};
 use crate::panic::Panic;
@@ -418,14 +419,6 @@ enum Stop {
     Drain(Option<Instant>),
     /// Run nothing more.
     Abort,
-}
-
-/// When a submit stops waiting for room in the queue.
-#[derive(Clone, Copy)]
-enum Until<'a> {
-    Now,
-    Deadline(Option<Instant>),
-    Context(&'a Context),
 }
 
 impl Pool {

@@ -45,6 +45,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::context::{Context, ContextError};
+use crate::deadline::Until;
 use crate::sync::{Arc, AtomicBool, Condvar, Mutex, Ordering};
 
 /// Counting semaphore; cloning gives another handle to the same permits.
@@ -116,14 +117,6 @@ impl fmt::Display for AcquireError {
 }
 
 impl std::error::Error for AcquireError {}
-
-/// When a wait for permits ends.
-#[derive(Clone, Copy)]
-enum Until<'a> {
-    Now,
-    Deadline(Option<Instant>),
-    Context(&'a Context),
-}
 
 impl Semaphore {
     /// A semaphore with `permits` permits. Zero is allowed (every acquire
