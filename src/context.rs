@@ -38,7 +38,8 @@
 //! ```
 //!
 //! Deadlines are fired by one shared thread, `quiesce-timer`, which exists
-//! only while some deadline is pending, whatever the number of contexts.
+//! only while some deadline is pending (and for a second after the last
+//! one), whatever the number of contexts.
 
 use std::convert::Infallible;
 use std::error::Error;
@@ -63,24 +64,26 @@ pub use crate::tree::{Cause, ContextError};
 /// Stop a loop when the context is done, with a channel next to it:
 ///
 /// ```
+/// use std::time::Duration;
 /// use crossbeam_channel::{select, unbounded};
 /// use quiesce::Context;
 ///
 /// let (ctx, guard) = Context::background().with_cancel();
-/// let (tx, rx) = unbounded::<u32>();
+/// let (reports, inbox) = unbounded::<u32>();
+/// let (seen_tx, seen) = unbounded();
 /// let worker = std::thread::spawn(move || {
-///     let mut sum = 0;
+///     let mut total = 0;
 ///     loop {
 ///         select! {
-///             recv(rx) -> n => sum += n.unwrap_or(0),
-///             recv(ctx.done()) -> _ => return sum,
+///             recv(inbox) -> n => { total += n.unwrap(); seen_tx.send(total).unwrap(); }
+///             recv(ctx.done()) -> _ => return total,
 ///         }
 ///     }
 /// });
-/// tx.send(2).unwrap();
-/// drop(guard);
-/// let sum = worker.join().unwrap();
-/// assert!(sum == 0 || sum == 2);
+/// reports.send(2).unwrap();
+/// assert_eq!(seen.recv_timeout(Duration::from_secs(10)), Ok(2));
+/// drop(guard); // the worker's `select!` sees `ctx.done()` disconnected
+/// assert_eq!(worker.join().unwrap(), 2);
 /// ```
 #[derive(Clone, Default)]
 pub struct Context {
@@ -92,8 +95,27 @@ pub struct Context {
 /// is called): Go's `defer cancel()`, which cannot be forgotten.
 ///
 /// Cancelling is idempotent and never blocks on other threads; it returns
-/// once every descendant context is done. The guard is `Send + Sync`: it may
-/// be dropped, or cancel, on any thread.
+/// once every descendant context is done (if another thread is cancelling
+/// part of the same tree at that moment, that part may be done a moment
+/// later, as in Go). The guard is `Send + Sync`: it may be dropped, or
+/// cancel, on any thread.
+///
+/// # Examples
+///
+/// ```
+/// use quiesce::{Context, ContextError};
+///
+/// let (visit, guard) = Context::background().with_cancel();
+/// {
+///     let _guard = guard; // Go's `defer cancel()`
+///     assert!(!visit.is_done());
+/// } // the end of the scope cancels
+/// assert_eq!(visit.err(), Some(ContextError::Canceled));
+///
+/// let (upload, guard) = Context::background().with_cancel();
+/// std::thread::spawn(move || drop(guard)).join().unwrap(); // any thread may cancel
+/// assert!(upload.is_done());
+/// ```
 #[must_use = "dropping the guard cancels the context at once"]
 pub struct CancelGuard {
     node: Arc<Node>,
@@ -101,12 +123,41 @@ pub struct CancelGuard {
 
 /// A callback registered with [`Context::on_cancel`]; dropping this handle
 /// unregisters the callback if it has not run yet.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use std::sync::Arc;
+///
+/// let (ctx, guard) = quiesce::Context::background().with_cancel();
+/// let fired = Arc::new(AtomicBool::new(false));
+/// let flag = fired.clone();
+/// let hook = ctx.on_cancel(move || flag.store(true, Ordering::SeqCst));
+/// drop(hook); // unregistered before the cancel
+/// drop(guard);
+/// assert!(!fired.load(Ordering::SeqCst));
+/// ```
 #[must_use = "dropping the handle unregisters the callback"]
 pub struct OnCancel {
     registered: Option<(Arc<Node>, u64)>,
 }
 
 /// Why [`Context::recv`] returned no message.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use quiesce::context::RecvError;
+/// use quiesce::{Context, ContextError};
+///
+/// let (_tx, answers) = crossbeam_channel::bounded::<u32>(1); // nobody answers
+/// let (ctx, _guard) = Context::background().with_timeout(Duration::from_millis(2));
+/// let err = ctx.recv(&answers).unwrap_err();
+/// assert_eq!(err, RecvError::Done(ContextError::DeadlineExceeded));
+/// assert_eq!(err.to_string(), "receive gave up: context deadline exceeded");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecvError {
     /// The context is done (with this error) before a message arrived.
@@ -116,6 +167,17 @@ pub enum RecvError {
 }
 
 /// Why [`Context::send`] could not send; hands the message back.
+///
+/// # Examples
+///
+/// ```
+/// use quiesce::context::SendError;
+///
+/// let (tx, rx) = crossbeam_channel::bounded::<&str>(1);
+/// drop(rx); // the store has gone away
+/// let err = quiesce::Context::background().send(&tx, "weekly diary").unwrap_err();
+/// assert!(matches!(err, SendError::Disconnected("weekly diary")));
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum SendError<T> {
     /// The context is done (with this error) before the message was taken.
@@ -131,6 +193,8 @@ impl Context {
     /// linked anywhere (there is nothing to propagate), so making them costs
     /// one allocation.
     ///
+    /// # Examples
+    ///
     /// ```
     /// let ctx = quiesce::Context::background();
     /// assert!(ctx.err().is_none() && ctx.deadline().is_none());
@@ -141,6 +205,8 @@ impl Context {
 
     /// A child context that is done when `guard` is dropped or cancelled, or
     /// when `self` is done.
+    ///
+    /// # Examples
     ///
     /// ```
     /// let (ctx, guard) = quiesce::Context::background().with_cancel();
@@ -154,6 +220,8 @@ impl Context {
     /// Like [`with_cancel`](Context::with_cancel); named after Go's
     /// `WithCancelCause`. Every guard can cancel with a cause through
     /// [`CancelGuard::cancel_with_cause`]; [`Context::cause`] reports it.
+    ///
+    /// # Examples
     ///
     /// ```
     /// let (ctx, guard) = quiesce::Context::background().with_cancel_cause();
@@ -172,6 +240,8 @@ impl Context {
     ///
     /// Only if the OS refuses to start the shared `quiesce-timer` thread.
     ///
+    /// # Examples
+    ///
     /// ```
     /// use std::time::Duration;
     /// let (ctx, _guard) = quiesce::Context::background().with_timeout(Duration::from_millis(5));
@@ -188,6 +258,8 @@ impl Context {
     /// # Panics
     ///
     /// Only if the OS refuses to start the shared `quiesce-timer` thread.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use std::time::{Duration, Instant};
@@ -209,6 +281,8 @@ impl Context {
     /// `crossbeam_channel::select!` (`recv(ctx.done()) -> _ => …`). Nothing
     /// is ever sent on it.
     ///
+    /// # Examples
+    ///
     /// ```
     /// let (ctx, guard) = quiesce::Context::background().with_cancel();
     /// assert!(ctx.done().try_recv().unwrap_err().is_empty());
@@ -223,12 +297,39 @@ impl Context {
     }
 
     /// `None` while the context is live; then why it is done.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{Context, ContextError};
+    ///
+    /// let (ctx, guard) = Context::background().with_cancel();
+    /// assert_eq!(ctx.err(), None);
+    /// drop(guard);
+    /// assert_eq!(ctx.err(), Some(ContextError::Canceled));
+    ///
+    /// let (late, _guard) = Context::background().with_timeout(Duration::ZERO);
+    /// assert_eq!(late.err(), Some(ContextError::DeadlineExceeded));
+    /// ```
     #[inline]
     pub fn err(&self) -> Option<ContextError> {
         self.node.as_ref().and_then(|n| n.err())
     }
 
     /// `true` once the context is done.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use quiesce::Context;
+    ///
+    /// assert!(!Context::background().is_done()); // never done
+    /// let (ctx, guard) = Context::background().with_cancel();
+    /// assert!(!ctx.is_done());
+    /// guard.cancel();
+    /// assert!(ctx.is_done());
+    /// ```
     #[inline]
     pub fn is_done(&self) -> bool {
         self.err().is_some()
@@ -241,12 +342,18 @@ impl Context {
     ///
     /// [`ContextError`] once the context is done.
     ///
+    /// # Examples
+    ///
     /// ```
     /// fn step(ctx: &quiesce::Context) -> Result<u32, quiesce::ContextError> {
     ///     ctx.check()?;
     ///     Ok(42)
     /// }
     /// assert_eq!(step(&quiesce::Context::background()), Ok(42));
+    ///
+    /// let (ctx, guard) = quiesce::Context::background().with_cancel();
+    /// drop(guard);
+    /// assert_eq!(step(&ctx), Err(quiesce::ContextError::Canceled));
     /// ```
     #[inline]
     pub fn check(&self) -> Result<(), ContextError> {
@@ -260,17 +367,62 @@ impl Context {
     /// [`CancelGuard::cancel_with_cause`] (on it or on the ancestor whose
     /// cancellation reached it), else the [`ContextError`] itself. `None`
     /// while live.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use quiesce::{Context, ContextError};
+    ///
+    /// let (trial, stop_trial) = Context::background().with_cancel();
+    /// let (site, _site_guard) = trial.with_cancel();
+    /// assert!(site.cause().is_none());
+    /// stop_trial.cancel_with_cause("trial suspended by the safety board");
+    /// let cause = site.cause().unwrap(); // the ancestor's cause reached the child
+    /// assert_eq!(cause.to_string(), "trial suspended by the safety board");
+    ///
+    /// let (ctx, guard) = Context::background().with_cancel();
+    /// drop(guard); // no cause given: the error itself
+    /// assert_eq!(ctx.cause().unwrap().to_string(), ContextError::Canceled.to_string());
+    /// ```
     pub fn cause(&self) -> Option<Cause> {
         self.node.as_ref().and_then(|n| n.cause())
     }
 
     /// The instant the context will be done by itself, if any.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use quiesce::Context;
+    ///
+    /// assert_eq!(Context::background().deadline(), None);
+    /// let visit_ends = Instant::now() + Duration::from_secs(60);
+    /// let (visit, _guard) = Context::background().with_deadline(visit_ends);
+    /// assert_eq!(visit.deadline(), Some(visit_ends));
+    /// let (step, _step_guard) = visit.with_cancel(); // inherits it
+    /// assert_eq!(step.deadline(), Some(visit_ends));
+    /// ```
     pub fn deadline(&self) -> Option<Instant> {
         self.node.as_ref().and_then(|n| n.deadline())
     }
 
     /// Time left until [`deadline`](Context::deadline) (zero once passed);
     /// `None` without a deadline.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::Context;
+    ///
+    /// assert_eq!(Context::background().remaining(), None);
+    /// let (ctx, _guard) = Context::background().with_timeout(Duration::from_secs(60));
+    /// let left = ctx.remaining().unwrap();
+    /// assert!(left > Duration::ZERO && left <= Duration::from_secs(60));
+    /// let (late, _guard) = Context::background().with_timeout(Duration::ZERO);
+    /// assert_eq!(late.remaining(), Some(Duration::ZERO)); // passed: zero
+    /// ```
     pub fn remaining(&self) -> Option<Duration> {
         self.deadline()
             .map(|d| d.saturating_duration_since(Instant::now()))
@@ -282,6 +434,8 @@ impl Context {
     ///
     /// [`ContextError`] when the context was done before `duration`
     /// passed, including when it was done already.
+    ///
+    /// # Examples
     ///
     /// ```
     /// let (ctx, guard) = quiesce::Context::background().with_cancel();
@@ -301,6 +455,21 @@ impl Context {
     /// # Errors
     ///
     /// As [`sleep`](Context::sleep).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use quiesce::{Context, ContextError};
+    ///
+    /// let soon = Instant::now() + Duration::from_millis(2);
+    /// assert_eq!(Context::background().sleep_until(soon), Ok(()));
+    ///
+    /// let (ctx, guard) = Context::background().with_cancel();
+    /// drop(guard);
+    /// let next_visit = Instant::now() + Duration::from_secs(7 * 24 * 3600);
+    /// assert_eq!(ctx.sleep_until(next_visit), Err(ContextError::Canceled)); // at once
+    /// ```
     pub fn sleep_until(&self, deadline: Instant) -> Result<(), ContextError> {
         self.sleep(deadline.saturating_duration_since(Instant::now()))
     }
@@ -313,6 +482,8 @@ impl Context {
     ///
     /// [`RecvError::Done`] when the context is done first,
     /// [`RecvError::Disconnected`] when the channel is empty and closed.
+    ///
+    /// # Examples
     ///
     /// ```
     /// let (tx, rx) = crossbeam_channel::bounded(1);
@@ -338,6 +509,8 @@ impl Context {
     ///
     /// Hands `msg` back: [`SendError::Done`] when the context is done first,
     /// [`SendError::Disconnected`] when every receiver is gone.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use quiesce::context::SendError;
@@ -378,6 +551,8 @@ impl Context {
     /// handle unregisters it if it has not run yet. On the background
     /// context it never runs.
     ///
+    /// # Examples
+    ///
     /// ```
     /// use std::sync::atomic::{AtomicBool, Ordering};
     /// use std::sync::Arc;
@@ -412,6 +587,8 @@ impl Context {
     /// How many live children are linked to this context (diagnostics; a
     /// long-lived context should show few).
     ///
+    /// # Examples
+    ///
     /// ```
     /// let (root, _guard) = quiesce::Context::background().with_cancel();
     /// let (child, child_guard) = root.with_cancel();
@@ -436,6 +613,16 @@ impl fmt::Debug for Context {
 
 impl CancelGuard {
     /// Cancels the context (and every descendant) now. Idempotent.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (site, guard) = quiesce::Context::background().with_cancel();
+    /// let (patient, _patient_guard) = site.with_cancel();
+    /// guard.cancel();
+    /// guard.cancel(); // harmless
+    /// assert!(site.is_done() && patient.is_done());
+    /// ```
     pub fn cancel(&self) {
         tree::cancel(&self.node, ContextError::Canceled, None);
     }
@@ -443,12 +630,35 @@ impl CancelGuard {
     /// Cancels with a cause, which [`Context::cause`] then returns on this
     /// context and its descendants. Accepts any error, or a `&str`/`String`.
     /// If the context is done already, the first cause stays.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (ctx, guard) = quiesce::Context::background().with_cancel();
+    /// guard.cancel_with_cause(format!("patient {} withdrew consent", 1042));
+    /// guard.cancel_with_cause("ignored: the first cause stays");
+    /// assert_eq!(ctx.cause().unwrap().to_string(), "patient 1042 withdrew consent");
+    ///
+    /// let (ctx, guard) = quiesce::Context::background().with_cancel();
+    /// guard.cancel_with_cause(std::io::Error::other("disk full")); // any error
+    /// assert_eq!(ctx.cause().unwrap().to_string(), "disk full");
+    /// ```
     pub fn cancel_with_cause(&self, cause: impl Into<Box<dyn Error + Send + Sync + 'static>>) {
         let cause: Cause = std::sync::Arc::from(cause.into());
         tree::cancel(&self.node, ContextError::Canceled, Some(cause));
     }
 
     /// The context this guard cancels.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_ctx, guard) = quiesce::Context::background().with_cancel();
+    /// let ctx = guard.context();
+    /// assert!(!ctx.is_done());
+    /// drop(guard);
+    /// assert!(ctx.is_done());
+    /// ```
     pub fn context(&self) -> Context {
         Context {
             node: Some(self.node.clone()),
@@ -472,7 +682,24 @@ impl fmt::Debug for CancelGuard {
 
 impl OnCancel {
     /// Unregisters the callback; `true` if it had not run (and now never
-    /// will), `false` if it ran or is running.
+    /// will), `false` if it ran or is running, or was never registered (on
+    /// the background context).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use quiesce::Context;
+    ///
+    /// let (ctx, guard) = Context::background().with_cancel();
+    /// let hook = ctx.on_cancel(|| {});
+    /// assert!(hook.stop()); // had not run, and now never will
+    /// drop(guard);
+    ///
+    /// let (ctx, guard) = Context::background().with_cancel();
+    /// let hook = ctx.on_cancel(|| {});
+    /// drop(guard); // runs the callback
+    /// assert!(!hook.stop());
+    /// ```
     pub fn stop(mut self) -> bool {
         self.unregister()
     }
@@ -514,6 +741,16 @@ impl Error for RecvError {}
 
 impl<T> SendError<T> {
     /// The message that was not sent.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, rx) = crossbeam_channel::bounded(1);
+    /// drop(rx);
+    /// let report = String::from("pain score: 3");
+    /// let err = quiesce::Context::background().send(&tx, report).unwrap_err();
+    /// assert_eq!(err.into_inner(), "pain score: 3"); // nothing is lost
+    /// ```
     pub fn into_inner(self) -> T {
         match self {
             SendError::Done(_, msg) | SendError::Disconnected(msg) => msg,

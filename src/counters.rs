@@ -1,33 +1,5 @@
-//! `Counters<K>`: named counts behind one `parking_lot::RwLock`. Go's
-//! `map[string]int` guarded by a `sync.RWMutex`, where the map cannot be
-//! reached without the lock and a snapshot is one consistent view.
-//!
-//! ```
-//! use std::sync::Arc;
-//! use quiesce::Counters;
-//!
-//! let enrollment = Arc::new(Counters::new());
-//! let handles: Vec<_> = (0..4)
-//!     .map(|site| {
-//!         let enrollment = enrollment.clone();
-//!         std::thread::spawn(move || {
-//!             for _ in 0..250 {
-//!                 enrollment.add(format!("SITE-{site}"), 1);
-//!             }
-//!         })
-//!     })
-//!     .collect();
-//! for h in handles { h.join().unwrap(); }
-//! assert_eq!(enrollment.total(), 1000);
-//! assert_eq!(enrollment.get("SITE-2"), 250);
-//! let snapshot = enrollment.snapshot();
-//! assert_eq!(snapshot.counts.values().sum::<u64>(), snapshot.total);
-//! ```
-//!
-//! Writers take the write lock for one map update; readers share the read
-//! lock. `total` is kept beside the map, under the same lock, so it always
-//! equals the sum of the counts anyone can see. Counts saturate at
-//! `u64::MAX` instead of overflowing.
+//! `Counters<K>`: named counts behind one `parking_lot::RwLock`. The public
+//! docs, with the Go pattern it replaces, are on [`Counters`].
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -36,7 +8,38 @@ use std::hash::Hash;
 
 use parking_lot::RwLock;
 
-/// Counts per key, plus their total; see the [module docs](self).
+/// Counts per key, plus their total. Go's `map[string]int` guarded by a
+/// `sync.RWMutex`, where the map cannot be reached without the lock and a
+/// snapshot is one consistent view.
+///
+/// Writers take the write lock for one map update; readers share the read
+/// lock. `total` is kept beside the map, under the same lock, so it always
+/// equals the sum of the counts anyone can see. Counts saturate at
+/// `u64::MAX` instead of overflowing.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use quiesce::Counters;
+///
+/// let enrollment = Arc::new(Counters::new());
+/// let handles: Vec<_> = (0..4)
+///     .map(|site| {
+///         let enrollment = enrollment.clone();
+///         std::thread::spawn(move || {
+///             for _ in 0..250 {
+///                 enrollment.add(format!("SITE-{site}"), 1);
+///             }
+///         })
+///     })
+///     .collect();
+/// for h in handles { h.join().unwrap(); }
+/// assert_eq!(enrollment.total(), 1000);
+/// assert_eq!(enrollment.get("SITE-2"), 250);
+/// let snapshot = enrollment.snapshot();
+/// assert_eq!(snapshot.counts.values().sum::<u64>(), snapshot.total);
+/// ```
 pub struct Counters<K> {
     state: RwLock<State<K>>,
 }
@@ -47,6 +50,18 @@ struct State<K> {
 }
 
 /// One consistent view of a [`Counters`], taken under one read lock.
+///
+/// # Examples
+///
+/// ```
+/// let reports = quiesce::Counters::new();
+/// reports.add("SITE-A", 2);
+/// let before = reports.snapshot();
+/// reports.add("SITE-A", 1);
+/// assert_eq!(before.counts["SITE-A"], 2); // a copy: later adds do not change it
+/// assert_eq!(before.total, 2);
+/// assert_eq!(reports.snapshot().total, 3);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot<K: Eq + Hash> {
     /// Count per key (keys never added are absent).
@@ -57,6 +72,14 @@ pub struct Snapshot<K: Eq + Hash> {
 
 impl<K: Eq + Hash> Snapshot<K> {
     /// The counts sorted by key.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let enrolled: quiesce::Counters<_> = [("SITE-B", 3), ("SITE-A", 5)].into_iter().collect();
+    /// let snapshot = enrolled.snapshot();
+    /// assert_eq!(snapshot.sorted(), vec![(&"SITE-A", 5), (&"SITE-B", 3)]);
+    /// ```
     pub fn sorted(&self) -> Vec<(&K, u64)>
     where
         K: Ord,
@@ -80,17 +103,45 @@ impl<K: Eq + Hash> Default for Counters<K> {
 
 impl<K: Eq + Hash> Counters<K> {
     /// No counts.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let counters = quiesce::Counters::<String>::new();
+    /// assert!(counters.is_empty());
+    /// assert_eq!(counters.total(), 0);
+    /// ```
     pub fn new() -> Counters<K> {
         Counters::default()
     }
 
     /// Adds `n` to `key`'s count (and to the total).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let diaries = quiesce::Counters::new();
+    /// diaries.add("SITE-A", 2);
+    /// diaries.add("SITE-A", 1);
+    /// assert_eq!(diaries.get("SITE-A"), 3);
+    /// diaries.add("SITE-A", u64::MAX); // saturates, never overflows
+    /// assert_eq!(diaries.get("SITE-A"), u64::MAX);
+    /// ```
     pub fn add(&self, key: K, n: u64) {
         self.add_all([(key, n)]);
     }
 
     /// Adds every `(key, n)` under one write lock: readers see all of them
     /// or none.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let visits = quiesce::Counters::new();
+    /// visits.add_all([("SITE-A", 4), ("SITE-B", 1), ("SITE-A", 1)]);
+    /// assert_eq!(visits.get("SITE-A"), 5);
+    /// assert_eq!(visits.total(), 6);
+    /// ```
     pub fn add_all(&self, items: impl IntoIterator<Item = (K, u64)>) {
         let mut state = self.state.write();
         for (key, n) in items {
@@ -101,6 +152,14 @@ impl<K: Eq + Hash> Counters<K> {
     }
 
     /// `key`'s count; zero for a key never added.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let counters: quiesce::Counters<String> = [("SITE-A".to_string(), 7)].into_iter().collect();
+    /// assert_eq!(counters.get("SITE-A"), 7); // a `&str` looks up a `String` key
+    /// assert_eq!(counters.get("SITE-Z"), 0);
+    /// ```
     pub fn get<Q>(&self, key: &Q) -> u64
     where
         K: Borrow<Q>,
@@ -110,21 +169,57 @@ impl<K: Eq + Hash> Counters<K> {
     }
 
     /// The sum of all counts.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let counters: quiesce::Counters<_> = [("SITE-A", 7), ("SITE-B", 5)].into_iter().collect();
+    /// assert_eq!(counters.total(), 12);
+    /// ```
     pub fn total(&self) -> u64 {
         self.state.read().total
     }
 
     /// How many keys have a count.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let counters = quiesce::Counters::new();
+    /// counters.add("SITE-A", 1);
+    /// counters.add("SITE-A", 1);
+    /// counters.add("SITE-B", 0); // a key added with zero has a count too
+    /// assert_eq!(counters.len(), 2);
+    /// ```
     pub fn len(&self) -> usize {
         self.state.read().counts.len()
     }
 
     /// `true` when nothing was ever added.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let counters = quiesce::Counters::new();
+    /// assert!(counters.is_empty());
+    /// counters.add("SITE-A", 1);
+    /// assert!(!counters.is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.state.read().counts.is_empty()
     }
 
     /// Every count and the total, as one consistent view.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let counters = quiesce::Counters::new();
+    /// counters.add_all([("SITE-A", 2), ("SITE-B", 3)]);
+    /// let snapshot = counters.snapshot();
+    /// assert_eq!(snapshot.total, 5);
+    /// assert_eq!(snapshot.counts.len(), 2);
+    /// ```
     pub fn snapshot(&self) -> Snapshot<K>
     where
         K: Clone,

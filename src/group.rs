@@ -1,44 +1,4 @@
-//! `Group`: Go's `errgroup`. Tasks run on named threads under a shared
-//! context; the first one to fail — by returning an error or by panicking —
-//! cancels the context, so its siblings stop, and [`Group::wait`] returns
-//! that first failure, naming the task.
-//!
-//! ```
-//! use std::time::Duration;
-//! use quiesce::{Context, Group, GroupError};
-//!
-//! let (group, _ctx) = Group::<u32, String>::with_context(&Context::background());
-//! for task in 1..=5u32 {
-//!     group
-//!         .spawn(format!("task-{task}"), move |ctx| {
-//!             if task == 3 {
-//!                 return Err("site 3 unreachable".to_string());
-//!             }
-//!             // the others wait, cooperatively, and are cancelled
-//!             ctx.sleep(Duration::from_secs(60)).map_err(|e| e.to_string())?;
-//!             Ok(task)
-//!         })
-//!         .ok(); // a task refused because the group is already cancelled
-//! }
-//! match group.wait() {
-//!     Err(GroupError::Failed { task, error }) => {
-//!         assert_eq!(task, "task-3");
-//!         assert_eq!(error, "site 3 unreachable");
-//!     }
-//!     other => panic!("{other:?}"),
-//! }
-//! ```
-//!
-//! Differences from Go's `errgroup`, on purpose:
-//!
-//! - Once the group is cancelled, tasks not yet started are not started
-//!   ([`spawn`](Group::spawn) returns [`SpawnError::Canceled`]); Go still
-//!   starts them (golang/go#61611).
-//! - A panicking task does not take the process down, and is not lost: it
-//!   is caught, named, cancels the siblings, and comes back from `wait` as
-//!   [`GroupError::Panicked`] (Go's x/sync went back and forth on this).
-//! - [`set_limit`](Group::set_limit) on a group with running tasks is an
-//!   error, not a panic.
+//! `Group`: Go's `errgroup`. The public docs are on [`Group`].
 //!
 //! # Invariants
 //!
@@ -62,12 +22,54 @@ use crate::panic::Panic;
 use crate::semaphore::{AcquireError, Semaphore};
 use crate::threads::{Running, Threads};
 
-/// An error group; see the [module docs](self).
+/// An error group: Go's `errgroup`. Tasks run on named threads under a shared
+/// context; the first one to fail — by returning an error or by panicking —
+/// cancels the context, so its siblings stop, and [`Group::wait`] returns
+/// that first failure, naming the task.
+///
+/// Differences from Go's `errgroup`, on purpose:
+///
+/// - Once the group is cancelled, tasks not yet started are not started
+///   ([`spawn`](Group::spawn) returns [`SpawnError::Canceled`]); Go still
+///   starts them (golang/go#61611).
+/// - A panicking task does not take the process down, and is not lost: it
+///   is caught, named, cancels the siblings, and comes back from `wait` as
+///   [`GroupError::Panicked`] (Go's x/sync went back and forth on this).
+/// - [`set_limit`](Group::set_limit) on a group with running tasks is an
+///   error, not a panic.
 ///
 /// # Drop
 ///
 /// Dropping a group without waiting cancels its context and joins its
 /// tasks, blocking until they return.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use quiesce::{Context, Group, GroupError};
+///
+/// let (group, _ctx) = Group::<u32, String>::with_context(&Context::background());
+/// for task in 1..=5u32 {
+///     group
+///         .spawn(format!("task-{task}"), move |ctx| {
+///             if task == 3 {
+///                 return Err("site 3 unreachable".to_string());
+///             }
+///             // the others wait, cooperatively, and are cancelled
+///             ctx.sleep(Duration::from_secs(60)).map_err(|e| e.to_string())?;
+///             Ok(task)
+///         })
+///         .ok(); // a task refused because the group is already cancelled
+/// }
+/// match group.wait() {
+///     Err(GroupError::Failed { task, error }) => {
+///         assert_eq!(task, "task-3");
+///         assert_eq!(error, "site 3 unreachable");
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// ```
 pub struct Group<T, E> {
     ctx: Context,
     /// Shared with the tasks: the first failure cancels through it.
@@ -84,6 +86,22 @@ struct Shared<T, E> {
 }
 
 /// The first failure of a [`Group`].
+///
+/// # Examples
+///
+/// ```
+/// use quiesce::{Group, GroupError};
+///
+/// let group = Group::<(), String>::new();
+/// group.spawn("export-site-9", |_ctx| panic!("corrupt diary file")).unwrap();
+/// match group.wait() {
+///     Err(GroupError::Panicked { task, panic }) => {
+///         assert_eq!(task, "export-site-9");
+///         assert_eq!(panic.message(), "corrupt diary file");
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GroupError<E> {
     /// A task returned an error.
@@ -104,6 +122,16 @@ pub enum GroupError<E> {
 
 impl<E> GroupError<E> {
     /// The name of the task that failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group = quiesce::Group::<(), &str>::new();
+    /// group.spawn("sync-site-3", |_ctx| Err("timeout")).unwrap();
+    /// let err = group.wait().unwrap_err();
+    /// assert_eq!(err.task(), "sync-site-3");
+    /// assert_eq!(err.to_string(), "task sync-site-3 failed: timeout");
+    /// ```
     pub fn task(&self) -> &str {
         match self {
             GroupError::Failed { task, .. } | GroupError::Panicked { task, .. } => task,
@@ -123,6 +151,17 @@ impl<E: fmt::Display> fmt::Display for GroupError<E> {
 impl<E: fmt::Debug + fmt::Display> std::error::Error for GroupError<E> {}
 
 /// Why [`Group::spawn`] did not start a task.
+///
+/// # Examples
+///
+/// ```
+/// use quiesce::{ContextError, Group, SpawnError};
+///
+/// let group = Group::<(), String>::new();
+/// group.cancel();
+/// let refused = group.spawn("late-upload", |_ctx| Ok(()));
+/// assert!(matches!(refused, Err(SpawnError::Canceled(ContextError::Canceled))));
+/// ```
 #[derive(Debug)]
 pub enum SpawnError {
     /// The group's context is done (a sibling failed, or the parent was
@@ -145,6 +184,23 @@ impl std::error::Error for SpawnError {}
 
 /// Why [`Group::try_spawn`] did not start a task; hands the closure back
 /// when it was not consumed.
+///
+/// # Examples
+///
+/// ```
+/// use quiesce::{Context, Group, TrySpawnError};
+///
+/// let mut group = Group::<u32, String>::new();
+/// group.set_limit(1).unwrap();
+/// let (release, hold) = crossbeam_channel::bounded::<()>(0);
+/// group.try_spawn("site-1", move |_ctx| { let _ = hold.recv(); Ok(1) }).unwrap();
+/// let Err(TrySpawnError::AtLimit(task)) = group.try_spawn("site-2", |_ctx| Ok(2)) else {
+///     panic!("the only place is taken");
+/// };
+/// assert_eq!(task(&Context::background()), Ok(2)); // handed back: run it here
+/// drop(release);
+/// assert_eq!(group.wait(), Ok(vec![1]));
+/// ```
 pub enum TrySpawnError<F> {
     /// The limit is reached: nothing was started.
     AtLimit(F),
@@ -177,6 +233,18 @@ impl<F> fmt::Display for TrySpawnError<F> {
 impl<F> std::error::Error for TrySpawnError<F> {}
 
 /// [`Group::set_limit`] on a group whose tasks are still running.
+///
+/// # Examples
+///
+/// ```
+/// let mut group = quiesce::Group::<(), String>::new();
+/// let (release, hold) = crossbeam_channel::bounded::<()>(0);
+/// group.spawn("long-export", move |_ctx| { let _ = hold.recv(); Ok(()) }).unwrap();
+/// let err = group.set_limit(4).unwrap_err();
+/// assert_eq!(err.running, 1);
+/// drop(release);
+/// assert!(group.wait().is_ok());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LimitError {
     /// How many tasks were running.
@@ -203,12 +271,34 @@ impl<T: Send + 'static, E: Send + 'static> Default for Group<T, E> {
 
 impl<T: Send + 'static, E: Send + 'static> Group<T, E> {
     /// A group under the background context.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group = quiesce::Group::<u32, String>::new();
+    /// group.spawn("count-site-a", |_ctx| Ok(12)).unwrap();
+    /// group.spawn("count-site-b", |_ctx| Ok(30)).unwrap();
+    /// assert_eq!(group.wait(), Ok(vec![12, 30])); // in spawn order
+    /// ```
     pub fn new() -> Group<T, E> {
         Group::with_context(&Context::background()).0
     }
 
     /// A group under `parent`, and its context: done when `parent` is, at
     /// the first failure, or when [`wait`](Group::wait) returns.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use quiesce::{Context, Group};
+    ///
+    /// let (parent, stop) = Context::background().with_cancel();
+    /// let (group, ctx) = Group::<(), String>::with_context(&parent);
+    /// assert!(!ctx.is_done());
+    /// drop(stop); // the parent is done: so is the group
+    /// assert!(ctx.is_done());
+    /// assert!(group.spawn("late-upload", |_ctx| Ok(())).is_err());
+    /// ```
     pub fn with_context(parent: &Context) -> (Group<T, E>, Context) {
         let (ctx, guard) = parent.with_cancel();
         let group = Group {
@@ -230,6 +320,28 @@ impl<T: Send + 'static, E: Send + 'static> Group<T, E> {
     /// # Errors
     ///
     /// [`LimitError`] while tasks are running (the old limit still holds).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let mut group = quiesce::Group::<(), String>::new();
+    /// group.set_limit(2).unwrap();
+    /// let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    /// for site in 0..6 {
+    ///     let (now, peak) = (now.clone(), peak.clone());
+    ///     group.spawn(format!("site-{site}"), move |_ctx| {
+    ///         peak.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+    ///         std::thread::sleep(std::time::Duration::from_millis(1));
+    ///         now.fetch_sub(1, Ordering::SeqCst);
+    ///         Ok(())
+    ///     }).unwrap();
+    /// }
+    /// group.wait().unwrap();
+    /// assert!(peak.load(Ordering::SeqCst) <= 2);
+    /// ```
     pub fn set_limit(&mut self, n: usize) -> Result<(), LimitError> {
         let running = self.threads.get_mut().running().len();
         if running > 0 {
@@ -240,6 +352,16 @@ impl<T: Send + 'static, E: Send + 'static> Group<T, E> {
     }
 
     /// The group's context.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group = quiesce::Group::<(), String>::new();
+    /// let ctx = group.context().clone(); // the one every task gets
+    /// assert!(!ctx.is_done());
+    /// group.wait().unwrap();
+    /// assert!(ctx.is_done());
+    /// ```
     pub fn context(&self) -> &Context {
         &self.ctx
     }
@@ -252,6 +374,22 @@ impl<T: Send + 'static, E: Send + 'static> Group<T, E> {
     /// [`SpawnError::Canceled`] when the group's context is done first (or
     /// already): the task is not started. [`SpawnError::Io`] when the
     /// thread cannot be started.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let group = quiesce::Group::<(), String>::new();
+    /// group
+    ///     .spawn("upload-site-1", |ctx| {
+    ///         ctx.sleep(Duration::from_secs(60)).map_err(|e| e.to_string()) // cut short
+    ///     })
+    ///     .unwrap();
+    /// group.spawn("upload-site-2", |_ctx| Err("batch rejected".to_string())).unwrap();
+    /// let err = group.wait().unwrap_err(); // the first failure, not the cancelled sibling
+    /// assert_eq!(err.task(), "upload-site-2");
+    /// ```
     pub fn spawn<F>(&self, name: impl Into<String>, f: F) -> Result<(), SpawnError>
     where
         F: FnOnce(&Context) -> Result<T, E> + Send + 'static,
@@ -278,6 +416,19 @@ impl<T: Send + 'static, E: Send + 'static> Group<T, E> {
     ///
     /// [`TrySpawnError::AtLimit`], [`TrySpawnError::Canceled`] (both with
     /// `f`), or [`TrySpawnError::Io`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use quiesce::{Group, TrySpawnError};
+    ///
+    /// let group = Group::<u32, String>::new();
+    /// assert!(group.try_spawn("score-visit-1", |_ctx| Ok(7)).is_ok()); // no limit: room
+    /// group.cancel();
+    /// let refused = group.try_spawn("score-visit-2", |_ctx| Ok(8));
+    /// assert!(matches!(refused, Err(TrySpawnError::Canceled(..))));
+    /// assert_eq!(group.wait(), Ok(vec![7]));
+    /// ```
     pub fn try_spawn<F>(&self, name: impl Into<String>, f: F) -> Result<(), TrySpawnError<F>>
     where
         F: FnOnce(&Context) -> Result<T, E> + Send + 'static,
@@ -336,6 +487,18 @@ impl<T: Send + 'static, E: Send + 'static> Group<T, E> {
     /// # Errors
     ///
     /// The first [`GroupError`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group = quiesce::Group::<usize, String>::new();
+    /// for site in ["SITE-A", "SITE-BB"] {
+    ///     group.spawn(site, move |_ctx| Ok(site.len())).unwrap();
+    /// }
+    /// let ctx = group.context().clone();
+    /// assert_eq!(group.wait(), Ok(vec![6, 7]));
+    /// assert!(ctx.is_done()); // as after Go's `Wait`
+    /// ```
     pub fn wait(self) -> Result<Vec<T>, GroupError<E>> {
         let _ = self.threads.lock().join_timeout(Duration::MAX);
         self.finish()
@@ -345,6 +508,21 @@ impl<T: Send + 'static, E: Send + 'static> Group<T, E> {
     /// [`wait`](Group::wait), when every task has returned; `None` while
     /// some still run (the group keeps them; see
     /// [`running`](Group::running), [`cancel`](Group::cancel)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let mut group = quiesce::Group::<(), String>::new();
+    /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
+    /// group.spawn("slow-export", move |_ctx| { let _ = hold.recv(); Ok(()) }).unwrap();
+    /// assert!(group.wait_deadline(Instant::now() + Duration::from_millis(2)).is_none());
+    /// assert_eq!(group.running()[0].name, "slow-export");
+    /// drop(release);
+    /// let outcome = group.wait_deadline(Instant::now() + Duration::from_secs(10));
+    /// assert_eq!(outcome, Some(Ok(vec![()])));
+    /// ```
     pub fn wait_deadline(&mut self, deadline: Instant) -> Option<Result<Vec<T>, GroupError<E>>> {
         let threads = self.threads.get_mut();
         let report = threads.join_deadline(deadline);
@@ -355,6 +533,18 @@ impl<T: Send + 'static, E: Send + 'static> Group<T, E> {
     }
 
     /// [`wait_deadline`](Group::wait_deadline) `timeout` from now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let mut group = quiesce::Group::<(), String>::new();
+    /// group.spawn("watch-site-5", |ctx| { let _ = ctx.done().recv(); Ok(()) }).unwrap();
+    /// assert!(group.wait_timeout(Duration::from_millis(2)).is_none()); // still watching
+    /// group.cancel();
+    /// assert_eq!(group.wait_timeout(Duration::from_secs(10)), Some(Ok(vec![()])));
+    /// ```
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<Result<Vec<T>, GroupError<E>>> {
         match crate::deadline::after(timeout) {
             Some(deadline) => self.wait_deadline(deadline),
@@ -366,11 +556,38 @@ impl<T: Send + 'static, E: Send + 'static> Group<T, E> {
     }
 
     /// The tasks still running, by name and age.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group = quiesce::Group::<(), String>::new();
+    /// group.spawn("watch-site-5", |ctx| { let _ = ctx.done().recv(); Ok(()) }).unwrap();
+    /// let running = group.running();
+    /// assert_eq!(running.len(), 1);
+    /// assert_eq!(running[0].name, "watch-site-5");
+    /// group.cancel();
+    /// group.wait().unwrap();
+    /// ```
     pub fn running(&self) -> Vec<Running> {
         self.threads.lock().running()
     }
 
     /// Cancels the group's context (tasks see it; no new task starts).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let group = quiesce::Group::<(), String>::new();
+    /// group.spawn("poll-sites", |ctx| {
+    ///     while ctx.sleep(Duration::from_millis(1)).is_ok() {}
+    ///     Ok(())
+    /// }).unwrap();
+    /// group.cancel();
+    /// assert!(group.spawn("late-poll", |_ctx| Ok(())).is_err());
+    /// assert_eq!(group.wait(), Ok(vec![()])); // a cancel is not a failure
+    /// ```
     pub fn cancel(&self) {
         self.guard.cancel();
     }

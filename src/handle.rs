@@ -20,7 +20,20 @@ pub(crate) fn pair<T>() -> (Completer<T>, JobHandle<T>) {
 }
 
 /// The result of a job queued with [`Pool::execute`](crate::Pool::execute)
-/// or [`Scope::spawn`](crate::Scope::spawn).
+/// or [`Scope::spawn`](crate::Scope::spawn), filled in by the job, or
+/// marked "never ran" if the job is dropped unrun.
+///
+/// # Examples
+///
+/// ```
+/// use quiesce::{scope, Context, JobError};
+///
+/// let (count, crash) = scope(2, &Context::background(), |s| {
+///     (s.spawn(|_ctx| "SITE-A: 14 reports"), s.spawn(|_ctx| -> u32 { panic!("bad row") }))
+/// });
+/// assert_eq!(count.join(), Ok("SITE-A: 14 reports"));
+/// assert!(matches!(crash.join(), Err(JobError::Panicked(p)) if p.message() == "bad row"));
+/// ```
 pub struct JobHandle<T> {
     slot: Arc<Slot<T>>,
 }
@@ -65,6 +78,17 @@ impl<T> Drop for Completer<T> {
 }
 
 /// Why a [`JobHandle`] has no value.
+///
+/// # Examples
+///
+/// ```
+/// use quiesce::{scope, Context, JobError};
+///
+/// let (ctx, guard) = Context::background().with_cancel();
+/// drop(guard);
+/// let skipped = scope(1, &ctx, |s| s.spawn(|_ctx| "unreachable")); // ctx is done
+/// assert_eq!(skipped.join(), Err(JobError::NotRun));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobError {
     /// The job panicked.
@@ -97,7 +121,20 @@ impl<T> JobHandle<T> {
     ///
     /// # Errors
     ///
-    /// [`JobError::Panicked`] or [`JobError::NotRun`].
+    /// [`JobError::Panicked`] or [`JobError::NotRun`];
+    /// [`JobError::AlreadyJoined`] when an earlier
+    /// [`join_timeout`](JobHandle::join_timeout) or
+    /// [`join_deadline`](JobHandle::join_deadline) took the result.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = quiesce::Pool::builder().workers(1).build().unwrap();
+    /// let summary = pool.execute(|_ctx| format!("{} diaries", 12)).unwrap();
+    /// assert_eq!(summary.join().unwrap(), "12 diaries");
+    /// let crash = pool.execute(|_ctx| -> u32 { panic!("malformed diary") }).unwrap();
+    /// assert!(matches!(crash.join(), Err(quiesce::JobError::Panicked(_))));
+    /// ```
     pub fn join(self) -> Result<T, JobError> {
         self.join_until(None)
     }
@@ -109,6 +146,21 @@ impl<T> JobHandle<T> {
     ///
     /// [`JobError::Timeout`], [`JobError::Panicked`], [`JobError::NotRun`],
     /// [`JobError::AlreadyJoined`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::JobError;
+    ///
+    /// let pool = quiesce::Pool::builder().workers(1).build().unwrap();
+    /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
+    /// let export = pool.execute(move |_ctx| { let _ = hold.recv(); "exported" }).unwrap();
+    /// assert_eq!(export.join_timeout(Duration::from_millis(2)), Err(JobError::Timeout));
+    /// drop(release);
+    /// assert_eq!(export.join_timeout(Duration::from_secs(10)), Ok("exported"));
+    /// assert_eq!(export.join_timeout(Duration::from_secs(10)), Err(JobError::AlreadyJoined));
+    /// ```
     pub fn join_timeout(&self, timeout: Duration) -> Result<T, JobError> {
         self.join_until(crate::deadline::after(timeout))
     }
@@ -118,11 +170,36 @@ impl<T> JobHandle<T> {
     /// # Errors
     ///
     /// As [`join_timeout`](JobHandle::join_timeout).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let pool = quiesce::Pool::builder().workers(1).build().unwrap();
+    /// let enrolled = pool.execute(|_ctx| 42).unwrap();
+    /// let deadline = Instant::now() + Duration::from_secs(10);
+    /// assert_eq!(enrolled.join_deadline(deadline), Ok(42));
+    /// ```
     pub fn join_deadline(&self, deadline: Instant) -> Result<T, JobError> {
         self.join_until(Some(deadline))
     }
 
     /// `true` once the job has finished (or was dropped unrun).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let pool = quiesce::Pool::builder().workers(1).build().unwrap();
+    /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
+    /// let job = pool.execute(move |_ctx| { let _ = hold.recv(); }).unwrap();
+    /// assert!(!job.is_finished());
+    /// drop(release);
+    /// job.join_timeout(Duration::from_secs(10)).unwrap();
+    /// assert!(job.is_finished());
+    /// ```
     pub fn is_finished(&self) -> bool {
         !matches!(*self.slot.state.lock(), SlotState::Pending)
     }

@@ -21,7 +21,7 @@
 //! let mut threads = quiesce::Threads::<()>::new(&quiesce::Context::background());
 //! threads.spawn("uploader", |ctx| { let _ = ctx.sleep(Duration::from_millis(10)); }).unwrap();
 //! // Forgetting to join would be caught here:
-//! threads.join_timeout(Duration::from_secs(5));
+//! assert!(threads.join_timeout(Duration::from_secs(5)).running.is_empty());
 //! leaks.assert_none();
 //! ```
 //!
@@ -44,6 +44,8 @@ use parking_lot::{Condvar, Mutex};
 
 /// How long [`Tracker::assert_none`] waits for threads that are on their way
 /// out before it calls them leaked.
+///
+/// See [`Tracker::assert_none`]'s example.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
 struct Entry {
@@ -71,6 +73,20 @@ thread_local! {
 }
 
 /// A live library thread, as the registry sees it.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use quiesce::{leak, Context, Threads};
+///
+/// let mut threads = Threads::<()>::new(&Context::background());
+/// threads.spawn("diary-sync", |ctx| { let _ = ctx.done().recv(); }).unwrap();
+/// let live = leak::live_threads();
+/// let info = live.iter().find(|t| t.name == "diary-sync").unwrap();
+/// assert!(info.to_string().starts_with("diary-sync (running for "));
+/// assert!(threads.shutdown(Duration::from_secs(10)).running.is_empty());
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThreadInfo {
     /// The thread's name, e.g. `quiesce-worker-3`.
@@ -86,6 +102,22 @@ impl fmt::Display for ThreadInfo {
 }
 
 /// Threads still alive when a leak check gave up waiting.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use quiesce::{leak, Context, Threads};
+///
+/// let leaks = leak::track();
+/// let mut threads = Threads::<()>::new(&Context::background());
+/// threads.spawn("forgotten-upload", |ctx| { let _ = ctx.done().recv(); }).unwrap();
+/// let leaked = leaks.check(Duration::from_millis(2)).unwrap_err();
+/// assert_eq!(leaked.threads[0].name, "forgotten-upload");
+/// assert!(leaked.to_string().starts_with("1 quiesce thread(s) still running: forgotten-upload"));
+/// assert!(threads.shutdown(Duration::from_secs(10)).running.is_empty());
+/// leaks.assert_none();
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Leaked {
     /// The threads, oldest first.
@@ -111,8 +143,17 @@ impl std::error::Error for Leaked {}
 
 /// Every live thread quiesce started, in this whole process, oldest first.
 ///
+/// # Examples
+///
 /// ```
-/// assert!(quiesce::leak::live_threads().iter().all(|t| !t.name.is_empty()));
+/// use std::time::Duration;
+/// use quiesce::{leak, Context, Threads};
+///
+/// let mut threads = Threads::<()>::new(&Context::background());
+/// threads.spawn("site-7-export", |ctx| { let _ = ctx.done().recv(); }).unwrap();
+/// assert!(leak::live_threads().iter().any(|t| t.name == "site-7-export"));
+/// assert!(threads.shutdown(Duration::from_secs(10)).running.is_empty());
+/// assert!(!leak::live_threads().iter().any(|t| t.name == "site-7-export"));
 /// ```
 pub fn live_threads() -> Vec<ThreadInfo> {
     collect(|_| true)
@@ -170,6 +211,18 @@ fn wait_gone(filter: impl Fn(&Entry) -> bool, deadline: Instant) -> Result<(), L
 /// # Errors
 ///
 /// [`Leaked`], naming the threads still running after `grace`.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use quiesce::{leak, Context, Threads};
+///
+/// let mut threads = Threads::<()>::new(&Context::background());
+/// threads.spawn("nightly-export", |_ctx| ()).unwrap();
+/// assert!(threads.join_timeout(Duration::from_secs(10)).running.is_empty());
+/// assert_eq!(leak::check_all(Duration::from_secs(5)), Ok(())); // at the end of `main`
+/// ```
 pub fn check_all(grace: Duration) -> Result<(), Leaked> {
     let deadline = crate::deadline::after(grace);
     crate::timer::stop_if_idle();
@@ -187,6 +240,19 @@ fn far_future() -> Instant {
 /// from the threads those start), until the tracker is dropped.
 ///
 /// Trackers nest: an inner tracker's threads also belong to the outer one.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let leaks = quiesce::leak::track();
+/// let pool = quiesce::Pool::builder().workers(2).name("ingest").build().unwrap();
+/// assert_eq!(leaks.live().len(), 2); // the pool's workers are tracked
+/// let report = pool.shutdown_timeout(Duration::from_secs(10));
+/// assert!(report.stuck.is_empty());
+/// leaks.assert_none();
+/// ```
 pub fn track() -> Tracker {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     ACTIVE.with(|a| a.borrow_mut().push(id));
@@ -199,6 +265,23 @@ pub fn track() -> Tracker {
 /// Follows the threads started while it is active; see [`track`].
 ///
 /// A tracker is tied to the thread that created it (it is not `Send`).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use quiesce::{leak, Context, Threads};
+///
+/// let outer = leak::track();
+/// let inner = leak::track();
+/// let mut threads = Threads::<()>::new(&Context::background());
+/// threads.spawn("site-3-sync", |ctx| { let _ = ctx.done().recv(); }).unwrap();
+/// assert_eq!(inner.live().len(), 1);
+/// assert_eq!(outer.live().len(), 1); // trackers nest
+/// drop(inner);
+/// assert!(threads.shutdown(Duration::from_secs(10)).running.is_empty());
+/// outer.assert_none();
+/// ```
 #[must_use = "a tracker that is dropped at once tracks nothing"]
 pub struct Tracker {
     id: u64,
@@ -207,6 +290,21 @@ pub struct Tracker {
 
 impl Tracker {
     /// The tracked threads still alive now, oldest first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{leak, Context, Threads};
+    ///
+    /// let leaks = leak::track();
+    /// assert!(leaks.live().is_empty());
+    /// let mut threads = Threads::<()>::new(&Context::background());
+    /// threads.spawn("visit-reminders", |ctx| { let _ = ctx.done().recv(); }).unwrap();
+    /// assert_eq!(leaks.live()[0].name, "visit-reminders");
+    /// assert!(threads.shutdown(Duration::from_secs(10)).running.is_empty());
+    /// assert!(leaks.live().is_empty());
+    /// ```
     pub fn live(&self) -> Vec<ThreadInfo> {
         let id = self.id;
         collect(move |e| e.trackers.contains(&id))
@@ -217,6 +315,19 @@ impl Tracker {
     /// # Errors
     ///
     /// [`Leaked`], naming the threads still running after `grace`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{leak, Context, Threads};
+    ///
+    /// let leaks = leak::track();
+    /// let mut threads = Threads::<()>::new(&Context::background());
+    /// threads.spawn("reminder", |ctx| { let _ = ctx.sleep(Duration::from_millis(2)); }).unwrap();
+    /// assert_eq!(leaks.check(Duration::from_secs(10)), Ok(())); // waits for it to end
+    /// assert_eq!(threads.reap().len(), 1);
+    /// ```
     pub fn check(&self, grace: Duration) -> Result<(), Leaked> {
         let id = self.id;
         let deadline = crate::deadline::after(grace).unwrap_or_else(far_future);
@@ -230,6 +341,17 @@ impl Tracker {
     ///
     /// When a tracked thread is still running, with a message naming each
     /// one. This is the point: it is a test assertion.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use quiesce::{leak, scope, Context};
+    ///
+    /// let leaks = leak::track();
+    /// let total = scope(4, &Context::background(), |s| s.spawn(|_ctx| 1 + 1).join());
+    /// assert_eq!(total, Ok(2));
+    /// leaks.assert_none(); // `scope` joined its workers
+    /// ```
     #[track_caller]
     pub fn assert_none(self) {
         if let Err(leaked) = self.check(DEFAULT_GRACE) {

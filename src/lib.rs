@@ -7,7 +7,10 @@
 //! cannot be forgotten (it is a guard's `Drop`), a `Done()` that happens
 //! even when the work panics, a permit that comes back on its own. Every
 //! blocking call has a timeout, deadline or [`Context`] form, and every
-//! thread the library starts has a name and an owner that joins it.
+//! thread the library starts has a name and an owner that joins it (the one
+//! deliberate exception: a [`Supervisor`] service still running at the
+//! shutdown deadline is reported and left running, as the process is about
+//! to exit).
 //!
 //! # Go → Rust
 //!
@@ -27,6 +30,11 @@
 //! | `sem := make(chan struct{}, n)`; `semaphore.NewWeighted(n)` | [`Semaphore::new`]; [`Semaphore::acquire_ctx`] → [`Permit`] (released on drop) |
 //! | `mu sync.RWMutex` + `map[string]int` | [`Counters`] |
 //! | `goleak.VerifyNone(t)` | [`leak::track`] … [`leak::Tracker::assert_none`] |
+//! | `g, ctx := errgroup.WithContext(ctx)`; `g.SetLimit(n)`; `g.Go(f)`; `g.Wait()` | [`Group::with_context`]; [`Group::set_limit`]; [`Group::spawn`]; [`Group::wait`] ([`GroupError`] names the task) |
+//! | `jobs := make(chan Job, 100)` + N worker goroutines; an `ants` pool | [`Pool::builder`] … [`Pool::submit`] (the job comes back in [`SubmitError`]); [`Pool::shutdown`] → [`ShutdownReport`] |
+//! | semaphore + `WaitGroup` loop over a slice | [`scope()`] → [`Scope::spawn`] → [`JobHandle`] |
+//! | `signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)` | [`signals::signal_context`] |
+//! | go-zero `ServiceGroup`, `oklog/run`, fx start/stop hooks | [`Supervisor`]; [`Supervisor::run_until_signal`] → [`SupervisorReport::exit_code`] |
 //!
 //! # A first program
 //!
@@ -56,10 +64,12 @@
 //!
 //! # Threads
 //!
-//! Threads the library starts are named (`quiesce-timer`, or the name you
-//! give) and recorded in a registry while they run ([`leak::live_threads`]).
-//! Deadlines of all contexts are fired by one shared thread,
-//! `quiesce-timer`, which exists only while a deadline is pending.
+//! Threads the library starts are named (`quiesce-timer`,
+//! `quiesce-worker-3`, `quiesce-scope-0`, `quiesce-signals`, or the name you
+//! give) and recorded in a registry while they run
+//! ([`leak::live_threads`]). Deadlines of all contexts are fired by one
+//! shared thread, `quiesce-timer`, which exists only while a deadline is
+//! pending (and for a second after the last one).
 //!
 //! # Panics
 //!

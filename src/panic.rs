@@ -26,6 +26,19 @@ pub struct Panic {
 
 impl Panic {
     /// Builds a `Panic` from the payload `std::panic::catch_unwind` returned.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use quiesce::Panic;
+    ///
+    /// let payload = std::panic::catch_unwind(|| panic!("site {} offline", 4)).unwrap_err();
+    /// assert_eq!(Panic::from_payload(payload).message(), "site 4 offline");
+    ///
+    /// let odd = std::panic::catch_unwind(|| std::panic::panic_any(42)).unwrap_err();
+    /// let panic = Panic::from_payload(odd);
+    /// assert_eq!(panic.message(), "<panic payload that is not a string>");
+    /// ```
     pub fn from_payload(payload: Box<dyn Any + Send>) -> Panic {
         let message = match payload.downcast::<String>() {
             Ok(s) => *s,
@@ -38,6 +51,15 @@ impl Panic {
     }
 
     /// The panic's message, e.g. `"disk full"` for `panic!("disk full")`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let payload = std::panic::catch_unwind(|| panic!("disk full")).unwrap_err();
+    /// let panic = quiesce::Panic::from_payload(payload);
+    /// assert_eq!(panic.message(), "disk full");
+    /// assert_eq!(panic.to_string(), "panicked: disk full"); // `Display` says what it is
+    /// ```
     pub fn message(&self) -> &str {
         &self.message
     }

@@ -1,54 +1,5 @@
 //! `Pool`: a fixed or elastic set of worker threads fed by a bounded queue.
-//! Go's `ants` pool (and the worker-pool pattern of `jobs := make(chan Job,
-//! 100)` plus N goroutines), with what Rust's sync pools usually lack:
-//! backpressure, a job handed back whenever it is refused, panics caught
-//! and counted, and a shutdown that drains, cancels at a deadline, joins
-//! the workers and says what happened.
-//!
-//! ```
-//! use std::time::{Duration, Instant};
-//! use quiesce::Pool;
-//!
-//! let pool = Pool::builder().workers(2).queue(16).name("upload").build().unwrap();
-//! for device in 0..10 {
-//!     pool.submit(move |ctx| {
-//!         // process the upload from `device`, checking `ctx` between steps
-//!         let _ = (device, ctx.check());
-//!     })
-//!     .unwrap();
-//! }
-//! let report = pool.shutdown(Instant::now() + Duration::from_secs(10));
-//! assert_eq!(report.completed, 10);
-//! assert!(report.never_started.is_empty() && report.stuck.is_empty());
-//! ```
-//!
-//! # Lifecycle
-//!
-//! Open: submits are accepted while the queue has room; `submit` blocks
-//! while it is full, `try_submit`/`submit_timeout`/`submit_ctx` give the job
-//! back inside the error instead. [`Pool::shutdown`] then:
-//!
-//! 1. closes intake: every submit from now on (and every one blocked on a
-//!    full queue) gets its job back with [`Refused::Closed`];
-//! 2. waits for submits already under way to finish, so no job can slip in
-//!    after this point;
-//! 3. lets the workers run every queued job and exit, until the deadline;
-//! 4. at the deadline, cancels the [`Context`] of the running jobs, and
-//!    waits [`stop_grace`](PoolBuilder::stop_grace) more for them to return;
-//! 5. reports: jobs completed, panicked and cancelled, the jobs that never
-//!    started (handed back, to run elsewhere or persist), and the workers
-//!    still running, by name.
-//!
-//! [`Pool::abort`] skips step 3. Dropping a pool that was not shut down
-//! drains it like `shutdown` with no deadline, and so blocks until every
-//! queued job has run.
-//!
-//! # Panics
-//!
-//! A job that panics is caught: counted in [`Pool::panicked`], passed to the
-//! [`panic_handler`](PoolBuilder::panic_handler) if any, reported through
-//! its [`JobHandle`] if it has one. The worker lives on, so a panic never
-//! shrinks the pool.
+//! The public docs, with the Go pattern it replaces, are on [`Pool`].
 
 use std::fmt;
 use std::io;
@@ -72,6 +23,20 @@ type PanicHandler = Arc<dyn Fn(&Panic) + Send + Sync>;
 /// A job of a [`Pool`]: a closure given the pool's [`Context`], boxed.
 /// Refused and never-started jobs come back as `Job`s, so nothing is lost:
 /// run one elsewhere with [`Job::run`], or drop it knowingly.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use quiesce::{Context, Pool, Refused};
+///
+/// let pool = Pool::builder().workers(1).build().unwrap();
+/// let _ = pool.shutdown_timeout(Duration::from_secs(10));
+/// let err = pool.submit(|_ctx| println!("late diary upload")).unwrap_err();
+/// assert_eq!(err.reason, Refused::Closed);
+/// let job = err.job; // not lost: run it here
+/// assert!(job.run(&Context::background()).is_ok());
+/// ```
 pub struct Job {
     f: JobFn,
 }
@@ -81,6 +46,16 @@ type JobFn = Box<dyn FnOnce(&Context) -> Option<Panic> + Send + 'static>;
 
 impl Job {
     /// Wraps a closure as a job (panics in it are caught when it runs).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use quiesce::{Context, Job};
+    ///
+    /// let job = Job::new(|_ctx| panic!("diary 17 is corrupt"));
+    /// let panic = job.run(&Context::background()).unwrap_err(); // caught, not unwound
+    /// assert_eq!(panic.message(), "diary 17 is corrupt");
+    /// ```
     pub fn new<F>(f: F) -> Job
     where
         F: FnOnce(&Context) + Send + 'static,
@@ -95,6 +70,17 @@ impl Job {
     /// # Errors
     ///
     /// The job's panic, caught.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use quiesce::{Context, Job};
+    ///
+    /// let (ctx, guard) = Context::background().with_cancel();
+    /// drop(guard);
+    /// let job = Job::new(|ctx| assert!(ctx.is_done(), "it gets the context given to run"));
+    /// assert_eq!(job.run(&ctx), Ok(()));
+    /// ```
     pub fn run(self, ctx: &Context) -> Result<(), Panic> {
         match (self.f)(ctx) {
             None => Ok(()),
@@ -110,6 +96,22 @@ impl fmt::Debug for Job {
 }
 
 /// Why a submit did not take the job.
+///
+/// # Examples
+///
+/// ```
+/// use quiesce::{Pool, Refused};
+///
+/// let pool = Pool::builder().workers(1).queue(1).build().unwrap();
+/// let (release, hold) = crossbeam_channel::bounded::<()>(0);
+/// pool.submit(move |_ctx| { let _ = hold.recv(); }).unwrap(); // the worker is busy
+/// pool.submit(|_ctx| {}).unwrap(); // the queue is full
+/// match pool.try_submit(|_ctx| {}).unwrap_err().reason {
+///     Refused::Full => {} // shed load, retry later, or run it here
+///     other => panic!("{other:?}"),
+/// }
+/// drop(release);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refused {
     /// `try_submit`: the queue is full.
@@ -123,6 +125,23 @@ pub enum Refused {
 }
 
 /// A refused submit: why, and the job, handed back.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use quiesce::{Pool, Refused};
+///
+/// let pool = Pool::builder().workers(1).queue(1).build().unwrap();
+/// let (release, hold) = crossbeam_channel::bounded::<()>(0);
+/// pool.submit(move |_ctx| { let _ = hold.recv(); }).unwrap(); // the worker is busy
+/// pool.submit(|_ctx| {}).unwrap(); // the queue is full
+/// let err = pool.submit_timeout(|_ctx| {}, Duration::from_millis(2)).unwrap_err();
+/// assert_eq!(err.reason, Refused::Timeout);
+/// assert_eq!(err.to_string(), "job refused: the pool's queue stayed full until the deadline");
+/// drop(release);
+/// pool.submit_job_blocking(err.job).unwrap(); // try again, waiting this time
+/// ```
 pub struct SubmitError {
     /// Why the job was refused.
     pub reason: Refused,
@@ -132,6 +151,20 @@ pub struct SubmitError {
 
 impl SubmitError {
     /// The job that was refused.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::Pool;
+    ///
+    /// let old = Pool::builder().workers(1).build().unwrap();
+    /// let _ = old.shutdown_timeout(Duration::from_secs(10));
+    /// let err = old.submit(|_ctx| println!("SITE-B upload")).unwrap_err();
+    /// let backup = Pool::builder().workers(1).name("backup").build().unwrap();
+    /// backup.submit_job_blocking(err.into_job()).unwrap();
+    /// assert_eq!(backup.shutdown_timeout(Duration::from_secs(10)).completed, 1);
+    /// ```
     pub fn into_job(self) -> Job {
         self.job
     }
@@ -162,6 +195,20 @@ impl std::error::Error for SubmitError {}
 
 /// What [`Pool::shutdown`] and [`Pool::abort`] found. The counts cover the
 /// pool's whole life.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use quiesce::Pool;
+///
+/// let pool = Pool::builder().workers(1).build().unwrap();
+/// pool.submit(|_ctx| {}).unwrap();
+/// pool.submit(|_ctx| panic!("bad diary")).unwrap();
+/// let report = pool.shutdown_timeout(Duration::from_secs(10));
+/// assert_eq!((report.completed, report.panicked, report.cancelled), (1, 1, 0));
+/// assert!(report.never_started.is_empty() && report.stuck.is_empty());
+/// ```
 #[must_use = "the report holds the jobs that never started"]
 pub struct ShutdownReport {
     /// Jobs that returned normally before the pool's context was cancelled.
@@ -192,6 +239,24 @@ impl fmt::Debug for ShutdownReport {
 }
 
 /// Configures a [`Pool`]; `Pool::builder()` starts one.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use quiesce::PoolBuilder;
+///
+/// let pool = PoolBuilder::new()
+///     .elastic(1, 4)
+///     .queue(32)
+///     .name("epro-ingest")
+///     .idle_timeout(Duration::from_secs(30))
+///     .stop_grace(Duration::from_secs(1))
+///     .build()
+///     .unwrap();
+/// assert_eq!(pool.workers(), 1); // `min` to start with
+/// assert!(pool.shutdown_timeout(Duration::from_secs(10)).stuck.is_empty());
+/// ```
 #[must_use = "a builder does nothing until build()"]
 pub struct PoolBuilder {
     min: usize,
@@ -226,12 +291,29 @@ impl Default for PoolBuilder {
 
 impl PoolBuilder {
     /// A builder with the defaults below.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = quiesce::PoolBuilder::new().build().unwrap();
+    /// let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    /// assert_eq!(pool.workers(), cpus); // the default: one worker per CPU
+    /// ```
     pub fn new() -> PoolBuilder {
         PoolBuilder::default()
     }
 
     /// A fixed number of workers (at least one). Default: the number of
     /// CPUs (`std::thread::available_parallelism`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = quiesce::Pool::builder().workers(3).build().unwrap();
+    /// assert_eq!(pool.workers(), 3);
+    /// let tiny = quiesce::Pool::builder().workers(0).build().unwrap();
+    /// assert_eq!(tiny.workers(), 1); // at least one
+    /// ```
     pub fn workers(mut self, n: usize) -> Self {
         self.min = n.max(1);
         self.max = self.min;
@@ -241,6 +323,22 @@ impl PoolBuilder {
     /// Elastic workers: `min` always, up to `max` while jobs wait; a worker
     /// above `min` exits after [`idle_timeout`](PoolBuilder::idle_timeout)
     /// without work. `max` is at least one and at least `min`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let pool = quiesce::Pool::builder()
+    ///     .elastic(0, 2)
+    ///     .idle_timeout(Duration::from_secs(3600))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(pool.workers(), 0); // none until there is work
+    /// let score = pool.execute(|_ctx| 6 * 7).unwrap();
+    /// assert_eq!(score.join(), Ok(42));
+    /// assert_eq!(pool.workers(), 1); // grown for it, and idle now
+    /// ```
     pub fn elastic(mut self, min: usize, max: usize) -> Self {
         self.max = max.max(min).max(1);
         self.min = min;
@@ -250,6 +348,18 @@ impl PoolBuilder {
     /// Queue capacity: how many accepted jobs may wait for a worker. Zero
     /// means none wait: a submit succeeds only when a worker takes the job
     /// at once. Default: 64 per worker (of `max`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = quiesce::Pool::builder().workers(1).queue(1).build().unwrap();
+    /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
+    /// pool.submit(move |_ctx| { let _ = hold.recv(); }).unwrap(); // the worker is busy
+    /// pool.submit(|_ctx| {}).unwrap(); // waits in the queue
+    /// assert_eq!(pool.queued(), 1);
+    /// assert!(pool.try_submit(|_ctx| {}).is_err()); // no more room
+    /// drop(release);
+    /// ```
     pub fn queue(mut self, capacity: usize) -> Self {
         self.queue = Some(capacity);
         self
@@ -257,6 +367,14 @@ impl PoolBuilder {
 
     /// Thread name prefix; workers are `{name}-{n}`. Default
     /// `quiesce-worker`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = quiesce::Pool::builder().workers(1).name("diary-ingest").build().unwrap();
+    /// let name = pool.execute(|_ctx| std::thread::current().name().map(String::from)).unwrap();
+    /// assert_eq!(name.join().unwrap().as_deref(), Some("diary-ingest-0"));
+    /// ```
     pub fn name(mut self, prefix: impl Into<String>) -> Self {
         self.name = prefix.into();
         self
@@ -264,6 +382,24 @@ impl PoolBuilder {
 
     /// How long a worker above `min` waits for work before exiting.
     /// Default: 10 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let pool = quiesce::Pool::builder()
+    ///     .elastic(0, 4)
+    ///     .idle_timeout(Duration::from_millis(1))
+    ///     .build()
+    ///     .unwrap();
+    /// pool.execute(|_ctx| ()).unwrap().join().unwrap();
+    /// let give_up = Instant::now() + Duration::from_secs(10);
+    /// while pool.workers() > 0 && Instant::now() < give_up {
+    ///     std::thread::sleep(Duration::from_millis(1));
+    /// }
+    /// assert_eq!(pool.workers(), 0); // the idle worker above `min` left
+    /// ```
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
         self
@@ -272,6 +408,29 @@ impl PoolBuilder {
     /// How long a shutdown waits, after cancelling the running jobs at its
     /// deadline, for them to return before calling their workers stuck.
     /// Default: 250 ms.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let pool = quiesce::Pool::builder()
+    ///     .workers(1)
+    ///     .stop_grace(Duration::from_millis(1))
+    ///     .build()
+    ///     .unwrap();
+    /// let (started_tx, started) = crossbeam_channel::bounded(1);
+    /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
+    /// pool.submit(move |_ctx| {
+    ///     started_tx.send(()).unwrap();
+    ///     let _ = hold.recv(); // ignores its context
+    /// })
+    /// .unwrap();
+    /// started.recv_timeout(Duration::from_secs(10)).unwrap();
+    /// let report = pool.abort(); // waits 1 ms for it, then reports it
+    /// assert_eq!(report.stuck[0].name, "quiesce-worker-0");
+    /// drop(release); // dropping the pool waits for that worker
+    /// ```
     pub fn stop_grace(mut self, grace: Duration) -> Self {
         self.stop_grace = grace;
         self
@@ -279,27 +438,95 @@ impl PoolBuilder {
 
     /// The parent of the pool's context. Cancelling it acts like
     /// [`Pool::abort`] without the report: running jobs see the
-    /// cancellation, workers stop, submits are refused as
+    /// cancellation, workers stop, new submits are refused as
     /// [`Refused::Closed`], and jobs still queued wait to be handed back by
-    /// [`Pool::shutdown`]. Default: the background context.
+    /// [`Pool::shutdown`]. A submit already blocked on a full queue is not
+    /// woken by it: it waits until a shutdown (or the drop of the pool)
+    /// refuses it. Default: the background context.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use quiesce::{Context, Pool, Refused};
+    ///
+    /// let (app, stop_app) = Context::background().with_cancel();
+    /// let pool = Pool::builder().workers(1).context(&app).build().unwrap();
+    /// drop(stop_app); // Ctrl-C, say
+    /// assert_eq!(pool.submit(|_ctx| {}).unwrap_err().reason, Refused::Closed);
+    /// ```
     pub fn context(mut self, parent: &Context) -> Self {
         self.parent = parent.clone();
         self
     }
 
     /// Called (on the worker) with each caught job panic.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    ///
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = seen.clone();
+    /// let pool = quiesce::Pool::builder()
+    ///     .workers(1)
+    ///     .panic_handler(move |p| log.lock().unwrap().push(p.message().to_string()))
+    ///     .build()
+    ///     .unwrap();
+    /// pool.submit(|_ctx| panic!("diary 17 is corrupt")).unwrap();
+    /// assert_eq!(pool.shutdown_timeout(Duration::from_secs(10)).panicked, 1);
+    /// assert_eq!(*seen.lock().unwrap(), ["diary 17 is corrupt"]);
+    /// ```
     pub fn panic_handler(mut self, f: impl Fn(&Panic) + Send + Sync + 'static) -> Self {
         self.panic_handler = Some(Arc::new(f));
         self
     }
 
     /// Called on each worker thread as it starts, with its number.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    ///
+    /// let started = Arc::new(AtomicUsize::new(0));
+    /// let counter = started.clone();
+    /// let pool = quiesce::Pool::builder()
+    ///     .workers(3)
+    ///     .on_start(move |_n| { counter.fetch_add(1, Ordering::SeqCst); })
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(pool.shutdown_timeout(Duration::from_secs(10)).stuck.is_empty());
+    /// assert_eq!(started.load(Ordering::SeqCst), 3);
+    /// ```
     pub fn on_start(mut self, f: impl Fn(usize) + Send + Sync + 'static) -> Self {
         self.on_start = Some(Arc::new(f));
         self
     }
 
     /// Called on each worker thread as it exits, with its number.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    ///
+    /// let exited = Arc::new(Mutex::new(Vec::new()));
+    /// let log = exited.clone();
+    /// let pool = quiesce::Pool::builder()
+    ///     .workers(2)
+    ///     .on_exit(move |n| log.lock().unwrap().push(n))
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(pool.shutdown_timeout(Duration::from_secs(10)).stuck.is_empty());
+    /// let mut exited = exited.lock().unwrap().clone();
+    /// exited.sort();
+    /// assert_eq!(exited, [0, 1]);
+    /// ```
     pub fn on_exit(mut self, f: impl Fn(usize) + Send + Sync + 'static) -> Self {
         self.on_exit = Some(Arc::new(f));
         self
@@ -311,6 +538,14 @@ impl PoolBuilder {
     ///
     /// The OS error if a worker thread cannot be started (those already
     /// started are stopped and joined).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = quiesce::Pool::builder().workers(2).build()?;
+    /// assert_eq!(pool.workers(), 2);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn build(self) -> io::Result<Pool> {
         let capacity = self.queue.unwrap_or(64 * self.max);
         let (queue_tx, queue_rx) = crossbeam_channel::bounded(capacity);
@@ -358,15 +593,65 @@ impl PoolBuilder {
     }
 }
 
-/// A pool of worker threads; see the [module docs](self).
+/// A pool of worker threads: a fixed or elastic set of them, fed by a
+/// bounded queue. Go's `ants` pool (and the worker-pool pattern of
+/// `jobs := make(chan Job, 100)` plus N goroutines), with what Rust's sync
+/// pools usually lack: backpressure, a job handed back whenever it is
+/// refused, panics caught and counted, and a shutdown that drains, cancels
+/// at a deadline, joins the workers and says what happened.
 ///
 /// Share it between threads with an `Arc`. All methods take `&self`.
 ///
+/// # Lifecycle
+///
+/// Open: submits are accepted while the queue has room; `submit` blocks
+/// while it is full, `try_submit`/`submit_timeout`/`submit_ctx` give the job
+/// back inside the error instead. [`Pool::shutdown`] then:
+///
+/// 1. closes intake: every submit from now on (and every one blocked on a
+///    full queue) gets its job back with [`Refused::Closed`];
+/// 2. waits for submits already under way to finish, so no job can slip in
+///    after this point;
+/// 3. lets the workers run every queued job and exit, until the deadline;
+/// 4. at the deadline, cancels the [`Context`] of the running jobs, and
+///    waits [`stop_grace`](PoolBuilder::stop_grace) more for them to return;
+/// 5. reports: jobs completed, panicked and cancelled, the jobs that never
+///    started (handed back, to run elsewhere or persist), and the workers
+///    still running, by name.
+///
+/// [`Pool::abort`] skips step 3.
+///
 /// # Drop
 ///
-/// Dropping a pool that was not shut down runs every queued job, then joins
-/// the workers: it blocks until then. Call [`Pool::shutdown`] first to
-/// bound the wait.
+/// Dropping a pool that was not shut down drains it like `shutdown` with no
+/// deadline: it runs every queued job, then joins the workers, and blocks
+/// until then. Call [`Pool::shutdown`] first to bound the wait.
+///
+/// # Panics
+///
+/// A job that panics is caught: counted in [`Pool::panicked`], passed to the
+/// [`panic_handler`](PoolBuilder::panic_handler) if any, reported through
+/// its [`JobHandle`] if it has one. The worker lives on, so a panic never
+/// shrinks the pool.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use quiesce::Pool;
+///
+/// let pool = Pool::builder().workers(2).queue(16).name("upload").build().unwrap();
+/// for device in 0..10 {
+///     pool.submit(move |ctx| {
+///         // process the upload from `device`, checking `ctx` between steps
+///         let _ = (device, ctx.check());
+///     })
+///     .unwrap();
+/// }
+/// let report = pool.shutdown(Instant::now() + Duration::from_secs(10));
+/// assert_eq!(report.completed, 10);
+/// assert!(report.never_started.is_empty() && report.stuck.is_empty());
+/// ```
 pub struct Pool {
     shared: Arc<Shared>,
 }
@@ -423,6 +708,13 @@ enum Stop {
 
 impl Pool {
     /// A builder with the defaults.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = quiesce::Pool::builder().workers(2).queue(8).build().unwrap();
+    /// assert_eq!((pool.workers(), pool.queued()), (2, 0));
+    /// ```
     pub fn builder() -> PoolBuilder {
         PoolBuilder::new()
     }
@@ -432,6 +724,20 @@ impl Pool {
     /// # Errors
     ///
     /// [`Refused::Closed`] once shutdown has begun, with the job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{Pool, Refused};
+    ///
+    /// let pool = Pool::builder().workers(2).queue(1).build().unwrap(); // a small queue
+    /// for patient in 0..20 {
+    ///     pool.submit(move |_ctx| { let _ = patient; }).unwrap(); // waits for room
+    /// }
+    /// assert_eq!(pool.shutdown_timeout(Duration::from_secs(10)).completed, 20);
+    /// assert_eq!(pool.submit(|_ctx| {}).unwrap_err().reason, Refused::Closed);
+    /// ```
     pub fn submit<F>(&self, f: F) -> Result<(), SubmitError>
     where
         F: FnOnce(&Context) + Send + 'static,
@@ -444,6 +750,21 @@ impl Pool {
     /// # Errors
     ///
     /// [`Refused::Full`] or [`Refused::Closed`], with the job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use quiesce::{Context, Pool, Refused};
+    ///
+    /// let pool = Pool::builder().workers(1).queue(1).build().unwrap();
+    /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
+    /// pool.submit(move |_ctx| { let _ = hold.recv(); }).unwrap(); // the worker is busy
+    /// pool.submit(|_ctx| {}).unwrap(); // the queue is full
+    /// let err = pool.try_submit(|_ctx| println!("SITE-C upload")).unwrap_err();
+    /// assert_eq!(err.reason, Refused::Full);
+    /// err.into_job().run(&Context::background()).unwrap(); // do it here instead
+    /// drop(release);
+    /// ```
     pub fn try_submit<F>(&self, f: F) -> Result<(), SubmitError>
     where
         F: FnOnce(&Context) + Send + 'static,
@@ -456,6 +777,22 @@ impl Pool {
     /// # Errors
     ///
     /// [`Refused::Timeout`] or [`Refused::Closed`], with the job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{Pool, Refused};
+    ///
+    /// let pool = Pool::builder().workers(1).queue(1).build().unwrap();
+    /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
+    /// pool.submit(move |_ctx| { let _ = hold.recv(); }).unwrap(); // the worker is busy
+    /// pool.submit(|_ctx| {}).unwrap(); // the queue is full
+    /// let err = pool.submit_timeout(|_ctx| {}, Duration::from_millis(2)).unwrap_err();
+    /// assert_eq!(err.reason, Refused::Timeout);
+    /// drop(release);
+    /// assert!(pool.submit_timeout(|_ctx| {}, Duration::from_secs(10)).is_ok()); // room again
+    /// ```
     pub fn submit_timeout<F>(&self, f: F, timeout: Duration) -> Result<(), SubmitError>
     where
         F: FnOnce(&Context) + Send + 'static,
@@ -471,6 +808,21 @@ impl Pool {
     /// # Errors
     ///
     /// [`Refused::Timeout`] or [`Refused::Closed`], with the job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use quiesce::{Pool, Refused};
+    ///
+    /// let pool = Pool::builder().workers(1).queue(1).build().unwrap();
+    /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
+    /// pool.submit(move |_ctx| { let _ = hold.recv(); }).unwrap(); // the worker is busy
+    /// pool.submit(|_ctx| {}).unwrap(); // the queue is full
+    /// let err = pool.submit_deadline(|_ctx| {}, Instant::now()).unwrap_err(); // a past deadline
+    /// assert_eq!(err.reason, Refused::Timeout);
+    /// drop(release);
+    /// ```
     pub fn submit_deadline<F>(&self, f: F, deadline: Instant) -> Result<(), SubmitError>
     where
         F: FnOnce(&Context) + Send + 'static,
@@ -483,6 +835,22 @@ impl Pool {
     /// # Errors
     ///
     /// [`Refused::Done`] or [`Refused::Closed`], with the job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{Context, ContextError, Pool, Refused};
+    ///
+    /// let pool = Pool::builder().workers(1).queue(1).build().unwrap();
+    /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
+    /// pool.submit(move |_ctx| { let _ = hold.recv(); }).unwrap(); // the worker is busy
+    /// pool.submit(|_ctx| {}).unwrap(); // the queue is full
+    /// let (request, _guard) = Context::background().with_timeout(Duration::from_millis(2));
+    /// let err = pool.submit_ctx(|_ctx| {}, &request).unwrap_err();
+    /// assert_eq!(err.reason, Refused::Done(ContextError::DeadlineExceeded));
+    /// drop(release);
+    /// ```
     pub fn submit_ctx<F>(&self, f: F, ctx: &Context) -> Result<(), SubmitError>
     where
         F: FnOnce(&Context) + Send + 'static,
@@ -496,6 +864,8 @@ impl Pool {
     /// # Errors
     ///
     /// [`Refused::Closed`] once shutdown has begun, with the job.
+    ///
+    /// # Examples
     ///
     /// ```
     /// let pool = quiesce::Pool::builder().workers(1).build().unwrap();
@@ -526,6 +896,18 @@ impl Pool {
     /// # Errors
     ///
     /// [`Refused::Closed`] once shutdown has begun, with the job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{Job, Pool};
+    ///
+    /// let pool = Pool::builder().workers(1).build().unwrap();
+    /// let job = Job::new(|_ctx| println!("SITE-A upload"));
+    /// pool.submit_job_blocking(job).unwrap();
+    /// assert_eq!(pool.shutdown_timeout(Duration::from_secs(10)).completed, 1);
+    /// ```
     pub fn submit_job_blocking(&self, job: Job) -> Result<(), SubmitError> {
         self.submit_job(job, Until::Deadline(None))
     }
@@ -594,11 +976,29 @@ impl Pool {
 
     /// Changes the number of workers: a fixed pool gets exactly `n`; an
     /// elastic one gets `max = n` (and `min` lowered to `n` if above).
-    /// Extra workers exit after their current job; missing ones start now.
+    /// Extra workers exit the next time they wait for work (a busy one
+    /// first finishes its job, and any it takes straight from the queue);
+    /// missing ones start now.
     ///
     /// # Errors
     ///
     /// The OS error if a new worker cannot be started.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let pool = quiesce::Pool::builder().workers(2).build().unwrap();
+    /// pool.resize(4).unwrap();
+    /// assert_eq!(pool.workers(), 4); // started now
+    /// pool.resize(1).unwrap();
+    /// let give_up = Instant::now() + Duration::from_secs(10);
+    /// while pool.workers() > 1 && Instant::now() < give_up {
+    ///     std::thread::sleep(Duration::from_millis(1));
+    /// }
+    /// assert_eq!(pool.workers(), 1); // the idle extras left
+    /// ```
     pub fn resize(&self, n: usize) -> io::Result<()> {
         let shared = &self.shared;
         let n = n.max(1);
@@ -620,7 +1020,7 @@ impl Pool {
     }
 
     /// Stops the pool: closes intake, runs the queued jobs until `deadline`,
-    /// then cancels the running ones; see the [module docs](self). Returns
+    /// then cancels the running ones; see [the lifecycle](Pool#lifecycle). Returns
     /// soon after `deadline` (plus the stop grace) even if a job ignores its
     /// context; that job's worker is named in the report.
     ///
@@ -628,11 +1028,47 @@ impl Pool {
     /// second Ctrl-C, or a shutdown with an earlier deadline — cancels the
     /// running jobs on its own terms, and its report hands back the jobs
     /// still queued then; the first call's report names any stuck worker.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let pool = quiesce::Pool::builder()
+    ///     .workers(1)
+    ///     .stop_grace(Duration::from_secs(10))
+    ///     .build()
+    ///     .unwrap();
+    /// let (started_tx, started) = crossbeam_channel::bounded(1);
+    /// pool.submit(move |ctx| {
+    ///     started_tx.send(()).unwrap();
+    ///     let _ = ctx.done().recv(); // streams an export until cancelled
+    /// })
+    /// .unwrap();
+    /// started.recv_timeout(Duration::from_secs(10)).unwrap();
+    /// let report = pool.shutdown(Instant::now() + Duration::from_millis(5));
+    /// assert_eq!(report.cancelled, 1); // running at the deadline: cancelled, then returned
+    /// assert!(report.stuck.is_empty());
+    /// ```
     pub fn shutdown(&self, deadline: Instant) -> ShutdownReport {
         self.shared.stop(Stop::Drain(Some(deadline)))
     }
 
     /// [`shutdown`](Pool::shutdown) `timeout` from now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let pool = quiesce::Pool::builder().workers(2).build().unwrap();
+    /// for site in 0..8 {
+    ///     pool.submit(move |_ctx| { let _ = site; }).unwrap();
+    /// }
+    /// let report = pool.shutdown_timeout(Duration::from_secs(10));
+    /// assert_eq!(report.completed, 8); // drained: every queued job ran
+    /// assert!(pool.is_closed());
+    /// ```
     pub fn shutdown_timeout(&self, timeout: Duration) -> ShutdownReport {
         match crate::deadline::after(timeout) {
             Some(deadline) => self.shutdown(deadline),
@@ -642,36 +1078,143 @@ impl Pool {
 
     /// Stops the pool now: closes intake, cancels running jobs, hands back
     /// every queued job, and waits the stop grace for the workers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let pool = quiesce::Pool::builder()
+    ///     .workers(1)
+    ///     .stop_grace(Duration::from_secs(10))
+    ///     .build()
+    ///     .unwrap();
+    /// let (started_tx, started) = crossbeam_channel::bounded(1);
+    /// pool.submit(move |ctx| {
+    ///     started_tx.send(()).unwrap();
+    ///     let _ = ctx.done().recv();
+    /// })
+    /// .unwrap();
+    /// started.recv_timeout(Duration::from_secs(10)).unwrap();
+    /// for site in ["SITE-A", "SITE-B"] {
+    ///     pool.submit(move |_ctx| println!("upload {site}")).unwrap();
+    /// }
+    /// let report = pool.abort(); // a second Ctrl-C, say
+    /// assert_eq!(report.cancelled, 1);
+    /// assert_eq!(report.never_started.len(), 2); // handed back, to persist
+    /// ```
     pub fn abort(&self) -> ShutdownReport {
         self.shared.stop(Stop::Abort)
     }
 
     /// Jobs running now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let pool = quiesce::Pool::builder().workers(1).build().unwrap();
+    /// let (started_tx, started) = crossbeam_channel::bounded(1);
+    /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
+    /// pool.submit(move |_ctx| {
+    ///     started_tx.send(()).unwrap();
+    ///     let _ = hold.recv();
+    /// })
+    /// .unwrap();
+    /// started.recv_timeout(Duration::from_secs(10)).unwrap();
+    /// assert_eq!(pool.running(), 1);
+    /// drop(release);
+    /// let _ = pool.shutdown_timeout(Duration::from_secs(10));
+    /// assert_eq!(pool.running(), 0);
+    /// ```
     pub fn running(&self) -> usize {
         self.shared.running.load(Ordering::Relaxed)
     }
 
     /// Jobs waiting in the queue now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let pool = quiesce::Pool::builder().workers(1).queue(1).build().unwrap();
+    /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
+    /// pool.submit(move |_ctx| { let _ = hold.recv(); }).unwrap(); // the worker is busy
+    /// pool.submit(|_ctx| {}).unwrap(); // returns once it is queued
+    /// assert_eq!(pool.queued(), 1);
+    /// drop(release);
+    /// assert_eq!(pool.shutdown_timeout(Duration::from_secs(10)).completed, 2);
+    /// assert_eq!(pool.queued(), 0);
+    /// ```
     pub fn queued(&self) -> usize {
         self.shared.queue_rx.len()
     }
 
     /// Jobs that returned normally so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let pool = quiesce::Pool::builder().workers(2).build().unwrap();
+    /// for _ in 0..3 {
+    ///     pool.submit(|_ctx| {}).unwrap();
+    /// }
+    /// pool.submit(|_ctx| panic!("bad row")).unwrap();
+    /// let _ = pool.shutdown_timeout(Duration::from_secs(10));
+    /// assert_eq!(pool.completed(), 3); // the panic is counted apart
+    /// ```
     pub fn completed(&self) -> u64 {
         self.shared.completed.load(Ordering::Relaxed)
     }
 
     /// Jobs that panicked so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let pool = quiesce::Pool::builder().workers(1).build().unwrap();
+    /// pool.submit(|_ctx| panic!("bad row")).unwrap();
+    /// let after = pool.execute(|_ctx| "still here").unwrap();
+    /// assert_eq!(after.join(), Ok("still here")); // the one worker lived on
+    /// let _ = pool.shutdown_timeout(Duration::from_secs(10));
+    /// assert_eq!(pool.panicked(), 1);
+    /// ```
     pub fn panicked(&self) -> u64 {
         self.shared.panicked.load(Ordering::Relaxed)
     }
 
     /// Live worker threads now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let pool = quiesce::Pool::builder().workers(3).build().unwrap();
+    /// assert_eq!(pool.workers(), 3);
+    /// let _ = pool.shutdown_timeout(Duration::from_secs(10));
+    /// assert_eq!(pool.workers(), 0); // all exited and joined
+    /// ```
     pub fn workers(&self) -> usize {
         self.shared.workers.load(Ordering::Relaxed)
     }
 
     /// `true` once shutdown has begun.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = quiesce::Pool::builder().workers(1).build().unwrap();
+    /// assert!(!pool.is_closed());
+    /// let _ = pool.abort();
+    /// assert!(pool.is_closed());
+    /// ```
     pub fn is_closed(&self) -> bool {
         self.shared.closed.is_fired()
     }

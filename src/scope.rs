@@ -1,46 +1,5 @@
-//! `scope`: bounded concurrency over borrowed data.
-//!
-//! Go's "semaphore + WaitGroup" loop —
-//!
-//! ```go
-//! sem := make(chan struct{}, 10)
-//! var wg sync.WaitGroup
-//! for _, f := range files {
-//!     wg.Add(1)
-//!     sem <- struct{}{}
-//!     go func(f string) { defer wg.Done(); defer func() { <-sem }(); work(ctx, f) }(f)
-//! }
-//! wg.Wait()
-//! ```
-//!
-//! — in one call. Jobs may borrow from the caller's stack (like
-//! `std::thread::scope`), at most `limit` run at once on named worker
-//! threads, and the call returns only when every job is done. Each job's
-//! result, or its panic, comes back through its [`JobHandle`].
-//!
-//! ```
-//! use quiesce::{scope, Context};
-//!
-//! let files = vec!["site-a.csv".to_string(), "site-b.csv".to_string(), "site-c.csv".to_string()];
-//! let sizes = scope(2, &Context::background(), |s| {
-//!     let handles: Vec<_> = files.iter().map(|f| s.spawn(move |_ctx| f.len())).collect();
-//!     handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
-//! });
-//! assert_eq!(sizes, vec![10, 10, 10]);
-//! ```
-//!
-//! Cancelling the context given to `scope` (or its deadline passing) stops
-//! the jobs not yet started — their handles report [`JobError::NotRun`] —
-//! and reaches the running ones through the [`Context`] each job gets.
-//!
-//! # Panics
-//!
-//! A job's panic is caught and returned by its handle (and logged at
-//! `warn`). A panic of the closure given to `scope` cancels the scope's
-//! context (queued jobs are skipped), waits for the running jobs, and is
-//! then resumed on the caller, as `std::thread::scope` does.
-//!
-//! [`JobError::NotRun`]: crate::JobError::NotRun
+//! `scope`: bounded concurrency over borrowed data. The public docs, with
+//! the Go pattern it replaces, are on [`scope()`].
 
 use std::fmt;
 use std::io;
@@ -57,10 +16,54 @@ type StartWorker<'a> = dyn Fn(usize) -> io::Result<()> + Sync + 'a;
 
 /// Runs `f` with a [`Scope`] whose jobs run at most `limit` at once (a
 /// limit of zero counts as one), under a child of `ctx`; returns what `f`
-/// returns, once every job spawned in the scope is done.
+/// returns, once every job spawned in the scope is done: bounded
+/// concurrency over borrowed data.
+///
+/// Go's "semaphore + WaitGroup" loop —
+///
+/// ```go
+/// sem := make(chan struct{}, 10)
+/// var wg sync.WaitGroup
+/// for _, f := range files {
+///     wg.Add(1)
+///     sem <- struct{}{}
+///     go func(f string) { defer wg.Done(); defer func() { <-sem }(); work(ctx, f) }(f)
+/// }
+/// wg.Wait()
+/// ```
+///
+/// — in one call. Jobs may borrow from the caller's stack (like
+/// `std::thread::scope`), at most `limit` run at once on named worker
+/// threads, and the call returns only when every job is done. Each job's
+/// result, or its panic, comes back through its [`JobHandle`].
 ///
 /// Worker threads are named `quiesce-scope-{n}`; at most `limit` are
 /// started, lazily, and all are joined before `scope` returns.
+///
+/// Cancelling the context given to `scope` (or its deadline passing) stops
+/// the jobs not yet started — their handles report
+/// [`JobError::NotRun`](crate::JobError::NotRun) — and reaches the running
+/// ones through the [`Context`] each job gets.
+///
+/// # Panics
+///
+/// A job's panic is caught and returned by its handle (and logged at
+/// `warn`). A panic of the closure given to `scope` cancels the scope's
+/// context (queued jobs are skipped), waits for the running jobs, and is
+/// then resumed on the caller, as `std::thread::scope` does.
+///
+/// # Examples
+///
+/// ```
+/// use quiesce::{scope, Context};
+///
+/// let files = vec!["site-a.csv".to_string(), "site-b.csv".to_string(), "site-c.csv".to_string()];
+/// let sizes = scope(2, &Context::background(), |s| {
+///     let handles: Vec<_> = files.iter().map(|f| s.spawn(move |_ctx| f.len())).collect();
+///     handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+/// });
+/// assert_eq!(sizes, vec![10, 10, 10]);
+/// ```
 pub fn scope<'env, F, R>(limit: usize, ctx: &Context, f: F) -> R
 where
     F: for<'s> FnOnce(&'s Scope<'s, 'env>) -> R,
@@ -104,7 +107,21 @@ fn worker(rx: &Receiver<ScopeJob<'_>>, ctx: &Context) {
     }
 }
 
-/// Spawns jobs inside [`scope`]; see the [module docs](self).
+/// Spawns jobs inside [`scope()`]; see there for the rules.
+///
+/// # Examples
+///
+/// ```
+/// use quiesce::{scope, Context};
+///
+/// let mut totals = vec![0u32; 3];
+/// scope(2, &Context::background(), |s| {
+///     for (site, total) in totals.iter_mut().enumerate() {
+///         s.spawn(move |_ctx| *total = (site as u32 + 1) * 10);
+///     }
+/// });
+/// assert_eq!(totals, [10, 20, 30]); // the jobs wrote into the caller's stack
+/// ```
 pub struct Scope<'s, 'env> {
     ctx: Context,
     tx: Sender<ScopeJob<'env>>,
@@ -120,6 +137,19 @@ impl<'env> Scope<'_, 'env> {
     ///
     /// If no worker thread can be started at all (the OS refuses), the job
     /// runs here, on the calling thread, rather than never.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use quiesce::{scope, Context};
+    ///
+    /// let outcome = scope(1, &Context::background(), |s| {
+    ///     let bad = s.spawn(|_ctx| -> u32 { panic!("bad visit row") });
+    ///     let good = s.spawn(|_ctx| 12);
+    ///     (bad.join().map_err(|e| e.to_string()), good.join())
+    /// });
+    /// assert_eq!(outcome, (Err("the job panicked: bad visit row".into()), Ok(12)));
+    /// ```
     pub fn spawn<F, T>(&self, f: F) -> JobHandle<T>
     where
         F: FnOnce(&Context) -> T + Send + 'env,
@@ -152,6 +182,20 @@ impl<'env> Scope<'_, 'env> {
     }
 
     /// The context the scope's jobs get.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use quiesce::{scope, Context, JobError};
+    ///
+    /// let (ctx, guard) = Context::background().with_cancel();
+    /// scope(2, &ctx, |s| {
+    ///     assert!(!s.context().is_done());
+    ///     drop(guard); // cancelling `ctx` reaches the scope's own context
+    ///     assert!(s.context().is_done());
+    ///     assert_eq!(s.spawn(|_ctx| "skipped").join(), Err(JobError::NotRun));
+    /// });
+    /// ```
     pub fn context(&self) -> &Context {
         &self.ctx
     }

@@ -1,28 +1,5 @@
-//! `Semaphore`: at most N at once. Go's buffered-channel semaphore
-//! (`sem := make(chan struct{}, 10)`) and `x/sync/semaphore.Weighted`, with
-//! a permit that comes back when dropped, even from a panicking thread.
-//!
-//! ```
-//! use quiesce::Semaphore;
-//!
-//! let sem = Semaphore::new(10);
-//! let handles: Vec<_> = (0..100)
-//!     .map(|patient| {
-//!         let sem = sem.clone();
-//!         std::thread::spawn(move || {
-//!             let _permit = sem.acquire().unwrap(); // at most 10 reports at once
-//!             format!("report for patient {patient}")
-//!         })
-//!     })
-//!     .collect();
-//! for h in handles { h.join().unwrap(); }
-//! assert_eq!(sem.available(), 10);
-//! ```
-//!
-//! Waiters are served first come, first served: a request for many permits
-//! at the head of the queue is not overtaken by later small ones, so it
-//! cannot starve. Asking for more permits than the semaphore has is an
-//! error at once, never a wait that cannot end.
+//! `Semaphore`: at most N at once. The public docs, with the Go pattern it
+//! replaces, are on [`Semaphore`].
 //!
 //! # Invariants
 //!
@@ -48,7 +25,34 @@ use crate::context::{Context, ContextError};
 use crate::deadline::Until;
 use crate::sync::{Arc, AtomicBool, Condvar, Mutex, Ordering};
 
-/// Counting semaphore; cloning gives another handle to the same permits.
+/// Counting semaphore: at most N at once. Go's buffered-channel semaphore
+/// (`sem := make(chan struct{}, 10)`) and `x/sync/semaphore.Weighted`, with
+/// a permit that comes back when dropped, even from a panicking thread.
+/// Cloning gives another handle to the same permits.
+///
+/// Waiters are served first come, first served: a request for many permits
+/// at the head of the queue is not overtaken by later small ones, so it
+/// cannot starve. Asking for more permits than the semaphore has is an
+/// error at once, never a wait that cannot end.
+///
+/// # Examples
+///
+/// ```
+/// use quiesce::Semaphore;
+///
+/// let sem = Semaphore::new(10);
+/// let handles: Vec<_> = (0..100)
+///     .map(|patient| {
+///         let sem = sem.clone();
+///         std::thread::spawn(move || {
+///             let _permit = sem.acquire().unwrap(); // at most 10 reports at once
+///             format!("report for patient {patient}")
+///         })
+///     })
+///     .collect();
+/// for h in handles { h.join().unwrap(); }
+/// assert_eq!(sem.available(), 10);
+/// ```
 #[derive(Clone)]
 pub struct Semaphore {
     inner: Arc<Inner>,
@@ -72,6 +76,21 @@ struct Waiter {
 }
 
 /// Permits held; they go back to the semaphore when this is dropped.
+///
+/// # Examples
+///
+/// ```
+/// let sem = quiesce::Semaphore::new(2);
+/// let export = {
+///     let sem = sem.clone();
+///     std::thread::spawn(move || {
+///         let _permit = sem.acquire().unwrap();
+///         panic!("export crashed");
+///     })
+/// };
+/// assert!(export.join().is_err());
+/// assert_eq!(sem.available(), 2); // released while unwinding
+/// ```
 #[must_use = "dropping the permit releases it at once"]
 pub struct Permit {
     inner: Arc<Inner>,
@@ -79,6 +98,18 @@ pub struct Permit {
 }
 
 /// Why an acquire returned no permit.
+///
+/// # Examples
+///
+/// ```
+/// use quiesce::{AcquireError, Semaphore};
+///
+/// let sem = Semaphore::new(3);
+/// let err = sem.acquire_many(4).unwrap_err(); // an error at once, not a wait
+/// assert_eq!(err, AcquireError::TooMany { requested: 4, capacity: 3 });
+/// let _all = sem.acquire_many(3).unwrap();
+/// assert_eq!(sem.try_acquire().unwrap_err(), AcquireError::WouldBlock);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AcquireError {
     /// More permits were asked for than the semaphore has in all.
@@ -121,6 +152,17 @@ impl std::error::Error for AcquireError {}
 impl Semaphore {
     /// A semaphore with `permits` permits. Zero is allowed (every acquire
     /// of one or more is then [`AcquireError::TooMany`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use quiesce::{AcquireError, Semaphore};
+    ///
+    /// let sem = Semaphore::new(5);
+    /// assert_eq!(sem.available(), 5);
+    /// let closed = Semaphore::new(0);
+    /// assert!(matches!(closed.acquire(), Err(AcquireError::TooMany { .. })));
+    /// ```
     pub fn new(permits: usize) -> Semaphore {
         Semaphore {
             inner: Arc::new(Inner {
@@ -134,16 +176,54 @@ impl Semaphore {
     }
 
     /// How many permits it has in all.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let sem = quiesce::Semaphore::new(8);
+    /// let _permit = sem.acquire_many(3).unwrap();
+    /// assert_eq!(sem.capacity(), 8); // in all, taken or not
+    /// assert_eq!(sem.available(), 5);
+    /// ```
     pub fn capacity(&self) -> usize {
         self.inner.capacity
     }
 
     /// How many acquires are queued, waiting for permits, now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let sem = quiesce::Semaphore::new(1);
+    /// let held = sem.acquire().unwrap();
+    /// let next = sem.clone();
+    /// let waiter = std::thread::spawn(move || next.acquire().map(|p| p.count()));
+    /// let give_up = Instant::now() + Duration::from_secs(10);
+    /// while sem.waiting() == 0 && Instant::now() < give_up {
+    ///     std::thread::sleep(Duration::from_millis(1));
+    /// }
+    /// assert_eq!(sem.waiting(), 1);
+    /// drop(held);
+    /// assert_eq!(waiter.join().unwrap(), Ok(1));
+    /// assert_eq!(sem.waiting(), 0);
+    /// ```
     pub fn waiting(&self) -> usize {
         self.inner.state.lock().waiters.len()
     }
 
     /// How many permits are free now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let sem = quiesce::Semaphore::new(3);
+    /// let permit = sem.acquire().unwrap();
+    /// assert_eq!(sem.available(), 2);
+    /// drop(permit);
+    /// assert_eq!(sem.available(), 3);
+    /// ```
     pub fn available(&self) -> usize {
         self.inner.state.lock().available
     }
@@ -153,6 +233,17 @@ impl Semaphore {
     /// # Errors
     ///
     /// [`AcquireError::TooMany`] on a semaphore of zero permits.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let sem = quiesce::Semaphore::new(1);
+    /// let permit = sem.acquire().unwrap();
+    /// let next = sem.clone();
+    /// let report = std::thread::spawn(move || next.acquire().is_ok()); // waits its turn
+    /// drop(permit);
+    /// assert!(report.join().unwrap());
+    /// ```
     pub fn acquire(&self) -> Result<Permit, AcquireError> {
         self.acquire_many(1)
     }
@@ -162,6 +253,8 @@ impl Semaphore {
     /// # Errors
     ///
     /// [`AcquireError::TooMany`] when `n` exceeds the capacity.
+    ///
+    /// # Examples
     ///
     /// ```
     /// let sem = quiesce::Semaphore::new(4);
@@ -180,6 +273,18 @@ impl Semaphore {
     /// # Errors
     ///
     /// [`AcquireError::WouldBlock`], or [`AcquireError::TooMany`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use quiesce::{AcquireError, Semaphore};
+    ///
+    /// let sem = Semaphore::new(1);
+    /// let first = sem.try_acquire().unwrap();
+    /// assert_eq!(sem.try_acquire().unwrap_err(), AcquireError::WouldBlock);
+    /// drop(first);
+    /// assert!(sem.try_acquire().is_ok());
+    /// ```
     pub fn try_acquire(&self) -> Result<Permit, AcquireError> {
         self.try_acquire_many(1)
     }
@@ -189,6 +294,16 @@ impl Semaphore {
     /// # Errors
     ///
     /// [`AcquireError::WouldBlock`], or [`AcquireError::TooMany`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let sem = quiesce::Semaphore::new(4);
+    /// let batch = sem.try_acquire_many(3).unwrap();
+    /// assert_eq!(batch.count(), 3);
+    /// assert!(sem.try_acquire_many(2).is_err()); // only one is free
+    /// assert!(sem.try_acquire_many(1).is_ok());
+    /// ```
     pub fn try_acquire_many(&self, n: usize) -> Result<Permit, AcquireError> {
         self.acquire_until(n, Until::Now)
     }
@@ -198,6 +313,19 @@ impl Semaphore {
     /// # Errors
     ///
     /// [`AcquireError::Timeout`], or [`AcquireError::TooMany`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{AcquireError, Semaphore};
+    ///
+    /// let sem = Semaphore::new(1);
+    /// let _busy = sem.acquire().unwrap();
+    /// let err = sem.acquire_timeout(Duration::from_millis(2)).unwrap_err();
+    /// assert_eq!(err, AcquireError::Timeout);
+    /// assert_eq!(sem.waiting(), 0); // it gave up and left the queue
+    /// ```
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<Permit, AcquireError> {
         self.acquire_until(1, Until::Deadline(crate::deadline::after(timeout)))
     }
@@ -207,6 +335,20 @@ impl Semaphore {
     /// # Errors
     ///
     /// [`AcquireError::Timeout`], or [`AcquireError::TooMany`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let sem = quiesce::Semaphore::new(1);
+    /// let held = sem.acquire().unwrap();
+    /// let next = sem.clone();
+    /// let deadline = Instant::now() + Duration::from_secs(10);
+    /// let waiter = std::thread::spawn(move || next.acquire_deadline(deadline).map(|p| p.count()));
+    /// drop(held);
+    /// assert_eq!(waiter.join().unwrap(), Ok(1));
+    /// ```
     pub fn acquire_deadline(&self, deadline: Instant) -> Result<Permit, AcquireError> {
         self.acquire_until(1, Until::Deadline(Some(deadline)))
     }
@@ -217,6 +359,8 @@ impl Semaphore {
     /// # Errors
     ///
     /// [`AcquireError::Done`], or [`AcquireError::TooMany`].
+    ///
+    /// # Examples
     ///
     /// ```
     /// let sem = quiesce::Semaphore::new(1);
@@ -233,6 +377,19 @@ impl Semaphore {
     /// # Errors
     ///
     /// [`AcquireError::Done`], or [`AcquireError::TooMany`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{AcquireError, Context, ContextError, Semaphore};
+    ///
+    /// let sem = Semaphore::new(4);
+    /// let _small = sem.acquire().unwrap();
+    /// let (request, _guard) = Context::background().with_timeout(Duration::from_millis(2));
+    /// let err = sem.acquire_many_ctx(4, &request).unwrap_err(); // needs all four
+    /// assert_eq!(err, AcquireError::Done(ContextError::DeadlineExceeded));
+    /// ```
     pub fn acquire_many_ctx(&self, n: usize, ctx: &Context) -> Result<Permit, AcquireError> {
         self.acquire_until(n, Until::Context(ctx))
     }
@@ -349,6 +506,14 @@ impl fmt::Debug for Semaphore {
 
 impl Permit {
     /// How many permits this holds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let sem = quiesce::Semaphore::new(10);
+    /// let permit = sem.acquire_many(4).unwrap();
+    /// assert_eq!(permit.count(), 4);
+    /// ```
     pub fn count(&self) -> usize {
         self.count
     }

@@ -34,11 +34,36 @@ use signal_hook::iterator::{Handle, Signals};
 use crate::context::{CancelGuard, Context};
 
 /// The cause given to the context when a signal cancels it.
+///
+/// # Examples
+///
+/// What code reading the cause sees (the cause is set by hand here; a real
+/// signal sets it on the `quiesce-signals` thread):
+///
+/// ```
+/// use quiesce::signals::SignalReceived;
+/// use quiesce::Context;
+///
+/// let (ctx, guard) = Context::background().with_cancel();
+/// guard.cancel_with_cause(SignalReceived(15)); // SIGTERM
+/// let cause = ctx.cause().unwrap();
+/// assert_eq!(cause.downcast_ref::<SignalReceived>(), Some(&SignalReceived(15)));
+/// assert_eq!(cause.to_string(), "received SIGTERM");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SignalReceived(pub i32);
 
 impl SignalReceived {
     /// `SIGTERM`, `SIGINT`, or the number.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use quiesce::signals::SignalReceived;
+    ///
+    /// assert_eq!(SignalReceived(2).name(), "SIGINT");
+    /// assert_eq!(SignalReceived(1).name(), "signal 1"); // SIGHUP: not one listened to
+    /// ```
     pub fn name(&self) -> String {
         signal_name(self.0)
     }
@@ -53,6 +78,16 @@ impl fmt::Display for SignalReceived {
 impl std::error::Error for SignalReceived {}
 
 /// `SIGTERM`, `SIGINT`, or `signal N`.
+///
+/// # Examples
+///
+/// ```
+/// use quiesce::signals::signal_name;
+///
+/// assert_eq!(signal_name(15), "SIGTERM");
+/// assert_eq!(signal_name(2), "SIGINT");
+/// assert_eq!(signal_name(10), "signal 10");
+/// ```
 pub fn signal_name(signal: i32) -> String {
     match signal {
         SIGINT => "SIGINT".to_string(),
@@ -63,6 +98,24 @@ pub fn signal_name(signal: i32) -> String {
 
 /// Owns the `quiesce-signals` thread of a [`signal_context`]; dropping it
 /// stops listening (the handlers are unregistered) and joins the thread.
+///
+/// The process's original disposition is not restored (signal-hook cannot
+/// do it): once the guard is dropped, SIGINT and SIGTERM are ignored. Drop
+/// it as part of the shutdown, not to go back to Ctrl-C ending the program.
+///
+/// # Examples
+///
+/// Not run: a doctest must not touch the test process's signals.
+///
+/// ```no_run
+/// use quiesce::{signals, Context};
+///
+/// let (ctx, guard) = signals::signal_context(&Context::background())?;
+/// // ... serve until `ctx` is done ...
+/// let _ = ctx.done().recv();
+/// drop(guard); // stops the `quiesce-signals` thread and joins it
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[must_use = "dropping the guard stops listening for signals at once"]
 pub struct SignalGuard {
     handle: Handle,
@@ -72,6 +125,21 @@ pub struct SignalGuard {
 
 impl SignalGuard {
     /// The first signal received, if any.
+    ///
+    /// # Examples
+    ///
+    /// Not run: a doctest must not touch the test process's signals.
+    ///
+    /// ```no_run
+    /// use quiesce::{signals, Context};
+    ///
+    /// let (ctx, guard) = signals::signal_context(&Context::background())?;
+    /// assert_eq!(guard.received(), None);
+    /// let _ = ctx.done().recv(); // until Ctrl-C or SIGTERM
+    /// let signal = guard.received().expect("only a signal cancels this context");
+    /// eprintln!("stopping on {}", signals::signal_name(signal));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn received(&self) -> Option<i32> {
         match self.received.load(Ordering::SeqCst) {
             0 => None,
@@ -104,6 +172,26 @@ impl fmt::Debug for SignalGuard {
 /// # Errors
 ///
 /// When the handlers cannot be installed or the thread cannot start.
+///
+/// # Examples
+///
+/// Not run: a doctest must not touch the test process's signals.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use quiesce::signals::{self, SignalReceived};
+/// use quiesce::{Context, Threads};
+///
+/// let (ctx, guard) = signals::signal_context(&Context::background())?;
+/// let mut threads = Threads::new(&ctx);
+/// threads.spawn("diary-intake", |ctx| while ctx.sleep(Duration::from_millis(100)).is_ok() {})?;
+/// let _ = ctx.done().recv(); // until Ctrl-C or SIGTERM; a second one exits at once
+/// assert!(ctx.cause().unwrap().downcast_ref::<SignalReceived>().is_some());
+/// let report = threads.join_timeout(Duration::from_secs(10));
+/// assert!(report.running.is_empty(), "stuck: {:?}", report.running);
+/// drop(guard);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn signal_context(parent: &Context) -> io::Result<(Context, SignalGuard)> {
     let (ctx, cancel) = parent.with_cancel();
     let mut signals = Signals::new([SIGINT, SIGTERM])?;

@@ -1,31 +1,6 @@
-//! `Threads`: named threads that share a context, joined against a deadline.
-//!
-//! Go starts a goroutine with `go f()` and forgets it; finding out later
-//! which one did not stop takes goleak or a stack dump. Here every thread
-//! has a name, its `JoinHandle` is kept, and
-//! [`join_deadline`](Threads::join_deadline) says which threads finished
-//! (with their result, or their panic as a value) and which are still
-//! running, by name and age. A thread still running stays owned by the
-//! `Threads`: nothing is detached silently.
-//!
-//! ```
-//! use std::time::Duration;
-//! use quiesce::{Context, Threads};
-//!
-//! let mut threads = Threads::new(&Context::background());
-//! threads.spawn("ticker", |ctx| {
-//!     let mut ticks = 0;
-//!     while ctx.sleep(Duration::from_millis(1)).is_ok() {
-//!         ticks += 1;
-//!     }
-//!     ticks
-//! }).unwrap();
-//! threads.spawn("stubborn", |_ctx| 0).unwrap();
-//!
-//! let report = threads.shutdown(Duration::from_secs(5)); // cancel, then join
-//! assert!(report.running.is_empty());
-//! assert_eq!(report.finished.len(), 2);
-//! ```
+//! `Threads`: named threads that share a context, joined against a
+//! deadline. The public docs, with the Go pattern they replace, are on
+//! [`Threads`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -38,7 +13,15 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::context::{CancelGuard, Context};
 use crate::panic::Panic;
 
-/// Named threads under one context; see the [module docs](self).
+/// Named threads under one context, joined against a deadline.
+///
+/// Go starts a goroutine with `go f()` and forgets it; finding out later
+/// which one did not stop takes goleak or a stack dump. Here every thread
+/// has a name, its `JoinHandle` is kept, and
+/// [`join_deadline`](Threads::join_deadline) says which threads finished
+/// (with their result, or their panic as a value) and which are still
+/// running, by name and age. A thread still running stays owned by the
+/// `Threads`: nothing is detached silently.
 ///
 /// # Drop
 ///
@@ -46,6 +29,27 @@ use crate::panic::Panic;
 /// blocking until they have all returned; every five seconds it logs (at
 /// `warn`) the ones it is still waiting for. Call
 /// [`shutdown`](Threads::shutdown) first to bound the wait.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use quiesce::{Context, Threads};
+///
+/// let mut threads = Threads::new(&Context::background());
+/// threads.spawn("ticker", |ctx| {
+///     let mut ticks = 0;
+///     while ctx.sleep(Duration::from_millis(1)).is_ok() {
+///         ticks += 1;
+///     }
+///     ticks
+/// }).unwrap();
+/// threads.spawn("one-shot", |_ctx| 0).unwrap();
+///
+/// let report = threads.shutdown(Duration::from_secs(5)); // cancel, then join
+/// assert!(report.running.is_empty());
+/// assert_eq!(report.finished.len(), 2);
+/// ```
 pub struct Threads<T = ()> {
     ctx: Context,
     guard: CancelGuard,
@@ -66,6 +70,21 @@ struct Entry<T> {
 }
 
 /// What [`Threads::join_deadline`] found.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use quiesce::{Context, Threads};
+///
+/// let mut threads = Threads::new(&Context::background());
+/// threads.spawn("watch-inbox", |ctx| { let _ = ctx.done().recv(); "stopped" }).unwrap();
+/// let report = threads.join_timeout(Duration::from_millis(2));
+/// assert!(report.finished.is_empty());
+/// assert_eq!(report.running[0].name, "watch-inbox"); // still owned: join again later
+/// let report = threads.shutdown(Duration::from_secs(10));
+/// assert_eq!(report.finished[0].result, Ok("stopped"));
+/// ```
 #[derive(Debug)]
 #[must_use = "the report says which threads are still running"]
 pub struct JoinReport<T> {
@@ -77,6 +96,21 @@ pub struct JoinReport<T> {
 }
 
 /// A thread that has returned.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use quiesce::{Context, Threads};
+///
+/// let mut threads = Threads::new(&Context::background());
+/// threads.spawn("export-a", |_ctx| 12).unwrap();
+/// threads.spawn("export-b", |_ctx| -> u32 { panic!("disk full") }).unwrap();
+/// let report = threads.join_timeout(Duration::from_secs(10));
+/// assert_eq!(report.finished[0].name, "export-a"); // in spawn order
+/// assert_eq!(report.finished[0].result, Ok(12));
+/// assert_eq!(report.finished[1].result.as_ref().unwrap_err().message(), "disk full");
+/// ```
 #[derive(Debug)]
 pub struct Finished<T> {
     /// The name it was spawned with.
@@ -86,6 +120,20 @@ pub struct Finished<T> {
 }
 
 /// A thread still running at a join deadline.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use quiesce::{Context, Threads};
+///
+/// let mut threads = Threads::<()>::new(&Context::background());
+/// threads.spawn("visit-reminders", |ctx| { let _ = ctx.done().recv(); }).unwrap();
+/// let running = threads.running();
+/// assert_eq!(running[0].name, "visit-reminders");
+/// assert!(running[0].to_string().starts_with("visit-reminders (running for "));
+/// assert!(threads.shutdown(Duration::from_secs(10)).running.is_empty());
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Running {
     /// The name it was spawned with.
@@ -114,6 +162,20 @@ impl Drop for ExitNotice {
 
 impl<T> Threads<T> {
     /// An empty set whose threads get a child of `parent` as their context.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{Context, Threads};
+    ///
+    /// let (app, stop) = Context::background().with_cancel();
+    /// let mut threads = Threads::new(&app);
+    /// threads.spawn("sync", |ctx| { let _ = ctx.done().recv(); "stopped with the app" }).unwrap();
+    /// drop(stop); // the parent's cancel reaches the threads
+    /// let report = threads.join_timeout(Duration::from_secs(10));
+    /// assert_eq!(report.finished[0].result, Ok("stopped with the app"));
+    /// ```
     pub fn new(parent: &Context) -> Threads<T> {
         let (ctx, guard) = parent.with_cancel();
         let (exited_tx, exited_rx) = crossbeam_channel::unbounded();
@@ -135,6 +197,20 @@ impl<T: Send + 'static> Threads<T> {
     /// # Errors
     ///
     /// The OS error when the thread cannot be started (`f` is dropped).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{Context, Threads};
+    ///
+    /// let mut threads = Threads::new(&Context::background());
+    /// threads.spawn("nightly-summary", |_ctx| std::thread::current().name().map(String::from))?;
+    /// let report = threads.join_timeout(Duration::from_secs(10));
+    /// let name = report.finished[0].result.as_ref().unwrap();
+    /// assert_eq!(name.as_deref(), Some("nightly-summary")); // named, for `top -H`
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn spawn<F>(&mut self, name: impl Into<String>, f: F) -> io::Result<()>
     where
         F: FnOnce(&Context) -> T + Send + 'static,
@@ -164,28 +240,98 @@ impl<T: Send + 'static> Threads<T> {
 
 impl<T> Threads<T> {
     /// The context the threads share.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let threads = quiesce::Threads::<()>::new(&quiesce::Context::background());
+    /// let ctx = threads.context().clone(); // the one every thread gets
+    /// threads.cancel();
+    /// assert!(ctx.is_done());
+    /// ```
     pub fn context(&self) -> &Context {
         &self.ctx
     }
 
     /// Cancels the threads' context (they are expected to return soon).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{Context, Threads};
+    ///
+    /// let mut threads = Threads::new(&Context::background());
+    /// threads.spawn("poll-sites", |ctx| {
+    ///     let mut polls = 0u32;
+    ///     while ctx.sleep(Duration::from_millis(1)).is_ok() {
+    ///         polls += 1;
+    ///     }
+    ///     polls
+    /// }).unwrap();
+    /// threads.cancel();
+    /// assert!(threads.join_timeout(Duration::from_secs(10)).running.is_empty());
+    /// ```
     pub fn cancel(&self) {
         self.guard.cancel();
     }
 
     /// How many threads are owned (running, or finished and not yet
     /// joined).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{Context, Threads};
+    ///
+    /// let mut threads = Threads::new(&Context::background());
+    /// threads.spawn("export-a", |_ctx| ()).unwrap();
+    /// threads.spawn("export-b", |_ctx| ()).unwrap();
+    /// assert_eq!(threads.len(), 2); // owned until joined, finished or not
+    /// assert!(threads.join_timeout(Duration::from_secs(10)).running.is_empty());
+    /// assert_eq!(threads.len(), 0);
+    /// ```
     pub fn len(&self) -> usize {
         self.running.len() + self.exited.len()
     }
 
     /// `true` when no thread is owned.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{Context, Threads};
+    ///
+    /// let mut threads = Threads::new(&Context::background());
+    /// assert!(threads.is_empty());
+    /// threads.spawn("export", |_ctx| ()).unwrap();
+    /// assert!(!threads.is_empty());
+    /// assert!(threads.join_timeout(Duration::from_secs(10)).running.is_empty());
+    /// assert!(threads.is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The threads that are still running now, by name and age, oldest
     /// first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{Context, Threads};
+    ///
+    /// let mut threads = Threads::<()>::new(&Context::background());
+    /// threads.spawn("intake", |ctx| { let _ = ctx.done().recv(); }).unwrap();
+    /// threads.spawn("store", |ctx| { let _ = ctx.done().recv(); }).unwrap();
+    /// let names: Vec<String> = threads.running().into_iter().map(|r| r.name).collect();
+    /// assert_eq!(names, ["intake", "store"]); // oldest first
+    /// assert!(threads.shutdown(Duration::from_secs(10)).running.is_empty());
+    /// assert!(threads.running().is_empty());
+    /// ```
     pub fn running(&mut self) -> Vec<Running> {
         self.collect_exits(None);
         self.list_running()
@@ -193,6 +339,25 @@ impl<T> Threads<T> {
 
     /// Joins the threads that have finished, without waiting for the
     /// others; in spawn order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use quiesce::{Context, Threads};
+    ///
+    /// let mut threads = Threads::new(&Context::background());
+    /// threads.spawn("quick", |_ctx| 1).unwrap();
+    /// threads.spawn("long", |ctx| { let _ = ctx.done().recv(); 2 }).unwrap();
+    /// let give_up = Instant::now() + Duration::from_secs(10);
+    /// while threads.running().len() > 1 && Instant::now() < give_up {
+    ///     std::thread::sleep(Duration::from_millis(1));
+    /// }
+    /// let reaped = threads.reap(); // does not wait for "long"
+    /// assert_eq!((reaped[0].name.as_str(), reaped.len()), ("quick", 1));
+    /// assert_eq!(threads.len(), 1);
+    /// assert!(threads.shutdown(Duration::from_secs(10)).running.is_empty());
+    /// ```
     pub fn reap(&mut self) -> Vec<Finished<T>> {
         self.collect_exits(None);
         self.join_exited()
@@ -201,6 +366,21 @@ impl<T> Threads<T> {
     /// Joins every thread that returns before `deadline`, without
     /// cancelling anything; the report says which finished and which are
     /// still running.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use quiesce::{Context, Threads};
+    ///
+    /// let mut threads = Threads::<()>::new(&Context::background());
+    /// threads.spawn("upload", |ctx| { let _ = ctx.done().recv(); }).unwrap();
+    /// let report = threads.join_deadline(Instant::now() + Duration::from_millis(2));
+    /// assert_eq!(report.running[0].name, "upload"); // nothing was cancelled
+    /// threads.cancel();
+    /// let report = threads.join_deadline(Instant::now() + Duration::from_secs(10));
+    /// assert_eq!(report.finished.len(), 1);
+    /// ```
     pub fn join_deadline(&mut self, deadline: Instant) -> JoinReport<T> {
         self.collect_exits(Some(deadline));
         JoinReport {
@@ -211,6 +391,19 @@ impl<T> Threads<T> {
 
     /// [`join_deadline`](Threads::join_deadline) `timeout` from now (a
     /// timeout too large to represent waits for all of them).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{Context, Threads};
+    ///
+    /// let mut threads = Threads::new(&Context::background());
+    /// threads.spawn("checksum-site-4", |_ctx| 0xC0FFEEu32).unwrap();
+    /// let report = threads.join_timeout(Duration::from_secs(10));
+    /// assert_eq!(report.finished[0].result, Ok(0xC0FFEE));
+    /// assert!(report.running.is_empty());
+    /// ```
     pub fn join_timeout(&mut self, timeout: Duration) -> JoinReport<T> {
         match crate::deadline::after(timeout) {
             Some(deadline) => self.join_deadline(deadline),
@@ -219,6 +412,21 @@ impl<T> Threads<T> {
     }
 
     /// Cancels the context, then joins for up to `timeout`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{Context, Threads};
+    ///
+    /// let mut threads = Threads::new(&Context::background());
+    /// threads.spawn("heartbeat", |ctx| {
+    ///     while ctx.sleep(Duration::from_millis(1)).is_ok() {}
+    ///     "stopped"
+    /// }).unwrap();
+    /// let report = threads.shutdown(Duration::from_secs(10));
+    /// assert_eq!(report.finished[0].result, Ok("stopped"));
+    /// ```
     pub fn shutdown(&mut self, timeout: Duration) -> JoinReport<T> {
         self.cancel();
         self.join_timeout(timeout)

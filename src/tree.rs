@@ -49,6 +49,21 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
 
 /// The error of a context that is done.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use quiesce::{Context, ContextError};
+///
+/// let (ctx, guard) = Context::background().with_cancel();
+/// drop(guard);
+/// assert_eq!(ctx.err(), Some(ContextError::Canceled));
+/// assert_eq!(ContextError::Canceled.to_string(), "context canceled");
+///
+/// let (late, _guard) = Context::background().with_timeout(Duration::ZERO);
+/// assert_eq!(late.check(), Err(ContextError::DeadlineExceeded));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ContextError {
     /// Cancelled: its guard was dropped or cancelled, or an ancestor's was.
@@ -71,6 +86,22 @@ impl Error for ContextError {}
 /// Why a context was cancelled: the error given to
 /// [`CancelGuard::cancel_with_cause`](crate::CancelGuard::cancel_with_cause),
 /// or the [`ContextError`] itself when none was given.
+///
+/// # Examples
+///
+/// ```
+/// use quiesce::{Cause, Context, ContextError};
+///
+/// let (ctx, guard) = Context::background().with_cancel();
+/// guard.cancel_with_cause("site 7 closed");
+/// let cause: Cause = ctx.cause().unwrap();
+/// assert_eq!(cause.to_string(), "site 7 closed");
+///
+/// let (ctx, guard) = Context::background().with_cancel();
+/// drop(guard); // no cause given
+/// let cause = ctx.cause().unwrap();
+/// assert_eq!(cause.downcast_ref::<ContextError>(), Some(&ContextError::Canceled));
+/// ```
 pub type Cause = std::sync::Arc<dyn Error + Send + Sync + 'static>;
 
 const LIVE: usize = 0;

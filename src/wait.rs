@@ -1,27 +1,5 @@
-//! `WaitGroup`: wait for a set of work to finish. Go's `sync.WaitGroup`,
-//! where `Done()` is the drop of a guard, so it also happens when the work
-//! panics and cannot be forgotten.
-//!
-//! | Go | quiesce |
-//! |----|---------|
-//! | `wg.Add(1)` … `defer wg.Done()` | `let guard = wg.add();` (moved into the work, dropped at its end) |
-//! | `wg.Wait()` | [`wg.wait()`](WaitGroup::wait), or with a bound: [`wait_timeout`](WaitGroup::wait_timeout), [`wait_deadline`](WaitGroup::wait_deadline), [`wait_ctx`](WaitGroup::wait_ctx) |
-//!
-//! ```
-//! use quiesce::WaitGroup;
-//!
-//! let wg = WaitGroup::new();
-//! let mut handles = Vec::new();
-//! for file in ["site-a.csv", "site-b.csv", "site-c.csv"] {
-//!     let guard = wg.add();
-//!     handles.push(std::thread::spawn(move || {
-//!         let _guard = guard; // counts done when this thread's work ends
-//!         file.len()
-//!     }));
-//! }
-//! assert!(wg.wait_timeout(std::time::Duration::from_secs(10)));
-//! # for h in handles { h.join().unwrap(); }
-//! ```
+//! `WaitGroup`: wait for a set of work to finish. The public docs, with the
+//! Go pattern it replaces, are on [`WaitGroup`].
 //!
 //! # Invariants
 //!
@@ -44,7 +22,32 @@ use crate::context::{Context, ContextError};
 use crate::sync::{Arc, AtomicUsize, Condvar, Mutex, Ordering};
 
 /// Counts outstanding work; [`wait`](WaitGroup::wait) blocks until it is
-/// zero. Cloning gives another handle to the same group.
+/// zero. Go's `sync.WaitGroup`, where `Done()` is the drop of a guard, so it
+/// also happens when the work panics and cannot be forgotten. Cloning gives
+/// another handle to the same group.
+///
+/// | Go | quiesce |
+/// |----|---------|
+/// | `wg.Add(1)` … `defer wg.Done()` | `let guard = wg.add();` (moved into the work, dropped at its end) |
+/// | `wg.Wait()` | [`wg.wait()`](WaitGroup::wait), or with a bound: [`wait_timeout`](WaitGroup::wait_timeout), [`wait_deadline`](WaitGroup::wait_deadline), [`wait_ctx`](WaitGroup::wait_ctx) |
+///
+/// # Examples
+///
+/// ```
+/// use quiesce::WaitGroup;
+///
+/// let wg = WaitGroup::new();
+/// let mut handles = Vec::new();
+/// for file in ["site-a.csv", "site-b.csv", "site-c.csv"] {
+///     let guard = wg.add();
+///     handles.push(std::thread::spawn(move || {
+///         let _guard = guard; // counts done when this thread's work ends
+///         file.len()
+///     }));
+/// }
+/// assert!(wg.wait_timeout(std::time::Duration::from_secs(10)));
+/// # for h in handles { h.join().unwrap(); }
+/// ```
 #[derive(Clone, Default)]
 pub struct WaitGroup {
     inner: Arc<Inner>,
@@ -59,6 +62,21 @@ struct Inner {
 
 /// One unit of outstanding work in a [`WaitGroup`]; dropping it (also while
 /// unwinding from a panic) marks that work done.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let wg = quiesce::WaitGroup::new();
+/// let guard = wg.add();
+/// let upload = std::thread::spawn(move || {
+///     let _guard = guard;
+///     panic!("network down");
+/// });
+/// assert!(wg.wait_timeout(Duration::from_secs(10))); // done, though it panicked
+/// assert!(upload.join().is_err());
+/// ```
 #[must_use = "dropping the guard marks the work done at once"]
 pub struct WaitGuard {
     inner: Arc<Inner>,
@@ -66,11 +84,30 @@ pub struct WaitGuard {
 
 impl WaitGroup {
     /// An empty group.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let wg = quiesce::WaitGroup::new();
+    /// assert_eq!(wg.count(), 0);
+    /// wg.wait(); // nothing outstanding: returns at once
+    /// ```
     pub fn new() -> WaitGroup {
         WaitGroup::default()
     }
 
     /// Adds one unit of work; it is done when the returned guard drops.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let wg = quiesce::WaitGroup::new();
+    /// let other_handle = wg.clone();
+    /// let export = other_handle.add(); // the same group
+    /// assert_eq!(wg.count(), 1);
+    /// drop(export); // `wg.Done()`
+    /// assert_eq!(wg.count(), 0);
+    /// ```
     pub fn add(&self) -> WaitGuard {
         self.inner.count.fetch_add(1, Ordering::SeqCst);
         WaitGuard {
@@ -79,11 +116,39 @@ impl WaitGroup {
     }
 
     /// How much work is outstanding now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let wg = quiesce::WaitGroup::new();
+    /// let sites: Vec<_> = (0..3).map(|_| wg.add()).collect();
+    /// assert_eq!(wg.count(), 3);
+    /// drop(sites);
+    /// assert_eq!(wg.count(), 0);
+    /// ```
     pub fn count(&self) -> usize {
         self.inner.count.load(Ordering::SeqCst)
     }
 
     /// Blocks until no work is outstanding. See the bounded forms.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let wg = quiesce::WaitGroup::new();
+    /// let handles: Vec<_> = (1..=3u32)
+    ///     .map(|site| {
+    ///         let guard = wg.add();
+    ///         std::thread::spawn(move || {
+    ///             let _guard = guard;
+    ///             site * 10 // reports exported
+    ///         })
+    ///     })
+    ///     .collect();
+    /// wg.wait();
+    /// assert_eq!(wg.count(), 0);
+    /// assert_eq!(handles.into_iter().map(|h| h.join().unwrap()).sum::<u32>(), 60);
+    /// ```
     pub fn wait(&self) {
         let mut lock = self.inner.lock.lock();
         while self.count() > 0 {
@@ -93,6 +158,18 @@ impl WaitGroup {
 
     /// Blocks until no work is outstanding or `timeout` passes; `true` if
     /// the work is all done. A timeout too large to represent waits forever.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let wg = quiesce::WaitGroup::new();
+    /// let busy = wg.add();
+    /// assert!(!wg.wait_timeout(Duration::from_millis(2))); // still outstanding
+    /// drop(busy);
+    /// assert!(wg.wait_timeout(Duration::from_secs(1)));
+    /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         match crate::deadline::after(timeout) {
             Some(deadline) => self.wait_deadline(deadline),
@@ -105,6 +182,18 @@ impl WaitGroup {
 
     /// Blocks until no work is outstanding or `deadline`; `true` if the work
     /// is all done.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let wg = quiesce::WaitGroup::new();
+    /// let guard = wg.add();
+    /// let upload = std::thread::spawn(move || drop(guard));
+    /// assert!(wg.wait_deadline(Instant::now() + Duration::from_secs(10)));
+    /// upload.join().unwrap();
+    /// ```
     pub fn wait_deadline(&self, deadline: Instant) -> bool {
         let mut lock = self.inner.lock.lock();
         while self.count() > 0 {
@@ -120,6 +209,8 @@ impl WaitGroup {
     /// # Errors
     ///
     /// The context's error when it is done first (or already).
+    ///
+    /// # Examples
     ///
     /// ```
     /// let wg = quiesce::WaitGroup::new();
