@@ -66,7 +66,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use quiesce::{Context, ContextError, Group, GroupError};
+use quiesce::{Context, ContextError, Group, GroupError, Waited};
 
 /// A generous bound on the whole group.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -127,7 +127,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let outcomes: Outcomes = Arc::default();
 
-    let (mut group, _ctx) = Group::<u32, TaskError>::with_context(&Context::background());
+    let (group, _ctx) = Group::<u32, TaskError>::with_context(&Context::background());
     for task in 1..=TASKS {
         let outcomes_for_task = outcomes.clone();
         let fails = options.fail_task == Some(task);
@@ -149,12 +149,15 @@ fn main() -> ExitCode {
         }
     }
 
-    let Some(result) = group.wait_timeout(WAIT_TIMEOUT) else {
-        for task in group.running() {
-            eprintln!("errgroup_tasks: still running: {task}");
+    let result = match group.wait_timeout(WAIT_TIMEOUT) {
+        Waited::Done(result) => result,
+        Waited::Running(group) => {
+            for task in group.running() {
+                eprintln!("errgroup_tasks: still running: {task}");
+            }
+            // Dropping the group would wait for them: leave at once instead.
+            std::process::exit(1);
         }
-        // Dropping the group would wait for them: leave at once instead.
-        std::process::exit(1);
     };
     let elapsed = started.elapsed();
 

@@ -85,6 +85,36 @@ struct Shared<T, E> {
     first: Mutex<Option<GroupError<E>>>,
 }
 
+/// What [`Group::wait_deadline`] found.
+#[derive(Debug)]
+#[must_use = "a running group must be waited for or cancelled"]
+pub enum Waited<T, E> {
+    /// Every task returned: the values in spawn order, or the first failure.
+    Done(Result<Vec<T>, GroupError<E>>),
+    /// Some tasks still run: the group, handed back.
+    Running(Group<T, E>),
+}
+
+impl<T, E> Waited<T, E> {
+    /// The outcome if every task returned, `None` if some still run (the
+    /// group is then dropped: it cancels and joins them).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group = quiesce::Group::<u8, String>::new();
+    /// group.spawn("count-site-3", |_ctx| Ok(3)).unwrap();
+    /// let waited = group.wait_timeout(std::time::Duration::from_secs(10));
+    /// assert_eq!(waited.done(), Some(Ok(vec![3])));
+    /// ```
+    pub fn done(self) -> Option<Result<Vec<T>, GroupError<E>>> {
+        match self {
+            Waited::Done(outcome) => Some(outcome),
+            Waited::Running(_) => None,
+        }
+    }
+}
+
 /// The first failure of a [`Group`].
 ///
 /// # Examples
@@ -504,54 +534,65 @@ impl<T: Send + 'static, E: Send + 'static> Group<T, E> {
         self.finish()
     }
 
-    /// Waits until `deadline` at most. `Some` with the outcome, as
-    /// [`wait`](Group::wait), when every task has returned; `None` while
-    /// some still run (the group keeps them; see
-    /// [`running`](Group::running), [`cancel`](Group::cancel)).
+    /// Waits until `deadline` at most. [`Waited::Done`] with the outcome,
+    /// as [`wait`](Group::wait) gives it, when every task has returned;
+    /// [`Waited::Running`] with the group itself while some still run, to
+    /// look at ([`running`](Group::running)), [`cancel`](Group::cancel) or
+    /// wait for again. Taking the group by value means an outcome can be
+    /// taken only once.
     ///
     /// # Examples
     ///
     /// ```
     /// use std::time::{Duration, Instant};
+    /// use quiesce::{Group, Waited};
     ///
-    /// let mut group = quiesce::Group::<(), String>::new();
+    /// let group = Group::<(), String>::new();
     /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
     /// group.spawn("slow-export", move |_ctx| { let _ = hold.recv(); Ok(()) }).unwrap();
-    /// assert!(group.wait_deadline(Instant::now() + Duration::from_millis(2)).is_none());
+    /// let group = match group.wait_deadline(Instant::now() + Duration::from_millis(2)) {
+    ///     Waited::Running(group) => group,
+    ///     Waited::Done(outcome) => panic!("finished early: {outcome:?}"),
+    /// };
     /// assert_eq!(group.running()[0].name, "slow-export");
     /// drop(release);
-    /// let outcome = group.wait_deadline(Instant::now() + Duration::from_secs(10));
+    /// let outcome = group.wait_deadline(Instant::now() + Duration::from_secs(10)).done();
     /// assert_eq!(outcome, Some(Ok(vec![()])));
     /// ```
-    pub fn wait_deadline(&mut self, deadline: Instant) -> Option<Result<Vec<T>, GroupError<E>>> {
-        let threads = self.threads.get_mut();
-        let report = threads.join_deadline(deadline);
-        if !report.running.is_empty() {
-            return None;
+    pub fn wait_deadline(mut self, deadline: Instant) -> Waited<T, E> {
+        if !self
+            .threads
+            .get_mut()
+            .join_deadline(deadline)
+            .running
+            .is_empty()
+        {
+            return Waited::Running(self);
         }
-        Some(self.take_outcome())
+        Waited::Done(self.finish())
     }
 
-    /// [`wait_deadline`](Group::wait_deadline) `timeout` from now.
+    /// [`wait_deadline`](Group::wait_deadline) `timeout` from now (a
+    /// timeout too large to represent waits for all of them).
     ///
     /// # Examples
     ///
     /// ```
     /// use std::time::Duration;
+    /// use quiesce::Waited;
     ///
-    /// let mut group = quiesce::Group::<(), String>::new();
+    /// let group = quiesce::Group::<(), String>::new();
     /// group.spawn("watch-site-5", |ctx| { let _ = ctx.done().recv(); Ok(()) }).unwrap();
-    /// assert!(group.wait_timeout(Duration::from_millis(2)).is_none()); // still watching
+    /// let Waited::Running(group) = group.wait_timeout(Duration::from_millis(2)) else {
+    ///     panic!("the watcher only stops when cancelled");
+    /// };
     /// group.cancel();
-    /// assert_eq!(group.wait_timeout(Duration::from_secs(10)), Some(Ok(vec![()])));
+    /// assert_eq!(group.wait_timeout(Duration::from_secs(10)).done(), Some(Ok(vec![()])));
     /// ```
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<Result<Vec<T>, GroupError<E>>> {
+    pub fn wait_timeout(self, timeout: Duration) -> Waited<T, E> {
         match crate::deadline::after(timeout) {
             Some(deadline) => self.wait_deadline(deadline),
-            None => {
-                let _ = self.threads.get_mut().join_timeout(Duration::MAX);
-                Some(self.take_outcome())
-            }
+            None => Waited::Done(self.wait()),
         }
     }
 
@@ -592,11 +633,9 @@ impl<T: Send + 'static, E: Send + 'static> Group<T, E> {
         self.guard.cancel();
     }
 
-    fn finish(mut self) -> Result<Vec<T>, GroupError<E>> {
-        self.take_outcome()
-    }
-
-    fn take_outcome(&mut self) -> Result<Vec<T>, GroupError<E>> {
+    /// The outcome, once every task has returned; the group is consumed, so
+    /// this happens once.
+    fn finish(self) -> Result<Vec<T>, GroupError<E>> {
         self.guard.cancel();
         if let Some(err) = self.shared.first.lock().take() {
             return Err(err);

@@ -110,7 +110,7 @@ pub mod leak;
 pub use context::{CancelGuard, Cause, Context, ContextError, OnCancel};
 pub use counters::{Counters, Snapshot};
 pub use done::{shutdown, Done, Shutdown};
-pub use group::{Group, GroupError, LimitError, SpawnError, TrySpawnError};
+pub use group::{Group, GroupError, LimitError, SpawnError, TrySpawnError, Waited};
 pub use handle::{JobError, JobHandle};
 pub use panic::Panic;
 pub use pool::{Job, Pool, PoolBuilder, Refused, ShutdownReport, SubmitError};

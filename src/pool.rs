@@ -438,11 +438,10 @@ impl PoolBuilder {
 
     /// The parent of the pool's context. Cancelling it acts like
     /// [`Pool::abort`] without the report: running jobs see the
-    /// cancellation, workers stop, new submits are refused as
-    /// [`Refused::Closed`], and jobs still queued wait to be handed back by
-    /// [`Pool::shutdown`]. A submit already blocked on a full queue is not
-    /// woken by it: it waits until a shutdown (or the drop of the pool)
-    /// refuses it. Default: the background context.
+    /// cancellation, workers stop, submits — also those already waiting
+    /// for room in a full queue — are refused as [`Refused::Closed`], and
+    /// jobs still queued wait to be handed back by [`Pool::shutdown`].
+    /// Default: the background context.
     ///
     /// # Examples
     ///
@@ -939,7 +938,9 @@ impl Pool {
         };
         let mut sel = Select::new();
         let send = sel.send(&shared.queue_tx);
-        sel.recv(shared.closed.channel());
+        let closed = sel.recv(shared.closed.channel());
+        // A cancelled parent stops the workers: stop waiting for room too.
+        let pool_done = sel.recv(shared.ctx.done());
         let done = match until {
             Until::Context(ctx) => Some(sel.recv(ctx.done())),
             _ => None,
@@ -970,7 +971,12 @@ impl Pool {
                 );
             }
         }
-        let _ = oper.recv(shared.closed.channel());
+        if index == pool_done {
+            let _ = oper.recv(shared.ctx.done());
+        } else {
+            debug_assert_eq!(index, closed);
+            let _ = oper.recv(shared.closed.channel());
+        }
         refuse(Refused::Closed, job)
     }
 

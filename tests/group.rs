@@ -6,7 +6,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use quiesce::{leak, Context, ContextError, Group, GroupError, SpawnError, TrySpawnError};
+use quiesce::{leak, Context, ContextError, Group, GroupError, SpawnError, TrySpawnError, Waited};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -206,7 +206,7 @@ fn a_spawn_waiting_for_a_place_gives_up_when_the_group_is_cancelled() {
 #[test]
 fn wait_deadline_keeps_running_tasks_and_names_them() {
     let leaks = leak::track();
-    let mut group = Group::<(), String>::new();
+    let group = Group::<(), String>::new();
     let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(0);
     group
         .spawn("ignores-its-context", move |_| {
@@ -214,15 +214,16 @@ fn wait_deadline_keeps_running_tasks_and_names_them() {
             Ok(())
         })
         .unwrap();
-    assert!(group
-        .wait_deadline(Instant::now() + Duration::from_millis(10))
-        .is_none());
+    let group = match group.wait_deadline(Instant::now() + Duration::from_millis(10)) {
+        Waited::Running(group) => group,
+        Waited::Done(outcome) => panic!("returned early: {outcome:?}"),
+    };
     let running = group.running();
     assert_eq!(running.len(), 1);
     assert_eq!(running[0].name, "ignores-its-context");
     group.cancel();
     drop(release_tx);
-    assert_eq!(group.wait_timeout(LONG), Some(Ok(vec![()])));
+    assert_eq!(group.wait_timeout(LONG).done(), Some(Ok(vec![()])));
     leaks.assert_none();
 }
 

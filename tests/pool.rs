@@ -602,3 +602,36 @@ fn abort_during_a_draining_shutdown_cancels_the_running_jobs() {
     drop(pool);
     leaks.assert_none();
 }
+
+#[test]
+fn a_submit_waiting_for_room_is_refused_when_the_parent_is_cancelled() {
+    let leaks = leak::track();
+    let (parent, guard) = Context::background().with_cancel();
+    let pool = Arc::new(
+        Pool::builder()
+            .workers(1)
+            .queue(1)
+            .context(&parent)
+            .build()
+            .unwrap(),
+    );
+    let (gate_tx, gate) = bounded::<()>(0);
+    pool.submit(blocker(gate)).unwrap();
+    eventually("the worker is busy", || pool.running() == 1);
+    pool.submit(|_| {}).unwrap(); // fills the queue
+    let waiting = {
+        let pool = pool.clone();
+        thread::spawn(move || pool.submit(|_| {}).map_err(|e| e.reason))
+    };
+    drop(guard);
+    assert_eq!(waiting.join().unwrap(), Err(Refused::Closed));
+    drop(gate_tx);
+    let report = pool.shutdown(Instant::now() + LONG);
+    assert_eq!(
+        report.never_started.len(),
+        1,
+        "the queued job is handed back"
+    );
+    drop(pool);
+    leaks.assert_none();
+}
