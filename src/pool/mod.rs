@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,10 @@ use crate::done::{shutdown, Done, Shutdown};
 use crate::handle::{self, JobHandle};
 use crate::panic::Panic;
 use crate::threads::{Running, Threads};
+
+mod stats;
+
+use stats::{Ended, Padded, Stats, WorkerStats};
 
 type Hook = Arc<dyn Fn(usize) + Send + Sync>;
 type PanicHandler = Arc<dyn Fn(&Panic) + Send + Sync>;
@@ -561,7 +565,10 @@ impl PoolBuilder {
             queue_rx,
             wake_tx,
             wake_rx,
-            intake: RwLock::new(()),
+            intake: Padded(RwLock::new(())),
+            closing: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            elastic: AtomicBool::new(self.min < self.max),
             closed_trigger,
             closed,
             drain_trigger,
@@ -570,13 +577,10 @@ impl PoolBuilder {
             returned: Mutex::new(Vec::new()),
             min: AtomicUsize::new(self.min),
             max: AtomicUsize::new(self.max),
-            workers: AtomicUsize::new(0),
-            idle: AtomicUsize::new(0),
-            running: AtomicUsize::new(0),
+            workers: Padded(AtomicUsize::new(0)),
+            idle: Padded(AtomicUsize::new(0)),
             next_worker: AtomicUsize::new(0),
-            completed: AtomicU64::new(0),
-            panicked: AtomicU64::new(0),
-            cancelled: AtomicU64::new(0),
+            stats: Stats::default(),
             idle_timeout: self.idle_timeout,
             stop_grace: self.stop_grace,
             panic_handler: self.panic_handler,
@@ -668,8 +672,16 @@ struct Shared {
     wake_tx: Sender<()>,
     wake_rx: Receiver<()>,
     /// Submits hold it shared; shutdown takes it exclusively, once, to wait
-    /// for submits under way after `closed` fired.
-    intake: RwLock<()>,
+    /// for submits under way after `closed` fired. Padded: every submit
+    /// writes its lock word.
+    intake: Padded<RwLock<()>>,
+    /// Set just before `closed` fires; what the hot paths read (a
+    /// `try_recv` on the `closed` channel takes a lock).
+    closing: AtomicBool,
+    /// Set just before `drain` fires.
+    draining: AtomicBool,
+    /// `min < max`, kept with them (read on every submit and job).
+    elastic: AtomicBool,
     closed_trigger: Shutdown,
     closed: Done,
     drain_trigger: Shutdown,
@@ -681,13 +693,12 @@ struct Shared {
     returned: Mutex<Vec<Job>>,
     min: AtomicUsize,
     max: AtomicUsize,
-    workers: AtomicUsize,
-    idle: AtomicUsize,
-    running: AtomicUsize,
+    /// Written when workers come and go and go idle: kept off the lines the
+    /// hot paths only read.
+    workers: Padded<AtomicUsize>,
+    idle: Padded<AtomicUsize>,
     next_worker: AtomicUsize,
-    completed: AtomicU64,
-    panicked: AtomicU64,
-    cancelled: AtomicU64,
+    stats: Stats,
     idle_timeout: Duration,
     stop_grace: Duration,
     panic_handler: Option<PanicHandler>,
@@ -915,7 +926,7 @@ impl Pool {
         let shared = &self.shared;
         let refuse = |reason, job| Err(SubmitError { reason, job });
         let _intake = shared.intake.read();
-        if shared.closed.is_fired() || shared.ctx.is_done() {
+        if shared.closing.load(Ordering::Relaxed) || shared.ctx.is_done() {
             return refuse(Refused::Closed, job);
         }
         if let Until::Context(ctx) = until {
@@ -1013,6 +1024,8 @@ impl Pool {
         if fixed || shared.min.load(Ordering::Relaxed) > n {
             shared.min.store(n, Ordering::SeqCst);
         }
+        let min = shared.min.load(Ordering::SeqCst);
+        shared.elastic.store(min < n, Ordering::SeqCst);
         let workers = shared.workers.load(Ordering::SeqCst);
         for _ in n..workers {
             let _ = shared.wake_tx.send(());
@@ -1135,7 +1148,7 @@ impl Pool {
     /// assert_eq!(pool.running(), 0);
     /// ```
     pub fn running(&self) -> usize {
-        self.shared.running.load(Ordering::Relaxed)
+        usize::try_from(self.shared.stats.totals().running).unwrap_or(usize::MAX)
     }
 
     /// Jobs waiting in the queue now.
@@ -1174,7 +1187,7 @@ impl Pool {
     /// assert_eq!(pool.completed(), 3); // the panic is counted apart
     /// ```
     pub fn completed(&self) -> u64 {
-        self.shared.completed.load(Ordering::Relaxed)
+        self.shared.stats.totals().completed
     }
 
     /// Jobs that panicked so far.
@@ -1192,7 +1205,7 @@ impl Pool {
     /// assert_eq!(pool.panicked(), 1);
     /// ```
     pub fn panicked(&self) -> u64 {
-        self.shared.panicked.load(Ordering::Relaxed)
+        self.shared.stats.totals().panicked
     }
 
     /// Live worker threads now.
@@ -1222,7 +1235,7 @@ impl Pool {
     /// assert!(pool.is_closed());
     /// ```
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.is_fired()
+        self.shared.closing.load(Ordering::SeqCst)
     }
 }
 
@@ -1255,14 +1268,14 @@ impl Drop for Pool {
 
 impl Shared {
     fn elastic(&self) -> bool {
-        self.min.load(Ordering::Relaxed) < self.max.load(Ordering::Relaxed)
+        self.elastic.load(Ordering::Relaxed)
     }
 
     /// Starts one more worker if below `max`; `Ok(false)` when at `max` or
     /// closed.
     fn spawn_worker(self: &Arc<Self>) -> io::Result<bool> {
         let mut guard = self.threads.lock();
-        let Some(threads) = guard.as_mut().filter(|_| !self.closed.is_fired()) else {
+        let Some(threads) = guard.as_mut().filter(|_| !self.closing.load(Ordering::SeqCst)) else {
             return Ok(false);
         };
         let max = self.max.load(Ordering::SeqCst);
@@ -1345,18 +1358,17 @@ impl Shared {
             .is_ok()
     }
 
-    fn run_job(&self, job: Job, ctx: &Context) {
+    fn run_job(&self, job: Job, ctx: &Context, stats: &WorkerStats) {
         if ctx.is_done() {
             // Cancelled (abort, deadline, parent): hand it back, unstarted.
             self.returned.lock().push(job);
             return;
         }
-        self.running.fetch_add(1, Ordering::Relaxed);
+        stats.started();
         let panic = (job.f)(ctx);
-        self.running.fetch_sub(1, Ordering::Relaxed);
         match panic {
             Some(panic) => {
-                self.panicked.fetch_add(1, Ordering::Relaxed);
+                stats.ended(Ended::Panicked);
                 log::warn!("pool {}: a job {panic}", self.name);
                 if let Some(handler) = &self.panic_handler {
                     if let Err(p) = crate::panic::catch(|| handler(&panic)) {
@@ -1364,12 +1376,8 @@ impl Shared {
                     }
                 }
             }
-            None if ctx.is_done() => {
-                self.cancelled.fetch_add(1, Ordering::Relaxed);
-            }
-            None => {
-                self.completed.fetch_add(1, Ordering::Relaxed);
-            }
+            None if ctx.is_done() => stats.ended(Ended::Cancelled),
+            None => stats.ended(Ended::Completed),
         }
     }
 
@@ -1379,6 +1387,7 @@ impl Shared {
         let mut shut = self.shut.lock();
         if !*shut {
             *shut = true;
+            self.closing.store(true, Ordering::SeqCst);
             self.closed_trigger.fire();
             drop(self.intake.write());
             log::debug!("pool {}: intake closed", self.name);
@@ -1407,6 +1416,7 @@ impl Shared {
         };
         if let Stop::Drain(deadline) = how {
             // Step 3: intake is sealed, so an empty queue stays empty.
+            self.draining.store(true, Ordering::SeqCst);
             self.drain_trigger.fire();
             let _ = match deadline {
                 Some(deadline) => threads.join_deadline(deadline),
@@ -1431,10 +1441,11 @@ impl Shared {
                 names.join(", ")
             );
         }
+        let totals = self.stats.totals();
         ShutdownReport {
-            completed: self.completed.load(Ordering::Relaxed),
-            panicked: self.panicked.load(Ordering::Relaxed),
-            cancelled: self.cancelled.load(Ordering::Relaxed),
+            completed: totals.completed,
+            panicked: totals.panicked,
+            cancelled: totals.cancelled,
             never_started,
             stuck,
         }
@@ -1447,10 +1458,12 @@ struct WorkerExit<'a> {
     shared: &'a Shared,
     counted: bool,
     index: usize,
+    stats: Arc<WorkerStats>,
 }
 
 impl Drop for WorkerExit<'_> {
     fn drop(&mut self) {
+        self.shared.stats.retire(&self.stats);
         if self.counted {
             self.shared.workers.fetch_sub(1, Ordering::SeqCst);
         }
@@ -1473,10 +1486,12 @@ enum Wake {
 }
 
 fn worker(shared: &Arc<Shared>, ctx: &Context, index: usize) {
+    let stats = shared.stats.register();
     let mut exit = WorkerExit {
         shared,
         counted: true,
         index,
+        stats: stats.clone(),
     };
     if let Some(hook) = &shared.on_start {
         if let Err(p) = crate::panic::catch(|| hook(index)) {
@@ -1490,18 +1505,22 @@ fn worker(shared: &Arc<Shared>, ctx: &Context, index: usize) {
         // Fast path: take queued work without building a `Select`.
         if let Ok(job) = shared.queue_rx.try_recv() {
             shared.took_job();
-            shared.run_job(job, ctx);
+            shared.run_job(job, ctx, &stats);
             continue;
         }
-        if shared.drain.is_fired() {
-            // Intake is sealed before `drain` fires: an empty queue stays
-            // empty.
-            return;
+        if shared.draining.load(Ordering::SeqCst) {
+            // Intake was sealed before `draining` was set, so every job
+            // ever sent is in the queue by now: look once more (the look
+            // above may predate the last sends), then leave when empty.
+            if shared.queue_rx.is_empty() {
+                return;
+            }
+            continue;
         }
         match wait_for_work(shared, ctx) {
             Wake::Job(job) => {
                 shared.took_job();
-                shared.run_job(job, ctx);
+                shared.run_job(job, ctx, &stats);
             }
             Wake::Resize => {
                 if shared.retire(false) {
