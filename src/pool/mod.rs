@@ -1275,7 +1275,10 @@ impl Shared {
     /// closed.
     fn spawn_worker(self: &Arc<Self>) -> io::Result<bool> {
         let mut guard = self.threads.lock();
-        let Some(threads) = guard.as_mut().filter(|_| !self.closing.load(Ordering::SeqCst)) else {
+        let Some(threads) = guard
+            .as_mut()
+            .filter(|_| !self.closing.load(Ordering::SeqCst))
+        else {
             return Ok(false);
         };
         let max = self.max.load(Ordering::SeqCst);
