@@ -84,9 +84,16 @@ impl Analyzer {
             .deadline()
             .unwrap_or_else(|| Instant::now() + DEFAULT_TIMEOUT);
         let result = self.post(ctx, deadline, body);
+        // The socket's own timeouts are set to the time left, so one may
+        // fire a moment before the timer marks the context: that is the
+        // deadline too.
+        let at_deadline = Instant::now() + Duration::from_millis(20) >= deadline;
         match (result, ctx.err()) {
             (Ok(value), _) => Ok(value),
             (Err(_), Some(quiesce::ContextError::DeadlineExceeded)) => {
+                Err("analyzer did not answer before the job deadline".to_string())
+            }
+            (Err(_), None) if at_deadline => {
                 Err("analyzer did not answer before the job deadline".to_string())
             }
             (Err(_), Some(quiesce::ContextError::Canceled)) => {

@@ -271,12 +271,15 @@ fn accept_loop<S>(
     shared: &Shared,
     handler: &impl Handler<S>,
 ) {
+    let mut refused = Refused::default();
     for stream in listener.incoming() {
+        refused.sweep();
         if shared.stopping.load(Ordering::SeqCst) {
             // Answer whatever completed its handshake before the stop (our
             // own wake-up connection among them), then close the listener.
             drop(stream);
-            drain_backlog(listener, handler);
+            drain_backlog(listener, handler, &mut refused);
+            refused.finish();
             return;
         }
         let stream = match stream {
@@ -292,24 +295,92 @@ fn accept_loop<S>(
             Ok(()) => {}
             Err(TrySendError::Full((_, stream))) | Err(TrySendError::Disconnected((_, stream))) => {
                 handler.refused(503, "too many connections");
-                refuse(stream, 503, "too many open connections; retry shortly");
+                refused.add(stream, "too many open connections; retry shortly");
             }
         }
     }
 }
 
-fn drain_backlog<S>(listener: &TcpListener, handler: &impl Handler<S>) {
+/// At the stop: answers `503` to the connections already waiting in the
+/// kernel, for a bounded time (clients that keep connecting must not hold
+/// the stop up), then lets the listener close.
+fn drain_backlog<S>(listener: &TcpListener, handler: &impl Handler<S>, refused: &mut Refused) {
     if listener.set_nonblocking(true).is_err() {
         return;
     }
-    while let Ok((stream, _)) = listener.accept() {
-        let _ = stream.set_nonblocking(false);
+    let until = Instant::now() + Duration::from_millis(100);
+    while Instant::now() < until {
+        let Ok((stream, _)) = listener.accept() else {
+            break;
+        };
         handler.refused(503, "shutting down");
-        refuse(stream, 503, "shutting down; retry on another instance");
+        refused.add(stream, "shutting down; retry on another instance");
+        refused.sweep();
     }
 }
 
-/// Answers a connection we will not serve, without reading its request.
+/// Connections answered `503` before being read, kept open a moment while
+/// what the client still sends is read and discarded (see
+/// [`linger_close`]), without holding up the accept thread: each is
+/// non-blocking and looked at again at the next accept.
+#[derive(Default)]
+struct Refused {
+    conns: Vec<(TcpStream, Instant)>,
+}
+
+impl Refused {
+    /// Most connections lingering at once; past it the oldest is closed.
+    const MAX: usize = 1024;
+    const LINGER: Duration = Duration::from_millis(50);
+
+    fn add(&mut self, mut stream: TcpStream, message: &str) {
+        let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+        let response = Response::json(503, &serde_json::json!({ "error": message }))
+            .with_header("Retry-After", "1");
+        let _ = write_response(&mut stream, &response, true);
+        let _ = stream.shutdown(Shutdown::Write);
+        if stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        if self.conns.len() >= Self::MAX {
+            self.conns.remove(0);
+        }
+        self.conns.push((stream, Instant::now() + Self::LINGER));
+    }
+
+    /// Closes those whose client has closed or whose time is up.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        self.conns
+            .retain_mut(|(stream, until)| now < *until && still_open(stream));
+    }
+
+    /// Gives the last ones their moment, then closes them all.
+    fn finish(mut self) {
+        while !self.conns.is_empty() {
+            std::thread::sleep(Duration::from_millis(5));
+            self.sweep();
+        }
+    }
+}
+
+/// Reads and discards what is there without blocking; `false` once the
+/// client has closed (or the connection broke).
+fn still_open(stream: &mut TcpStream) -> bool {
+    let mut sink = [0u8; 4096];
+    loop {
+        match stream.read(&mut sink) {
+            Ok(0) => return false,
+            Ok(_) => continue,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Answers a connection a handler will not serve, without reading its
+/// request.
 fn refuse(mut stream: TcpStream, status: u16, message: &str) {
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
     let response = Response::json(status, &serde_json::json!({ "error": message }))
@@ -411,10 +482,7 @@ impl Connection<'_> {
     fn serve<S, H: Handler<S>>(&mut self, state: &mut S, handler: &H) {
         let _ = self.stream.set_nodelay(true);
         loop {
-            self.set_idle(true);
-            let request = self.read_request();
-            self.set_idle(false);
-            let request = match request {
+            let request = match self.read_request() {
                 Ok(request) => request,
                 Err(ReadError::Closed) => return,
                 Err(ReadError::Reject(status, why)) => {
@@ -454,7 +522,12 @@ impl Connection<'_> {
     fn read_request(&mut self) -> Result<Request, ReadError> {
         let limits = &self.shared.limits;
         if self.buf.is_empty() {
-            self.wait_first_byte()?;
+            // Idle only until a request starts: a stop closes idle
+            // connections, never one with a request under way.
+            self.set_idle(true);
+            let first = self.wait_first_byte();
+            self.set_idle(false);
+            first?;
         }
         let head_deadline = Instant::now() + limits.header_timeout;
         let (head_len, mut request, framing) = loop {

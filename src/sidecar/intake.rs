@@ -15,7 +15,6 @@
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -85,7 +84,7 @@ impl Service for Intake {
         let _ = ctx.done().recv();
         let stuck = server.stop(Instant::now() + self.stop_budget);
         if stuck.is_empty() {
-            log::info!("intake stopped: every request answered");
+            log::info!("intake stopped");
             Ok(())
         } else {
             Err(format!(
@@ -165,6 +164,11 @@ impl Api {
                 "GET" => ("GET /v1/enrollment", self.enrollment()),
                 _ => ("/v1/enrollment", not_allowed("GET")),
             },
+            "/livez" | "/healthz" | "/readyz" | "/metrics"
+                if method != "GET" && method != "HEAD" =>
+            {
+                ("health", not_allowed("GET, HEAD"))
+            }
             "/livez" | "/healthz" => (
                 "GET /livez",
                 Response::json(200, &json!({ "status": "ok" })),
@@ -220,16 +224,14 @@ impl Api {
                 );
             }
         };
-        if self.shared.backlog.load(Ordering::SeqCst) >= self.max_backlog {
-            return error(429, "too many reports waiting to be processed; retry later")
-                .with_header("Retry-After", RETRY_AFTER);
-        }
         let report_id = report.report_id.clone();
         let hash = report.content_hash();
-        match self
-            .store
-            .call(Op::Insert { report, hash }, Instant::now() + STORE_WAIT)
-        {
+        let insert = Op::Insert {
+            report,
+            hash,
+            max_backlog: self.max_backlog,
+        };
+        match self.store.call(insert, Instant::now() + STORE_WAIT) {
             Ok(Outcome::Accepted) => Response::json(
                 202,
                 &json!({ "report_id": report_id, "status": "accepted" }),
@@ -238,6 +240,10 @@ impl Api {
                 200,
                 &json!({ "report_id": report_id, "status": "duplicate" }),
             ),
+            Ok(Outcome::BacklogFull) => {
+                error(429, "too many reports waiting to be processed; retry later")
+                    .with_header("Retry-After", RETRY_AFTER)
+            }
             Ok(Outcome::Conflict) => Response::json(
                 409,
                 &json!({ "error": "report_id already used for a different report", "field": "report_id" }),

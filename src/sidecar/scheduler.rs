@@ -1,6 +1,7 @@
 //! The `scheduler` service: every `--summary-interval`, a summary of the
 //! period since the last one — per site, reports received, alerts raised
-//! and distinct patients — stored in the database and written as a JSON
+//! (reports processed in the period with an alert) and distinct patients
+//! among the reports received — stored in the database and written as a JSON
 //! file in `<data-dir>/summaries/`, atomically (a temporary file, fsynced,
 //! renamed, and the directory fsynced).
 
@@ -72,8 +73,14 @@ impl Scheduler {
         )?;
         let end = now_ms();
         let mut stmt = reader.prepare_cached(
-            "SELECT site_id, COUNT(*), COALESCE(SUM(alert), 0), COUNT(DISTINCT patient_id)
-             FROM reports WHERE received_at >= ?1 AND received_at < ?2
+            // Reports and patients by when they arrived; alerts by when they
+            // were raised (processed), so each is counted in one period.
+            "SELECT site_id,
+                    SUM(received_at >= ?1 AND received_at < ?2),
+                    SUM(alert = 1 AND processed_at >= ?1 AND processed_at < ?2),
+                    COUNT(DISTINCT CASE WHEN received_at >= ?1 AND received_at < ?2 THEN patient_id END)
+             FROM reports
+             WHERE (received_at >= ?1 AND received_at < ?2) OR (processed_at >= ?1 AND processed_at < ?2)
              GROUP BY site_id ORDER BY site_id",
         )?;
         let mut sites = Vec::new();

@@ -209,7 +209,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let budget = args.shutdown_timeout - args.drain_delay;
     let intake_stop = budget.mul_f64(0.3);
     let pipeline_stop = budget.mul_f64(0.5);
-    let store_stop = budget.mul_f64(0.15);
+    // The store stops last, with whatever is left (the supervisor holds it
+    // to the overall deadline): its final commit and checkpoint must not
+    // be cut short by a fixed share.
+    let store_stop = budget;
 
     let (work_added_tx, work_added_rx) = crossbeam_channel::bounded(1);
     let shared = Arc::new(store::Shared {

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS reports (
 );
 CREATE INDEX IF NOT EXISTS reports_due ON reports (next_attempt_at) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS reports_received ON reports (received_at);
+CREATE INDEX IF NOT EXISTS reports_processed ON reports (processed_at);
 CREATE TABLE IF NOT EXISTS enrollment (
     site_id     TEXT NOT NULL,
     patient_id  TEXT NOT NULL,
@@ -108,6 +109,9 @@ pub enum Op {
         /// Its [`Report::content_hash`] (computed by the caller, off the
         /// writer thread).
         hash: String,
+        /// Refuse a new report ([`Outcome::BacklogFull`]) when this many
+        /// are queued; a duplicate is still recognised.
+        max_backlog: i64,
     },
     /// Store a report's result and mark it processed.
     Complete {
@@ -164,6 +168,8 @@ pub enum Outcome {
     Duplicate,
     /// Another report with the same id.
     Conflict,
+    /// A new report, refused: the backlog is at its limit.
+    BacklogFull,
     /// An update that changed a row.
     Done,
     /// An update that found nothing to change (already processed).
@@ -291,7 +297,13 @@ impl Service for Store {
             select! {
                 recv(self.rx) -> cmd => match cmd {
                     Ok(cmd) => self.commit_batch(&mut conn, cmd),
-                    Err(_) => break,
+                    // Every producer has gone (the services above stopped
+                    // first): nothing more can come, but the store stops
+                    // when it is told to, not on its own.
+                    Err(_) => {
+                        let _ = ctx.done().recv();
+                        break;
+                    }
                 },
                 recv(ctx.done()) -> _ => break,
             }
@@ -345,10 +357,14 @@ impl Store {
         let mut batch = vec![first];
         batch.extend(self.rx.try_iter().take(MAX_BATCH - 1));
         let started = Instant::now();
+        // The backlog as this transaction sees it (its own inserts count).
+        let mut backlog = self.shared.backlog.load(Ordering::SeqCst);
         let applied = match conn.transaction() {
             Ok(tx) => {
-                let results: Vec<Result<Effect, String>> =
-                    batch.iter().map(|c| apply(&tx, &c.op)).collect();
+                let results: Vec<Result<Effect, String>> = batch
+                    .iter()
+                    .map(|c| apply(&tx, &c.op, &mut backlog))
+                    .collect();
                 tx.commit().map(|()| results).map_err(|e| e.to_string())
             }
             Err(err) => Err(err.to_string()),
@@ -434,13 +450,17 @@ fn changed(rows: usize) -> Outcome {
     }
 }
 
-fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Effect, String> {
-    apply_sql(tx, op).map_err(|e| e.to_string())
+fn apply(tx: &Transaction<'_>, op: &Op, backlog: &mut i64) -> Result<Effect, String> {
+    apply_sql(tx, op, backlog).map_err(|e| e.to_string())
 }
 
-fn apply_sql(tx: &Transaction<'_>, op: &Op) -> rusqlite::Result<Effect> {
+fn apply_sql(tx: &Transaction<'_>, op: &Op, backlog: &mut i64) -> rusqlite::Result<Effect> {
     match op {
-        Op::Insert { report, hash } => {
+        Op::Insert {
+            report,
+            hash,
+            max_backlog,
+        } => {
             let existing: Option<String> = tx
                 .prepare_cached("SELECT content_hash FROM reports WHERE report_id = ?1")?
                 .query_row([&report.report_id], |r| r.get(0))
@@ -453,6 +473,10 @@ fn apply_sql(tx: &Transaction<'_>, op: &Op) -> rusqlite::Result<Effect> {
                 }
                 .into());
             }
+            if *backlog >= *max_backlog {
+                return Ok(Outcome::BacklogFull.into());
+            }
+            *backlog += 1;
             let answers = serde_json::to_string(&report.answers).expect("answers serialise");
             tx.prepare_cached(
                 "INSERT INTO reports (report_id, patient_id, site_id, instrument, submitted_at, answers,
