@@ -1,12 +1,190 @@
-//! `quiesce anonymize` (being built).
+//! `quiesce anonymize`: replaces the identifier columns of CSV exports by
+//! keyed pseudonyms, many files at once.
+//!
+//! The flow, one module per step:
+//!
+//! - [`args`]: the command line, checked into [`args::Settings`];
+//! - [`key`]: the secret key (file or environment, never a default);
+//! - [`inputs`]: the files to do and their outputs, refused before any
+//!   write if an output would overwrite an input;
+//! - [`batch`]: the files on `quiesce::scope`, at most N at once, under a
+//!   context cancelled by SIGINT/SIGTERM or the `--timeout` deadline;
+//! - [`transform`]: one file, row by row ([`columns`], [`pseudonym`],
+//!   [`dialect`], [`source`]), into an [`output`] that appears whole or not
+//!   at all;
+//! - [`progress`] while it runs, [`summary`] at the end, with the exit
+//!   status.
+
+mod args;
+mod batch;
+mod columns;
+mod dialect;
+mod inputs;
+mod key;
+mod output;
+mod progress;
+mod pseudonym;
+mod source;
+mod summary;
+mod transform;
 
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-/// Options of `quiesce anonymize`.
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+use anyhow::Context as _;
+use quiesce::signals::{signal_context, signal_name, SignalGuard};
+use quiesce::{Context, ContextError};
 
-/// Runs `quiesce anonymize`.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("anonymize is not built yet")
+pub use args::Args;
+
+use args::{Settings, Usage};
+use indicatif::HumanBytes;
+use key::Key;
+use progress::Progress;
+use pseudonym::Pseudonymizer;
+use summary::{Stop, Summary, EXIT_USAGE};
+use transform::Transform;
+
+/// How often the progress bar is redrawn.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Runs `quiesce anonymize`; the exit status is documented in `--help`.
+///
+/// # Errors
+///
+/// Only what stops the whole run before any file is processed (signal
+/// handlers that cannot be installed, an output directory that cannot be
+/// created); usage mistakes are printed here and give exit status 2.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    match args.validate().and_then(|s| prepare(s, started)) {
+        Ok(prepared) => prepared.run(),
+        Err(usage) => {
+            progress::say(&format!("quiesce: {usage}"));
+            Ok(ExitCode::from(EXIT_USAGE))
+        }
+    }
+}
+
+/// Everything checked, nothing written yet.
+struct Prepared {
+    settings: Settings,
+    pseudonyms: Pseudonymizer,
+    found: inputs::Found,
+    started: Instant,
+}
+
+fn prepare(settings: Settings, started: Instant) -> Result<Prepared, Usage> {
+    let key = Key::load(settings.key_file.as_deref())?;
+    let pseudonyms = Pseudonymizer::new(&key).map_err(|e| Usage(format!("{e:#}")))?;
+    let found = inputs::discover(&settings.inputs, &settings.out)?;
+    Ok(Prepared {
+        settings,
+        pseudonyms,
+        found,
+        started,
+    })
+}
+
+impl Prepared {
+    fn run(self) -> anyhow::Result<ExitCode> {
+        let Prepared {
+            settings,
+            pseudonyms,
+            found,
+            started,
+        } = self;
+        std::fs::create_dir_all(&settings.out)
+            .with_context(|| format!("cannot create --out {}", settings.out.display()))?;
+        let (signals_ctx, signals) = signal_context(&Context::background())
+            .context("cannot install the SIGINT/SIGTERM handlers")?;
+        let (ctx, _deadline) = match settings.timeout {
+            Some(timeout) => signals_ctx.with_timeout(timeout.saturating_sub(started.elapsed())),
+            None => signals_ctx.with_cancel(),
+        };
+
+        log::info!(
+            "anonymizing {} ({}) into {}, {} at a time",
+            summary::plural(found.jobs.len() as u64, "file"),
+            HumanBytes(found.bytes()),
+            settings.out.display(),
+            settings.concurrency
+        );
+        let progress = Progress::new(settings.quiet, found.jobs.len(), found.bytes());
+        let transform = Transform {
+            columns: &settings.columns,
+            pseudonyms: &pseudonyms,
+            progress: &progress,
+        };
+        let mut files = with_ticker(&progress, || {
+            batch::run(&found.jobs, settings.concurrency, &ctx, |job, ctx| {
+                transform.file(job, ctx)
+            })
+        });
+        progress.clear();
+
+        files.extend(found.problems.iter().map(|p| summary::FileReport {
+            name: p.name.clone(),
+            rows: 0,
+            bytes: 0,
+            elapsed: Duration::ZERO,
+            status: summary::Status::Failed(p.message.clone()),
+        }));
+        let summary = Summary {
+            files,
+            elapsed: started.elapsed(),
+            stop: stop_reason(&ctx, &signals, settings.timeout),
+        };
+        drop(signals);
+        if settings.quiet {
+            if let Some(stop) = &summary.stop {
+                progress::say(&format!("quiesce: {stop}"));
+            }
+        } else {
+            progress::show(&summary.to_string());
+        }
+        log::debug!("finished in {:?}", summary.elapsed);
+        Ok(summary.exit_code())
+    }
+}
+
+/// Runs `f` with a named thread redrawing the progress bar (when there is
+/// one); the thread is joined before returning.
+fn with_ticker<R>(progress: &Progress, f: impl FnOnce() -> R) -> R {
+    if !progress.has_bar() {
+        return f();
+    }
+    std::thread::scope(|ts| {
+        let (stop, done) = quiesce::shutdown();
+        let ticker = std::thread::Builder::new()
+            .name("quiesce-anon-progress".to_string())
+            .spawn_scoped(ts, move || {
+                while !done.wait_timeout(TICK) {
+                    progress.tick();
+                }
+            });
+        if let Err(err) = &ticker {
+            log::warn!("no progress bar: cannot start its thread: {err}");
+        }
+        let result = f();
+        stop.fire();
+        if let Ok(ticker) = ticker {
+            if ticker.join().is_err() {
+                log::warn!("the progress thread panicked");
+            }
+        }
+        result
+    })
+}
+
+/// Why the run's context is done, if it is.
+fn stop_reason(ctx: &Context, signals: &SignalGuard, timeout: Option<Duration>) -> Option<Stop> {
+    match ctx.err()? {
+        ContextError::DeadlineExceeded => Some(Stop::Deadline(timeout.unwrap_or_default())),
+        ContextError::Canceled => Some(Stop::Signal(
+            signals
+                .received()
+                .map_or_else(|| "a cancellation".to_string(), signal_name),
+        )),
+    }
 }

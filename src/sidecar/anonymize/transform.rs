@@ -1,0 +1,230 @@
+//! One file, streamed row by row: read a record, replace the identifier
+//! fields by their pseudonyms, leave out the dropped ones, write it. Memory
+//! stays flat (two buffers, two records, a bounded cache); the context is
+//! checked every [`CHECK_EVERY`] rows.
+
+use std::fs::File;
+use std::io::Write;
+use std::time::Instant;
+
+use csv::{ByteRecord, Reader, Terminator};
+use quiesce::Context;
+
+use super::columns::{Action, Columns};
+use super::dialect::{self, Dialect, BOM};
+use super::inputs::Job;
+use super::output::Pending;
+use super::progress::Progress;
+use super::pseudonym::Pseudonymizer;
+use super::source::{Source, MAX_RECORD};
+use super::summary::{FileReport, Status};
+
+/// Rows between two looks at the context (and two progress updates).
+const CHECK_EVERY: u64 = 256;
+/// Read and write buffer size.
+const BUFFER: usize = 256 * 1024;
+
+/// Why a file did not finish.
+enum Stop {
+    Cancelled,
+    Failed(String),
+}
+
+/// Rows and input bytes done so far, and what of them the progress
+/// counters have been told.
+struct Tally<'a> {
+    progress: &'a Progress,
+    rows: u64,
+    bytes: u64,
+    told: (u64, u64),
+}
+
+impl Tally<'_> {
+    /// Tells the progress counters about the rows since the last call and
+    /// the bytes up to `bytes`.
+    fn publish(&mut self, bytes: u64) {
+        self.bytes = self.bytes.max(bytes);
+        let (rows, told_bytes) = self.told;
+        self.progress
+            .advance(self.rows - rows, self.bytes.saturating_sub(told_bytes));
+        self.told = (self.rows, self.bytes);
+    }
+}
+
+/// What one file needs besides itself.
+pub(crate) struct Transform<'a> {
+    pub(crate) columns: &'a Columns,
+    pub(crate) pseudonyms: &'a Pseudonymizer,
+    pub(crate) progress: &'a Progress,
+}
+
+impl Transform<'_> {
+    /// Anonymizes `job.input` into `job.output`, stopping between rows once
+    /// `ctx` is done; reports what happened (the output exists only if the
+    /// status is [`Status::Done`]).
+    pub(crate) fn file(&self, job: &Job, ctx: &Context) -> FileReport {
+        let started = Instant::now();
+        let mut tally = Tally {
+            progress: self.progress,
+            rows: 0,
+            bytes: 0,
+            told: (0, 0),
+        };
+        let status = match self.stream(job, ctx, &mut tally) {
+            Ok(()) => Status::Done,
+            Err(Stop::Cancelled) => Status::Cancelled,
+            Err(Stop::Failed(why)) => {
+                // The rest of the file counts as handled, for the bar.
+                tally.publish(0);
+                let rest = job.size.saturating_sub(tally.bytes);
+                self.progress.advance(0, rest);
+                Status::Failed(why)
+            }
+        };
+        let report = FileReport {
+            name: job.name(),
+            rows: tally.rows,
+            bytes: tally.bytes,
+            elapsed: started.elapsed(),
+            status,
+        };
+        self.progress.finished(&report);
+        report
+    }
+
+    fn stream(&self, job: &Job, ctx: &Context, tally: &mut Tally<'_>) -> Result<(), Stop> {
+        let mut file = File::open(&job.input).map_err(|e| fail(format!("cannot open: {e}")))?;
+        let dialect = Dialect::sniff(&mut file).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .buffer_capacity(BUFFER)
+            .from_reader(Source::new(file, MAX_RECORD));
+
+        let mut header = ByteRecord::new();
+        if !read(&mut reader, &mut header)? {
+            return Err(fail("the file is empty: no header row".to_string()));
+        }
+        let plan = self.columns.plan(&header).map_err(Stop::Failed)?;
+
+        let (pending, out_file) = Pending::create(&job.output)
+            .map_err(|e| fail(format!("cannot create {}: {e}", job.output.display())))?;
+        let mut writer = writer(out_file, dialect)
+            .map_err(|e| fail(format!("cannot write {}: {e}", job.output.display())))?;
+        let write_err = |e: csv::Error| fail(format!("cannot write {}: {e}", job.output.display()));
+
+        writer
+            .write_byte_record(&header_out(&header, &plan))
+            .map_err(write_err)?;
+
+        let mut cache = self.pseudonyms.cache();
+        let (mut row, mut out) = (ByteRecord::new(), ByteRecord::new());
+        let (mut last_start, mut last_line) = (0u64, 1u64);
+        loop {
+            let next = reader.position().byte();
+            reader.get_mut().record_starts(next);
+            match read(&mut reader, &mut row) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(stop) => {
+                    tally.publish(reader.position().byte());
+                    return Err(stop);
+                }
+            }
+            tally.rows += 1;
+            if let Some(pos) = row.position() {
+                (last_start, last_line) = (pos.byte(), pos.line());
+            }
+            out.clear();
+            for (field, action) in row.iter().zip(&plan) {
+                match action {
+                    Action::Keep => out.push_field(field),
+                    Action::Pseudonymize => cache.push(self.pseudonyms, field, &mut out),
+                    Action::Drop => {}
+                }
+            }
+            writer.write_byte_record(&out).map_err(write_err)?;
+            if tally.rows % CHECK_EVERY == 0 {
+                tally.publish(reader.position().byte());
+                if ctx.is_done() {
+                    return Err(Stop::Cancelled);
+                }
+            }
+        }
+        tally.publish(reader.position().byte());
+
+        if dialect::ends_inside_quotes(&job.input, last_start)
+            .map_err(|e| fail(format!("cannot read: {e}")))?
+        {
+            return Err(fail(format!(
+                "line {last_line}: a quoted field is never closed (unclosed quote)"
+            )));
+        }
+        let out_file = writer.into_inner().map_err(|e| {
+            fail(format!(
+                "cannot write {}: {}",
+                job.output.display(),
+                e.error()
+            ))
+        })?;
+        pending
+            .commit(out_file)
+            .map_err(|e| fail(format!("cannot write {}: {e}", job.output.display())))
+    }
+}
+
+/// The header without the dropped columns (identifier columns keep their
+/// names).
+fn header_out(header: &ByteRecord, plan: &[Action]) -> ByteRecord {
+    header
+        .iter()
+        .zip(plan)
+        .filter(|(_, action)| **action != Action::Drop)
+        .map(|(field, _)| field)
+        .collect()
+}
+
+fn fail(why: String) -> Stop {
+    Stop::Failed(why)
+}
+
+/// A CSV writer keeping the input's byte order mark and line ends.
+fn writer(mut file: File, dialect: Dialect) -> std::io::Result<csv::Writer<File>> {
+    if dialect.bom {
+        file.write_all(BOM)?;
+    }
+    let terminator = if dialect.crlf {
+        Terminator::CRLF
+    } else {
+        Terminator::Any(b'\n')
+    };
+    Ok(csv::WriterBuilder::new()
+        .terminator(terminator)
+        .buffer_capacity(BUFFER)
+        .from_writer(file))
+}
+
+/// Reads the next record; `Ok(false)` at the end. A malformed record fails
+/// the file with its line number.
+fn read(reader: &mut Reader<Source<File>>, record: &mut ByteRecord) -> Result<bool, Stop> {
+    let line = reader.position().line();
+    reader.read_byte_record(record).map_err(|err| {
+        if reader.get_ref().tripped() {
+            return fail(format!(
+                "line {line}: a record longer than {} MiB (an unclosed quote?)",
+                MAX_RECORD / (1024 * 1024)
+            ));
+        }
+        match err.kind() {
+            csv::ErrorKind::UnequalLengths {
+                pos,
+                expected_len,
+                len,
+            } => fail(format!(
+                "line {}: {len} fields where the header has {expected_len}",
+                pos.as_ref().map_or(line, |p| p.line())
+            )),
+            csv::ErrorKind::Io(e) => fail(format!("cannot read (near line {line}): {e}")),
+            _ => fail(format!("line {line}: {err}")),
+        }
+    })
+}

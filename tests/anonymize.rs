@@ -1,0 +1,941 @@
+//! `quiesce anonymize` as a user runs it (issue 6): generated CSV exports
+//! in a scratch directory, the real binary, its exit status, its output
+//! files parsed back with the `csv` crate.
+//!
+//! Every run has a watchdog: a child still alive after a minute is killed
+//! and the test fails. Nothing here asserts on wall-clock time.
+#![cfg(feature = "sidecar")]
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+const WATCHDOG: Duration = Duration::from_secs(60);
+const KEY: &str = "test-key-0123456789abcdef";
+const OTHER_KEY: &str = "another-key-fedcba9876543210";
+const HEADER: [&str; 6] = ["patient_id", "name", "dob", "visit", "score", "notes"];
+
+// ---------------------------------------------------------------- harness
+
+/// A scratch directory under the system temp dir, removed on drop (also
+/// when the test fails).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Scratch {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "quiesce-anonymize-{test}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+
+    /// Writes `bytes` to `rel`, creating its directories.
+    fn write(&self, rel: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.path(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, bytes).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// CSV text of `rows` (the first is the header), written by the csv crate.
+fn csv_bytes(rows: &[Vec<&str>]) -> Vec<u8> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for row in rows {
+        w.write_record(row).unwrap();
+    }
+    w.into_inner().unwrap()
+}
+
+/// Every record of a CSV file, header included, as bytes.
+fn records(path: &Path) -> Vec<Vec<Vec<u8>>> {
+    let mut r = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_path(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    r.byte_records()
+        .map(|rec| rec.unwrap().iter().map(<[u8]>::to_vec).collect())
+        .collect()
+}
+
+fn column(records: &[Vec<Vec<u8>>], name: &str) -> Vec<Vec<u8>> {
+    let i = records[0]
+        .iter()
+        .position(|h| h == name.as_bytes())
+        .unwrap_or_else(|| panic!("no column {name}"));
+    records[1..].iter().map(|r| r[i].clone()).collect()
+}
+
+/// What the test computes on its own: `anon_` + 16 hex digits of
+/// HMAC-SHA256(key, value).
+fn expected_pseudonym(key: &str, value: &[u8]) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(value);
+    let tag = mac.finalize().into_bytes();
+    let hex: String = tag[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("anon_{hex}").into_bytes()
+}
+
+/// Every file under `dir`, relative to it, sorted.
+fn files_under(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let rel = path.strip_prefix(root).unwrap();
+                out.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+fn assert_no_temp_files(dir: &Path) {
+    let temps: Vec<String> = files_under(dir)
+        .into_iter()
+        .filter(|f| f.contains("quiesce-tmp"))
+        .collect();
+    assert!(temps.is_empty(), "temporary files left: {temps:?}");
+}
+
+/// `quiesce anonymize ARGS` with the test key in the environment.
+fn anonymize(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quiesce"));
+    cmd.arg("anonymize")
+        .args(args)
+        .env("QUIESCE_ANON_KEY", KEY)
+        .env_remove("QUIESCE_ANON_KEY_FILE")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// A running child whose stderr lines arrive on a channel.
+struct Running {
+    child: Child,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<()>>,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    started: Instant,
+}
+
+/// What a finished run left.
+#[derive(Debug)]
+struct Finished {
+    code: Option<i32>,
+    stdout: String,
+    stderr: Vec<String>,
+}
+
+impl Finished {
+    fn stderr_text(&self) -> String {
+        self.stderr.join("\n")
+    }
+}
+
+fn start(mut cmd: Command) -> Running {
+    let mut child = cmd.spawn().expect("start quiesce");
+    let mut out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let stdout = thread::Builder::new()
+        .name("test-stdout".into())
+        .spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        })
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let stderr = thread::Builder::new()
+        .name("test-stderr".into())
+        .spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        })
+        .unwrap();
+    Running {
+        child,
+        stdout: Some(stdout),
+        stderr: Some(stderr),
+        lines,
+        seen: Vec::new(),
+        started: Instant::now(),
+    }
+}
+
+impl Running {
+    fn left(&self) -> Duration {
+        WATCHDOG.saturating_sub(self.started.elapsed())
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    fn wait_for_line(&mut self, needle: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(self.left()) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    panic!("no line with {needle:?} on stderr; saw {:#?}", self.seen);
+                }
+            }
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// Waits for the exit (killing the child at the watchdog).
+    fn finish(mut self) -> Finished {
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if self.left().is_zero() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "quiesce still running after {WATCHDOG:?}; stderr so far: {:#?}",
+                    self.seen
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        let stdout = self.stdout.take().unwrap().join().unwrap();
+        self.stderr.take().unwrap().join().unwrap();
+        self.seen.extend(self.lines.try_iter());
+        Finished {
+            code: status.code(),
+            stdout,
+            stderr: std::mem::take(&mut self.seen),
+        }
+    }
+}
+
+fn run(cmd: Command) -> Finished {
+    start(cmd).finish()
+}
+
+/// Runs and checks the exit status, showing the output if it differs.
+fn run_expect(cmd: Command, code: i32) -> Finished {
+    let finished = run(cmd);
+    assert_eq!(
+        finished.code,
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        finished.stdout,
+        finished.stderr_text()
+    );
+    finished
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A visit export: `rows` rows over 50 patients, with empty identifiers
+/// now and then and notes that need quoting.
+fn export(visit: &str, rows: usize, seed: usize) -> Vec<u8> {
+    let mut owned: Vec<Vec<String>> = vec![HEADER.iter().map(|h| h.to_string()).collect()];
+    for i in 0..rows {
+        let p = (i * 7 + seed) % 50;
+        owned.push(vec![
+            if i % 13 == 5 {
+                String::new()
+            } else {
+                format!("P-{p:04}")
+            },
+            format!("Doe, Jane {p}"),
+            if i % 11 == 3 {
+                String::new()
+            } else {
+                format!("19{}-0{}-1{}", 40 + p, 1 + p % 9, p % 10)
+            },
+            visit.to_string(),
+            (i % 41).to_string(),
+            if i % 4 == 0 {
+                format!("said \"ok\", then\nleft ({i})")
+            } else {
+                format!("note {i}")
+            },
+        ]);
+    }
+    let rows: Vec<Vec<&str>> = owned
+        .iter()
+        .map(|r| r.iter().map(String::as_str).collect())
+        .collect();
+    csv_bytes(&rows)
+}
+
+/// A large export, quickly: `rows` lines of plain fields.
+fn big_export(rows: usize) -> Vec<u8> {
+    let mut out = String::with_capacity(rows * 80);
+    out.push_str("patient_id,name,dob,visit,score,notes\n");
+    for i in 0..rows {
+        let p = i % 5000;
+        out.push_str(&format!(
+            "P-{p:05},Name {p},19{}-01-{:02},week{},{},free text for row {i}\n",
+            10 + p % 90,
+            1 + p % 28,
+            i % 12,
+            i % 41
+        ));
+    }
+    out.into_bytes()
+}
+
+// ------------------------------------------------------------------ tests
+
+#[test]
+fn pseudonyms_are_the_same_across_files_and_runs_and_change_with_the_key() {
+    let dir = Scratch::new("consistent");
+    let a = dir.write("in/baseline.csv", &export("baseline", 200, 0));
+    let b = dir.write("in/week4.csv", &export("week4", 150, 3));
+    let out1 = dir.path("out1");
+    let out2 = dir.path("out2");
+    let out3 = dir.path("out3");
+    let cols = "patient_id,name,dob";
+    run_expect(
+        anonymize(&["--columns", cols, "--out", s(&out1), s(&a), s(&b)]),
+        0,
+    );
+    run_expect(
+        anonymize(&["-c", cols, "-o", s(&out2), "-j", "1", s(&b), s(&a)]),
+        0,
+    );
+    let mut other = anonymize(&["-c", cols, "-o", s(&out3), s(&a), s(&b)]);
+    other.env("QUIESCE_ANON_KEY", OTHER_KEY);
+    run_expect(other, 0);
+
+    for name in ["baseline.csv", "week4.csv"] {
+        let input = records(&dir.path(&format!("in/{name}")));
+        let first = records(&out1.join(name));
+        let second = records(&out2.join(name));
+        let third = records(&out3.join(name));
+        assert_eq!(first, second, "{name}: another run gave other output");
+        assert_eq!(first[0], input[0], "{name}: header changed");
+        for col in ["patient_id", "name", "dob"] {
+            let plain = column(&input, col);
+            let ours = column(&first, col);
+            let keyed_otherwise = column(&third, col);
+            for ((value, p1), p3) in plain.iter().zip(&ours).zip(&keyed_otherwise) {
+                if value.is_empty() {
+                    assert!(
+                        p1.is_empty() && p3.is_empty(),
+                        "{name}/{col}: empty must stay empty"
+                    );
+                } else {
+                    assert_eq!(p1, &expected_pseudonym(KEY, value), "{name}/{col}");
+                    assert_eq!(p3, &expected_pseudonym(OTHER_KEY, value), "{name}/{col}");
+                    assert_ne!(p1, p3, "{name}/{col}: another key, same pseudonym");
+                }
+            }
+        }
+    }
+    // The same patient has the same pseudonym in both files.
+    let ids = |name: &str| column(&records(&out1.join(name)), "patient_id");
+    let (base, week4) = (ids("baseline.csv"), ids("week4.csv"));
+    let shared = base
+        .iter()
+        .filter(|p| !p.is_empty() && week4.contains(p))
+        .count();
+    assert!(shared > 0, "no pseudonym shared between the two files");
+}
+
+#[test]
+fn other_columns_are_untouched_field_by_field() {
+    let dir = Scratch::new("untouched");
+    let input = dir.write("visits.csv", &export("week8", 500, 1));
+    let out = dir.path("out");
+    run_expect(
+        anonymize(&["-c", "patient_id,dob", "-o", s(&out), s(&input)]),
+        0,
+    );
+    let before = records(&input);
+    let after = records(&out.join("visits.csv"));
+    assert_eq!(before.len(), after.len(), "row count");
+    assert_eq!(before[0], after[0], "header and its order");
+    for (line, (b, a)) in before.iter().zip(&after).enumerate().skip(1) {
+        assert_eq!(b.len(), a.len(), "record {line}: field count");
+        for (i, name) in HEADER.iter().enumerate() {
+            if *name == "patient_id" || *name == "dob" {
+                if !b[i].is_empty() {
+                    assert_ne!(b[i], a[i], "record {line}: {name} not replaced");
+                }
+            } else {
+                assert_eq!(b[i], a[i], "record {line}: {name} changed");
+            }
+        }
+    }
+}
+
+#[test]
+fn quoting_with_commas_quotes_and_newlines_survives() {
+    let dir = Scratch::new("quoting");
+    let nasty = [
+        "plain",
+        "a, comma",
+        "a \"quoted\" word",
+        "two\nlines",
+        "crlf\r\ninside",
+        "\"",
+        ",",
+        " padded ",
+        "ünïcödé, \"mixed\"\nall",
+    ];
+    let mut rows = vec![vec!["id", "comment", "name"]];
+    for v in &nasty {
+        rows.push(vec![v, v, v]);
+    }
+    let input = dir.write("quotes.csv", &csv_bytes(&rows));
+    // Also a Windows export: byte order mark and CRLF line ends.
+    let mut windows = b"\xEF\xBB\xBFid,comment\r\n".to_vec();
+    windows.extend_from_slice(b"\"P,1\",\"said \"\"hi\"\"\r\nbye\"\r\nP2,plain\r\n");
+    let win = dir.write("windows.csv", &windows);
+    let out = dir.path("out");
+    run_expect(
+        anonymize(&["-c", "id", "-o", s(&out), s(&input), s(&win)]),
+        0,
+    );
+
+    let after = records(&out.join("quotes.csv"));
+    assert_eq!(after.len(), nasty.len() + 1);
+    for (row, v) in after[1..].iter().zip(&nasty) {
+        assert_eq!(row[0], expected_pseudonym(KEY, v.as_bytes()));
+        assert_eq!(row[1], v.as_bytes());
+        assert_eq!(row[2], v.as_bytes());
+    }
+
+    let raw = fs::read(out.join("windows.csv")).unwrap();
+    assert!(
+        raw.starts_with(b"\xEF\xBB\xBFid,comment\r\n"),
+        "BOM and CRLF kept: {raw:?}"
+    );
+    let after = records(&out.join("windows.csv"));
+    assert_eq!(after[1][0], expected_pseudonym(KEY, b"P,1"));
+    assert_eq!(after[1][1], b"said \"hi\"\r\nbye");
+    assert_eq!(
+        after[2],
+        [expected_pseudonym(KEY, b"P2"), b"plain".to_vec()]
+    );
+}
+
+#[test]
+fn directories_are_searched_recursively_keeping_relative_paths() {
+    let dir = Scratch::new("recursive");
+    let csv = export("baseline", 20, 0);
+    dir.write("exports/top.csv", &csv);
+    dir.write("exports/site-a/visits.csv", &csv);
+    dir.write("exports/site-a/2024/q1/visits.CSV", &csv);
+    dir.write("exports/site-b/visits.csv", &csv);
+    dir.write("exports/site-b/readme.txt", b"not a csv");
+    dir.write("exports/site-b/visits.csv.bak", b"not a csv either");
+    let single = dir.write("extra/lonely.csv", &csv);
+    // The output directory lives inside the input directory.
+    let out = dir.path("exports/deid");
+    let exports = dir.path("exports");
+    let expected = [
+        "lonely.csv",
+        "site-a/2024/q1/visits.CSV",
+        "site-a/visits.csv",
+        "site-b/visits.csv",
+        "top.csv",
+    ];
+    for round in 0..2 {
+        // The second round must not read the first round's outputs.
+        let done = run_expect(
+            anonymize(&["-c", "patient_id", "-o", s(&out), s(&exports), s(&single)]),
+            0,
+        );
+        assert_eq!(files_under(&out), expected, "round {round}");
+        let done_rows = done
+            .stdout
+            .lines()
+            .filter(|l| l.ends_with("  done"))
+            .count();
+        assert_eq!(done_rows, expected.len(), "round {round}: {}", done.stdout);
+        assert!(
+            !done.stdout.contains("deid/"),
+            "round {round} read its outputs: {}",
+            done.stdout
+        );
+    }
+    for rel in expected {
+        let after = records(&out.join(rel));
+        assert_eq!(after.len(), 21, "{rel}");
+    }
+}
+
+#[test]
+fn drop_removes_columns_entirely() {
+    let dir = Scratch::new("drop");
+    let input = dir.write("visits.csv", &export("baseline", 50, 0));
+    let out = dir.path("out");
+    run_expect(
+        anonymize(&[
+            "-c",
+            "patient_id",
+            "--drop",
+            "name,notes",
+            "--drop",
+            "dob",
+            "-o",
+            s(&out),
+            s(&input),
+        ]),
+        0,
+    );
+    let before = records(&input);
+    let after = records(&out.join("visits.csv"));
+    assert_eq!(
+        after[0],
+        [b"patient_id".to_vec(), b"visit".to_vec(), b"score".to_vec()]
+    );
+    for (b, a) in before[1..].iter().zip(&after[1..]) {
+        assert_eq!(a.len(), 3);
+        assert_eq!(a[1], b[3]);
+        assert_eq!(a[2], b[4]);
+    }
+    // A --drop column a file lacks fails that file: a typo must not let a
+    // column through.
+    let fail = run_expect(
+        anonymize(&[
+            "-c",
+            "patient_id",
+            "--drop",
+            "phone",
+            "-o",
+            s(&out),
+            s(&input),
+        ]),
+        1,
+    );
+    assert!(
+        fail.stdout.contains("missing --drop column `phone`"),
+        "{}",
+        fail.stdout
+    );
+    // Pseudonymizing and dropping the same column is refused.
+    let both = run_expect(
+        anonymize(&["-c", "name", "--drop", "name", "-o", s(&out), s(&input)]),
+        2,
+    );
+    assert!(
+        both.stderr_text().contains("both --columns and --drop"),
+        "{both:?}"
+    );
+}
+
+#[test]
+fn at_most_n_files_are_in_progress_at_once() {
+    let dir = Scratch::new("bounded");
+    let csv = big_export(15_000);
+    let mut inputs = Vec::new();
+    for i in 0..8 {
+        inputs.push(dir.write(&format!("in/site-{i}.csv"), &csv));
+    }
+    let out = dir.path("out");
+    let mut cmd = anonymize(&["-c", "patient_id,name", "--concurrency", "2", "-o", s(&out)]);
+    cmd.args(&inputs).env("RUST_LOG", "debug");
+    let done = run_expect(cmd, 0);
+
+    let (mut now, mut max, mut starts, mut ends) = (0i32, 0i32, 0, 0);
+    for line in &done.stderr {
+        let Some(at) = line.find("] start ").or_else(|| line.find("] end ")) else {
+            continue;
+        };
+        let (k, n) = parse_in_progress(line);
+        assert!(n == 2 && k <= 2, "reported {k} of {n}: {line}");
+        if line[at..].starts_with("] start ") {
+            starts += 1;
+            now += 1;
+        } else {
+            ends += 1;
+            now -= 1;
+        }
+        max = max.max(now);
+        assert!(now >= 0, "an end before its start: {line}");
+    }
+    assert_eq!((starts, ends), (8, 8), "{}", done.stderr_text());
+    assert!(
+        max <= 2,
+        "{max} files in progress at once:\n{}",
+        done.stderr_text()
+    );
+    assert_eq!(files_under(&out).len(), 8);
+}
+
+/// `(k, n)` from `... (in progress: k of n)`.
+fn parse_in_progress(line: &str) -> (i32, i32) {
+    let tail = &line[line.rfind("(in progress: ").expect("in progress") + 14..];
+    let tail = tail.trim_end_matches(')');
+    let (k, n) = tail.split_once(" of ").expect("k of n");
+    (k.parse().unwrap(), n.parse().unwrap())
+}
+
+/// The summary rows on stdout: (file, status).
+fn summary_rows(stdout: &str) -> Vec<(String, String)> {
+    stdout
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.contains(" done, ") || !l.contains(" not started; "))
+        .map(|l| {
+            let file = l.split_whitespace().next().unwrap().to_string();
+            let status = l
+                .split("  ")
+                .filter(|c| !c.is_empty())
+                .last()
+                .unwrap()
+                .trim()
+                .to_string();
+            (file, status)
+        })
+        .collect()
+}
+
+#[test]
+fn sigint_in_the_middle_leaves_only_complete_outputs() {
+    // The signal goes out as soon as the first file starts. Should this
+    // machine finish a file before that (it never has), or all of them,
+    // the inputs grow and the run is repeated.
+    let mut rows = 60_000; // about 4 MB per file
+    for attempt in 0..3 {
+        let dir = Scratch::new("sigint");
+        let csv = big_export(rows);
+        let mut inputs = Vec::new();
+        for i in 0..6 {
+            inputs.push(dir.write(&format!("in/part-{i}.csv"), &csv));
+        }
+        let out = dir.path("out");
+        let mut cmd = anonymize(&["-c", "patient_id,name,dob", "-j", "2", "-o", s(&out)]);
+        cmd.args(&inputs).env("RUST_LOG", "debug");
+        let mut child = start(cmd);
+        child.wait_for_line("] start ");
+        child.signal("-INT");
+        let done = child.finish();
+
+        assert_no_temp_files(&out);
+        let expected_records = records(&inputs[0]).len();
+        let outputs = files_under(&out);
+        for rel in &outputs {
+            let after = records(&out.join(rel));
+            assert_eq!(after.len(), expected_records, "{rel} is incomplete");
+        }
+        let table = summary_rows(&done.stdout);
+        let done_files: Vec<&(String, String)> =
+            table.iter().filter(|(_, st)| st == "done").collect();
+        assert_eq!(
+            done_files.len(),
+            outputs.len(),
+            "summary vs files: {}",
+            done.stdout
+        );
+        let cut = table
+            .iter()
+            .filter(|(_, st)| st.starts_with("cancelled"))
+            .count();
+        if done.code == Some(3) && cut > 0 {
+            assert!(done.stdout.contains("stopped by SIGINT"), "{}", done.stdout);
+            assert!(outputs.len() < 6);
+            return;
+        }
+        eprintln!(
+            "attempt {attempt}: the signal came too late ({:?}); again with more rows",
+            done.code
+        );
+        rows *= 4;
+    }
+    panic!("SIGINT never landed in the middle of a file");
+}
+
+#[test]
+fn the_deadline_stops_the_run_with_exit_3_and_no_partial_files() {
+    let dir = Scratch::new("deadline");
+    let csv = big_export(40_000);
+    let mut inputs = Vec::new();
+    for i in 0..4 {
+        inputs.push(dir.write(&format!("in/part-{i}.csv"), &csv));
+    }
+    let out = dir.path("out");
+    let mut cmd = anonymize(&["-c", "patient_id", "--timeout", "1ms", "-o", s(&out)]);
+    cmd.args(&inputs);
+    let done = run_expect(cmd, 3);
+    assert_no_temp_files(&out);
+    assert!(files_under(&out).is_empty(), "{:?}", files_under(&out));
+    assert!(
+        done.stdout.contains("the --timeout of 1ms passed"),
+        "{}",
+        done.stdout
+    );
+    let table = summary_rows(&done.stdout);
+    assert_eq!(table.len(), 4);
+    assert!(
+        table
+            .iter()
+            .all(|(_, st)| st == "not started" || st.starts_with("cancelled")),
+        "{table:?}"
+    );
+}
+
+#[test]
+fn a_malformed_file_fails_with_its_line_while_the_others_complete() {
+    let dir = Scratch::new("malformed");
+    let good = export("baseline", 30, 0);
+    dir.write("in/a-good.csv", &good);
+    dir.write("in/z-good.csv", &good);
+    dir.write(
+        "in/short-row.csv",
+        b"patient_id,name,dob\nP-1,Ann,1970-01-01\n\"P-2\",\"Bob\nBobson\",1971-02-02\nP-3,Cy\nP-4,Di,1973-04-04\n",
+    );
+    dir.write(
+        "in/open-quote.csv",
+        b"patient_id,name,dob\nP-1,Ann,1970-01-01\nP-2,\"Bob,1971-02-02\nP-3,Cy,1972\n",
+    );
+    dir.write(
+        "in/open-quote-last.csv",
+        b"patient_id,name,dob\nP-1,Ann,1970-01-01\nP-2,Bob,\"1971\nP-3,Cy,1972\n",
+    );
+    let out = dir.path("out");
+    let done = run_expect(
+        anonymize(&[
+            "-c",
+            "patient_id,name,dob",
+            "-o",
+            s(&out),
+            s(&dir.path("in")),
+        ]),
+        1,
+    );
+
+    let table = summary_rows(&done.stdout);
+    let status = |file: &str| {
+        table
+            .iter()
+            .find(|(f, _)| f.ends_with(file))
+            .unwrap_or_else(|| panic!("{file} not in {}", done.stdout))
+            .1
+            .clone()
+    };
+    assert_eq!(status("a-good.csv"), "done");
+    assert_eq!(status("z-good.csv"), "done");
+    // Line 5 (a quoted newline on line 3 counts): "P-3,Cy" has 2 fields.
+    assert_eq!(
+        status("short-row.csv"),
+        "failed: line 5: 2 fields where the header has 3"
+    );
+    assert!(
+        status("open-quote.csv").starts_with("failed: line 3: "),
+        "{}",
+        done.stdout
+    );
+    assert_eq!(
+        status("open-quote-last.csv"),
+        "failed: line 3: a quoted field is never closed (unclosed quote)"
+    );
+    assert!(
+        done.stderr_text().contains("failed: "),
+        "per-file lines: {}",
+        done.stderr_text()
+    );
+    assert_eq!(files_under(&out), ["a-good.csv", "z-good.csv"]);
+}
+
+#[test]
+fn a_missing_identifier_column_is_named_with_its_file() {
+    let dir = Scratch::new("missing-column");
+    let input = dir.write(
+        "no-dob.csv",
+        &csv_bytes(&[vec!["patient_id", "name"], vec!["P-1", "Ann"]]),
+    );
+    let out = dir.path("out");
+    let done = run_expect(
+        anonymize(&["-c", "patient_id,dob", "-o", s(&out), s(&input)]),
+        1,
+    );
+    let line = done
+        .stdout
+        .lines()
+        .find(|l| l.contains("no-dob.csv"))
+        .unwrap_or_else(|| panic!("{}", done.stdout));
+    assert!(line.contains("missing identifier column `dob`"), "{line}");
+    assert!(files_under(&out).is_empty());
+}
+
+#[test]
+fn no_key_or_a_short_key_is_refused() {
+    let dir = Scratch::new("key");
+    let input = dir.write("a.csv", &export("baseline", 5, 0));
+    let out = dir.path("out");
+    let mut cmd = anonymize(&["-c", "patient_id", "-o", s(&out), s(&input)]);
+    cmd.env_remove("QUIESCE_ANON_KEY");
+    let done = run_expect(cmd, 2);
+    assert!(
+        done.stderr_text().contains("no key"),
+        "{}",
+        done.stderr_text()
+    );
+
+    let mut cmd = anonymize(&["-c", "patient_id", "-o", s(&out), s(&input)]);
+    cmd.env("QUIESCE_ANON_KEY", "");
+    let done = run_expect(cmd, 2);
+    assert!(
+        done.stderr_text().contains("is empty"),
+        "{}",
+        done.stderr_text()
+    );
+
+    let short = dir.write("short.key", b"tooshort\n");
+    let mut cmd = anonymize(&[
+        "-c",
+        "patient_id",
+        "--key-file",
+        s(&short),
+        "-o",
+        s(&out),
+        s(&input),
+    ]);
+    cmd.env_remove("QUIESCE_ANON_KEY");
+    let done = run_expect(cmd, 2);
+    assert!(
+        done.stderr_text().contains("at least 16"),
+        "{}",
+        done.stderr_text()
+    );
+    assert!(!out.exists(), "nothing is written without a key");
+
+    // A key file gives the same pseudonyms as the same key in the
+    // environment (its trailing newline ignored).
+    let good = dir.write("good.key", format!("{KEY}\n").as_bytes());
+    let mut cmd = anonymize(&[
+        "-c",
+        "patient_id",
+        "--key-file",
+        s(&good),
+        "-o",
+        s(&out),
+        s(&input),
+    ]);
+    cmd.env_remove("QUIESCE_ANON_KEY");
+    run_expect(cmd, 0);
+    let ids = column(&records(&out.join("a.csv")), "patient_id");
+    assert_eq!(ids[0], expected_pseudonym(KEY, b"P-0000"));
+}
+
+#[test]
+fn an_input_is_never_overwritten() {
+    let dir = Scratch::new("overwrite");
+    let csv = export("baseline", 5, 0);
+    let input = dir.write("data/a.csv", &csv);
+    let data = dir.path("data");
+    let done = run_expect(
+        anonymize(&["-c", "patient_id", "-o", s(&data), s(&input)]),
+        2,
+    );
+    assert!(
+        done.stderr_text().contains("would overwrite an input"),
+        "{}",
+        done.stderr_text()
+    );
+    let done = run_expect(
+        anonymize(&["-c", "patient_id", "-o", s(&data), s(&data)]),
+        2,
+    );
+    assert!(
+        done.stderr_text().contains("is the input directory"),
+        "{}",
+        done.stderr_text()
+    );
+    assert_eq!(fs::read(&input).unwrap(), csv);
+    assert_eq!(files_under(&data), ["a.csv"]);
+}
+
+#[test]
+fn an_unreadable_file_fails_and_the_others_go_on() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let dir = Scratch::new("unreadable");
+    dir.write("in/good.csv", &export("baseline", 10, 0));
+    symlink(dir.path("in/nowhere.csv"), dir.path("in/gone.csv")).unwrap();
+    let locked = dir.write("in/locked.csv", &export("baseline", 10, 0));
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
+    // Root reads it anyway; then it is simply done.
+    let can_read = fs::File::open(&locked).is_ok();
+    let out = dir.path("out");
+    let done = run_expect(
+        anonymize(&["-c", "patient_id", "-o", s(&out), s(&dir.path("in"))]),
+        1,
+    );
+    let table = summary_rows(&done.stdout);
+    let status = |file: &str| {
+        table
+            .iter()
+            .find(|(f, _)| f.ends_with(file))
+            .unwrap_or_else(|| panic!("{file} not in {}", done.stdout))
+            .1
+            .clone()
+    };
+    assert_eq!(status("good.csv"), "done");
+    assert!(
+        status("gone.csv").starts_with("failed: cannot read: "),
+        "{}",
+        done.stdout
+    );
+    if can_read {
+        assert_eq!(status("locked.csv"), "done");
+    } else {
+        assert!(
+            status("locked.csv").starts_with("failed: cannot open: "),
+            "{}",
+            done.stdout
+        );
+    }
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_no_temp_files(&out);
+}
