@@ -1488,6 +1488,29 @@ enum Wake {
     IdleTimeout,
 }
 
+/// How many times an idle worker yields, looking at the queue in between,
+/// before it parks.
+///
+/// Parking and being woken costs a few microseconds (two system calls and
+/// a context switch), which every job pays when the submitter is only a
+/// little slower than the workers and the queue keeps running empty.
+/// Yielding first (a dozen yields on a loaded machine take a few
+/// microseconds, and give the CPU to the submitter meanwhile) keeps the
+/// workers awake across such gaps: 1,000,000 no-op jobs through 2 workers
+/// went from about 57 to about 24 ns per job (see `benches/pool.rs`).
+const BACKOFF_YIELDS: usize = 8;
+
+/// Looks at the queue between yields, [`BACKOFF_YIELDS`] times.
+fn try_recv_a_while(shared: &Shared) -> Option<Job> {
+    for _ in 0..BACKOFF_YIELDS {
+        std::thread::yield_now();
+        if let Ok(job) = shared.queue_rx.try_recv() {
+            return Some(job);
+        }
+    }
+    None
+}
+
 fn worker(shared: &Arc<Shared>, ctx: &Context, index: usize) {
     let stats = shared.stats.register();
     let mut exit = WorkerExit {
@@ -1518,6 +1541,11 @@ fn worker(shared: &Arc<Shared>, ctx: &Context, index: usize) {
             if shared.queue_rx.is_empty() {
                 return;
             }
+            continue;
+        }
+        if let Some(job) = try_recv_a_while(shared) {
+            shared.took_job();
+            shared.run_job(job, ctx, &stats);
             continue;
         }
         match wait_for_work(shared, ctx) {
