@@ -44,11 +44,11 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 
 const FILES: usize = 8;
 const SAMPLES: usize = 10;
@@ -156,7 +156,14 @@ fn write_export(path: &Path, site: u64, size: u64) -> u64 {
             1 + (r >> 12) % 28,
             (r >> 16) % 24,
             (r >> 44) % 60,
-            q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7],
+            q[0],
+            q[1],
+            q[2],
+            q[3],
+            q[4],
+            q[5],
+            q[6],
+            q[7],
             q.iter().sum::<u64>(),
         );
         if i % 8 == 0 {
@@ -187,25 +194,27 @@ fn csv_copy(inputs: &[PathBuf], out: &Path, workers: usize, durable: bool) {
                 let next = &next;
                 std::thread::Builder::new()
                     .name(format!("bench-copy-{w}"))
-                    .spawn_scoped(s, move || loop {
-                        let i = next.fetch_add(1, Ordering::SeqCst);
-                        let Some(input) = inputs.get(i) else { break };
-                        let mut reader = csv::Reader::from_path(input).unwrap();
-                        let target = out.join(input.file_name().unwrap());
-                        let temp = out.join(".copy.tmp").with_extension(w.to_string());
-                        let path = if durable { &temp } else { &target };
-                        let mut writer = csv::Writer::from_path(path).unwrap();
-                        writer
-                            .write_byte_record(reader.byte_headers().unwrap())
-                            .unwrap();
-                        let mut record = csv::ByteRecord::new();
-                        while reader.read_byte_record(&mut record).unwrap() {
-                            writer.write_byte_record(&record).unwrap();
-                        }
-                        let file = writer.into_inner().unwrap();
-                        if durable {
-                            file.sync_all().unwrap();
-                            fs::rename(&temp, &target).unwrap();
+                    .spawn_scoped(s, move || {
+                        loop {
+                            let i = next.fetch_add(1, Ordering::SeqCst);
+                            let Some(input) = inputs.get(i) else { break };
+                            let mut reader = csv::Reader::from_path(input).unwrap();
+                            let target = out.join(input.file_name().unwrap());
+                            let temp = out.join(".copy.tmp").with_extension(w.to_string());
+                            let path = if durable { &temp } else { &target };
+                            let mut writer = csv::Writer::from_path(path).unwrap();
+                            writer
+                                .write_byte_record(reader.byte_headers().unwrap())
+                                .unwrap();
+                            let mut record = csv::ByteRecord::new();
+                            while reader.read_byte_record(&mut record).unwrap() {
+                                writer.write_byte_record(&record).unwrap();
+                            }
+                            let file = writer.into_inner().unwrap();
+                            if durable {
+                                file.sync_all().unwrap();
+                                fs::rename(&temp, &target).unwrap();
+                            }
                         }
                     })
                     .unwrap()

@@ -236,7 +236,7 @@ fn parse_args() -> Result<Options, String> {
             .map_err(|_| format!("{arg}: not a number: {value}"))?;
         match arg.as_str() {
             "--fail-task" if n > TASKS => {
-                return Err(format!("--fail-task: 0 (none) or 1 to {TASKS}"))
+                return Err(format!("--fail-task: 0 (none) or 1 to {TASKS}"));
             }
             "--fail-task" => options.fail_task = (n > 0).then_some(n),
             "--steps" if n < 2 => return Err("--steps must be at least 2".into()),

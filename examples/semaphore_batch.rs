@@ -52,8 +52,8 @@
 //! ```
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use quiesce::{Context, JobError, Semaphore, Threads};

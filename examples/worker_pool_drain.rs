@@ -54,8 +54,8 @@
 //! cancelled or handed back) and no worker is stuck.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -102,7 +102,9 @@ impl Intake {
             }
             Err(err) => {
                 let reason = err.reason;
-                println!("{id}: refused: {reason:?} ({err}); the job was handed back, kept for the next start");
+                println!(
+                    "{id}: refused: {reason:?} ({err}); the job was handed back, kept for the next start"
+                );
                 self.kept.lock().push((id, err.into_job()));
                 Err(reason)
             }

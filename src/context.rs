@@ -234,7 +234,8 @@ impl Context {
 
     /// A child context that is also done `timeout` from now. A timeout too
     /// large to represent means no deadline of its own; zero means the
-    /// child is born done.
+    /// child is born done (unless `self`'s deadline is earlier: then the
+    /// child is done when `self` is, never before it).
     ///
     /// # Panics
     ///
@@ -253,7 +254,9 @@ impl Context {
 
     /// A child context that is also done at `deadline`. Its
     /// [`deadline`](Context::deadline) is the earlier of `deadline` and
-    /// `self`'s; a deadline already past gives a child that is born done.
+    /// `self`'s. A deadline of its own already past gives a child that is
+    /// born done; when `self`'s deadline is the earlier one, the child is
+    /// done when `self` is, never before it.
     ///
     /// # Panics
     ///

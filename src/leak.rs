@@ -430,7 +430,7 @@ where
 /// Records a thread about to start, and wraps its code so that it runs with
 /// the spawner's trackers and leaves the registry when it is over. If the
 /// thread is never started, dropping the wrapper removes the entry again.
-fn register<F, T>(name: &str, tracked: bool, f: F) -> impl FnOnce() -> T + Send
+fn register<F, T>(name: &str, tracked: bool, f: F) -> impl FnOnce() -> T + Send + use<F, T>
 where
     F: FnOnce() -> T + Send,
 {

@@ -109,16 +109,16 @@ pub mod leak;
 
 pub use context::{CancelGuard, Cause, Context, ContextError, OnCancel};
 pub use counters::{Counters, Snapshot};
-pub use done::{shutdown, Done, Shutdown};
+pub use done::{Done, Shutdown, shutdown};
 pub use group::{Group, GroupError, LimitError, SpawnError, TrySpawnError, Waited};
 pub use handle::{JobError, JobHandle};
 pub use panic::Panic;
 pub use pool::{Job, Pool, PoolBuilder, Refused, ShutdownReport, SubmitError};
-pub use scope::{scope, Scope};
+pub use scope::{Scope, scope};
 pub use semaphore::{AcquireError, Permit, Semaphore};
 pub use supervisor::{
-    exit, BoxError, Outcome, Readiness, RestartPolicy, Service, ServiceContext, ServiceReport,
-    ServiceSpec, StopCause, Supervisor, SupervisorReport,
+    BoxError, Outcome, Readiness, RestartPolicy, Service, ServiceContext, ServiceReport,
+    ServiceSpec, StopCause, Supervisor, SupervisorReport, exit,
 };
 pub use threads::{Finished, JoinReport, Running, Threads};
 pub use wait::{WaitGroup, WaitGuard};

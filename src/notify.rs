@@ -15,8 +15,8 @@ pub(crate) use without_systemd::Notifier;
 
 #[cfg(feature = "systemd")]
 mod with_systemd {
-    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::thread::JoinHandle;
 
     use sd_notify::NotifyState;

@@ -173,7 +173,9 @@ impl<'env> Scope<'_, 'env> {
                 Err(err) => err.into_inner(),
             },
             Err(job_runs_here) => {
-                log::warn!("scope: no worker thread could be started ({job_runs_here}); running the job on the caller");
+                log::warn!(
+                    "scope: no worker thread could be started ({job_runs_here}); running the job on the caller"
+                );
                 job
             }
         };

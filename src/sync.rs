@@ -14,8 +14,8 @@
 
 #[cfg(not(quiesce_loom))]
 mod imp {
-    pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     pub(crate) use std::sync::Arc;
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::time::Instant;
 
     /// A mutex whose `lock` cannot fail (parking_lot does not poison).
@@ -69,8 +69,8 @@ mod imp {
 
 #[cfg(quiesce_loom)]
 mod imp {
-    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     pub(crate) use loom::sync::Arc;
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::ops::{Deref, DerefMut};
     use std::time::Instant;
 

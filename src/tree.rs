@@ -31,6 +31,11 @@
 //!    A node whose deadline is its parent's has no entry: the parent's
 //!    cancellation reaches it.
 //!
+//! 8. A cancellation marks the node and its whole subtree first, detaches
+//!    the node, and only then disconnects the `done()` channels and runs
+//!    the callbacks: whoever is woken by it sees the descendants done and
+//!    the node detached.
+//!
 //! When two threads cancel overlapping parts of the tree at once, a
 //! descendant already being cancelled by one of them is skipped by the
 //! other, which may return a moment before that descendant's own subtree is
@@ -211,7 +216,10 @@ pub(crate) fn new_node(parent: Option<&Arc<Node>>, own_deadline: Option<Instant>
     let parent_deadline = parent.and_then(|p| p.deadline);
     let deadline = crate::deadline::min(own_deadline, parent_deadline);
     let has_own_timer = own_deadline.is_some() && deadline != parent_deadline;
-    let past_deadline = deadline.is_some_and(|d| d <= Instant::now());
+    // Born done only for a deadline of its own that has passed. An
+    // inherited deadline that has passed is the parent's to fire (its timer
+    // entry is due): a child must never be done while its parent is not.
+    let past_deadline = has_own_timer && deadline.is_some_and(|d| d <= Instant::now());
     let timer_id = (has_own_timer && !past_deadline).then(crate::timer::next_id);
 
     let make = |err: Option<ContextError>, cause: Option<Cause>, slot: usize| Node {
@@ -273,53 +281,75 @@ pub(crate) fn done_receiver(node: &Node) -> &Receiver<Infallible> {
     node.done_rx.get().expect("set just above")
 }
 
-/// Cancels `node` and every descendant with `err` (and `cause`), then
-/// detaches `node` from its parent. Harmless on a node that is already done.
+/// Cancels `node` and every descendant with `err` (and `cause`), detaches
+/// `node` from its parent, and only then wakes whoever waits on these
+/// contexts (their `done()` receivers, their cancel callbacks): a thread
+/// woken by a context's cancellation finds its descendants done and it
+/// detached. Harmless on a node that is already done.
 pub(crate) fn cancel(node: &Arc<Node>, err: ContextError, cause: Option<Cause>) {
     let mut pending = Vec::new();
-    if !mark(node, err, &cause, &mut pending) {
+    let Some(first) = mark(node, err, &cause, &mut pending) else {
         return;
-    }
+    };
+    let mut woken = vec![first];
     // Iterative, not recursive: a deep tree cannot overflow the stack.
     while let Some(child) = pending.pop() {
-        mark(&child, err, &cause, &mut pending);
+        woken.extend(mark(&child, err, &cause, &mut pending));
     }
     detach(node);
+    for wake in woken {
+        wake.run();
+    }
+}
+
+/// What a cancellation still has to do for one node once the whole
+/// subtree is marked: disconnect its `done()` channel, forget its timer
+/// entry, run its callbacks.
+struct Wake {
+    done_tx: Option<Sender<Infallible>>,
+    timer: Option<(Instant, u64)>,
+    callbacks: Vec<(u64, Callback)>,
+}
+
+impl Wake {
+    fn run(self) {
+        drop(self.done_tx);
+        if let Some((at, id)) = self.timer {
+            crate::timer::remove(at, id);
+        }
+        for (_, callback) in self.callbacks {
+            if let Err(panic) = crate::panic::catch(callback) {
+                log::error!("a context cancel callback {panic}");
+            }
+        }
+    }
 }
 
 /// Marks one node done (invariants 1, 4, 6, 7), moving its children to
-/// `pending`. Returns `false` when it already was done.
+/// `pending`; `None` when it already was done.
 fn mark(
     node: &Node,
     err: ContextError,
     cause: &Option<Cause>,
     pending: &mut Vec<Arc<Node>>,
-) -> bool {
-    let (done_tx, callbacks) = {
-        let mut inner = node.inner.lock();
-        if inner.err.is_some() {
-            return false;
-        }
-        inner.err = Some(err);
-        inner.cause = cause.clone();
-        node.err.store(encode(err), Ordering::Release);
-        for child in &inner.children {
-            // We hold the parent's lock: invariant 2.
-            child.slot.store(UNLINKED, Ordering::Relaxed);
-        }
-        pending.append(&mut inner.children);
-        (inner.done_tx.take(), mem::take(&mut inner.callbacks))
-    };
-    drop(done_tx);
-    if let (Some(id), Some(at)) = (node.timer_id, node.deadline) {
-        crate::timer::remove(at, id);
+) -> Option<Wake> {
+    let mut inner = node.inner.lock();
+    if inner.err.is_some() {
+        return None;
     }
-    for (_, callback) in callbacks {
-        if let Err(panic) = crate::panic::catch(callback) {
-            log::error!("a context cancel callback {panic}");
-        }
+    inner.err = Some(err);
+    inner.cause = cause.clone();
+    node.err.store(encode(err), Ordering::Release);
+    for child in &inner.children {
+        // We hold the parent's lock: invariant 2.
+        child.slot.store(UNLINKED, Ordering::Relaxed);
     }
-    true
+    pending.append(&mut inner.children);
+    Some(Wake {
+        done_tx: inner.done_tx.take(),
+        timer: node.timer_id.zip(node.deadline).map(|(id, at)| (at, id)),
+        callbacks: mem::take(&mut inner.callbacks),
+    })
 }
 
 /// Removes a cancelled node from its parent's `children` (invariant 2).

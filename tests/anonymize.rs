@@ -899,7 +899,7 @@ fn an_input_is_never_overwritten() {
 
 #[test]
 fn an_unreadable_file_fails_and_the_others_go_on() {
-    use std::os::unix::fs::{symlink, PermissionsExt};
+    use std::os::unix::fs::{PermissionsExt, symlink};
     let dir = Scratch::new("unreadable");
     dir.write("in/good.csv", &export("baseline", 10, 0));
     symlink(dir.path("in/nowhere.csv"), dir.path("in/gone.csv")).unwrap();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, unbounded};
 use quiesce::context::{RecvError, SendError};
-use quiesce::{leak, Context, ContextError};
+use quiesce::{Context, ContextError, leak};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -417,9 +417,10 @@ fn cancel_fans_out_to_a_hundred_thousand_descendants() {
         keep.push((mid, g));
     }
     drop(guard);
-    assert!(keep
-        .iter()
-        .all(|(ctx, _)| ctx.err() == Some(ContextError::Canceled)));
+    assert!(
+        keep.iter()
+            .all(|(ctx, _)| ctx.err() == Some(ContextError::Canceled))
+    );
 }
 
 #[test]
@@ -537,4 +538,17 @@ fn stress_many_threads_creating_and_cancelling_under_one_root() {
     assert_eq!(done_count.load(Ordering::Relaxed), 8 * 20_000);
     assert_eq!(root.children(), 0);
     drop(root_guard);
+}
+
+#[test]
+fn a_child_is_never_done_before_its_parent() {
+    // The parent's deadline has passed but its timer may not have fired
+    // yet: a child made now must not be done while the parent is live.
+    for _ in 0..2000 {
+        let (parent, _g) = Context::background().with_timeout(Duration::from_micros(50));
+        let (child, _cg) = parent.with_timeout(LONG);
+        if child.is_done() {
+            assert!(parent.is_done(), "a child done before its parent");
+        }
+    }
 }

@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{assert_contains, assert_success, run, Output, Running};
+use common::{Output, Running, assert_contains, assert_success, run};
 
 #[test]
 fn done_channel_stops_itself_after_the_given_ticks() {

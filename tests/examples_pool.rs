@@ -14,7 +14,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{assert_contains, assert_success, run, Output, Running};
+use common::{Output, Running, assert_contains, assert_success, run};
 
 /// The first line that starts with `prefix`.
 #[track_caller]

@@ -6,7 +6,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use quiesce::{leak, Context, ContextError, Group, GroupError, SpawnError, TrySpawnError, Waited};
+use quiesce::{Context, ContextError, Group, GroupError, SpawnError, TrySpawnError, Waited, leak};
 
 const LONG: Duration = Duration::from_secs(60);
 

@@ -5,7 +5,7 @@ use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::bounded;
-use quiesce::{leak, Context, Threads};
+use quiesce::{Context, Threads, leak};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -94,9 +94,11 @@ fn another_threads_tracker_does_not_see_this_tests_threads() {
     let mine = leak::track();
     assert!(mine.live().is_empty());
     assert_eq!(mine.check(Duration::ZERO), Ok(()));
-    assert!(leak::live_threads()
-        .iter()
-        .any(|t| t.name == "other-test-thread"));
+    assert!(
+        leak::live_threads()
+            .iter()
+            .any(|t| t.name == "other-test-thread")
+    );
     release_tx.send(()).unwrap();
     other.join().unwrap();
     mine.assert_none();

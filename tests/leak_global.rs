@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use quiesce::{leak, Context, Threads};
+use quiesce::{Context, Threads, leak};
 
 #[test]
 fn check_all_sees_every_thread_and_stops_the_idle_timer() {

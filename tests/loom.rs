@@ -13,8 +13,8 @@
 //! not model time, and the timer thread is a real thread.
 #![cfg(quiesce_loom)]
 
-use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
+use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::thread;
 use quiesce::{AcquireError, Context, ContextError, Semaphore, WaitGroup};
 

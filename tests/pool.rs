@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver};
-use quiesce::{leak, Context, ContextError, JobError, Pool, Refused};
+use crossbeam_channel::{Receiver, bounded};
+use quiesce::{Context, ContextError, JobError, Pool, Refused, leak};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -171,10 +171,12 @@ fn panics_are_caught_counted_handled_and_do_not_shrink_the_pool() {
     assert_eq!(report.completed, 100);
     assert_eq!(done.load(Ordering::SeqCst), 100);
     assert_eq!(handled.lock().unwrap().len(), 100);
-    assert!(handled
-        .lock()
-        .unwrap()
-        .contains(&"bad report 42".to_string()));
+    assert!(
+        handled
+            .lock()
+            .unwrap()
+            .contains(&"bad report 42".to_string())
+    );
     drop(pool);
     leaks.assert_none();
 }

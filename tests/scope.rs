@@ -5,7 +5,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use quiesce::{leak, scope, Context, ContextError, JobError};
+use quiesce::{Context, ContextError, JobError, leak, scope};
 
 const LONG: Duration = Duration::from_secs(60);
 

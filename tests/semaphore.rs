@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use quiesce::{leak, AcquireError, Context, ContextError, Semaphore};
+use quiesce::{AcquireError, Context, ContextError, Semaphore, leak};
 
 const LONG: Duration = Duration::from_secs(60);
 

@@ -10,8 +10,8 @@ mod serve_support;
 use std::collections::HashSet;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -52,7 +52,7 @@ fn check_after_restart(
     assert!(
         copies.values().all(|&n| n == 1),
         "round {round}: stored twice: {:?}",
-        copies.iter().filter(|(_, &n)| n != 1).collect::<Vec<_>>()
+        copies.iter().filter(|&(_, &n)| n != 1).collect::<Vec<_>>()
     );
 }
 

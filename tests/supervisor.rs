@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::bounded;
 use quiesce::{
-    exit, leak, Context, Outcome, Readiness, RestartPolicy, StopCause, Supervisor, SupervisorReport,
+    Context, Outcome, Readiness, RestartPolicy, StopCause, Supervisor, SupervisorReport, exit, leak,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -227,9 +227,11 @@ fn a_panicking_service_is_reported_with_its_message() {
         other => panic!("{other:?}"),
     }
     assert_eq!(report.exit_code(), exit::SERVICE_FAILED);
-    assert!(report
-        .to_string()
-        .contains("scheduler=panicked: summary template missing"));
+    assert!(
+        report
+            .to_string()
+            .contains("scheduler=panicked: summary template missing")
+    );
     leaks.assert_none();
 }
 

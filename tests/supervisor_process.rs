@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use quiesce::{exit, Supervisor};
+use quiesce::{Supervisor, exit};
 
 const WATCHDOG: Duration = Duration::from_secs(60);
 

@@ -6,7 +6,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::bounded;
-use quiesce::{leak, Context, ContextError, Threads, WaitGroup};
+use quiesce::{Context, ContextError, Threads, WaitGroup, leak};
 
 const LONG: Duration = Duration::from_secs(60);
 

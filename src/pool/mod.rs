@@ -3,8 +3,8 @@
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
@@ -12,7 +12,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::context::{CancelGuard, Context, ContextError};
 use crate::deadline::Until;
-use crate::done::{shutdown, Done, Shutdown};
+use crate::done::{Done, Shutdown, shutdown};
 use crate::handle::{self, JobHandle};
 use crate::panic::Panic;
 use crate::threads::{Running, Threads};

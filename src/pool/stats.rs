@@ -3,8 +3,8 @@
 //! read-modify-write (two workers bumping one shared counter made its line
 //! bounce between cores on every job). Readers add the slots up.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 

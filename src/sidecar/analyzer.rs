@@ -192,7 +192,7 @@ fn parse_response(buf: &[u8]) -> Result<serde_json::Value, String> {
     let head = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
-            return Err("analyzer closed the connection mid-answer".to_string())
+            return Err("analyzer closed the connection mid-answer".to_string());
         }
         Err(e) => return Err(format!("analyzer sent a malformed answer: {e}")),
     };
@@ -226,12 +226,16 @@ mod tests {
         );
         let a = Analyzer::parse("http://[::1]:81/x").unwrap();
         assert_eq!((a.host.as_str(), a.port), ("::1", 81));
-        assert!(Analyzer::parse("https://a")
-            .unwrap_err()
-            .contains("only http://"));
-        assert!(Analyzer::parse("http://a:port/")
-            .unwrap_err()
-            .contains("invalid port"));
+        assert!(
+            Analyzer::parse("https://a")
+                .unwrap_err()
+                .contains("only http://")
+        );
+        assert!(
+            Analyzer::parse("http://a:port/")
+                .unwrap_err()
+                .contains("invalid port")
+        );
         assert!(Analyzer::parse("http:///x").is_err());
     }
 

@@ -682,7 +682,7 @@ fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(usize, Request, Fra
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(ReadError::Reject(431, "too many headers"))
+            return Err(ReadError::Reject(431, "too many headers"));
         }
         Err(_) => return Err(ReadError::Reject(400, "malformed request")),
     };
@@ -719,7 +719,7 @@ fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(usize, Request, Fra
             return Err(ReadError::Reject(
                 400,
                 "both Content-Length and Transfer-Encoding",
-            ))
+            ));
         }
         (Some("chunked"), []) => Framing::Chunked,
         (Some(_), []) => return Err(ReadError::Reject(501, "unsupported transfer encoding")),

@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use quiesce::{BoxError, Readiness, Service, ServiceContext};
 use rusqlite::{Connection, OptionalExtension};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::http::{Handler, Limits, Request, Response, Server};
-use super::report::{rfc3339, Report};
+use super::report::{Report, rfc3339};
 use super::scheduler::write_atomically;
 use super::store::{self, CallError, Op, Outcome, StoreHandle};
 

@@ -18,13 +18,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, tick, Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, select, tick};
 use quiesce::{BoxError, Context, Pool, Service, ServiceContext};
 use rusqlite::Connection;
 
 use super::analyzer::Analyzer;
 use super::report::Report;
-use super::store::{self, now_ms, Op, Outcome, StoreHandle};
+use super::store::{self, Op, Outcome, StoreHandle, now_ms};
 
 /// How the pipeline works.
 #[derive(Clone, Debug)]
@@ -99,7 +99,7 @@ impl Service for Pipeline {
             .workers(workers)
             .queue(capacity)
             .name("analysis")
-            .stop_grace(Duration::from_millis(250))
+            .stop_grace(Duration::from_millis(500))
             .build()?;
         let (settled_tx, settled_rx) = crossbeam_channel::unbounded::<Settled>();
         let mut in_flight: HashSet<String> = HashSet::new();
@@ -223,7 +223,7 @@ impl Pipeline {
         &self,
         claim: Claim,
         settled: Sender<Settled>,
-    ) -> impl FnOnce(&Context) + Send + 'static {
+    ) -> impl FnOnce(&Context) + Send + 'static + use<> {
         let (settings, store, metrics) = (
             self.settings.clone(),
             self.store.clone(),
@@ -284,7 +284,9 @@ impl Pipeline {
             let reply_id = id.clone();
             let reply: store::Reply = Box::new(move |result: Result<Outcome, String>| {
                 if let Err(err) = &result {
-                    log::error!("report {reply_id}: its outcome could not be stored ({err}); it stays queued");
+                    log::error!(
+                        "report {reply_id}: its outcome could not be stored ({err}); it stays queued"
+                    );
                 }
                 let _ = notify.send((reply_id, result.is_ok()));
             });

@@ -118,7 +118,7 @@ impl Report {
         let alert_items: Vec<String> = self
             .answers
             .iter()
-            .filter(|(_, &a)| a >= 3)
+            .filter(|(_, a)| **a >= 3)
             .map(|(k, _)| k.clone())
             .collect();
         Score {

@@ -15,7 +15,7 @@ use rusqlite::Connection;
 use serde_json::json;
 
 use super::report::rfc3339;
-use super::store::{self, now_ms, Op, StoreHandle};
+use super::store::{self, Op, StoreHandle, now_ms};
 
 /// The summary service.
 pub struct Scheduler {

@@ -15,11 +15,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 use quiesce::{Counters, Supervisor};
 
 use super::analyzer::Analyzer;
@@ -240,7 +240,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             retry_backoff: args.retry_backoff,
             alert_total: args.alert_total,
             analyzer,
-            drain: pipeline_stop.saturating_sub(Duration::from_millis(500)),
+            // Room after the drain for cancelled jobs to return (a loaded
+            // machine is slow to run them) within the pipeline's share.
+            drain: pipeline_stop.mul_f64(0.7),
         },
         &shared,
     ))

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// A server still running this long after its start is killed and the
 /// test fails.
@@ -172,19 +172,21 @@ impl Serve {
             let (child, fired) = (child.clone(), fired.clone());
             thread::Builder::new()
                 .name(format!("serve-{pid}-watchdog"))
-                .spawn(move || loop {
-                    match stop_rx.recv_timeout(Duration::from_millis(50)) {
-                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                        _ => return,
-                    }
-                    let mut child = child.lock().unwrap_or_else(|e| e.into_inner());
-                    if !matches!(child.try_wait(), Ok(None)) {
-                        return;
-                    }
-                    if started.elapsed() > WATCHDOG {
-                        fired.store(true, Ordering::SeqCst);
-                        let _ = child.kill();
-                        return;
+                .spawn(move || {
+                    loop {
+                        match stop_rx.recv_timeout(Duration::from_millis(50)) {
+                            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                            _ => return,
+                        }
+                        let mut child = child.lock().unwrap_or_else(|e| e.into_inner());
+                        if !matches!(child.try_wait(), Ok(None)) {
+                            return;
+                        }
+                        if started.elapsed() > WATCHDOG {
+                            fired.store(true, Ordering::SeqCst);
+                            let _ = child.kill();
+                            return;
+                        }
                     }
                 })
                 .expect("spawn the watchdog")
@@ -926,12 +928,10 @@ pub fn copies(data_dir: &Path) -> BTreeMap<String, i64> {
     let mut stmt = db
         .prepare("SELECT report_id, COUNT(*) FROM reports GROUP BY report_id")
         .expect("query reports");
-    let map = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
         .expect("read reports")
         .map(|r| r.expect("a row"))
-        .collect();
-    map
+        .collect()
 }
 
 /// `PRAGMA integrity_check` of the database.
@@ -999,12 +999,14 @@ impl SilentAnalyzer {
                         }
                         // Read and discard; forget the connections the
                         // other side closed.
-                        open.retain_mut(|s| loop {
-                            match s.read(&mut chunk) {
-                                Ok(0) => break false,
-                                Ok(_) => continue,
-                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
-                                Err(_) => break false,
+                        open.retain_mut(|s| {
+                            loop {
+                                match s.read(&mut chunk) {
+                                    Ok(0) => break false,
+                                    Ok(_) => continue,
+                                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
+                                    Err(_) => break false,
+                                }
                             }
                         });
                         thread::sleep(Duration::from_millis(5));

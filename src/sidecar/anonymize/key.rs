@@ -45,7 +45,7 @@ impl Key {
                     return Err(Usage(format!(
                         "no key: give --key-file FILE or set {KEY_ENV} (there is no default \
                          key, on purpose; make one with `openssl rand -hex 32 > anon.key`)"
-                    )))
+                    )));
                 }
             },
         };

@@ -32,7 +32,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use quiesce::signals::{signal_context, signal_name, SignalGuard};
+use quiesce::signals::{SignalGuard, signal_context, signal_name};
 use quiesce::{Context, ContextError};
 
 pub use args::Args;
@@ -42,7 +42,7 @@ use indicatif::HumanBytes;
 use key::Key;
 use progress::Progress;
 use pseudonym::Pseudonymizer;
-use summary::{Stop, Summary, EXIT_USAGE};
+use summary::{EXIT_USAGE, Stop, Summary};
 use transform::Transform;
 
 /// How often the progress bar is redrawn.

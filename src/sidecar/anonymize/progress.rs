@@ -11,10 +11,9 @@ use std::time::Instant;
 
 use indicatif::{HumanBytes, HumanCount, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::summary::{plural, seconds, FileReport, Status};
+use super::summary::{FileReport, Status, plural, seconds};
 
-const BAR_TEMPLATE: &str =
-    "{elapsed_precise} [{wide_bar}] {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}) {msg}";
+const BAR_TEMPLATE: &str = "{elapsed_precise} [{wide_bar}] {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}) {msg}";
 
 enum Mode {
     Quiet,

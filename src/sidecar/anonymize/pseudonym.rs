@@ -8,8 +8,8 @@
 //! caches than files in progress at once, and each holds at most
 //! [`CACHE_ENTRIES`] values, so memory stays flat.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::ops::{Deref, DerefMut};
 

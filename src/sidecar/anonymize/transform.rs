@@ -11,12 +11,12 @@ use csv::{ByteRecord, Reader, Terminator};
 use quiesce::Context;
 
 use super::columns::{Action, Columns};
-use super::dialect::{self, Dialect, BOM};
+use super::dialect::{self, BOM, Dialect};
 use super::inputs::Job;
 use super::output::Pending;
 use super::progress::Progress;
 use super::pseudonym::Pseudonymizer;
-use super::source::{Source, MAX_RECORD};
+use super::source::{MAX_RECORD, Source};
 use super::summary::{FileReport, Status};
 
 /// Rows between two looks at the context (and two progress updates).
