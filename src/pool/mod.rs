@@ -1493,12 +1493,13 @@ enum Wake {
 ///
 /// Parking and being woken costs a few microseconds (two system calls and
 /// a context switch), which every job pays when the submitter is only a
-/// little slower than the workers and the queue keeps running empty.
-/// Yielding first (a dozen yields on a loaded machine take a few
-/// microseconds, and give the CPU to the submitter meanwhile) keeps the
+/// little slower than the workers and the queue keeps running empty. A
+/// couple of yields (which give the CPU to the submitter meanwhile) keep the
 /// workers awake across such gaps: 1,000,000 no-op jobs through 2 workers
-/// went from about 57 to about 24 ns per job (see `benches/pool.rs`).
-const BACKOFF_YIELDS: usize = 8;
+/// went from about 57 to about 24 ns per job (see `benches/pool.rs`). More
+/// yields gain nothing there and cost CPU when jobs are sparse: each is a
+/// system call, made again after every job by a worker that then parks.
+const BACKOFF_YIELDS: usize = 2;
 
 /// Looks at the queue between yields, [`BACKOFF_YIELDS`] times.
 fn try_recv_a_while(shared: &Shared) -> Option<Job> {

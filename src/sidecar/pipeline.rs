@@ -167,17 +167,23 @@ impl Pipeline {
         capacity: usize,
         settled: &Sender<Settled>,
     ) -> rusqlite::Result<()> {
-        let free = capacity.saturating_sub(in_flight.len());
-        if free == 0 {
+        if in_flight.len() >= capacity {
             return Ok(());
         }
-        let mut stmt = reader.prepare_cached(
+        // The claims in flight are still queued, so the first `capacity`
+        // due rows cover them and every free place. The limit is written
+        // into the SQL: a bound LIMIT makes SQLite re-plan the statement on
+        // every run.
+        let mut stmt = reader.prepare_cached(&format!(
             "SELECT report_id, patient_id, site_id, instrument, submitted_at, answers, attempts
              FROM reports WHERE status = 'queued' AND next_attempt_at <= ?1
-             ORDER BY next_attempt_at, rowid LIMIT ?2",
-        )?;
-        let limit = i64::try_from(in_flight.len() + free).unwrap_or(i64::MAX);
-        let rows = stmt.query_map(rusqlite::params![now_ms(), limit], |r| {
+             ORDER BY next_attempt_at, rowid LIMIT {capacity}"
+        ))?;
+        let rows = stmt.query_map(rusqlite::params![now_ms()], |r| {
+            let report_id: String = r.get(0)?;
+            if in_flight.contains(&report_id) {
+                return Ok(None);
+            }
             let answers: String = r.get(5)?;
             let (answers, unreadable) = match serde_json::from_str(&answers) {
                 Ok(answers) => (answers, None),
@@ -186,9 +192,9 @@ impl Pipeline {
                     Some(format!("stored answers unreadable: {err}")),
                 ),
             };
-            Ok(Claim {
+            Ok(Some(Claim {
                 report: Report {
-                    report_id: r.get(0)?,
+                    report_id,
                     patient_id: r.get(1)?,
                     site_id: r.get(2)?,
                     instrument: r.get(3)?,
@@ -197,13 +203,13 @@ impl Pipeline {
                 },
                 attempts: r.get(6)?,
                 unreadable,
-            })
+            }))
         })?;
+        let mut claims = Vec::new();
         for claim in rows {
-            let claim = claim?;
-            if in_flight.contains(&claim.report.report_id) {
-                continue;
-            }
+            claims.extend(claim?);
+        }
+        for claim in claims {
             let id = claim.report.report_id.clone();
             let job = self.job(claim, settled.clone());
             match pool.try_submit(job) {
