@@ -291,10 +291,12 @@ pub(crate) fn cancel(node: &Arc<Node>, err: ContextError, cause: Option<Cause>) 
     let Some(first) = mark(node, err, &cause, &mut pending) else {
         return;
     };
-    let mut woken = vec![first];
+    // Only the nodes with something to wake (a `done()` channel, a timer
+    // entry, callbacks) are kept: most of a large subtree has none.
+    let mut woken: Vec<Wake> = first.into_iter().collect();
     // Iterative, not recursive: a deep tree cannot overflow the stack.
     while let Some(child) = pending.pop() {
-        woken.extend(mark(&child, err, &cause, &mut pending));
+        woken.extend(mark(&child, err, &cause, &mut pending).flatten());
     }
     detach(node);
     for wake in woken {
@@ -326,13 +328,14 @@ impl Wake {
 }
 
 /// Marks one node done (invariants 1, 4, 6, 7), moving its children to
-/// `pending`; `None` when it already was done.
+/// `pending`: `None` when it already was done, `Some(None)` when it has
+/// nothing to wake.
 fn mark(
     node: &Node,
     err: ContextError,
     cause: &Option<Cause>,
     pending: &mut Vec<Arc<Node>>,
-) -> Option<Wake> {
+) -> Option<Option<Wake>> {
     let mut inner = node.inner.lock();
     if inner.err.is_some() {
         return None;
@@ -345,11 +348,13 @@ fn mark(
         child.slot.store(UNLINKED, Ordering::Relaxed);
     }
     pending.append(&mut inner.children);
-    Some(Wake {
+    let wake = Wake {
         done_tx: inner.done_tx.take(),
         timer: node.timer_id.zip(node.deadline).map(|(id, at)| (at, id)),
         callbacks: mem::take(&mut inner.callbacks),
-    })
+    };
+    let idle = wake.done_tx.is_none() && wake.timer.is_none() && wake.callbacks.is_empty();
+    Some((!idle).then_some(wake))
 }
 
 /// Removes a cancelled node from its parent's `children` (invariant 2).
