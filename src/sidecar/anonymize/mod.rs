@@ -18,6 +18,7 @@
 mod args;
 mod batch;
 mod columns;
+mod committer;
 mod dialect;
 mod inputs;
 mod key;
@@ -111,16 +112,24 @@ impl Prepared {
             settings.concurrency
         );
         let progress = Progress::new(settings.quiet, found.jobs.len(), found.bytes());
+        let committer = committer::Committer::start(settings.concurrency * 2)
+            .context("cannot start the commit thread")?;
         let transform = Transform {
             columns: &settings.columns,
             pseudonyms: &pseudonyms,
             progress: &progress,
+            committer: &committer,
         };
         let mut files = with_ticker(&progress, || {
             batch::run(&found.jobs, settings.concurrency, &ctx, |job, ctx| {
                 transform.file(job, ctx)
             })
         });
+        for (name, err) in committer.finish() {
+            if let Some(report) = files.iter_mut().find(|f| f.name == name) {
+                report.status = summary::Status::Failed(format!("cannot write the output: {err}"));
+            }
+        }
         progress.clear();
 
         files.extend(found.problems.iter().map(|p| summary::FileReport {

@@ -11,6 +11,7 @@ use csv::{ByteRecord, Reader, Terminator};
 use quiesce::Context;
 
 use super::columns::{Action, Columns};
+use super::committer::Committer;
 use super::dialect::{self, BOM, Dialect};
 use super::inputs::Job;
 use super::output::Pending;
@@ -56,6 +57,7 @@ pub(crate) struct Transform<'a> {
     pub(crate) columns: &'a Columns,
     pub(crate) pseudonyms: &'a Pseudonymizer,
     pub(crate) progress: &'a Progress,
+    pub(crate) committer: &'a Committer,
 }
 
 impl Transform<'_> {
@@ -166,8 +168,10 @@ impl Transform<'_> {
                 e.error()
             ))
         })?;
-        pending
-            .commit(out_file)
+        // The fsync and rename happen on the commit thread; a failure there
+        // turns this report into a failure afterwards.
+        self.committer
+            .submit(job.name(), pending, out_file)
             .map_err(|e| fail(format!("cannot write {}: {e}", job.output.display())))
     }
 }
