@@ -305,19 +305,22 @@ impl StoreHandle {
     }
 }
 
+/// A committed batch's replies, each with its outcome.
+type Answers = Vec<(Reply, Result<Outcome, String>)>;
+
 /// Answers the callers of a committed batch on a thread of its own
 /// (`store-reply`): waking thirty blocked handlers is thirty system calls,
 /// which the writer would otherwise make between two commits (it was a
 /// good share of the writer's time under load). The outcome is final when
 /// it is handed over: the commit is done.
 struct Replier {
-    tx: Option<Sender<Vec<(Reply, Result<Outcome, String>)>>>,
+    tx: Option<Sender<Answers>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Replier {
     fn start() -> std::io::Result<Replier> {
-        let (tx, rx) = crossbeam_channel::unbounded::<Vec<(Reply, Result<Outcome, String>)>>();
+        let (tx, rx) = crossbeam_channel::unbounded::<Answers>();
         let thread = std::thread::Builder::new()
             .name("store-reply".to_string())
             .spawn(move || {
@@ -333,7 +336,7 @@ impl Replier {
         })
     }
 
-    fn answer(&self, answers: Vec<(Reply, Result<Outcome, String>)>) {
+    fn answer(&self, answers: Answers) {
         if let Some(tx) = &self.tx {
             if let Err(unsent) = tx.send(answers) {
                 // The thread is gone (it panicked): answer here.
@@ -474,7 +477,7 @@ impl Store {
         metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
-        let answers: Vec<(Reply, Result<Outcome, String>)> = match applied {
+        let answers: Answers = match applied {
             Ok(results) => {
                 let mut woke = false;
                 batch
