@@ -31,6 +31,19 @@ fn blocker(gate: Receiver<()>) -> impl FnOnce(&Context) + Send + 'static {
     }
 }
 
+/// Submits `n` jobs that each count once in the returned counter.
+fn submit_counted(pool: &Pool, n: usize) -> Arc<AtomicUsize> {
+    let count = Arc::new(AtomicUsize::new(0));
+    for _ in 0..n {
+        let count = count.clone();
+        pool.submit(move |_| {
+            count.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
+    }
+    count
+}
+
 #[test]
 fn the_queue_bound_holds_and_refused_jobs_come_back() {
     let leaks = leak::track();
@@ -38,14 +51,7 @@ fn the_queue_bound_holds_and_refused_jobs_come_back() {
     let (gate_tx, gate) = bounded::<()>(0);
     pool.submit(blocker(gate.clone())).unwrap();
     eventually("the worker is busy", || pool.running() == 1);
-    let ran = Arc::new(AtomicUsize::new(0));
-    for _ in 0..2 {
-        let ran = ran.clone();
-        pool.submit(move |_| {
-            ran.fetch_add(1, Ordering::SeqCst);
-        })
-        .unwrap();
-    }
+    let ran = submit_counted(&pool, 2);
     assert_eq!(pool.queued(), 2);
 
     let r = ran.clone();
@@ -158,14 +164,7 @@ fn panics_are_caught_counted_handled_and_do_not_shrink_the_pool() {
     for i in 0..100 {
         pool.submit(move |_| panic!("bad report {i}")).unwrap();
     }
-    let done = Arc::new(AtomicUsize::new(0));
-    for _ in 0..100 {
-        let done = done.clone();
-        pool.submit(move |_| {
-            done.fetch_add(1, Ordering::SeqCst);
-        })
-        .unwrap();
-    }
+    let done = submit_counted(&pool, 100);
     let report = pool.shutdown(Instant::now() + LONG);
     assert_eq!(report.panicked, 100);
     assert_eq!(report.completed, 100);
@@ -205,14 +204,7 @@ fn panics_leave_the_worker_count_unchanged() {
 fn shutdown_drains_every_queued_job() {
     let leaks = leak::track();
     let pool = Pool::builder().workers(1).queue(1000).build().unwrap();
-    let done = Arc::new(AtomicUsize::new(0));
-    for _ in 0..1000 {
-        let done = done.clone();
-        pool.submit(move |_| {
-            done.fetch_add(1, Ordering::SeqCst);
-        })
-        .unwrap();
-    }
+    let done = submit_counted(&pool, 1000);
     let report = pool.shutdown(Instant::now() + LONG);
     assert_eq!(report.completed, 1000);
     assert_eq!(done.load(Ordering::SeqCst), 1000);
@@ -273,14 +265,7 @@ fn abort_cancels_running_jobs_and_hands_back_the_queue() {
     })
     .unwrap();
     eventually("the job runs", || pool.running() == 1);
-    let ran = Arc::new(AtomicUsize::new(0));
-    for _ in 0..10 {
-        let ran = ran.clone();
-        pool.submit(move |_| {
-            ran.fetch_add(1, Ordering::SeqCst);
-        })
-        .unwrap();
-    }
+    let ran = submit_counted(&pool, 10);
     let report = pool.abort();
     assert_eq!(report.cancelled, 1);
     assert_eq!(report.never_started.len(), 10);
@@ -467,17 +452,10 @@ fn workers_are_named_and_hooks_run_on_them() {
 #[test]
 fn dropping_the_pool_runs_every_queued_job() {
     let leaks = leak::track();
-    let done = Arc::new(AtomicUsize::new(0));
-    {
+    let done = {
         let pool = Pool::builder().workers(2).queue(500).build().unwrap();
-        for _ in 0..500 {
-            let done = done.clone();
-            pool.submit(move |_| {
-                done.fetch_add(1, Ordering::SeqCst);
-            })
-            .unwrap();
-        }
-    }
+        submit_counted(&pool, 500)
+    };
     assert_eq!(done.load(Ordering::SeqCst), 500);
     leaks.assert_none();
 }
@@ -502,14 +480,7 @@ fn cancelling_the_parent_cancels_jobs_and_refuses_submits() {
 fn a_queue_of_zero_hands_jobs_straight_to_workers() {
     let leaks = leak::track();
     let pool = Pool::builder().workers(2).queue(0).build().unwrap();
-    let done = Arc::new(AtomicUsize::new(0));
-    for _ in 0..100 {
-        let done = done.clone();
-        pool.submit(move |_| {
-            done.fetch_add(1, Ordering::SeqCst);
-        })
-        .unwrap();
-    }
+    let done = submit_counted(&pool, 100);
     let report = pool.shutdown(Instant::now() + LONG);
     assert_eq!(report.completed, 100);
     assert_eq!(done.load(Ordering::SeqCst), 100);
