@@ -915,16 +915,7 @@ fn a_connection_flood_past_the_limit_gets_immediate_503s() {
     let (_dir, mut serve) = server("flood", &["--http-threads", "2", "--max-connections", "4"]);
     let addr = serve.addr;
     // Two keep-alive connections hold the two handler threads...
-    let mut held: Vec<Conn> = (0..2)
-        .map(|_| {
-            let mut conn = Conn::open(addr).expect("connect");
-            let response = conn
-                .send(&request("GET", "/livez", &[], None, true))
-                .expect("served");
-            assert_eq!(response.status, 200);
-            conn
-        })
-        .collect();
+    let mut held = hold_handlers(addr, 2);
     // ...two more wait for a handler (the queue: 4 - 2)...
     let mut waiting: Vec<Conn> = (0..2).map(|_| Conn::open(addr).expect("connect")).collect();
     for conn in &mut waiting {

@@ -419,16 +419,7 @@ fn clients_connecting_during_the_stop_do_not_hold_it_up() {
     let addr = serve.addr;
     // The server at its connection limit: two keep-alive connections hold
     // the two handlers, two more wait for one.
-    let mut held: Vec<Conn> = (0..2)
-        .map(|_| {
-            let mut conn = Conn::open(addr).expect("connect");
-            let response = conn
-                .send(&request("GET", "/livez", &[], None, true))
-                .expect("served");
-            assert_eq!(response.status, 200);
-            conn
-        })
-        .collect();
+    let mut held = hold_handlers(addr, 2);
     held.extend((0..2).map(|_| Conn::open(addr).expect("connect")));
     let give_up = Instant::now() + Duration::from_secs(30);
     // Eight clients, each opening a connection every ~25 ms, sending a

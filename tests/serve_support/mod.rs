@@ -800,6 +800,22 @@ pub fn post(addr: SocketAddr, body: &[u8]) -> Response {
     exchange(addr, &post_request(body, false))
 }
 
+/// Opens `n` keep-alive connections, each served one request, so that
+/// each holds a handler thread until dropped.
+#[track_caller]
+pub fn hold_handlers(addr: SocketAddr, n: usize) -> Vec<Conn> {
+    (0..n)
+        .map(|_| {
+            let mut conn = Conn::open(addr).expect("connect");
+            let response = conn
+                .send(&request("GET", "/livez", &[], None, true))
+                .expect("served");
+            assert_eq!(response.status, 200);
+            conn
+        })
+        .collect()
+}
+
 /// Posts `report` as JSON.
 #[track_caller]
 pub fn post_json(addr: SocketAddr, report: &Value) -> Response {
