@@ -27,8 +27,11 @@ pub struct Metrics {
     pub job_seconds: Histogram,
     /// Commands per store transaction.
     pub commit_batch: Histogram,
-    /// Time of a store commit (the fsync).
+    /// Time of a store transaction's statements and commit (its WAL
+    /// frames written, not yet flushed).
     pub commit_seconds: Histogram,
+    /// Time of one flush of the WAL to disk (one or more commits).
+    pub fsync_seconds: Histogram,
 }
 
 impl Metrics {
@@ -80,8 +83,13 @@ impl Metrics {
         );
         let commit_seconds = histogram(
             "quiesce_store_commit_seconds",
-            "Time of one store commit, fsync included.",
+            "Time of one store transaction up to its commit (WAL written, not yet flushed).",
             prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets"),
+        );
+        let fsync_seconds = histogram(
+            "quiesce_store_fsync_seconds",
+            "Time of one flush (fdatasync) of the WAL, which makes one or more commits durable.",
+            prometheus::exponential_buckets(0.00005, 2.0, 16).expect("valid buckets"),
         );
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -94,6 +102,7 @@ impl Metrics {
             Box::new(job_seconds.clone()),
             Box::new(commit_batch.clone()),
             Box::new(commit_seconds.clone()),
+            Box::new(fsync_seconds.clone()),
         ] {
             registry.register(m).expect("unique metric names");
         }
@@ -109,6 +118,7 @@ impl Metrics {
             job_seconds,
             commit_batch,
             commit_seconds,
+            fsync_seconds,
         }
     }
 
