@@ -820,6 +820,26 @@ fn keep_alive_serves_many_requests_on_one_connection() {
             .unwrap_or_else(|f| panic!("GET {i}: {f:?}"));
         assert_eq!(response.status, 200);
     }
+    // Pipelined requests in one write get their answers in order, whether
+    // the store answers them after its commit (POST) or the handler at once
+    // (GET, a 400): a new report, a duplicate, an invalid one, a GET.
+    let mut mixed = Vec::new();
+    let fresh = report("ka-pipe", "P-2", "s", &[("q1", 2)]).to_string();
+    let again = report("ka-0", "P-1", "s", &[("q1", 1)]).to_string();
+    mixed.extend(post_request(fresh.as_bytes(), true));
+    mixed.extend(post_request(again.as_bytes(), true));
+    mixed.extend(post_request(b"{}", true));
+    mixed.extend(post_request(fresh.as_bytes(), true));
+    mixed.extend(request("GET", "/livez", &[], None, true));
+    conn.write(&mixed).expect("write");
+    let statuses: Vec<u16> = (0..5)
+        .map(|i| {
+            conn.read_response()
+                .unwrap_or_else(|f| panic!("answer {i}: {f:?}"))
+                .status
+        })
+        .collect();
+    assert_eq!(statuses, [202, 200, 400, 200, 200]);
     // Two pipelined requests in one write get two answers, in order.
     let mut both = request("GET", "/v1/reports/ka-0", &[], None, true);
     both.extend(request("GET", "/v1/reports/none", &[], None, false));

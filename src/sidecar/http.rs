@@ -31,6 +31,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use quiesce::{Context, Threads};
 
+/// How long a handler thread waits for an outstanding answer before going
+/// on (the answer's own deadline usually ends the wait first).
+const SETTLE_WAIT: Duration = Duration::from_secs(15);
+
 /// Limits and timeouts of a [`Server`].
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -110,8 +114,16 @@ impl Response {
 /// Answers requests on a handler thread, with per-thread state `S` (such
 /// as a database connection).
 pub trait Handler<S>: Send + Sync + 'static {
-    /// Answers one request.
-    fn handle(&self, state: &mut S, request: &Request, stopping: bool) -> Response;
+    /// Answers one request: now, with `Some(response)`, or later, with
+    /// `None` after taking a [`Deferred`] from `later` (the handler thread
+    /// then goes back to reading the connection; see [`Later`]).
+    fn handle(
+        &self,
+        state: &mut S,
+        request: &Request,
+        stopping: bool,
+        later: &Later<'_>,
+    ) -> Option<Response>;
 
     /// Answers a request the server refused before any handler saw it
     /// (limits, timeouts, bad framing): for metrics and logs.
@@ -131,6 +143,194 @@ struct Shared {
 struct Conn {
     stream: TcpStream,
     idle: bool,
+    outbox: Arc<Outbox>,
+}
+
+/// The write side of a connection, shared by its handler thread and by
+/// whoever answers a [`Deferred`] request (the store's reply thread).
+///
+/// Why: a handler thread that waited for the store's commit would sleep and
+/// be woken once more per request than the client does; on a small machine
+/// those wake-ups were the sidecar's main cost. So an answer that must wait
+/// for the store is written by the thread that has it, straight to the
+/// socket, without blocking (a client that does not read cannot hold that
+/// thread: what the socket does not take at once is left here for the
+/// handler thread to write, with its write deadline). One answer is
+/// outstanding per connection at most, so answers stay in request order.
+struct Outbox {
+    stream: TcpStream,
+    state: Mutex<OutState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct OutState {
+    /// A deferred answer is awaited, until this deadline.
+    pending: Option<Instant>,
+    /// Counts deferred answers given out; an answer for an older one (taken
+    /// over at its deadline) is dropped.
+    serial: u64,
+    /// Bytes of an answer the socket did not take at once.
+    unsent: Vec<u8>,
+    /// Writing an answer failed: the connection is done.
+    broken: bool,
+    /// The answer written asks the client to close.
+    closing: bool,
+}
+
+impl Outbox {
+    fn new(stream: TcpStream) -> Outbox {
+        Outbox {
+            stream,
+            state: Mutex::new(OutState::default()),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits (until `deadline`) for the outstanding answer, then writes
+    /// what the socket did not take. `Err` when the connection is done.
+    /// An answer still missing at its own deadline is given up: `timeout`
+    /// is sent in its place.
+    fn settle(&self, deadline: Instant, timeout: &dyn Fn() -> Response) -> io::Result<()> {
+        let mut state = self.lock();
+        loop {
+            if state.broken {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            let Some(due) = state.pending else { break };
+            let now = Instant::now();
+            if now >= due {
+                // Taken over: a late answer is dropped (its serial is old).
+                state.pending = None;
+                state.serial += 1;
+                let bytes = encode(&timeout(), state.closing);
+                state.unsent.extend_from_slice(&bytes);
+                break;
+            }
+            if now >= deadline {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            state = self
+                .changed
+                .wait_timeout(state, due.min(deadline) - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        if state.unsent.is_empty() {
+            return Ok(());
+        }
+        let unsent = std::mem::take(&mut state.unsent);
+        drop(state);
+        let mut stream = &self.stream;
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+        let written = stream.write_all(&unsent);
+        if written.is_err() {
+            self.lock().broken = true;
+        }
+        written
+    }
+
+    fn is_pending(&self) -> bool {
+        self.lock().pending.is_some()
+    }
+}
+
+/// Hands out a [`Deferred`] for the request being handled.
+pub struct Later<'a> {
+    outbox: &'a Arc<Outbox>,
+    close: bool,
+}
+
+impl Later<'_> {
+    /// Promises an answer by `deadline` (past it, the client gets `503`);
+    /// the handler then returns `None`.
+    pub fn defer(&self, deadline: Instant) -> Deferred {
+        let mut state = self.outbox.lock();
+        state.pending = Some(deadline);
+        state.closing = self.close;
+        state.serial += 1;
+        Deferred {
+            outbox: Some(self.outbox.clone()),
+            serial: state.serial,
+            close: self.close,
+        }
+    }
+}
+
+/// An answer owed to a client: [`Deferred::respond`] writes it from any
+/// thread, without blocking. Dropped unanswered, it answers `503`.
+pub struct Deferred {
+    outbox: Option<Arc<Outbox>>,
+    serial: u64,
+    close: bool,
+}
+
+impl Deferred {
+    /// Writes `response` (what the socket does not take at once is left
+    /// for the connection's handler thread).
+    pub fn respond(mut self, response: Response) {
+        self.write(&response);
+    }
+
+    fn write(&mut self, response: &Response) {
+        let Some(outbox) = self.outbox.take() else {
+            return;
+        };
+        let bytes = encode(response, self.close);
+        let mut state = outbox.lock();
+        if state.serial != self.serial || state.pending.is_none() {
+            return; // given up at its deadline; the client got 503
+        }
+        state.pending = None;
+        let sent = if state.unsent.is_empty() {
+            send_now(&outbox.stream, &bytes)
+        } else {
+            Ok(0)
+        };
+        match sent {
+            Ok(n) => state.unsent.extend_from_slice(&bytes[n..]),
+            Err(_) => state.broken = true,
+        }
+        drop(state);
+        outbox.changed.notify_all();
+    }
+}
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        if self.outbox.is_some() {
+            self.write(&unavailable());
+        }
+    }
+}
+
+/// The answer for a request that got no answer in time.
+fn unavailable() -> Response {
+    Response::json(
+        503,
+        &serde_json::json!({ "error": "no answer in time; retry" }),
+    )
+    .with_header("Retry-After", "1")
+}
+
+/// Sends what the socket takes now, without waiting: the count sent.
+fn send_now(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    let socket = socket2::SockRef::from(stream);
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match socket.send_with_flags(&bytes[sent..], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) {
+            Ok(0) => break,
+            Ok(n) => sent += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(sent)
 }
 
 /// A running server; [`Server::stop`] stops it gracefully.
@@ -260,7 +460,7 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
 
 fn close_idle(shared: &Shared) {
     let open = shared.open.lock().unwrap_or_else(|e| e.into_inner());
-    for conn in open.values().filter(|c| c.idle) {
+    for conn in open.values().filter(|c| c.idle && !c.outbox.is_pending()) {
         let _ = conn.stream.shutdown(Shutdown::Both);
     }
 }
@@ -433,24 +633,31 @@ fn handler_loop<S, H: Handler<S>>(
         let Some(state) = state.as_mut() else {
             continue;
         };
-        if let Ok(clone) = stream.try_clone() {
-            shared
-                .open
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(
-                    id,
-                    Conn {
-                        stream: clone,
-                        idle: true,
-                    },
-                );
-        }
+        let (Ok(for_stop), Ok(for_answers)) = (stream.try_clone(), stream.try_clone()) else {
+            handler.refused(503, "cannot serve the connection");
+            refuse(stream, 503, "temporarily unavailable");
+            continue;
+        };
+        let outbox = Arc::new(Outbox::new(for_answers));
+        shared
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                id,
+                Conn {
+                    stream: for_stop,
+                    idle: true,
+                    outbox: outbox.clone(),
+                },
+            );
         let mut conn = Connection {
             stream,
             buf: Vec::with_capacity(4096),
             id,
             shared,
+            outbox,
+            read_timeout: None,
         };
         conn.serve(state, handler);
         shared
@@ -476,17 +683,32 @@ struct Connection<'a> {
     buf: Vec<u8>,
     id: u64,
     shared: &'a Shared,
+    outbox: Arc<Outbox>,
+    /// The read timeout set on the socket.
+    read_timeout: Option<Duration>,
 }
 
 impl Connection<'_> {
     fn serve<S, H: Handler<S>>(&mut self, state: &mut S, handler: &H) {
         let _ = self.stream.set_nodelay(true);
+        self.serve_requests(state, handler);
+        // Whatever happened, the answer owed is given before the
+        // connection closes (bounded by its own deadline).
+        let _ = self
+            .outbox
+            .settle(Instant::now() + SETTLE_WAIT, &unavailable);
+    }
+
+    fn serve_requests<S, H: Handler<S>>(&mut self, state: &mut S, handler: &H) {
         loop {
             let request = match self.read_request() {
                 Ok(request) => request,
                 Err(ReadError::Closed) => return,
                 Err(ReadError::Reject(status, why)) => {
                     handler.refused(status, why);
+                    if self.settle().is_err() {
+                        return;
+                    }
                     let response = Response::json(status, &serde_json::json!({ "error": why }));
                     let _ = write_response(&mut self.stream, &response, true);
                     if let Ok(stream) = self.stream.try_clone() {
@@ -495,14 +717,35 @@ impl Connection<'_> {
                     return;
                 }
             };
+            // One answer outstanding at most: answers go in request order.
+            if self.settle().is_err() {
+                return;
+            }
             let stopping = self.shared.stopping.load(Ordering::SeqCst);
-            let response = handler.handle(state, &request, stopping);
             let close = stopping || wants_close(&request);
-            if write_response(&mut self.stream, &response, close).is_err() || close {
+            let later = Later {
+                outbox: &self.outbox,
+                close,
+            };
+            let written = match handler.handle(state, &request, stopping, &later) {
+                Some(response) => self
+                    .settle()
+                    .and_then(|()| write_response(&mut self.stream, &response, close)),
+                // Answered by another thread; when it is the last one, wait for it.
+                None if close => self.settle(),
+                None => Ok(()),
+            };
+            if written.is_err() || close {
                 let _ = self.stream.shutdown(Shutdown::Write);
                 return;
             }
         }
+    }
+
+    /// Lets the outstanding answer (if any) be written first.
+    fn settle(&self) -> io::Result<()> {
+        self.outbox
+            .settle(Instant::now() + SETTLE_WAIT, &unavailable)
     }
 
     fn set_idle(&self, idle: bool) {
@@ -574,6 +817,15 @@ impl Connection<'_> {
             if now >= idle_deadline {
                 return Err(ReadError::Closed);
             }
+            // An answer the socket did not take at once, or one given up
+            // at its deadline, is written from here.
+            if self
+                .outbox
+                .settle(now, &unavailable)
+                .is_err_and(|e| !is_timeout(&e))
+            {
+                return Err(ReadError::Closed);
+            }
             // Wake up now and then to notice a stop.
             let slice = idle_deadline.min(now + Duration::from_millis(50));
             match self.read_some(slice) {
@@ -605,7 +857,16 @@ impl Connection<'_> {
         if left.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
-        self.stream.set_read_timeout(Some(left))?;
+        // One system call saved per request: the timeout set last is kept
+        // when it ends at most 1 ms past the deadline and not much before
+        // it (the callers loop until their deadline anyway).
+        let keep = self.read_timeout.is_some_and(|set| {
+            set <= left + Duration::from_millis(1) && left < set + Duration::from_millis(10)
+        });
+        if !keep {
+            self.stream.set_read_timeout(Some(left))?;
+            self.read_timeout = Some(left);
+        }
         let mut chunk = [0u8; 8192];
         let n = self.stream.read(&mut chunk)?;
         self.buf.extend_from_slice(&chunk[..n]);
@@ -773,23 +1034,217 @@ fn reason(status: u16) -> &'static str {
 
 fn write_response(stream: &mut TcpStream, response: &Response, close: bool) -> io::Result<()> {
     let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+    stream.write_all(&encode(response, close))?;
+    stream.flush()
+}
+
+/// A response's bytes on the wire.
+fn encode(response: &Response, close: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(160 + response.body.len());
-    write!(
+    let _ = write!(
         out,
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
         response.status,
         reason(response.status),
         response.content_type,
         response.body.len()
-    )?;
+    );
     for (name, value) in &response.headers {
-        write!(out, "{name}: {value}\r\n")?;
+        let _ = write!(out, "{name}: {value}\r\n");
     }
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&response.body);
-    stream.write_all(&out)?;
-    stream.flush()
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A connected pair on loopback: (server side, client side).
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        (server, client)
+    }
+
+    fn outbox(server: &TcpStream) -> Arc<Outbox> {
+        Arc::new(Outbox::new(server.try_clone().expect("clone")))
+    }
+
+    fn later(outbox: &Arc<Outbox>) -> Later<'_> {
+        Later {
+            outbox,
+            close: false,
+        }
+    }
+
+    /// Reads from `client` until `n` complete responses have arrived; their
+    /// status codes and bodies, in order.
+    fn read_responses(client: &mut TcpStream, n: usize) -> Vec<(u16, String)> {
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 65536];
+        while out.len() < n {
+            let got = client.read(&mut chunk).expect("read a response");
+            assert!(got > 0, "connection closed after {} response(s)", out.len());
+            buf.extend_from_slice(&chunk[..got]);
+            loop {
+                let mut headers = [httparse::EMPTY_HEADER; 16];
+                let mut response = httparse::Response::new(&mut headers);
+                let Ok(httparse::Status::Complete(head)) = response.parse(&buf) else {
+                    break;
+                };
+                let status = response.code.expect("a status");
+                let len: usize = response
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .map(|h| {
+                        std::str::from_utf8(h.value)
+                            .expect("utf-8")
+                            .parse()
+                            .expect("a length")
+                    })
+                    .expect("a Content-Length");
+                if buf.len() < head + len {
+                    break;
+                }
+                let body = String::from_utf8(buf[head..head + len].to_vec()).expect("utf-8");
+                buf.drain(..head + len);
+                out.push((status, body));
+            }
+        }
+        assert!(buf.is_empty(), "bytes after the last response: {buf:?}");
+        out
+    }
+
+    fn ok(n: u32) -> Response {
+        Response::json(202, &serde_json::json!({ "n": n }))
+    }
+
+    #[test]
+    fn a_deferred_answer_is_written_by_the_thread_that_has_it() {
+        let (server, mut client) = pair();
+        let outbox = outbox(&server);
+        let deferred = later(&outbox).defer(Instant::now() + Duration::from_secs(10));
+        assert!(outbox.is_pending());
+        std::thread::spawn(move || deferred.respond(ok(1)))
+            .join()
+            .expect("answering thread");
+        assert!(!outbox.is_pending());
+        assert_eq!(
+            read_responses(&mut client, 1),
+            vec![(202, r#"{"n":1}"#.to_string())]
+        );
+    }
+
+    #[test]
+    fn what_a_full_socket_does_not_take_is_written_by_the_handler_thread_in_order() {
+        let (server, mut client) = pair();
+        let socket = socket2::SockRef::from(&server);
+        socket
+            .set_send_buffer_size(4096)
+            .expect("small send buffer");
+        let outbox = outbox(&server);
+        // Fill the socket with answers the client does not read yet; the
+        // rest of the one it did not take stands in the outbox, as a
+        // deferred answer's would. Then a deferred answer queues behind it.
+        let mut filled = 0u32;
+        let filler = encode(&ok(0), false);
+        loop {
+            let sent = send_now(&outbox.stream, &filler).expect("send");
+            filled += 1;
+            if sent < filler.len() {
+                outbox.lock().unsent.extend_from_slice(&filler[sent..]);
+                break;
+            }
+            assert!(filled < 1_000_000, "the socket never filled");
+        }
+        let deferred = later(&outbox).defer(Instant::now() + Duration::from_secs(10));
+        deferred.respond(ok(7));
+        assert!(
+            !outbox.lock().unsent.is_empty(),
+            "the answer was not held back"
+        );
+        // The client reads while the handler thread writes the rest.
+        let reader = std::thread::spawn(move || read_responses(&mut client, filled as usize + 1));
+        outbox
+            .settle(Instant::now() + Duration::from_secs(10), &unavailable)
+            .expect("settled");
+        let responses = reader.join().expect("reader");
+        assert_eq!(responses.len(), filled as usize + 1);
+        assert!(
+            responses[..filled as usize]
+                .iter()
+                .all(|r| r.1 == r#"{"n":0}"#)
+        );
+        assert_eq!(responses.last(), Some(&(202, r#"{"n":7}"#.to_string())));
+    }
+
+    #[test]
+    fn an_answer_missing_at_its_deadline_becomes_503_and_the_late_one_is_dropped() {
+        let (server, mut client) = pair();
+        let outbox = outbox(&server);
+        let deferred = later(&outbox).defer(Instant::now() + Duration::from_millis(20));
+        outbox
+            .settle(Instant::now() + Duration::from_secs(10), &unavailable)
+            .expect("settled");
+        deferred.respond(ok(1)); // too late: dropped
+        // The next answer on the connection follows the 503 directly.
+        later(&outbox)
+            .defer(Instant::now() + Duration::from_secs(10))
+            .respond(ok(2));
+        let responses = read_responses(&mut client, 2);
+        assert_eq!(responses[0].0, 503);
+        assert!(
+            responses[0].1.contains("no answer in time"),
+            "{responses:?}"
+        );
+        assert_eq!(responses[1], (202, r#"{"n":2}"#.to_string()));
+    }
+
+    #[test]
+    fn a_deferred_answer_dropped_unanswered_says_503() {
+        let (server, mut client) = pair();
+        let outbox = outbox(&server);
+        drop(later(&outbox).defer(Instant::now() + Duration::from_secs(10)));
+        assert!(!outbox.is_pending());
+        let responses = read_responses(&mut client, 1);
+        assert_eq!(responses[0].0, 503);
+    }
+
+    #[test]
+    fn a_connection_the_peer_closed_is_reported_broken_and_not_waited_for() {
+        let (server, client) = pair();
+        let outbox = outbox(&server);
+        drop(client);
+        // The first answers may still be taken (the peer's reset comes back
+        // after them); a later one fails.
+        let mut broken = false;
+        for _ in 0..200 {
+            later(&outbox)
+                .defer(Instant::now() + Duration::from_secs(10))
+                .respond(ok(1));
+            if outbox.lock().broken {
+                broken = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(broken, "answering a closed peer never failed");
+        let settled = outbox.settle(Instant::now() + Duration::from_secs(10), &unavailable);
+        assert_eq!(
+            settled.map_err(|e| e.kind()),
+            Err(io::ErrorKind::BrokenPipe)
+        );
+    }
 }

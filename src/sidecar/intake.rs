@@ -22,7 +22,7 @@ use quiesce::{BoxError, Readiness, Service, ServiceContext};
 use rusqlite::{Connection, OptionalExtension};
 use serde_json::{Value, json};
 
-use super::http::{Handler, Limits, Request, Response, Server};
+use super::http::{Deferred, Handler, Later, Limits, Request, Response, Server};
 use super::report::{Report, rfc3339};
 use super::scheduler::write_atomically;
 use super::store::{self, CallError, Op, Outcome, StoreHandle};
@@ -112,14 +112,20 @@ struct Api {
 }
 
 impl Handler<Connection> for Api {
-    fn handle(&self, db: &mut Connection, request: &Request, stopping: bool) -> Response {
+    fn handle(
+        &self,
+        db: &mut Connection,
+        request: &Request,
+        stopping: bool,
+        later: &Later<'_>,
+    ) -> Option<Response> {
+        if request.path == "/v1/reports" && request.method == "POST" {
+            // Answered when the store has committed it (see `Posted`).
+            return self.post_report(request, stopping, later);
+        }
         let (route, response) = self.route(db, request, stopping);
-        self.shared
-            .metrics
-            .requests
-            .with_label_values(&[route, &response.status.to_string()])
-            .inc();
-        response
+        count(&self.shared, route, response.status);
+        Some(response)
     }
 
     fn refused(&self, status: u16, why: &str) {
@@ -129,6 +135,33 @@ impl Handler<Connection> for Api {
             .requests
             .with_label_values(&["refused", &status.to_string()])
             .inc();
+    }
+}
+
+/// Counts a request in the metrics by route and status.
+fn count(shared: &store::Shared, route: &str, status: u16) {
+    shared
+        .metrics
+        .requests
+        .with_label_values(&[route, status_label(status)])
+        .inc();
+}
+
+/// `status.to_string()` without the allocation, for the usual ones.
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        202 => "202",
+        400 => "400",
+        404 => "404",
+        405 => "405",
+        409 => "409",
+        413 => "413",
+        415 => "415",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        _ => "other",
     }
 }
 
@@ -149,10 +182,7 @@ impl Api {
     ) -> (&'static str, Response) {
         let method = request.method.as_str();
         match request.path.as_str() {
-            "/v1/reports" => match method {
-                "POST" => ("POST /v1/reports", self.post_report(request, stopping)),
-                _ => ("/v1/reports", not_allowed("POST")),
-            },
+            "/v1/reports" => ("/v1/reports", not_allowed("POST")),
             path if path.starts_with("/v1/reports/") => match method {
                 "GET" => (
                     "GET /v1/reports/{id}",
@@ -200,29 +230,21 @@ impl Api {
         }
     }
 
-    fn post_report(&self, request: &Request, stopping: bool) -> Response {
-        if stopping {
-            return error(503, "shutting down").with_header("Retry-After", RETRY_AFTER);
-        }
-        let json = request.header("content-type").is_some_and(|ct| {
-            ct.split(';')
-                .next()
-                .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
-        });
-        if !json {
-            return error(
-                415,
-                "the body must be JSON (Content-Type: application/json)",
-            );
-        }
-        let report = match Report::parse(&request.body, time::OffsetDateTime::now_utc()) {
+    /// `POST /v1/reports`: answered now when it is refused, or later, by
+    /// the store's reply thread, once the report is committed.
+    fn post_report(
+        &self,
+        request: &Request,
+        stopping: bool,
+        later: &Later<'_>,
+    ) -> Option<Response> {
+        let refused = |response: Response| {
+            count(&self.shared, ROUTE_POST, response.status);
+            Some(response)
+        };
+        let report = match self.validate(request, stopping) {
             Ok(report) => report,
-            Err(invalid) => {
-                return Response::json(
-                    400,
-                    &json!({ "error": invalid.message, "field": invalid.field }),
-                );
-            }
+            Err(response) => return refused(response),
         };
         let report_id = report.report_id.clone();
         let hash = report.content_hash();
@@ -231,7 +253,73 @@ impl Api {
             hash,
             max_backlog: self.max_backlog,
         };
-        match self.store.call(insert, Instant::now() + STORE_WAIT) {
+        let deadline = Instant::now() + STORE_WAIT;
+        let posted = Posted {
+            answer: Some(later.defer(deadline)),
+            report_id,
+            shared: self.shared.clone(),
+        };
+        // Not taken in time: `posted` is dropped and answers 503.
+        let _ = self.store.send(
+            insert,
+            Box::new(move |outcome| posted.finish(outcome)),
+            deadline,
+        );
+        None
+    }
+
+    /// A report from the request, or the answer refusing it.
+    fn validate(&self, request: &Request, stopping: bool) -> Result<Report, Response> {
+        if stopping {
+            return Err(error(503, "shutting down").with_header("Retry-After", RETRY_AFTER));
+        }
+        let json = request.header("content-type").is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+        });
+        if !json {
+            return Err(error(
+                415,
+                "the body must be JSON (Content-Type: application/json)",
+            ));
+        }
+        Report::parse(&request.body, time::OffsetDateTime::now_utc()).map_err(|invalid| {
+            Response::json(
+                400,
+                &json!({ "error": invalid.message, "field": invalid.field }),
+            )
+        })
+    }
+
+    fn enrollment(&self) -> Response {
+        let snapshot = self.shared.enrollment.snapshot();
+        let sites: serde_json::Map<String, Value> = snapshot
+            .sorted()
+            .into_iter()
+            .map(|(site, n)| (site.clone(), json!(n)))
+            .collect();
+        Response::json(200, &json!({ "sites": sites, "total": snapshot.total }))
+    }
+}
+
+/// The route label of `POST /v1/reports` in the metrics.
+const ROUTE_POST: &str = "POST /v1/reports";
+
+/// A report handed to the store, whose client waits for the answer. The
+/// store's reply thread calls [`Posted::finish`] once the transaction has
+/// committed (or failed); dropped unanswered (the store did not take it in
+/// time, or stopped), it answers `503`.
+struct Posted {
+    answer: Option<Deferred>,
+    report_id: String,
+    shared: Arc<store::Shared>,
+}
+
+impl Posted {
+    fn finish(mut self, outcome: Result<Outcome, String>) {
+        let report_id = &self.report_id;
+        let response = match outcome {
             Ok(Outcome::Accepted) => Response::json(
                 202,
                 &json!({ "report_id": report_id, "status": "accepted" }),
@@ -252,23 +340,36 @@ impl Api {
                 log::error!("insert of {report_id} answered {other:?}");
                 error(500, "unexpected store answer")
             }
-            Err(err @ CallError::Unavailable(_)) | Err(err @ CallError::Failed(_)) => {
-                log::warn!("report {report_id} not stored: {err}");
-                error(503, "the report could not be stored; retry")
-                    .with_header("Retry-After", RETRY_AFTER)
+            Err(err) => {
+                log::warn!("report {report_id} not stored: {}", CallError::Failed(err));
+                not_stored()
             }
-        }
+        };
+        self.answer(response);
     }
 
-    fn enrollment(&self) -> Response {
-        let snapshot = self.shared.enrollment.snapshot();
-        let sites: serde_json::Map<String, Value> = snapshot
-            .sorted()
-            .into_iter()
-            .map(|(site, n)| (site.clone(), json!(n)))
-            .collect();
-        Response::json(200, &json!({ "sites": sites, "total": snapshot.total }))
+    fn answer(&mut self, response: Response) {
+        if let Some(answer) = self.answer.take() {
+            count(&self.shared, ROUTE_POST, response.status);
+            answer.respond(response);
+        }
     }
+}
+
+impl Drop for Posted {
+    fn drop(&mut self) {
+        if self.answer.is_some() {
+            log::warn!(
+                "report {} not stored: the store did not take it in time",
+                self.report_id
+            );
+            self.answer(not_stored());
+        }
+    }
+}
+
+fn not_stored() -> Response {
+    error(503, "the report could not be stored; retry").with_header("Retry-After", RETRY_AFTER)
 }
 
 fn get_report(db: &Connection, id: &str) -> Response {
