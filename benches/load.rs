@@ -693,6 +693,8 @@ struct Metrics {
     failed: f64,
     commits: f64,
     commit_seconds: f64,
+    flushes: f64,
+    flush_seconds: f64,
     batched: f64,
     jobs: f64,
     job_seconds: f64,
@@ -719,6 +721,8 @@ fn metrics(addr: SocketAddr) -> io::Result<Metrics> {
             "quiesce_store_commit_seconds_count" => m.commits = value,
             "quiesce_store_commit_seconds_sum" => m.commit_seconds = value,
             "quiesce_store_commit_batch_size_sum" => m.batched = value,
+            "quiesce_store_fsync_seconds_count" => m.flushes = value,
+            "quiesce_store_fsync_seconds_sum" => m.flush_seconds = value,
             "quiesce_job_duration_seconds_count" => m.jobs = value,
             "quiesce_job_duration_seconds_sum" => m.job_seconds = value,
             _ => {}
@@ -1524,8 +1528,19 @@ fn commit_stats(before: &Metrics, after: &Metrics, secs: f64) -> String {
     if commits <= 0.0 {
         return "none".into();
     }
+    let flushes = after.flushes - before.flushes;
+    let flushed = if flushes > 0.0 {
+        format!(
+            "; WAL flushes (fdatasync, on store-sync) {:.0}/s, {:.2} ms each, {:.1} commits each",
+            flushes / secs,
+            1000.0 * (after.flush_seconds - before.flush_seconds) / flushes,
+            commits / flushes
+        )
+    } else {
+        " (fsync included: each commit flushed itself)".to_string()
+    };
     format!(
-        "{:.0}/s, {:.1} commands each ({:.1} new reports, {:.1} results), {:.2} ms each (fsync included)",
+        "{:.0}/s, {:.1} commands each ({:.1} new reports, {:.1} results), {:.2} ms each{flushed}",
         commits / secs,
         (after.batched - before.batched) / commits,
         (after.accepted - before.accepted) / commits,
@@ -1691,12 +1706,18 @@ impl Summary<'_> {
         if e.commits > main.at_start.commits {
             let commit_s = (e.commit_seconds - main.at_start.commit_seconds)
                 / (e.commits - main.at_start.commits);
+            let flushes = e.flushes - main.at_start.flushes;
+            let flush_s = if flushes > 0.0 {
+                (e.flush_seconds - main.at_start.flush_seconds) / flushes
+            } else {
+                0.0
+            };
             row(
-                "ceiling: clients / commit time",
+                "ceiling: clients / (commit + flush time)",
                 format!(
-                    "{} clients, each waiting for at least one commit: at most {:.0}/s",
+                    "{} clients, each waiting for at least one commit and one flush: at most {:.0}/s",
                     c.clients,
-                    c.clients as f64 / commit_s
+                    c.clients as f64 / (commit_s + flush_s)
                 ),
                 String::new(),
             );
