@@ -197,9 +197,10 @@ impl Outbox {
 
     /// Waits (until `deadline`) for the outstanding answer, then writes
     /// what the socket did not take. `Err` when the connection is done.
-    /// An answer still missing at its own deadline is given up: `timeout`
-    /// is sent in its place.
-    fn settle(&self, deadline: Instant, timeout: &dyn Fn() -> Response) -> io::Result<()> {
+    /// An answer still missing at its own deadline is given up and
+    /// [`unavailable`] sent in its place, after `gave_up` is called (before
+    /// the client can see it, so that it can be counted first).
+    fn settle(&self, deadline: Instant, gave_up: &dyn Fn()) -> io::Result<()> {
         let mut state = self.lock();
         loop {
             if state.broken {
@@ -211,8 +212,9 @@ impl Outbox {
                 // Taken over: a late answer is dropped (its serial is old).
                 state.pending = None;
                 state.serial += 1;
-                let bytes = encode(&timeout(), state.closing);
+                let bytes = encode(&unavailable(), state.closing);
                 state.unsent.extend_from_slice(&bytes);
+                gave_up();
                 break;
             }
             if now >= deadline {
@@ -260,7 +262,6 @@ impl Later<'_> {
         Deferred {
             outbox: Some(self.outbox.clone()),
             serial: state.serial,
-            close: self.close,
         }
     }
 }
@@ -270,25 +271,28 @@ impl Later<'_> {
 pub struct Deferred {
     outbox: Option<Arc<Outbox>>,
     serial: u64,
-    close: bool,
 }
 
 impl Deferred {
     /// Writes `response` (what the socket does not take at once is left
-    /// for the connection's handler thread).
-    pub fn respond(mut self, response: Response) {
-        self.write(&response);
+    /// for the connection's handler thread), after calling `before` (so
+    /// that it is counted before the client can see it). `false`, and
+    /// `before` is not called, when it came too late: the client was
+    /// answered `503` at the deadline instead.
+    pub fn respond(mut self, response: Response, before: impl FnOnce()) -> bool {
+        self.write(&response, before)
     }
 
-    fn write(&mut self, response: &Response) {
+    fn write(&mut self, response: &Response, before: impl FnOnce()) -> bool {
         let Some(outbox) = self.outbox.take() else {
-            return;
+            return false;
         };
-        let bytes = encode(response, self.close);
         let mut state = outbox.lock();
         if state.serial != self.serial || state.pending.is_none() {
-            return; // given up at its deadline; the client got 503
+            return false;
         }
+        before();
+        let bytes = encode(response, state.closing);
         state.pending = None;
         let sent = if state.unsent.is_empty() {
             send_now(&outbox.stream, &bytes)
@@ -301,13 +305,14 @@ impl Deferred {
         }
         drop(state);
         outbox.changed.notify_all();
+        true
     }
 }
 
 impl Drop for Deferred {
     fn drop(&mut self) {
         if self.outbox.is_some() {
-            self.write(&unavailable());
+            self.write(&unavailable(), || {});
         }
     }
 }
@@ -708,19 +713,17 @@ impl Connection<'_> {
         self.serve_requests(state, handler);
         // Whatever happened, the answer owed is given before the
         // connection closes (bounded by its own deadline).
-        let _ = self
-            .outbox
-            .settle(Instant::now() + SETTLE_WAIT, &unavailable);
+        let _ = self.settle(handler);
     }
 
     fn serve_requests<S, H: Handler<S>>(&mut self, state: &mut S, handler: &H) {
         loop {
-            let request = match self.read_request() {
+            let request = match self.read_request(handler) {
                 Ok(request) => request,
                 Err(ReadError::Closed) => return,
                 Err(ReadError::Reject(status, why)) => {
                     handler.refused(status, why);
-                    if self.settle().is_err() {
+                    if self.settle(handler).is_err() {
                         return;
                     }
                     let response = Response::json(status, &serde_json::json!({ "error": why }));
@@ -732,7 +735,7 @@ impl Connection<'_> {
                 }
             };
             // One answer outstanding at most: answers go in request order.
-            if self.settle().is_err() {
+            if self.settle(handler).is_err() {
                 return;
             }
             let stopping = self.shared.stopping.load(Ordering::SeqCst);
@@ -743,10 +746,10 @@ impl Connection<'_> {
             };
             let written = match handler.handle(state, &request, stopping, &later) {
                 Some(response) => self
-                    .settle()
+                    .settle(handler)
                     .and_then(|()| write_response(&mut self.stream, &response, close)),
                 // Answered by another thread; when it is the last one, wait for it.
-                None if close => self.settle(),
+                None if close => self.settle(handler),
                 None => Ok(()),
             };
             if written.is_err() || close {
@@ -757,9 +760,15 @@ impl Connection<'_> {
     }
 
     /// Lets the outstanding answer (if any) be written first.
-    fn settle(&self) -> io::Result<()> {
-        self.outbox
-            .settle(Instant::now() + SETTLE_WAIT, &unavailable)
+    fn settle<S>(&self, handler: &impl Handler<S>) -> io::Result<()> {
+        self.settle_until(Instant::now() + SETTLE_WAIT, handler)
+    }
+
+    /// [`Outbox::settle`], telling the handler of an answer given up.
+    fn settle_until<S>(&self, deadline: Instant, handler: &impl Handler<S>) -> io::Result<()> {
+        self.outbox.settle(deadline, &|| {
+            handler.refused(503, "no answer in time");
+        })
     }
 
     fn set_idle(&self, idle: bool) {
@@ -776,13 +785,13 @@ impl Connection<'_> {
 
     /// Reads the next request: waits (idle) for its first byte, then reads
     /// its head and body under their deadlines.
-    fn read_request(&mut self) -> Result<Request, ReadError> {
+    fn read_request<S>(&mut self, handler: &impl Handler<S>) -> Result<Request, ReadError> {
         let limits = &self.shared.limits;
         if self.buf.is_empty() {
             // Idle only until a request starts: a stop closes idle
             // connections, never one with a request under way.
             self.set_idle(true);
-            let first = self.wait_first_byte();
+            let first = self.wait_first_byte(handler);
             self.set_idle(false);
             first?;
         }
@@ -816,7 +825,7 @@ impl Connection<'_> {
 
     /// Waits for the first byte of a request: up to the idle timeout, and,
     /// once the server is stopping, up to the close grace.
-    fn wait_first_byte(&mut self) -> Result<(), ReadError> {
+    fn wait_first_byte<S>(&mut self, handler: &impl Handler<S>) -> Result<(), ReadError> {
         let limits = &self.shared.limits;
         let idle_deadline = Instant::now() + limits.idle_timeout;
         let mut stop_deadline: Option<Instant> = None;
@@ -834,8 +843,7 @@ impl Connection<'_> {
             // An answer the socket did not take at once, or one given up
             // at its deadline, is written from here.
             if self
-                .outbox
-                .settle(now, &unavailable)
+                .settle_until(now, handler)
                 .is_err_and(|e| !is_timeout(&e))
             {
                 return Err(ReadError::Closed);
@@ -1151,9 +1159,10 @@ mod tests {
         let outbox = outbox(&server);
         let deferred = later(&outbox).defer(Instant::now() + Duration::from_secs(10));
         assert!(outbox.is_pending());
-        std::thread::spawn(move || deferred.respond(ok(1)))
+        let written = std::thread::spawn(move || deferred.respond(ok(1), || {}))
             .join()
             .expect("answering thread");
+        assert!(written, "an answer in time is written");
         assert!(!outbox.is_pending());
         assert_eq!(
             read_responses(&mut client, 1),
@@ -1184,16 +1193,20 @@ mod tests {
             assert!(filled < 1_000_000, "the socket never filled");
         }
         let deferred = later(&outbox).defer(Instant::now() + Duration::from_secs(10));
-        deferred.respond(ok(7));
+        assert!(deferred.respond(ok(7), || {}), "an answer in time is taken");
         assert!(
             !outbox.lock().unsent.is_empty(),
             "the answer was not held back"
         );
         // The client reads while the handler thread writes the rest.
         let reader = std::thread::spawn(move || read_responses(&mut client, filled as usize + 1));
+        let gave_up = std::cell::Cell::new(false);
         outbox
-            .settle(Instant::now() + Duration::from_secs(10), &unavailable)
+            .settle(Instant::now() + Duration::from_secs(10), &|| {
+                gave_up.set(true)
+            })
             .expect("settled");
+        assert!(!gave_up.get(), "nothing was given up");
         let responses = reader.join().expect("reader");
         assert_eq!(responses.len(), filled as usize + 1);
         assert!(
@@ -1209,14 +1222,25 @@ mod tests {
         let (server, mut client) = pair();
         let outbox = outbox(&server);
         let deferred = later(&outbox).defer(Instant::now() + Duration::from_millis(20));
+        let gave_up = std::cell::Cell::new(false);
         outbox
-            .settle(Instant::now() + Duration::from_secs(10), &unavailable)
+            .settle(Instant::now() + Duration::from_secs(10), &|| {
+                gave_up.set(true)
+            })
             .expect("settled");
-        deferred.respond(ok(1)); // too late: dropped
+        assert!(gave_up.get(), "the missing answer was given up");
+        let counted = std::cell::Cell::new(false);
+        assert!(
+            !deferred.respond(ok(1), || counted.set(true)),
+            "a late answer is dropped"
+        );
+        assert!(!counted.get(), "a dropped answer is not counted");
         // The next answer on the connection follows the 503 directly.
-        later(&outbox)
-            .defer(Instant::now() + Duration::from_secs(10))
-            .respond(ok(2));
+        assert!(
+            later(&outbox)
+                .defer(Instant::now() + Duration::from_secs(10))
+                .respond(ok(2), || {})
+        );
         let responses = read_responses(&mut client, 2);
         assert_eq!(responses[0].0, 503);
         assert!(
@@ -1247,7 +1271,7 @@ mod tests {
         for _ in 0..200 {
             later(&outbox)
                 .defer(Instant::now() + Duration::from_secs(10))
-                .respond(ok(1));
+                .respond(ok(1), || {});
             if outbox.lock().broken {
                 broken = true;
                 break;
@@ -1255,7 +1279,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(broken, "answering a closed peer never failed");
-        let settled = outbox.settle(Instant::now() + Duration::from_secs(10), &unavailable);
+        let settled = outbox.settle(Instant::now() + Duration::from_secs(10), &|| {});
         assert_eq!(
             settled.map_err(|e| e.kind()),
             Err(io::ErrorKind::BrokenPipe)

@@ -130,26 +130,30 @@ impl Handler<Connection> for Api {
 
     fn refused(&self, status: u16, why: &str) {
         log::debug!("refused a request: {status} {why}");
-        self.shared
-            .metrics
-            .requests
-            .with_label_values(&["refused", &status.to_string()])
-            .inc();
+        count(&self.shared, "refused", status);
     }
 }
 
 /// Counts a request in the metrics by route and status.
 fn count(shared: &store::Shared, route: &str, status: u16) {
+    let other;
+    let label = match status_label(status) {
+        Some(label) => label,
+        None => {
+            other = status.to_string();
+            &other
+        }
+    };
     shared
         .metrics
         .requests
-        .with_label_values(&[route, status_label(status)])
+        .with_label_values(&[route, label])
         .inc();
 }
 
 /// `status.to_string()` without the allocation, for the usual ones.
-fn status_label(status: u16) -> &'static str {
-    match status {
+fn status_label(status: u16) -> Option<&'static str> {
+    Some(match status {
         200 => "200",
         202 => "202",
         400 => "400",
@@ -161,8 +165,8 @@ fn status_label(status: u16) -> &'static str {
         429 => "429",
         500 => "500",
         503 => "503",
-        _ => "other",
-    }
+        _ => return None,
+    })
 }
 
 fn error(status: u16, message: &str) -> Response {
@@ -350,8 +354,16 @@ impl Posted {
 
     fn answer(&mut self, response: Response) {
         if let Some(answer) = self.answer.take() {
-            count(&self.shared, ROUTE_POST, response.status);
-            answer.respond(response);
+            let status = response.status;
+            let shared = &self.shared;
+            if !answer.respond(response, || count(shared, ROUTE_POST, status)) {
+                // The client got 503 at the deadline (counted by `refused`);
+                // it may retry: the same report is then a 200 duplicate.
+                log::warn!(
+                    "report {}: the store answered {status} after the client was told 503",
+                    self.report_id
+                );
+            }
         }
     }
 }

@@ -516,8 +516,8 @@ impl Store {
 
     /// Commits `first` and whatever else is waiting, in one transaction.
     /// (Holding results back so that clients' inserts commit alone was
-    /// measured: a commit's cost is mostly its fsync, so the inserts did
-    /// not go faster, and processing fell behind.)
+    /// measured, when each commit still flushed itself: the inserts did not
+    /// go faster, and processing fell behind.)
     fn commit_batch(&self, conn: &mut Connection, first: Command, syncer: &Syncer) {
         let mut batch = vec![first];
         batch.extend(self.rx.try_iter().take(MAX_BATCH - 1));
