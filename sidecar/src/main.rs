@@ -2,7 +2,8 @@
 //! de-identification job (`quiesce anonymize`), built only from the
 //! quiesce library's public API.
 
-mod sidecar;
+mod anonymize;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -23,10 +24,10 @@ enum Command {
     /// Take in patient-reported outcome reports over HTTP, store them
     /// durably, process them on a bounded pool, stop on SIGTERM without
     /// losing one.
-    Serve(Box<sidecar::serve::Args>),
+    Serve(Box<serve::Args>),
     /// Replace identifier columns of CSV exports by keyed pseudonyms, many
     /// files at once.
-    Anonymize(sidecar::anonymize::Args),
+    Anonymize(anonymize::Args),
 }
 
 fn main() -> ExitCode {
@@ -35,8 +36,8 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
     let result = match cli.command {
-        Command::Serve(args) => sidecar::serve::run(*args),
-        Command::Anonymize(args) => sidecar::anonymize::run(args),
+        Command::Serve(args) => serve::run(*args),
+        Command::Anonymize(args) => anonymize::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,4 +1,3 @@
-#![cfg(feature = "sidecar")]
 //! Black-box tests of `quiesce serve`'s HTTP API: the real binary on
 //! 127.0.0.1, real HTTP from a client of our own, the real SQLite file.
 //! Every status code with its error body, every validation rule, hostile

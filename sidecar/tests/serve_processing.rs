@@ -1,4 +1,3 @@
-#![cfg(feature = "sidecar")]
 //! Black-box tests of what `quiesce serve` does with the reports it took
 //! in: enrollment counters against a count made here (and rebuilt after a
 //! restart), the periodic summary (file and row), and the external

@@ -13,6 +13,15 @@
 //! checkpoints -> exit 0. Past the shutdown timeout the stuck threads are
 //! named and the exit code is 3.
 
+mod analyzer;
+mod http;
+mod intake;
+mod metrics;
+mod pipeline;
+mod report;
+mod scheduler;
+mod store;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -22,13 +31,12 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use quiesce::{Counters, Supervisor};
 
-use super::analyzer::Analyzer;
-use super::http::Limits;
-use super::intake::Intake;
-use super::metrics::Metrics;
-use super::pipeline::{self, Pipeline};
-use super::scheduler::Scheduler;
-use super::store;
+use self::analyzer::Analyzer;
+use self::http::Limits;
+use self::intake::Intake;
+use self::metrics::Metrics;
+use self::pipeline::Pipeline;
+use self::scheduler::Scheduler;
 
 /// Options of `quiesce serve`. Every one has a `QUIESCE_*` environment
 /// variable; a flag wins over the variable.

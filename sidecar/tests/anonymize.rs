@@ -4,7 +4,6 @@
 //!
 //! Every run has a watchdog: a child still alive after a minute is killed
 //! and the test fails. Nothing here asserts on wall-clock time.
-#![cfg(feature = "sidecar")]
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};

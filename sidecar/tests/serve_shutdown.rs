@@ -1,4 +1,3 @@
-#![cfg(feature = "sidecar")]
 //! Black-box tests of `quiesce serve`'s graceful stop: real SIGTERM sent
 //! with `kill` to the real binary, real HTTP on 127.0.0.1, the real SQLite
 //! file read afterwards. Readiness and the drain, 503 once intake stops,

@@ -9,10 +9,9 @@
 //! LOAD_SECONDS=5 cargo bench --bench load                 # a quick run
 //! ```
 //!
-//! Nothing to install. The bench builds the binary itself (`$CARGO build
-//! --release --bin quiesce` in `CARGO_MANIFEST_DIR`, then runs
-//! `$CARGO_TARGET_DIR/release/quiesce`, `target/` by default) and brings its
-//! own load generator: `LOAD_CLIENTS` threads, each with one keep-alive
+//! Nothing to install. Cargo builds the binary for the bench (the `bench`
+//! profile: release optimisations with debug info), and the bench brings
+//! its own load generator: `LOAD_CLIENTS` threads, each with one keep-alive
 //! `TcpStream`, each posting unique valid reports (the README's JSON shape,
 //! nine answers) one after another — a closed loop: the next request leaves
 //! when the previous one is answered — and timing each one from its first
@@ -87,8 +86,6 @@
 //! Every thread started here is joined; every child process is killed if
 //! the bench fails (its guard's `Drop`).
 
-#![cfg_attr(not(feature = "sidecar"), allow(dead_code))]
-
 use std::collections::{BTreeMap, HashMap};
 use std::env;
 use std::fs::{self, File};
@@ -116,14 +113,6 @@ const TICKS_PER_SECOND: f64 = 100.0;
 /// tens of MB).
 const RSS_BOUND_KB: u64 = 100 * 1024;
 
-#[cfg(not(feature = "sidecar"))]
-fn main() {
-    eprintln!(
-        "benches/load.rs measures the `quiesce` binary, which needs the `sidecar` feature (on by default)"
-    );
-}
-
-#[cfg(feature = "sidecar")]
 fn main() {
     let config = Config::from_env();
     println!(
@@ -277,25 +266,10 @@ impl Drop for TempDir {
     }
 }
 
-/// Builds the release binary and returns its path.
+/// The binary cargo built for this bench (the `bench` profile: release
+/// optimisations with debug info, for profilers).
 fn build_sidecar() -> PathBuf {
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let manifest_dir = env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
-    let status = Command::new(&cargo)
-        .args(["build", "--release", "--bin", "quiesce"])
-        .current_dir(&manifest_dir)
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {cargo:?}: {e}"));
-    assert!(
-        status.success(),
-        "cargo build --release --bin quiesce: {status}"
-    );
-    let target = env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || manifest_dir.join("target"),
-        |dir| manifest_dir.join(PathBuf::from(dir)),
-    );
-    let bin = target.join("release").join("quiesce");
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_quiesce"));
     assert!(bin.is_file(), "no binary at {}", bin.display());
     println!("binary: {}", bin.display());
     bin
@@ -1432,7 +1406,6 @@ impl Found {
     }
 }
 
-#[cfg(feature = "sidecar")]
 mod db {
     use std::path::Path;
     use std::time::{SystemTime, UNIX_EPOCH};
@@ -1500,21 +1473,6 @@ mod db {
         tx.commit()?;
         conn.execute_batch("PRAGMA journal_mode = WAL;")?;
         conn.close().map_err(|(_, e)| e)
-    }
-}
-
-/// Without the `sidecar` feature there is no rusqlite (and no binary to
-/// measure): `main` only says so.
-#[cfg(not(feature = "sidecar"))]
-mod db {
-    use std::path::Path;
-
-    pub fn find(_: &Path, _: impl Iterator<Item = String>) -> Result<super::Found, &'static str> {
-        Err("needs the sidecar feature")
-    }
-
-    pub fn fill(_: &Path, _: u64) -> Result<(), &'static str> {
-        Err("needs the sidecar feature")
     }
 }
 

@@ -1,4 +1,3 @@
-#![cfg(feature = "sidecar")]
 //! Black-box crash tests of `quiesce serve`: SIGKILL at random moments
 //! under load, several rounds on the same data directory, and a second
 //! SIGTERM that ends a slow stop at once. After each restart, the SQLite
