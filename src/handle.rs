@@ -1,6 +1,7 @@
-//! `JobHandle`: the result of one job run by a [`Pool`](crate::Pool) or a
-//! [`scope`](crate::scope), filled in by the job, or marked "never ran" if
-//! the job is dropped unrun.
+//! `JobHandle`: the result of one job run by a [`Pool`](crate::Pool), a
+//! [`scope`](crate::scope), a [`Consumer`](crate::Consumer) or your own
+//! thread ([`JobHandle::pair`]), filled in by the job, or marked "never
+//! ran" if the job is dropped unrun.
 
 use std::fmt;
 use std::sync::Arc;
@@ -50,19 +51,55 @@ enum SlotState<T> {
     Taken,
 }
 
-/// Owned by the job: fills the slot when the job ends, or marks it
-/// `NotRun` when the job is dropped without running.
-pub(crate) struct Completer<T> {
+/// The writing end of a [`JobHandle`]: whoever does the work fills it in
+/// with [`complete`](Completer::complete); dropped unfilled (the work was
+/// abandoned, its thread unwound), it marks the handle
+/// [`JobError::NotRun`], so a waiter is never left waiting for a value
+/// that cannot come.
+///
+/// Go's answer is a buffered channel of one (`done := make(chan T, 1)`),
+/// where a forgotten send leaves the receiver blocked for ever.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use quiesce::{JobError, JobHandle};
+///
+/// let (completer, handle) = JobHandle::pair();
+/// std::thread::spawn(move || completer.complete("batch stored"));
+/// assert_eq!(handle.join_timeout(Duration::from_secs(10)), Ok("batch stored"));
+///
+/// let (abandoned, handle) = JobHandle::<u32>::pair();
+/// drop(abandoned); // the work was given up
+/// assert_eq!(handle.join(), Err(JobError::NotRun));
+/// ```
+#[must_use = "dropping a Completer marks its handle NotRun"]
+pub struct Completer<T> {
     slot: Arc<Slot<T>>,
 }
 
 impl<T> Completer<T> {
-    /// Records the job's outcome and wakes whoever joins it.
-    pub(crate) fn finish(self, result: Result<T, Panic>) {
-        self.complete(SlotState::Done(result));
+    /// Hands `value` to the [`JobHandle`] and wakes whoever waits on it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (completer, handle) = quiesce::JobHandle::pair();
+    /// completer.complete(3);
+    /// assert!(handle.is_finished());
+    /// assert_eq!(handle.join(), Ok(3));
+    /// ```
+    pub fn complete(self, value: T) {
+        self.finish(Ok(value));
     }
 
-    fn complete(&self, outcome: SlotState<T>) {
+    /// Records the job's outcome and wakes whoever joins it.
+    pub(crate) fn finish(self, result: Result<T, Panic>) {
+        self.settle(SlotState::Done(result));
+    }
+
+    fn settle(&self, outcome: SlotState<T>) {
         let mut state = self.slot.state.lock();
         if matches!(*state, SlotState::Pending) {
             *state = outcome;
@@ -71,9 +108,15 @@ impl<T> Completer<T> {
     }
 }
 
+impl<T> fmt::Debug for Completer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Completer").finish_non_exhaustive()
+    }
+}
+
 impl<T> Drop for Completer<T> {
     fn drop(&mut self) {
-        self.complete(SlotState::NotRun);
+        self.settle(SlotState::NotRun);
     }
 }
 
@@ -117,6 +160,24 @@ impl fmt::Display for JobError {
 impl std::error::Error for JobError {}
 
 impl<T> JobHandle<T> {
+    /// A handle and the [`Completer`] that fills it, for work your own code
+    /// runs: a reply slot for a request handed to another thread, say.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::JobHandle;
+    ///
+    /// let (completer, handle) = JobHandle::pair();
+    /// let writer = std::thread::spawn(move || completer.complete(Ok::<u64, String>(1)));
+    /// assert_eq!(handle.join_timeout(Duration::from_secs(10)), Ok(Ok(1)));
+    /// writer.join().unwrap();
+    /// ```
+    pub fn pair() -> (Completer<T>, JobHandle<T>) {
+        pair()
+    }
+
     /// Waits for the job's result.
     ///
     /// # Errors
@@ -204,7 +265,7 @@ impl<T> JobHandle<T> {
         !matches!(*self.slot.state.lock(), SlotState::Pending)
     }
 
-    fn join_until(&self, deadline: Option<Instant>) -> Result<T, JobError> {
+    pub(crate) fn join_until(&self, deadline: Option<Instant>) -> Result<T, JobError> {
         let mut state = self.slot.state.lock();
         while matches!(*state, SlotState::Pending) {
             match deadline {

@@ -33,6 +33,8 @@
 //! | `g, ctx := errgroup.WithContext(ctx)`; `g.SetLimit(n)`; `g.Go(f)`; `g.Wait()` | [`Group::with_context`]; [`Group::set_limit`]; [`Group::spawn`]; [`Group::wait`] ([`GroupError`] names the task) |
 //! | `jobs := make(chan Job, 100)` + N worker goroutines; an `ants` pool | [`Pool::builder`] … [`Pool::submit`] (the job comes back in [`SubmitError`]); [`Pool::shutdown`] → [`ShutdownReport`] |
 //! | semaphore + `WaitGroup` loop over a slice | [`scope()`] → [`Scope::spawn`] → [`JobHandle`] |
+//! | `go func() { for it := range ch { … }; done <- r }()`; `close(ch)`; `<-done` | [`Consumer::bounded`]; [`Consumer::send`]; [`Consumer::finish`] |
+//! | `res := make(chan T, 1)` handed to another goroutine | [`JobHandle::pair`] → ([`Completer`], [`JobHandle`]) |
 //! | `signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)` | [`signals::signal_context`] |
 //! | go-zero `ServiceGroup`, `oklog/run`, fx start/stop hooks | [`Supervisor`]; [`Supervisor::run_until_signal`] → [`SupervisorReport::exit_code`] |
 //!
@@ -86,6 +88,7 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 
+mod consumer;
 mod counters;
 mod deadline;
 mod done;
@@ -107,11 +110,12 @@ mod wait;
 pub mod context;
 pub mod leak;
 
+pub use consumer::Consumer;
 pub use context::{CancelGuard, Cause, Context, ContextError, OnCancel};
 pub use counters::{Counters, Snapshot};
 pub use done::{Done, Shutdown, shutdown};
 pub use group::{Group, GroupError, LimitError, SpawnError, TrySpawnError, Waited};
-pub use handle::{JobError, JobHandle};
+pub use handle::{Completer, JobError, JobHandle};
 pub use panic::Panic;
 pub use pool::{Job, Pool, PoolBuilder, Refused, ShutdownReport, SubmitError};
 pub use scope::{Scope, scope};
