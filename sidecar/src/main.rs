@@ -3,6 +3,7 @@
 //! quiesce library's public API.
 
 mod anonymize;
+mod atomic_file;
 mod serve;
 
 use std::process::ExitCode;

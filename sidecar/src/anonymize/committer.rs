@@ -1,5 +1,5 @@
 //! Finished outputs are flushed to disk and renamed into place here, on a
-//! thread of their own (`quiesce-anon-commit`), while the worker that wrote
+//! thread of their own (`anon-commit`, a [`quiesce::Consumer`]), while the worker that wrote
 //! one goes on with its next file: the fsync is disk time, and a worker
 //! waiting for it would leave its core idle (on the benchmark's disk the
 //! fsyncs were a fifth of the run).
@@ -10,19 +10,20 @@
 
 use std::fs::File;
 use std::io;
-use std::thread::JoinHandle;
 
-use crossbeam_channel::Sender;
+use quiesce::Consumer;
 
-use super::output::Pending;
+use crate::atomic_file::Pending;
 
 /// A file waiting for its commit, named as in its report.
 type Work = (String, Pending, File);
 
+/// Commits that failed, by report name.
+type Failed = Vec<(String, io::Error)>;
+
 /// The commit thread; [`Committer::finish`] waits for the last commit.
 pub(crate) struct Committer {
-    tx: Option<Sender<Work>>,
-    thread: Option<JoinHandle<Vec<(String, io::Error)>>>,
+    thread: Option<Consumer<Work, Failed>>,
 }
 
 impl Committer {
@@ -32,20 +33,16 @@ impl Committer {
     ///
     /// When the thread cannot be started.
     pub(crate) fn start(queue: usize) -> io::Result<Committer> {
-        let (tx, rx) = crossbeam_channel::bounded::<Work>(queue.max(1));
-        let thread = std::thread::Builder::new()
-            .name("quiesce-anon-commit".to_string())
-            .spawn(move || {
-                let mut failed = Vec::new();
-                for (name, pending, file) in rx.iter() {
-                    if let Err(err) = pending.commit(file) {
-                        failed.push((name, err));
-                    }
+        let thread = Consumer::bounded("anon-commit", queue.max(1), |rx| {
+            let mut failed = Vec::new();
+            for (name, pending, file) in rx.iter() {
+                if let Err(err) = Pending::commit(pending, file) {
+                    failed.push((name, err));
                 }
-                failed
-            })?;
+            }
+            failed
+        })?;
         Ok(Committer {
-            tx: Some(tx),
             thread: Some(thread),
         })
     }
@@ -57,23 +54,23 @@ impl Committer {
     /// When the commit thread is gone (it panicked); the output is then
     /// dropped, which removes its temporary file.
     pub(crate) fn submit(&self, name: String, pending: Pending, file: File) -> io::Result<()> {
-        let tx = self.tx.as_ref().expect("submit before finish");
-        tx.send((name, pending, file))
+        let thread = self.thread.as_ref().expect("submit before finish");
+        thread
+            .send((name, pending, file))
             .map_err(|_| io::Error::other("the commit thread is gone"))
     }
 
     /// Waits for every commit; returns the files whose commit failed, by
     /// report name.
-    pub(crate) fn finish(mut self) -> Vec<(String, io::Error)> {
+    pub(crate) fn finish(mut self) -> Failed {
         self.wait()
     }
 
-    fn wait(&mut self) -> Vec<(String, io::Error)> {
-        drop(self.tx.take());
-        match self.thread.take().map(JoinHandle::join) {
+    fn wait(&mut self) -> Failed {
+        match self.thread.take().map(Consumer::finish) {
             Some(Ok(failed)) => failed,
-            Some(Err(_)) => {
-                log::error!("the commit thread panicked");
+            Some(Err(err)) => {
+                log::error!("the commit thread failed: {err}");
                 Vec::new()
             }
             None => Vec::new(),

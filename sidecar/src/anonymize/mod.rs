@@ -22,7 +22,6 @@ mod committer;
 mod dialect;
 mod inputs;
 mod key;
-mod output;
 mod progress;
 mod pseudonym;
 mod source;
@@ -157,33 +156,28 @@ impl Prepared {
     }
 }
 
-/// Runs `f` with a named thread redrawing the progress bar (when there is
-/// one); the thread is joined before returning.
+/// Runs `f` with a thread redrawing the progress bar (when there is one):
+/// a job of a [`quiesce::scope`] of its own, so it is named, registered and
+/// joined before this returns, and a panic in it is caught.
 fn with_ticker<R>(progress: &Progress, f: impl FnOnce() -> R) -> R {
     if !progress.has_bar() {
         return f();
     }
-    std::thread::scope(|ts| {
-        let (stop, done) = quiesce::shutdown();
-        let ticker = std::thread::Builder::new()
-            .name("quiesce-anon-progress".to_string())
-            .spawn_scoped(ts, move || {
-                while !done.wait_timeout(TICK) {
-                    progress.tick();
-                }
-            });
-        if let Err(err) = &ticker {
-            log::warn!("no progress bar: cannot start its thread: {err}");
-        }
-        let result = f();
-        stop.fire();
-        if let Ok(ticker) = ticker {
-            if ticker.join().is_err() {
-                log::warn!("the progress thread panicked");
+    let (ticking, stop) = Context::background().with_cancel();
+    let (result, ticker) = quiesce::scope(1, &ticking, |s| {
+        let ticker = s.spawn(|ctx| {
+            while ctx.sleep(TICK).is_ok() {
+                progress.tick();
             }
-        }
-        result
-    })
+        });
+        let result = f();
+        drop(stop);
+        (result, ticker)
+    });
+    if let Err(err) = ticker.join() {
+        log::warn!("the progress bar stopped: {err}");
+    }
+    result
 }
 
 /// Why the run's context is done, if it is.

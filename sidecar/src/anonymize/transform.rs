@@ -14,11 +14,11 @@ use super::columns::{Action, Columns};
 use super::committer::Committer;
 use super::dialect::{self, BOM, Dialect};
 use super::inputs::Job;
-use super::output::Pending;
 use super::progress::Progress;
 use super::pseudonym::Pseudonymizer;
 use super::source::{MAX_RECORD, Source};
 use super::summary::{FileReport, Status};
+use crate::atomic_file::Pending;
 
 /// Rows between two looks at the context (and two progress updates).
 const CHECK_EVERY: u64 = 256;

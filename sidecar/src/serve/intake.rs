@@ -23,8 +23,7 @@ use rusqlite::{Connection, OptionalExtension};
 use serde_json::{Value, json};
 
 use super::http::{Deferred, Handler, Later, Limits, Request, Response, Server};
-use super::report::{Report, rfc3339};
-use super::scheduler::write_atomically;
+use super::report::{Report, rfc3339_ms};
 use super::store::{self, CallError, Op, Outcome, StoreHandle};
 
 /// How long a request may wait for the store.
@@ -77,7 +76,7 @@ impl Service for Intake {
             api,
         )?;
         let bound = server.local_addr();
-        write_atomically(&self.addr_file, format!("{bound}\n").as_bytes())
+        crate::atomic_file::write(&self.addr_file, format!("{bound}\n").as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", self.addr_file.display()))?;
         log::info!("listening on http://{bound}");
         ctx.ready();
@@ -393,13 +392,7 @@ fn get_report(db: &Connection, id: &str) -> Response {
         )
         .and_then(|mut stmt| {
             stmt.query_row([id], |r| {
-                let ms = |t: Option<i64>| {
-                    t.and_then(|t| {
-                        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t) * 1_000_000)
-                            .ok()
-                    })
-                    .map(rfc3339)
-                };
+                let ms = |t: Option<i64>| t.and_then(rfc3339_ms);
                 let result: Option<String> = r.get(9)?;
                 let mut body = json!({
                     "report_id": r.get::<_, String>(0)?,

@@ -5,17 +5,17 @@
 //! file in `<data-dir>/summaries/`, atomically (a temporary file, fsynced,
 //! renamed, and the directory fsynced).
 
-use std::fs::{self, File};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use quiesce::{BoxError, Service, ServiceContext};
 use rusqlite::Connection;
 use serde_json::json;
 
-use super::report::rfc3339;
+use super::report::rfc3339_ms;
 use super::store::{self, Op, StoreHandle, now_ms};
+use crate::atomic_file;
 
 /// The summary service.
 pub struct Scheduler {
@@ -98,11 +98,7 @@ impl Scheduler {
             alerts += a;
             sites.push(json!({ "site_id": site, "reports": n, "alerts": a, "patients": patients }));
         }
-        let ms = |t: i64| {
-            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t) * 1_000_000)
-                .map(rfc3339)
-                .unwrap_or_default()
-        };
+        let ms = |t: i64| rfc3339_ms(t).unwrap_or_default();
         let body = json!({
             "period_start": ms(start),
             "period_end": ms(end),
@@ -120,29 +116,7 @@ impl Scheduler {
             Instant::now() + Duration::from_secs(30),
         )?;
         let path = self.dir.join(format!("summary-{end}.json"));
-        write_atomically(&path, body.as_bytes())?;
+        atomic_file::write(&path, body.as_bytes())?;
         Ok(path)
     }
-}
-
-/// Writes `bytes` to `path` so that it is whole or absent, even after a
-/// crash.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    let written = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written
 }

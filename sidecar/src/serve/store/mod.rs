@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, select};
-use quiesce::{BoxError, Counters, Service, ServiceContext};
+use quiesce::{BoxError, Consumer, Counters, JobError, JobHandle, Panic, Service, ServiceContext};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 
 use super::metrics::Metrics;
@@ -70,8 +70,10 @@ pub fn now_ms() -> i64 {
     i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
-/// Opens (creating if needed) the database for writing: WAL, full fsync on
-/// commit, schema in place.
+/// Opens (creating if needed) the database for writing: WAL,
+/// `synchronous = FULL` (each commit flushes itself), schema in place. The
+/// store service then hands the flushing to its `store-sync` thread and
+/// switches to `NORMAL` (see [`Syncer`]): as durable, fewer flushes.
 ///
 /// # Errors
 ///
@@ -200,35 +202,6 @@ pub struct Shared {
     pub work_added: Sender<()>,
 }
 
-/// Where [`StoreHandle::call`] waits for its outcome.
-#[derive(Default)]
-struct Answer {
-    slot: parking_lot::Mutex<Option<Result<Result<Outcome, String>, CallError>>>,
-    ready: parking_lot::Condvar,
-}
-
-/// Fills an [`Answer`]: with the outcome when the store replies, or with
-/// "stopped" when the command is dropped unanswered.
-struct Responder(Option<Arc<Answer>>);
-
-impl Responder {
-    fn answer(mut self, outcome: Result<Result<Outcome, String>, CallError>) {
-        if let Some(answer) = self.0.take() {
-            *answer.slot.lock() = Some(outcome);
-            answer.ready.notify_one();
-        }
-    }
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        if let Some(answer) = self.0.take() {
-            *answer.slot.lock() = Some(Err(CallError::Unavailable("stopped")));
-            answer.ready.notify_one();
-        }
-    }
-}
-
 /// A cheap handle to send commands to the store.
 #[derive(Clone)]
 pub struct StoreHandle {
@@ -263,27 +236,22 @@ impl StoreHandle {
     ///
     /// [`CallError`].
     pub fn call(&self, op: Op, deadline: Instant) -> Result<Outcome, CallError> {
-        // A mutex and condition variable rather than a channel: the wait
-        // is a commit (hundreds of microseconds, an fsync), and a channel's
-        // receive spins and yields first, which only burns CPU here.
-        let answer = Arc::new(Answer::default());
-        let responder = Responder(Some(answer.clone()));
+        // The library's one-shot slot (a mutex and a condition variable)
+        // rather than a channel: the wait is a commit (hundreds of
+        // microseconds, an fsync), and a channel's receive spins and yields
+        // first, which only burns CPU here. A command dropped unanswered
+        // (the store stopped) drops the completer: `NotRun`.
+        let (completer, answer) = JobHandle::pair();
         self.send(
             op,
-            Box::new(move |outcome| responder.answer(Ok(outcome))),
+            Box::new(move |outcome| completer.complete(outcome)),
             deadline,
         )?;
-        let mut slot = answer.slot.lock();
-        loop {
-            match slot.take() {
-                Some(Ok(Ok(outcome))) => return Ok(outcome),
-                Some(Ok(Err(err))) => return Err(CallError::Failed(err)),
-                Some(Err(stopped)) => return Err(stopped),
-                None => {}
-            }
-            if answer.ready.wait_until(&mut slot, deadline).timed_out() && slot.is_none() {
-                return Err(CallError::Unavailable("no answer in time"));
-            }
+        match answer.join_deadline(deadline) {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(err)) => Err(CallError::Failed(err)),
+            Err(JobError::Timeout) => Err(CallError::Unavailable("no answer in time")),
+            Err(_) => Err(CallError::Unavailable("stopped")),
         }
     }
 
@@ -327,80 +295,83 @@ type Answers = Vec<(Reply, Result<Outcome, String>)>;
 /// It also takes the wake-ups off the writer: waking thirty callers is
 /// thirty system calls, which the writer would otherwise make between two
 /// commits.
+///
+/// A reply that panics is logged and the others are still answered: the
+/// thread outlives it. If the thread dies anyway, [`Syncer::answer`] fails
+/// every reply it is given and [`Syncer::is_alive`] turns false, and the
+/// store service stops with an error (the supervisor then shuts the
+/// sidecar down, readiness false) rather than answer every commit as a
+/// failure while it looks healthy.
 struct Syncer {
-    tx: Option<Sender<Answers>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Consumer<Answers>,
 }
 
 impl Syncer {
     /// `wal`: the WAL file to flush before answering (`None` when each
     /// commit flushes itself, `synchronous = FULL`).
     fn start(wal: Option<std::fs::File>, shared: Arc<Shared>) -> std::io::Result<Syncer> {
-        let (tx, rx) = crossbeam_channel::unbounded::<Answers>();
-        let thread = std::thread::Builder::new()
-            .name("store-sync".to_string())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut batches = vec![first];
-                    batches.extend(rx.try_iter());
-                    let flushed = match &wal {
-                        None => Ok(()),
-                        Some(wal) => {
-                            let started = Instant::now();
-                            let flushed = wal.sync_data();
-                            shared
-                                .metrics
-                                .fsync_seconds
-                                .observe(started.elapsed().as_secs_f64());
-                            flushed.map_err(|e| {
-                                log::error!("flushing the WAL to disk failed: {e}");
-                                format!("flushing to disk failed: {e}")
-                            })
-                        }
-                    };
-                    for (reply, outcome) in batches.into_iter().flatten() {
-                        match &flushed {
-                            Ok(()) => reply(outcome),
-                            Err(err) => reply(Err(err.clone())),
-                        }
+        let thread = Consumer::unbounded("store-sync", move |rx| {
+            while let Ok(first) = rx.recv() {
+                let mut batches = vec![first];
+                batches.extend(rx.try_iter());
+                let flushed = match &wal {
+                    None => Ok(()),
+                    Some(wal) => {
+                        let started = Instant::now();
+                        let flushed = wal.sync_data();
+                        shared
+                            .metrics
+                            .fsync_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                        flushed.map_err(|e| {
+                            log::error!("flushing the WAL to disk failed: {e}");
+                            format!("flushing to disk failed: {e}")
+                        })
                     }
+                };
+                for (reply, outcome) in batches.into_iter().flatten() {
+                    let outcome = match &flushed {
+                        Ok(()) => outcome,
+                        Err(err) => Err(err.clone()),
+                    };
+                    give(reply, outcome);
                 }
-            })?;
-        Ok(Syncer {
-            tx: Some(tx),
-            thread: Some(thread),
-        })
+            }
+        })?;
+        Ok(Syncer { thread })
     }
 
     fn answer(&self, answers: Answers) {
-        if let Some(tx) = &self.tx {
-            if let Err(unsent) = tx.send(answers) {
-                // The thread is gone (it panicked): nothing is flushed, say so.
-                for (reply, _) in unsent.into_inner() {
-                    reply(Err("the store cannot flush to disk".to_string()));
-                }
+        if let Err(unsent) = self.thread.send(answers) {
+            // The thread is gone: nothing is flushed, say so.
+            for (reply, _) in unsent.into_inner() {
+                give(reply, Err("the store cannot flush to disk".to_string()));
             }
         }
     }
 
-    /// Waits until every answer handed over is given.
-    fn finish(mut self) {
-        self.stop();
+    /// `false` once the thread has ended while the store still runs.
+    fn is_alive(&self) -> bool {
+        !self.thread.is_finished()
     }
 
-    fn stop(&mut self) {
-        drop(self.tx.take());
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                log::error!("the store-sync thread panicked");
-            }
+    /// Waits until every answer handed over is given.
+    fn finish(self) {
+        if let Err(err) = self.thread.finish() {
+            log::error!("the store-sync thread failed: {err}");
         }
     }
 }
 
-impl Drop for Syncer {
-    fn drop(&mut self) {
-        self.stop();
+/// Calls one reply, catching its panic: one caller's broken reply must not
+/// leave the others unanswered.
+fn give(reply: Reply, outcome: Result<Outcome, String>) {
+    let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reply(outcome)));
+    if let Err(payload) = called {
+        log::error!(
+            "a store reply panicked (its caller got no answer): {}",
+            Panic::from_payload(payload).message()
+        );
     }
 }
 
@@ -457,7 +428,13 @@ impl Service for Store {
         loop {
             select! {
                 recv(self.rx) -> cmd => match cmd {
-                    Ok(cmd) => self.commit_batch(&mut conn, cmd, &syncer),
+                    Ok(cmd) => {
+                        self.commit_batch(&mut conn, cmd, &syncer);
+                        if !syncer.is_alive() {
+                            syncer.finish();
+                            return Err("the store-sync thread died: commits can no longer be confirmed".into());
+                        }
+                    }
                     // Every producer has gone (the services above stopped
                     // first): nothing more can come, but the store stops
                     // when it is told to, not on its own.
@@ -741,5 +718,62 @@ fn apply_sql(tx: &Transaction<'_>, op: &Op, backlog: &mut i64) -> rusqlite::Resu
             .execute(params![period_start, period_end, now_ms(), body])?;
             Ok(Outcome::Done.into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared {
+            enrollment: Counters::new(),
+            backlog: AtomicI64::new(0),
+            metrics: Metrics::new(),
+            work_added: crossbeam_channel::unbounded().0,
+        })
+    }
+
+    #[test]
+    fn a_panicking_reply_leaves_the_sync_thread_answering_the_others() {
+        let syncer = Syncer::start(None, shared()).unwrap();
+        let (got_tx, got_rx) = crossbeam_channel::unbounded();
+        let (after_tx, after_rx) = crossbeam_channel::unbounded();
+        let panicking: Reply = Box::new(|_| panic!("broken reply"));
+        let answered: Reply = Box::new(move |outcome| got_tx.send(outcome).unwrap());
+        syncer.answer(vec![
+            (panicking, Ok(Outcome::Accepted)),
+            (answered, Ok(Outcome::Duplicate)),
+        ]);
+        // A later batch is still answered: the thread lived on.
+        let later: Reply = Box::new(move |outcome| after_tx.send(outcome).unwrap());
+        syncer.answer(vec![(later, Err("disk full".to_string()))]);
+        let wait = Duration::from_secs(30);
+        assert_eq!(got_rx.recv_timeout(wait), Ok(Ok(Outcome::Duplicate)));
+        assert_eq!(
+            after_rx.recv_timeout(wait),
+            Ok(Err("disk full".to_string()))
+        );
+        assert!(syncer.is_alive());
+        syncer.finish();
+    }
+
+    #[test]
+    fn a_call_whose_command_is_dropped_unanswered_is_told_the_store_stopped() {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let handle = StoreHandle { tx };
+        let dropper = std::thread::spawn(move || drop(rx.recv()));
+        let op = Op::Retry {
+            report_id: "r".into(),
+            attempts: 1,
+            error: "e".into(),
+            next_at_ms: 0,
+        };
+        let got = handle.call(op, Instant::now() + Duration::from_secs(30));
+        assert!(
+            matches!(got, Err(CallError::Unavailable("stopped"))),
+            "{got:?}"
+        );
+        dropper.join().unwrap();
     }
 }

@@ -1,7 +1,9 @@
-//! An output file that appears whole or not at all: written to a hidden
-//! temporary file beside its final name, flushed to disk, then renamed over
-//! it. Dropped before [`Pending::commit`] (an error, a cancel, a panic
-//! unwinding), it removes the temporary file.
+//! A file that appears whole or not at all: written to a hidden temporary
+//! file beside its final name, flushed to disk, then renamed over it, and
+//! the directory flushed. Dropped before [`Pending::commit`] (an error, a
+//! cancel, a panic unwinding), it removes the temporary file. The one way
+//! the binary writes a file others read: anonymize's outputs, serve's
+//! summaries and `listen.addr`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -90,6 +92,19 @@ impl Drop for Pending {
             ),
         }
     }
+}
+
+/// Writes `bytes` to `path` so that it is whole or absent, even after a
+/// crash.
+///
+/// # Errors
+///
+/// When the temporary file cannot be created, written, flushed or renamed
+/// (it is then removed).
+pub(crate) fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let (pending, mut file) = Pending::create(path)?;
+    io::Write::write_all(&mut file, bytes)?;
+    pending.commit(file)
 }
 
 fn create_new(path: &Path) -> io::Result<File> {
