@@ -42,7 +42,7 @@ use indicatif::HumanBytes;
 use key::Key;
 use progress::Progress;
 use pseudonym::Pseudonymizer;
-use summary::{EXIT_USAGE, Stop, Summary};
+use summary::{EXIT_USAGE, EarlyStop, Summary};
 use transform::Transform;
 
 /// How often the progress bar is redrawn.
@@ -181,10 +181,14 @@ fn with_ticker<R>(progress: &Progress, f: impl FnOnce() -> R) -> R {
 }
 
 /// Why the run's context is done, if it is.
-fn stop_reason(ctx: &Context, signals: &SignalGuard, timeout: Option<Duration>) -> Option<Stop> {
+fn stop_reason(
+    ctx: &Context,
+    signals: &SignalGuard,
+    timeout: Option<Duration>,
+) -> Option<EarlyStop> {
     match ctx.err()? {
-        ContextError::DeadlineExceeded => Some(Stop::Deadline(timeout.unwrap_or_default())),
-        ContextError::Canceled => Some(Stop::Signal(
+        ContextError::DeadlineExceeded => Some(EarlyStop::Deadline(timeout.unwrap_or_default())),
+        ContextError::Canceled => Some(EarlyStop::Signal(
             signals
                 .received()
                 .map_or_else(|| "a cancellation".to_string(), signal_name),

@@ -62,16 +62,16 @@ pub(crate) struct FileReport {
 
 /// Why the run stopped early, if it did.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Stop {
+pub(crate) enum EarlyStop {
     Signal(String),
     Deadline(Duration),
 }
 
-impl fmt::Display for Stop {
+impl fmt::Display for EarlyStop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Stop::Signal(name) => write!(f, "stopped by {name}"),
-            Stop::Deadline(d) => write!(
+            EarlyStop::Signal(name) => write!(f, "stopped by {name}"),
+            EarlyStop::Deadline(d) => write!(
                 f,
                 "stopped: the --timeout of {} passed",
                 humantime::format_duration(*d)
@@ -85,7 +85,7 @@ impl fmt::Display for Stop {
 pub(crate) struct Summary {
     pub(crate) files: Vec<FileReport>,
     pub(crate) elapsed: Duration,
-    pub(crate) stop: Option<Stop>,
+    pub(crate) stop: Option<EarlyStop>,
 }
 
 impl Summary {
@@ -243,7 +243,7 @@ mod tests {
                 report("b.csv", Status::Cancelled),
             ],
             elapsed: Duration::from_secs(1),
-            stop: Some(Stop::Signal("SIGINT".into())),
+            stop: Some(EarlyStop::Signal("SIGINT".into())),
         };
         let text = s.to_string();
         let lines: Vec<&str> = text.lines().collect();

@@ -26,7 +26,7 @@ const CHECK_EVERY: u64 = 256;
 const BUFFER: usize = 256 * 1024;
 
 /// Why a file did not finish.
-enum Stop {
+enum Unfinished {
     Cancelled,
     Failed(String),
 }
@@ -74,8 +74,8 @@ impl Transform<'_> {
         };
         let status = match self.stream(job, ctx, &mut tally) {
             Ok(()) => Status::Done,
-            Err(Stop::Cancelled) => Status::Cancelled,
-            Err(Stop::Failed(why)) => {
+            Err(Unfinished::Cancelled) => Status::Cancelled,
+            Err(Unfinished::Failed(why)) => {
                 // The rest of the file counts as handled, for the bar.
                 tally.publish(0);
                 let rest = job.size.saturating_sub(tally.bytes);
@@ -94,7 +94,7 @@ impl Transform<'_> {
         report
     }
 
-    fn stream(&self, job: &Job, ctx: &Context, tally: &mut Tally<'_>) -> Result<(), Stop> {
+    fn stream(&self, job: &Job, ctx: &Context, tally: &mut Tally<'_>) -> Result<(), Unfinished> {
         let mut file = File::open(&job.input).map_err(|e| fail(format!("cannot open: {e}")))?;
         let dialect = Dialect::sniff(&mut file).map_err(|e| fail(format!("cannot read: {e}")))?;
         let mut reader = csv::ReaderBuilder::new()
@@ -106,7 +106,7 @@ impl Transform<'_> {
         if !read(&mut reader, &mut header)? {
             return Err(fail("the file is empty: no header row".to_string()));
         }
-        let plan = self.columns.plan(&header).map_err(Stop::Failed)?;
+        let plan = self.columns.plan(&header).map_err(Unfinished::Failed)?;
 
         let (pending, out_file) = Pending::create(&job.output)
             .map_err(|e| fail(format!("cannot create {}: {e}", job.output.display())))?;
@@ -148,7 +148,7 @@ impl Transform<'_> {
             if tally.rows % CHECK_EVERY == 0 {
                 tally.publish(reader.position().byte());
                 if ctx.is_done() {
-                    return Err(Stop::Cancelled);
+                    return Err(Unfinished::Cancelled);
                 }
             }
         }
@@ -187,8 +187,8 @@ fn header_out(header: &ByteRecord, plan: &[Action]) -> ByteRecord {
         .collect()
 }
 
-fn fail(why: String) -> Stop {
-    Stop::Failed(why)
+fn fail(why: String) -> Unfinished {
+    Unfinished::Failed(why)
 }
 
 /// A CSV writer keeping the input's byte order mark and line ends.
@@ -209,7 +209,7 @@ fn writer(mut file: File, dialect: Dialect) -> std::io::Result<csv::Writer<File>
 
 /// Reads the next record; `Ok(false)` at the end. A malformed record fails
 /// the file with its line number.
-fn read(reader: &mut Reader<Source<File>>, record: &mut ByteRecord) -> Result<bool, Stop> {
+fn read(reader: &mut Reader<Source<File>>, record: &mut ByteRecord) -> Result<bool, Unfinished> {
     let line = reader.position().line();
     reader.read_byte_record(record).map_err(|err| {
         if reader.get_ref().tripped() {

@@ -48,7 +48,7 @@ pub struct Intake {
     /// The store.
     pub store: StoreHandle,
     /// State shared with the store.
-    pub shared: Arc<store::Shared>,
+    pub shared: Arc<store::Live>,
     /// The group's readiness, for `/readyz`.
     pub readiness: Readiness,
 }
@@ -105,7 +105,7 @@ fn resolve(listen: &str) -> Result<SocketAddr, BoxError> {
 
 struct Api {
     store: StoreHandle,
-    shared: Arc<store::Shared>,
+    shared: Arc<store::Live>,
     readiness: Readiness,
     max_backlog: i64,
 }
@@ -134,7 +134,7 @@ impl Handler<Connection> for Api {
 }
 
 /// Counts a request in the metrics by route and status.
-fn count(shared: &store::Shared, route: &str, status: u16) {
+fn count(shared: &store::Live, route: &str, status: u16) {
     let other;
     let label = match status_label(status) {
         Some(label) => label,
@@ -316,7 +316,7 @@ const ROUTE_POST: &str = "POST /v1/reports";
 struct Posted {
     answer: Option<Deferred>,
     report_id: String,
-    shared: Arc<store::Shared>,
+    shared: Arc<store::Live>,
 }
 
 impl Posted {

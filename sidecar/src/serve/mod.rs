@@ -223,7 +223,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let store_stop = budget;
 
     let (work_added_tx, work_added_rx) = crossbeam_channel::bounded(1);
-    let shared = Arc::new(store::Shared {
+    let shared = Arc::new(store::Live {
         enrollment: Counters::new(),
         backlog: AtomicI64::new(0),
         metrics: Metrics::new(),

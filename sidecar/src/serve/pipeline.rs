@@ -73,7 +73,7 @@ impl Pipeline {
         store: StoreHandle,
         work_added: Receiver<()>,
         settings: Settings,
-        shared: &store::Shared,
+        shared: &store::Live,
     ) -> Pipeline {
         Pipeline {
             db_path,

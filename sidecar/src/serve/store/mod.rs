@@ -1,8 +1,8 @@
 //! The SQLite store: one writer thread (the `store` service) owns the write
 //! connection and commits whatever is waiting in one transaction — many
 //! inserts, results and retries — and the `store-sync` thread flushes the
-//! WAL to disk (one fsync for one or more transactions) before it answers
-//! each caller (see [`Syncer`]). Readers open their own connections.
+//! WAL to disk (one fsync for one or more transactions) before it replies
+//! to each caller (see [`Syncer`]). Readers open their own connections.
 //!
 //! The `reports` table is both the archive and the work queue: a report is
 //! `queued` until a result (`processed`) or its last failed attempt
@@ -122,9 +122,9 @@ pub enum Op {
     Complete {
         /// Which report.
         report_id: String,
-        /// Its site and patient, for enrollment.
+        /// Its site, for enrollment.
         site_id: String,
-        /// Its patient.
+        /// Its patient, for enrollment.
         patient_id: String,
         /// The result, as JSON.
         result: String,
@@ -190,8 +190,9 @@ struct Command {
     reply: Reply,
 }
 
-/// What the store shares with the rest of the sidecar.
-pub struct Shared {
+/// The store's live state, kept in memory and shared with the rest of the
+/// sidecar: counters, the backlog, metrics, and the dispatcher's wake-up.
+pub struct Live {
     /// Distinct patients per site, among processed reports.
     pub enrollment: Counters<String>,
     /// Reports queued (accepted, not yet processed or failed).
@@ -208,10 +209,10 @@ pub struct StoreHandle {
     tx: Sender<Command>,
 }
 
-/// Why a store command got no answer.
+/// Why a store command got no reply.
 #[derive(Debug)]
 pub enum CallError {
-    /// The store did not take or answer the command before the deadline
+    /// The store did not take or reply to the command before the deadline
     /// (busy, or stopped).
     Unavailable(&'static str),
     /// The transaction failed (e.g. disk full).
@@ -239,18 +240,18 @@ impl StoreHandle {
         // The library's one-shot slot (a mutex and a condition variable)
         // rather than a channel: the wait is a commit (hundreds of
         // microseconds, an fsync), and a channel's receive spins and yields
-        // first, which only burns CPU here. A command dropped unanswered
+        // first, which only burns CPU here. A command dropped without a reply
         // (the store stopped) drops the completer: `NotRun`.
-        let (completer, answer) = JobHandle::pair();
+        let (completer, reply) = JobHandle::pair();
         self.send(
             op,
             Box::new(move |outcome| completer.complete(outcome)),
             deadline,
         )?;
-        match answer.join_deadline(deadline) {
+        match reply.join_deadline(deadline) {
             Ok(Ok(outcome)) => Ok(outcome),
             Ok(Err(err)) => Err(CallError::Failed(err)),
-            Err(JobError::Timeout) => Err(CallError::Unavailable("no answer in time")),
+            Err(JobError::Timeout) => Err(CallError::Unavailable("no reply in time")),
             Err(_) => Err(CallError::Unavailable("stopped")),
         }
     }
@@ -275,9 +276,9 @@ impl StoreHandle {
 }
 
 /// A committed batch's replies, each with its outcome.
-type Answers = Vec<(Reply, Result<Outcome, String>)>;
+type Replies = Vec<(Reply, Result<Outcome, String>)>;
 
-/// Makes commits durable and answers their callers, on a thread of its own
+/// Makes commits durable and replies to their callers, on a thread of its own
 /// (`store-sync`), so that the writer can run the next transaction while
 /// the disk flushes the last one.
 ///
@@ -285,7 +286,7 @@ type Answers = Vec<(Reply, Result<Outcome, String>)>;
 /// runs with `synchronous = NORMAL`, so a commit writes its WAL frames
 /// (into the OS page cache) without flushing them; this thread then calls
 /// `fdatasync` on the WAL file — which flushes every frame written before
-/// the call, whatever the file descriptor — and only then answers. One
+/// the call, whatever the file descriptor — and only then replies. One
 /// flush covers every batch handed over meanwhile. SQLite itself still
 /// flushes the WAL before a checkpoint copies it into the database, the
 /// database after, and the WAL header when the WAL is reused; and a
@@ -296,20 +297,20 @@ type Answers = Vec<(Reply, Result<Outcome, String>)>;
 /// thirty system calls, which the writer would otherwise make between two
 /// commits.
 ///
-/// A reply that panics is logged and the others are still answered: the
-/// thread outlives it. If the thread dies anyway, [`Syncer::answer`] fails
+/// A reply that panics is logged and the others are still called: the
+/// thread outlives it. If the thread dies anyway, [`Syncer::deliver`] fails
 /// every reply it is given and [`Syncer::is_alive`] turns false, and the
 /// store service stops with an error (the supervisor then shuts the
-/// sidecar down, readiness false) rather than answer every commit as a
+/// sidecar down, readiness false) rather than fail every commit as a
 /// failure while it looks healthy.
 struct Syncer {
-    thread: Consumer<Answers>,
+    thread: Consumer<Replies>,
 }
 
 impl Syncer {
-    /// `wal`: the WAL file to flush before answering (`None` when each
+    /// `wal`: the WAL file to flush before replying (`None` when each
     /// commit flushes itself, `synchronous = FULL`).
-    fn start(wal: Option<std::fs::File>, shared: Arc<Shared>) -> std::io::Result<Syncer> {
+    fn start(wal: Option<std::fs::File>, shared: Arc<Live>) -> std::io::Result<Syncer> {
         let thread = Consumer::unbounded("store-sync", move |rx| {
             while let Ok(first) = rx.recv() {
                 let mut batches = vec![first];
@@ -341,8 +342,8 @@ impl Syncer {
         Ok(Syncer { thread })
     }
 
-    fn answer(&self, answers: Answers) {
-        if let Err(unsent) = self.thread.send(answers) {
+    fn deliver(&self, replies: Replies) {
+        if let Err(unsent) = self.thread.send(replies) {
             // The thread is gone: nothing is flushed, say so.
             for (reply, _) in unsent.into_inner() {
                 give(reply, Err("the store cannot flush to disk".to_string()));
@@ -355,7 +356,7 @@ impl Syncer {
         !self.thread.is_finished()
     }
 
-    /// Waits until every answer handed over is given.
+    /// Waits until every reply handed over is called.
     fn finish(self) {
         if let Err(err) = self.thread.finish() {
             log::error!("the store-sync thread failed: {err}");
@@ -364,12 +365,12 @@ impl Syncer {
 }
 
 /// Calls one reply, catching its panic: one caller's broken reply must not
-/// leave the others unanswered.
+/// leave the others uncalled.
 fn give(reply: Reply, outcome: Result<Outcome, String>) {
     let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reply(outcome)));
     if let Err(payload) = called {
         log::error!(
-            "a store reply panicked (its caller got no answer): {}",
+            "a store reply panicked (its caller got no reply): {}",
             Panic::from_payload(payload).message()
         );
     }
@@ -404,11 +405,11 @@ fn wal_for_flushing(conn: &Connection, db: &Path) -> Option<std::fs::File> {
 pub struct Store {
     path: PathBuf,
     rx: Receiver<Command>,
-    shared: Arc<Shared>,
+    shared: Arc<Live>,
 }
 
 /// A store service and the handle to reach it.
-pub fn new(path: PathBuf, shared: Arc<Shared>, capacity: usize) -> (Store, StoreHandle) {
+pub fn new(path: PathBuf, shared: Arc<Live>, capacity: usize) -> (Store, StoreHandle) {
     let (tx, rx) = crossbeam_channel::bounded(capacity);
     (Store { path, rx, shared }, StoreHandle { tx })
 }
@@ -492,9 +493,6 @@ impl Store {
     }
 
     /// Commits `first` and whatever else is waiting, in one transaction.
-    /// (Holding results back so that clients' inserts commit alone was
-    /// measured, when each commit still flushed itself: the inserts did not
-    /// go faster, and processing fell behind.)
     fn commit_batch(&self, conn: &mut Connection, first: Command, syncer: &Syncer) {
         let mut batch = vec![first];
         batch.extend(self.rx.try_iter().take(MAX_BATCH - 1));
@@ -516,7 +514,7 @@ impl Store {
         metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
-        let answers: Answers = match applied {
+        let replies: Replies = match applied {
             Ok(results) => {
                 let mut woke = false;
                 batch
@@ -544,7 +542,7 @@ impl Store {
                     .collect()
             }
         };
-        syncer.answer(answers);
+        syncer.deliver(replies);
     }
 
     /// Updates counters and metrics for a committed command.
@@ -725,8 +723,8 @@ fn apply_sql(tx: &Transaction<'_>, op: &Op, backlog: &mut i64) -> rusqlite::Resu
 mod tests {
     use super::*;
 
-    fn shared() -> Arc<Shared> {
-        Arc::new(Shared {
+    fn shared() -> Arc<Live> {
+        Arc::new(Live {
             enrollment: Counters::new(),
             backlog: AtomicI64::new(0),
             metrics: Metrics::new(),
@@ -735,19 +733,19 @@ mod tests {
     }
 
     #[test]
-    fn a_panicking_reply_leaves_the_sync_thread_answering_the_others() {
+    fn a_panicking_reply_leaves_the_sync_thread_replying_to_the_others() {
         let syncer = Syncer::start(None, shared()).unwrap();
         let (got_tx, got_rx) = crossbeam_channel::unbounded();
         let (after_tx, after_rx) = crossbeam_channel::unbounded();
         let panicking: Reply = Box::new(|_| panic!("broken reply"));
-        let answered: Reply = Box::new(move |outcome| got_tx.send(outcome).unwrap());
-        syncer.answer(vec![
+        let replied: Reply = Box::new(move |outcome| got_tx.send(outcome).unwrap());
+        syncer.deliver(vec![
             (panicking, Ok(Outcome::Accepted)),
-            (answered, Ok(Outcome::Duplicate)),
+            (replied, Ok(Outcome::Duplicate)),
         ]);
-        // A later batch is still answered: the thread lived on.
+        // A later batch still gets its reply: the thread lived on.
         let later: Reply = Box::new(move |outcome| after_tx.send(outcome).unwrap());
-        syncer.answer(vec![(later, Err("disk full".to_string()))]);
+        syncer.deliver(vec![(later, Err("disk full".to_string()))]);
         let wait = Duration::from_secs(30);
         assert_eq!(got_rx.recv_timeout(wait), Ok(Ok(Outcome::Duplicate)));
         assert_eq!(
@@ -759,7 +757,7 @@ mod tests {
     }
 
     #[test]
-    fn a_call_whose_command_is_dropped_unanswered_is_told_the_store_stopped() {
+    fn a_call_whose_command_is_dropped_without_a_reply_is_told_the_store_stopped() {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let handle = StoreHandle { tx };
         let dropper = std::thread::spawn(move || drop(rx.recv()));
