@@ -12,6 +12,29 @@
 //! On stop the dispatcher stops claiming work and the pool shuts down with
 //! a deadline: running jobs finish, or are cancelled and their reports stay
 //! queued for the next start (a cancelled attempt is not counted).
+//!
+//! # What it owns, and who touches what
+//!
+//! - `pipeline` (the dispatcher thread): the read connection, the `Pool`,
+//!   and `in_flight`, the ids of reports submitted and not yet settled.
+//!   Nothing else touches `in_flight`, so it needs no lock.
+//! - `analysis-N` (the pool's workers): run one job each; they touch only
+//!   the job's own report, the store handle and the `settled` sender.
+//! - `store-sync`: calls the reply of a job's store command, which sends
+//!   the report's settlement to the dispatcher.
+//!
+//! # Invariants
+//!
+//! 1. An id is in `in_flight` from its job's submit until its settlement
+//!    is received; each submitted job settles exactly once: on the job's
+//!    own path (cancelled, or the store refused the command) or through
+//!    its store reply. (A reply is only lost if the store stops first,
+//!    which the stop order rules out: the pipeline stops before the store.)
+//! 2. The dispatcher never submits an id that is in `in_flight`, so one
+//!    report is never worked on by two jobs at once in this process.
+//! 3. An attempt is counted only with its outcome (`Op::Retry`, `Fail`,
+//!    `Complete`): a job cancelled by the stop, or never started, writes
+//!    nothing, and its report stays `queued` as it was.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -151,7 +174,7 @@ impl Service for Pipeline {
             }
         );
         // The handed-back jobs are dropped on purpose: their reports are
-        // still queued in the database.
+        // still queued in the database (3).
         drop(report);
         Ok(())
     }
@@ -182,6 +205,7 @@ impl Pipeline {
         let rows = stmt.query_map(rusqlite::params![now_ms()], |r| {
             let report_id: String = r.get(0)?;
             if in_flight.contains(&report_id) {
+                // (2)
                 return Ok(None);
             }
             let answers: String = r.get(5)?;
@@ -258,8 +282,8 @@ impl Pipeline {
                     attempts,
                 },
                 Err(err) if pool_ctx.is_done() => {
-                    // Cancelled by the shutdown: not an attempt. The report
-                    // stays queued for the next start.
+                    // Cancelled by the shutdown: not an attempt (3). The
+                    // report stays queued for the next start; settled (1).
                     log::debug!("job {id} cancelled by the shutdown ({err})");
                     let _ = settled.send((id, false));
                     return;
@@ -298,6 +322,7 @@ impl Pipeline {
             });
             if let Err(err) = store.send(op, reply, Instant::now() + Duration::from_secs(30)) {
                 log::error!("report {id}: {err}; it stays queued");
+                // (1): refused by the store, the job settles itself.
                 let _ = settled.send((id, false));
             }
         }

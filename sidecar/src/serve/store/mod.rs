@@ -9,6 +9,40 @@
 //! (`failed`) is committed, so a crash at any moment loses nothing, and
 //! every update is conditional on `status = 'queued'`, so processing a
 //! report twice (after a crash) stores it once.
+//!
+//! # What it owns, and who touches what
+//!
+//! - `store` (the service thread): the write connection, the command
+//!   channel's receiving end, and every change to [`Live`]'s backlog and
+//!   enrollment counters.
+//! - `store-sync` (a [`quiesce::Consumer`]): the WAL file handle, and the
+//!   calling of every [`Reply`].
+//! - Callers (HTTP handlers, analysis workers, the scheduler) hold a
+//!   [`StoreHandle`]: they send commands and wait on their reply, nothing
+//!   else. Readers (GET handlers, the dispatcher, the scheduler's summary)
+//!   use read-only connections of their own.
+//!
+//! # Invariants
+//!
+//! 1. Every write is made by the `store` thread, one transaction per batch
+//!    of commands; a batch's accounting ([`Live`]'s backlog and counters)
+//!    is done after its commit, in command order, before the next batch
+//!    starts (the next batch's backlog check sees it).
+//! 2. No reply tells of a commit before its WAL frames are on disk:
+//!    `store-sync` flushes, then replies (or each commit flushes itself,
+//!    `synchronous = FULL`, when the WAL file could not be opened).
+//! 3. Every command gets exactly one reply: its outcome or its failure; a
+//!    command dropped unanswered (the store stopped) drops its reply, which
+//!    [`StoreHandle::call`] reports as "stopped".
+//! 4. A report's status moves only `queued` → `processed` or `failed`,
+//!    by updates conditional on `queued`: a second result for a report
+//!    changes nothing (`Outcome::Unchanged`).
+//! 5. At every batch boundary, [`Live::backlog`] is the number of `queued`
+//!    rows: counted at start, +1 per accepted insert, −1 per report
+//!    processed or failed.
+//! 6. Replies run on `store-sync`, never on the writer, each under
+//!    `catch_unwind`: one broken reply neither delays a commit nor keeps
+//!    the other replies from being called (3).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -330,6 +364,7 @@ impl Syncer {
                         })
                     }
                 };
+                // (2): flushed (or failed to) before any reply is called.
                 for (reply, outcome) in batches.into_iter().flatten() {
                     let outcome = match &flushed {
                         Ok(()) => outcome,
@@ -344,7 +379,7 @@ impl Syncer {
 
     fn deliver(&self, replies: Replies) {
         if let Err(unsent) = self.thread.send(replies) {
-            // The thread is gone: nothing is flushed, say so.
+            // The thread is gone: nothing is flushed, say so (2, 3).
             for (reply, _) in unsent.into_inner() {
                 give(reply, Err("the store cannot flush to disk".to_string()));
             }
@@ -367,6 +402,7 @@ impl Syncer {
 /// Calls one reply, catching its panic: one caller's broken reply must not
 /// leave the others uncalled.
 fn give(reply: Reply, outcome: Result<Outcome, String>) {
+    // (6)
     let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reply(outcome)));
     if let Err(payload) = called {
         log::error!(
@@ -497,7 +533,7 @@ impl Store {
         let mut batch = vec![first];
         batch.extend(self.rx.try_iter().take(MAX_BATCH - 1));
         let started = Instant::now();
-        // The backlog as this transaction sees it (its own inserts count).
+        // The backlog as this transaction sees it (its own inserts count; (5)).
         let mut backlog = self.shared.backlog.load(Ordering::SeqCst);
         let applied = match conn.transaction() {
             Ok(tx) => {
@@ -526,7 +562,7 @@ impl Store {
                                 woke = true;
                                 let _ = self.shared.work_added.try_send(());
                             }
-                            // Here, before the next batch reads the backlog.
+                            // Here, before the next batch reads the backlog (1).
                             self.account(&cmd.op, &effect);
                             effect.outcome
                         });
@@ -659,6 +695,7 @@ fn apply_sql(tx: &Transaction<'_>, op: &Op, backlog: &mut i64) -> rusqlite::Resu
             alert,
             attempts,
         } => {
+            // (4): every update below is conditional on `queued`.
             let now = now_ms();
             let rows = tx
                 .prepare_cached(
