@@ -3,7 +3,7 @@
 //! Every status code with its error body, every validation rule, hostile
 //! bodies, body limits, slow and flooding clients.
 
-mod serve_support;
+mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use serve_support::*;
+use support::*;
 
 /// A server with a fresh data directory, removed at the end.
 fn server(tag: &str, extra: &[&str]) -> (TempDir, Serve) {

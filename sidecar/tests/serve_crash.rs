@@ -4,7 +4,7 @@
 //! file itself must show every report that was answered 202 processed
 //! exactly once, and pass `PRAGMA integrity_check`.
 
-mod serve_support;
+mod support;
 
 use std::collections::HashSet;
 use std::os::unix::process::ExitStatusExt;
@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serve_support::*;
+use support::*;
 
 const MARGIN: Duration = Duration::from_secs(20);
 

@@ -4,7 +4,7 @@
 //! analyzer — one that answers, one that fails then answers, one that
 //! never answers.
 
-mod serve_support;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use serve_support::*;
+use support::*;
 
 const MARGIN: Duration = Duration::from_secs(20);
 

@@ -4,7 +4,7 @@
 //! SIGTERM under load with nothing lost or stored twice, and a stop that
 //! meets its deadline even with an analyzer that never answers.
 
-mod serve_support;
+mod support;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use serve_support::*;
+use support::*;
 
 /// Generous: a loaded machine running a debug build.
 const MARGIN: Duration = Duration::from_secs(20);

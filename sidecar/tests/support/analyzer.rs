@@ -1,0 +1,192 @@
+//! Stand-in analyzers.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+/// A listener on 127.0.0.1 that accepts connections, reads whatever is
+/// sent, and never answers. Counts the connections.
+pub struct SilentAnalyzer {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SilentAnalyzer {
+    pub fn start() -> SilentAnalyzer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the silent analyzer");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("its address");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (connections, stop) = (connections.clone(), stop.clone());
+            thread::Builder::new()
+                .name("silent-analyzer".into())
+                .spawn(move || {
+                    let mut open: Vec<TcpStream> = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !stop.load(Ordering::SeqCst) {
+                        while let Ok((stream, _)) = listener.accept() {
+                            let _ = stream.set_nonblocking(true);
+                            connections.fetch_add(1, Ordering::SeqCst);
+                            open.push(stream);
+                        }
+                        // Read and discard; forget the connections the
+                        // other side closed.
+                        open.retain_mut(|s| {
+                            loop {
+                                match s.read(&mut chunk) {
+                                    Ok(0) => break false,
+                                    Ok(_) => continue,
+                                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
+                                    Err(_) => break false,
+                                }
+                            }
+                        });
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                })
+                .expect("spawn the silent analyzer")
+        };
+        SilentAnalyzer {
+            addr,
+            connections,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/v1/analyze", self.addr)
+    }
+}
+
+impl Drop for SilentAnalyzer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A request an analyzer received: its head and its body.
+pub type Received = (String, Vec<u8>);
+
+/// An analyzer that answers each connection with the next of its scripted
+/// answers (the last one repeats), and keeps every request body.
+pub struct ScriptedAnalyzer {
+    pub addr: SocketAddr,
+    pub requests: Arc<Mutex<Vec<Received>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ScriptedAnalyzer {
+    /// `script`: (status, JSON body) answers, in order.
+    pub fn start(script: Vec<(u16, String)>) -> ScriptedAnalyzer {
+        assert!(!script.is_empty());
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the analyzer");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("its address");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (requests, stop) = (requests.clone(), stop.clone());
+            thread::Builder::new()
+                .name("scripted-analyzer".into())
+                .spawn(move || {
+                    let mut next = 0;
+                    while !stop.load(Ordering::SeqCst) {
+                        let Ok((mut stream, _)) = listener.accept() else {
+                            thread::sleep(Duration::from_millis(5));
+                            continue;
+                        };
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                        let Some((head, body)) = read_request(&mut stream) else {
+                            continue;
+                        };
+                        requests
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((head, body));
+                        let (status, answer) = &script[next.min(script.len() - 1)];
+                        next += 1;
+                        let out = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                            answer.len()
+                        );
+                        let _ = stream.write_all(out.as_bytes());
+                        let _ = stream.shutdown(Shutdown::Write);
+                    }
+                })
+                .expect("spawn the analyzer")
+        };
+        ScriptedAnalyzer {
+            addr,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/v1/analyze", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for ScriptedAnalyzer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Reads a request's head and its Content-Length body.
+fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let length = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.trim()
+                    .eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        while buf.len() < end + 4 + length {
+            let n = stream.read(&mut chunk).ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        return Some((head, buf[end + 4..end + 4 + length].to_vec()));
+    }
+}

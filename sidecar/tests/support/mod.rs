@@ -1,0 +1,48 @@
+//! The harness shared by the black-box tests of `quiesce serve`: start the
+//! real binary on `127.0.0.1:0` with a fresh data directory, under a
+//! watchdog; talk HTTP/1.1 to it with a small client of our own on
+//! `std::net::TcpStream` that says precisely how a request ended; send it
+//! real signals with `kill`; read its SQLite file; stand in for the
+//! external analyzer. Each test binary uses part of it.
+//!
+//! One idea per file: `temp` (temporary directories), `process` (how a
+//! process of the binary ended, a run to its end), `serve` (a running
+//! `quiesce serve`), `http` (the client), `api` (the sidecar's API as the
+//! tests speak it), `db` (its SQLite file), `analyzer` (stand-ins for the
+//! external analyzer), `rng` (a seeded generator), `load` (load clients).
+#![allow(dead_code)]
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+mod analyzer;
+mod api;
+mod db;
+mod http;
+mod load;
+mod process;
+mod rng;
+mod serve;
+mod temp;
+
+// Each test binary uses part of it.
+#[allow(unused_imports)]
+pub use self::{
+    analyzer::*, api::*, db::*, http::*, load::*, process::*, rng::*, serve::*, temp::*,
+};
+
+/// A server still running this long after its start is killed and the
+/// test fails.
+pub const WATCHDOG: Duration = Duration::from_secs(60);
+/// The read and write timeout of the test client's sockets: far longer
+/// than any answer should take, short enough to fail rather than hang.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(15);
+/// A `submitted_at` safely in the past.
+pub const SUBMITTED_AT: &str = "2025-06-01T09:30:00Z";
+
+/// Serialises the heavy tests (load, crashes) of one test binary, so that
+/// two of them do not compete for a small machine's cores.
+pub fn heavy() -> MutexGuard<'static, ()> {
+    static HEAVY: Mutex<()> = Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
