@@ -5,60 +5,21 @@
 //! Every run has a watchdog: a child still alive after a minute is killed
 //! and the test fails. Nothing here asserts on wall-clock time.
 
+mod support;
+
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
+use support::{Exit, Process, TempDir, WATCHDOG, quiesce};
 
-const WATCHDOG: Duration = Duration::from_secs(60);
 const KEY: &str = "test-key-0123456789abcdef";
 const OTHER_KEY: &str = "another-key-fedcba9876543210";
 const HEADER: [&str; 6] = ["patient_id", "name", "dob", "visit", "score", "notes"];
 
 // ---------------------------------------------------------------- harness
-
-/// A scratch directory under the system temp dir, removed on drop (also
-/// when the test fails).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> Scratch {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "quiesce-anonymize-{test}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-
-    /// Writes `bytes` to `rel`, creating its directories.
-    fn write(&self, rel: &str, bytes: &[u8]) -> PathBuf {
-        let path = self.path(rel);
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(&path, bytes).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// CSV text of `rows` (the first is the header), written by the csv crate.
 fn csv_bytes(rows: &[Vec<&str>]) -> Vec<u8> {
@@ -128,150 +89,31 @@ fn assert_no_temp_files(dir: &Path) {
     assert!(temps.is_empty(), "temporary files left: {temps:?}");
 }
 
-/// `quiesce anonymize ARGS` with the test key in the environment.
+/// `quiesce anonymize ARGS` with the test key in the environment, its
+/// stdout piped.
 fn anonymize(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quiesce"));
-    cmd.arg("anonymize")
-        .args(args)
+    let mut cmd = quiesce(&["anonymize"]);
+    cmd.args(args)
         .env("QUIESCE_ANON_KEY", KEY)
-        .env_remove("QUIESCE_ANON_KEY_FILE")
         .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdout(Stdio::piped());
     cmd
 }
 
-/// A running child whose stderr lines arrive on a channel.
-struct Running {
-    child: Child,
-    stdout: Option<JoinHandle<String>>,
-    stderr: Option<JoinHandle<()>>,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    started: Instant,
-}
-
-/// What a finished run left.
-#[derive(Debug)]
-struct Finished {
-    code: Option<i32>,
-    stdout: String,
-    stderr: Vec<String>,
-}
-
-impl Finished {
-    fn stderr_text(&self) -> String {
-        self.stderr.join("\n")
-    }
-}
-
-fn start(mut cmd: Command) -> Running {
-    let mut child = cmd.spawn().expect("start quiesce");
-    let mut out = child.stdout.take().unwrap();
-    let err = child.stderr.take().unwrap();
-    let stdout = thread::Builder::new()
-        .name("test-stdout".into())
-        .spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            s
-        })
-        .unwrap();
-    let (tx, lines) = mpsc::channel();
-    let stderr = thread::Builder::new()
-        .name("test-stderr".into())
-        .spawn(move || {
-            for line in BufReader::new(err).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        })
-        .unwrap();
-    Running {
-        child,
-        stdout: Some(stdout),
-        stderr: Some(stderr),
-        lines,
-        seen: Vec::new(),
-        started: Instant::now(),
-    }
-}
-
-impl Running {
-    fn left(&self) -> Duration {
-        WATCHDOG.saturating_sub(self.started.elapsed())
-    }
-
-    /// Waits for a stderr line containing `needle`.
-    fn wait_for_line(&mut self, needle: &str) -> String {
-        loop {
-            match self.lines.recv_timeout(self.left()) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    panic!("no line with {needle:?} on stderr; saw {:#?}", self.seen);
-                }
-            }
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {signal} failed");
-    }
-
-    /// Waits for the exit (killing the child at the watchdog).
-    fn finish(mut self) -> Finished {
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if self.left().is_zero() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "quiesce still running after {WATCHDOG:?}; stderr so far: {:#?}",
-                    self.seen
-                );
-            }
-            thread::sleep(Duration::from_millis(10));
-        };
-        let stdout = self.stdout.take().unwrap().join().unwrap();
-        self.stderr.take().unwrap().join().unwrap();
-        self.seen.extend(self.lines.try_iter());
-        Finished {
-            code: status.code(),
-            stdout,
-            stderr: std::mem::take(&mut self.seen),
-        }
-    }
-}
-
-fn run(cmd: Command) -> Finished {
-    start(cmd).finish()
+/// Runs to the exit (within the watchdog).
+fn run(cmd: Command) -> Exit {
+    Process::start(cmd).wait_exit(WATCHDOG)
 }
 
 /// Runs and checks the exit status, showing the output if it differs.
-fn run_expect(cmd: Command, code: i32) -> Finished {
+fn run_expect(cmd: Command, code: i32) -> Exit {
     let finished = run(cmd);
     assert_eq!(
-        finished.code,
+        finished.code(),
         Some(code),
         "stdout:\n{}\nstderr:\n{}",
         finished.stdout,
-        finished.stderr_text()
+        finished.log
     );
     finished
 }
@@ -335,12 +177,12 @@ fn big_export(rows: usize) -> Vec<u8> {
 
 #[test]
 fn pseudonyms_are_the_same_across_files_and_runs_and_change_with_the_key() {
-    let dir = Scratch::new("consistent");
+    let dir = TempDir::new("consistent");
     let a = dir.write("in/baseline.csv", &export("baseline", 200, 0));
     let b = dir.write("in/week4.csv", &export("week4", 150, 3));
-    let out1 = dir.path("out1");
-    let out2 = dir.path("out2");
-    let out3 = dir.path("out3");
+    let out1 = dir.join("out1");
+    let out2 = dir.join("out2");
+    let out3 = dir.join("out3");
     let cols = "patient_id,name,dob";
     run_expect(
         anonymize(&["--columns", cols, "--out", s(&out1), s(&a), s(&b)]),
@@ -355,7 +197,7 @@ fn pseudonyms_are_the_same_across_files_and_runs_and_change_with_the_key() {
     run_expect(other, 0);
 
     for name in ["baseline.csv", "week4.csv"] {
-        let input = records(&dir.path(&format!("in/{name}")));
+        let input = records(&dir.join(format!("in/{name}")));
         let first = records(&out1.join(name));
         let second = records(&out2.join(name));
         let third = records(&out3.join(name));
@@ -391,9 +233,9 @@ fn pseudonyms_are_the_same_across_files_and_runs_and_change_with_the_key() {
 
 #[test]
 fn other_columns_are_untouched_field_by_field() {
-    let dir = Scratch::new("untouched");
+    let dir = TempDir::new("untouched");
     let input = dir.write("visits.csv", &export("week8", 500, 1));
-    let out = dir.path("out");
+    let out = dir.join("out");
     run_expect(
         anonymize(&["-c", "patient_id,dob", "-o", s(&out), s(&input)]),
         0,
@@ -418,7 +260,7 @@ fn other_columns_are_untouched_field_by_field() {
 
 #[test]
 fn quoting_with_commas_quotes_and_newlines_survives() {
-    let dir = Scratch::new("quoting");
+    let dir = TempDir::new("quoting");
     let nasty = [
         "plain",
         "a, comma",
@@ -439,7 +281,7 @@ fn quoting_with_commas_quotes_and_newlines_survives() {
     let mut windows = b"\xEF\xBB\xBFid,comment\r\n".to_vec();
     windows.extend_from_slice(b"\"P,1\",\"said \"\"hi\"\"\r\nbye\"\r\nP2,plain\r\n");
     let win = dir.write("windows.csv", &windows);
-    let out = dir.path("out");
+    let out = dir.join("out");
     run_expect(
         anonymize(&["-c", "id", "-o", s(&out), s(&input), s(&win)]),
         0,
@@ -469,7 +311,7 @@ fn quoting_with_commas_quotes_and_newlines_survives() {
 
 #[test]
 fn directories_are_searched_recursively_keeping_relative_paths() {
-    let dir = Scratch::new("recursive");
+    let dir = TempDir::new("recursive");
     let csv = export("baseline", 20, 0);
     dir.write("exports/top.csv", &csv);
     dir.write("exports/site-a/visits.csv", &csv);
@@ -479,8 +321,8 @@ fn directories_are_searched_recursively_keeping_relative_paths() {
     dir.write("exports/site-b/visits.csv.bak", b"not a csv either");
     let single = dir.write("extra/lonely.csv", &csv);
     // The output directory lives inside the input directory.
-    let out = dir.path("exports/deid");
-    let exports = dir.path("exports");
+    let out = dir.join("exports/deid");
+    let exports = dir.join("exports");
     let expected = [
         "lonely.csv",
         "site-a/2024/q1/visits.CSV",
@@ -515,9 +357,9 @@ fn directories_are_searched_recursively_keeping_relative_paths() {
 
 #[test]
 fn drop_removes_columns_entirely() {
-    let dir = Scratch::new("drop");
+    let dir = TempDir::new("drop");
     let input = dir.write("visits.csv", &export("baseline", 50, 0));
-    let out = dir.path("out");
+    let out = dir.join("out");
     run_expect(
         anonymize(&[
             "-c",
@@ -567,27 +409,24 @@ fn drop_removes_columns_entirely() {
         anonymize(&["-c", "name", "--drop", "name", "-o", s(&out), s(&input)]),
         2,
     );
-    assert!(
-        both.stderr_text().contains("both --columns and --drop"),
-        "{both:?}"
-    );
+    assert!(both.log.contains("both --columns and --drop"), "{both:?}");
 }
 
 #[test]
 fn at_most_n_files_are_in_progress_at_once() {
-    let dir = Scratch::new("bounded");
+    let dir = TempDir::new("bounded");
     let csv = big_export(15_000);
     let mut inputs = Vec::new();
     for i in 0..8 {
-        inputs.push(dir.write(&format!("in/site-{i}.csv"), &csv));
+        inputs.push(dir.write(format!("in/site-{i}.csv"), &csv));
     }
-    let out = dir.path("out");
+    let out = dir.join("out");
     let mut cmd = anonymize(&["-c", "patient_id,name", "--concurrency", "2", "-o", s(&out)]);
     cmd.args(&inputs).env("RUST_LOG", "debug");
     let done = run_expect(cmd, 0);
 
     let (mut now, mut max, mut starts, mut ends) = (0i32, 0i32, 0, 0);
-    for line in &done.stderr {
+    for line in done.log.lines() {
         let Some(at) = line.find("] start ").or_else(|| line.find("] end ")) else {
             continue;
         };
@@ -603,12 +442,8 @@ fn at_most_n_files_are_in_progress_at_once() {
         max = max.max(now);
         assert!(now >= 0, "an end before its start: {line}");
     }
-    assert_eq!((starts, ends), (8, 8), "{}", done.stderr_text());
-    assert!(
-        max <= 2,
-        "{max} files in progress at once:\n{}",
-        done.stderr_text()
-    );
+    assert_eq!((starts, ends), (8, 8), "{}", done.log);
+    assert!(max <= 2, "{max} files in progress at once:\n{}", done.log);
     assert_eq!(files_under(&out).len(), 8);
 }
 
@@ -647,19 +482,20 @@ fn sigint_in_the_middle_leaves_only_complete_outputs() {
     // the inputs grow and the run is repeated.
     let mut rows = 60_000; // about 4 MB per file
     for attempt in 0..3 {
-        let dir = Scratch::new("sigint");
+        let dir = TempDir::new("sigint");
         let csv = big_export(rows);
         let mut inputs = Vec::new();
         for i in 0..6 {
-            inputs.push(dir.write(&format!("in/part-{i}.csv"), &csv));
+            inputs.push(dir.write(format!("in/part-{i}.csv"), &csv));
         }
-        let out = dir.path("out");
+        let out = dir.join("out");
         let mut cmd = anonymize(&["-c", "patient_id,name,dob", "-j", "2", "-o", s(&out)]);
         cmd.args(&inputs).env("RUST_LOG", "debug");
-        let mut child = start(cmd);
+        let mut child = Process::start(cmd);
         child.wait_for_line("] start ");
-        child.signal("-INT");
-        let done = child.finish();
+        // Not sent if it has already finished: then the inputs grow.
+        child.try_signal("INT");
+        let done = child.wait_exit(WATCHDOG);
 
         assert_no_temp_files(&out);
         let expected_records = records(&inputs[0]).len();
@@ -681,14 +517,14 @@ fn sigint_in_the_middle_leaves_only_complete_outputs() {
             .iter()
             .filter(|(_, st)| st.starts_with("cancelled"))
             .count();
-        if done.code == Some(3) && cut > 0 {
+        if done.code() == Some(3) && cut > 0 {
             assert!(done.stdout.contains("stopped by SIGINT"), "{}", done.stdout);
             assert!(outputs.len() < 6);
             return;
         }
         eprintln!(
             "attempt {attempt}: the signal came too late ({:?}); again with more rows",
-            done.code
+            done.code()
         );
         rows *= 4;
     }
@@ -697,13 +533,13 @@ fn sigint_in_the_middle_leaves_only_complete_outputs() {
 
 #[test]
 fn the_deadline_stops_the_run_with_exit_3_and_no_partial_files() {
-    let dir = Scratch::new("deadline");
+    let dir = TempDir::new("deadline");
     let csv = big_export(40_000);
     let mut inputs = Vec::new();
     for i in 0..4 {
-        inputs.push(dir.write(&format!("in/part-{i}.csv"), &csv));
+        inputs.push(dir.write(format!("in/part-{i}.csv"), &csv));
     }
-    let out = dir.path("out");
+    let out = dir.join("out");
     let mut cmd = anonymize(&["-c", "patient_id", "--timeout", "1ms", "-o", s(&out)]);
     cmd.args(&inputs);
     let done = run_expect(cmd, 3);
@@ -726,7 +562,7 @@ fn the_deadline_stops_the_run_with_exit_3_and_no_partial_files() {
 
 #[test]
 fn a_malformed_file_fails_with_its_line_while_the_others_complete() {
-    let dir = Scratch::new("malformed");
+    let dir = TempDir::new("malformed");
     let good = export("baseline", 30, 0);
     dir.write("in/a-good.csv", &good);
     dir.write("in/z-good.csv", &good);
@@ -742,14 +578,14 @@ fn a_malformed_file_fails_with_its_line_while_the_others_complete() {
         "in/open-quote-last.csv",
         b"patient_id,name,dob\nP-1,Ann,1970-01-01\nP-2,Bob,\"1971\nP-3,Cy,1972\n",
     );
-    let out = dir.path("out");
+    let out = dir.join("out");
     let done = run_expect(
         anonymize(&[
             "-c",
             "patient_id,name,dob",
             "-o",
             s(&out),
-            s(&dir.path("in")),
+            s(&dir.join("in")),
         ]),
         1,
     );
@@ -780,21 +616,21 @@ fn a_malformed_file_fails_with_its_line_while_the_others_complete() {
         "failed: line 3: a quoted field is never closed (unclosed quote)"
     );
     assert!(
-        done.stderr_text().contains("failed: "),
+        done.log.contains("failed: "),
         "per-file lines: {}",
-        done.stderr_text()
+        done.log
     );
     assert_eq!(files_under(&out), ["a-good.csv", "z-good.csv"]);
 }
 
 #[test]
 fn a_missing_identifier_column_is_named_with_its_file() {
-    let dir = Scratch::new("missing-column");
+    let dir = TempDir::new("missing-column");
     let input = dir.write(
         "no-dob.csv",
         &csv_bytes(&[vec!["patient_id", "name"], vec!["P-1", "Ann"]]),
     );
-    let out = dir.path("out");
+    let out = dir.join("out");
     let done = run_expect(
         anonymize(&["-c", "patient_id,dob", "-o", s(&out), s(&input)]),
         1,
@@ -810,26 +646,18 @@ fn a_missing_identifier_column_is_named_with_its_file() {
 
 #[test]
 fn no_key_or_a_short_key_is_refused() {
-    let dir = Scratch::new("key");
+    let dir = TempDir::new("key");
     let input = dir.write("a.csv", &export("baseline", 5, 0));
-    let out = dir.path("out");
+    let out = dir.join("out");
     let mut cmd = anonymize(&["-c", "patient_id", "-o", s(&out), s(&input)]);
     cmd.env_remove("QUIESCE_ANON_KEY");
     let done = run_expect(cmd, 2);
-    assert!(
-        done.stderr_text().contains("no key"),
-        "{}",
-        done.stderr_text()
-    );
+    assert!(done.log.contains("no key"), "{}", done.log);
 
     let mut cmd = anonymize(&["-c", "patient_id", "-o", s(&out), s(&input)]);
     cmd.env("QUIESCE_ANON_KEY", "");
     let done = run_expect(cmd, 2);
-    assert!(
-        done.stderr_text().contains("is empty"),
-        "{}",
-        done.stderr_text()
-    );
+    assert!(done.log.contains("is empty"), "{}", done.log);
 
     let short = dir.write("short.key", b"tooshort\n");
     let mut cmd = anonymize(&[
@@ -843,11 +671,7 @@ fn no_key_or_a_short_key_is_refused() {
     ]);
     cmd.env_remove("QUIESCE_ANON_KEY");
     let done = run_expect(cmd, 2);
-    assert!(
-        done.stderr_text().contains("at least 16"),
-        "{}",
-        done.stderr_text()
-    );
+    assert!(done.log.contains("at least 16"), "{}", done.log);
     assert!(!out.exists(), "nothing is written without a key");
 
     // A key file gives the same pseudonyms as the same key in the
@@ -870,28 +694,24 @@ fn no_key_or_a_short_key_is_refused() {
 
 #[test]
 fn an_input_is_never_overwritten() {
-    let dir = Scratch::new("overwrite");
+    let dir = TempDir::new("overwrite");
     let csv = export("baseline", 5, 0);
     let input = dir.write("data/a.csv", &csv);
-    let data = dir.path("data");
+    let data = dir.join("data");
     let done = run_expect(
         anonymize(&["-c", "patient_id", "-o", s(&data), s(&input)]),
         2,
     );
     assert!(
-        done.stderr_text().contains("would overwrite an input"),
+        done.log.contains("would overwrite an input"),
         "{}",
-        done.stderr_text()
+        done.log
     );
     let done = run_expect(
         anonymize(&["-c", "patient_id", "-o", s(&data), s(&data)]),
         2,
     );
-    assert!(
-        done.stderr_text().contains("is the input directory"),
-        "{}",
-        done.stderr_text()
-    );
+    assert!(done.log.contains("is the input directory"), "{}", done.log);
     assert_eq!(fs::read(&input).unwrap(), csv);
     assert_eq!(files_under(&data), ["a.csv"]);
 }
@@ -899,16 +719,16 @@ fn an_input_is_never_overwritten() {
 #[test]
 fn an_unreadable_file_fails_and_the_others_go_on() {
     use std::os::unix::fs::{PermissionsExt, symlink};
-    let dir = Scratch::new("unreadable");
+    let dir = TempDir::new("unreadable");
     dir.write("in/good.csv", &export("baseline", 10, 0));
-    symlink(dir.path("in/nowhere.csv"), dir.path("in/gone.csv")).unwrap();
+    symlink(dir.join("in/nowhere.csv"), dir.join("in/gone.csv")).unwrap();
     let locked = dir.write("in/locked.csv", &export("baseline", 10, 0));
     fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
     // Root reads it anyway; then it is simply done.
     let can_read = fs::File::open(&locked).is_ok();
-    let out = dir.path("out");
+    let out = dir.join("out");
     let done = run_expect(
-        anonymize(&["-c", "patient_id", "-o", s(&out), s(&dir.path("in"))]),
+        anonymize(&["-c", "patient_id", "-o", s(&out), s(&dir.join("in"))]),
         1,
     );
     let table = summary_rows(&done.stdout);

@@ -1,12 +1,15 @@
-//! The harness shared by the black-box tests of `quiesce serve`: start the
-//! real binary on `127.0.0.1:0` with a fresh data directory, under a
-//! watchdog; talk HTTP/1.1 to it with a small client of our own on
-//! `std::net::TcpStream` that says precisely how a request ended; send it
-//! real signals with `kill`; read its SQLite file; stand in for the
-//! external analyzer. Each test binary uses part of it.
+//! The harness shared by the black-box tests of the binary: start the
+//! real `quiesce` (`serve` on `127.0.0.1:0` with a fresh data directory,
+//! or `anonymize` over files in a temporary directory) under a watchdog;
+//! read its log as it comes; send it real signals with `kill`; talk
+//! HTTP/1.1 to `serve` with a small client of our own on
+//! `std::net::TcpStream` that says precisely how a request ended; read its
+//! SQLite file; stand in for the external analyzer. Each test binary uses
+//! part of it; the benches include `temp.rs` and `process.rs` with
+//! `#[path]`.
 //!
-//! One idea per file: `temp` (temporary directories), `process` (how a
-//! process of the binary ended, a run to its end), `serve` (a running
+//! One idea per file: `temp` (temporary directories), `process` (a child
+//! process under a watchdog, signals, how it ended), `serve` (a running
 //! `quiesce serve`), `http` (the client), `api` (the sidecar's API as the
 //! tests speak it), `db` (its SQLite file), `analyzer` (stand-ins for the
 //! external analyzer), `rng` (a seeded generator), `load` (load clients).
@@ -31,9 +34,6 @@ pub use self::{
     analyzer::*, api::*, db::*, http::*, load::*, process::*, rng::*, serve::*, temp::*,
 };
 
-/// A server still running this long after its start is killed and the
-/// test fails.
-pub const WATCHDOG: Duration = Duration::from_secs(60);
 /// The read and write timeout of the test client's sockets: far longer
 /// than any answer should take, short enough to fail rather than hang.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(15);
