@@ -1,0 +1,117 @@
+//! Configuration, temporary files, the binary.
+
+use std::env;
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+pub(crate) struct Config {
+    pub(crate) window: Duration,
+    pub(crate) clients: usize,
+    pub(crate) sigterm_after: Duration,
+    pub(crate) backlog_reports: u64,
+    pub(crate) backlog_window: Duration,
+    pub(crate) idle_rounds: usize,
+}
+
+impl Config {
+    pub(crate) fn from_env() -> Config {
+        let seconds = |name: &str, default: f64| {
+            let secs = env::var(name).map_or(default, |v| {
+                v.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s > 0.0)
+                    .unwrap_or_else(|| panic!("{name}={v:?} is not a number of seconds"))
+            });
+            Duration::from_secs_f64(secs)
+        };
+        let count = |name: &str, default: u64| {
+            env::var(name).map_or(default, |v| {
+                v.trim()
+                    .parse::<u64>()
+                    .unwrap_or_else(|_| panic!("{name}={v:?} is not a count"))
+            })
+        };
+        let window = seconds("LOAD_SECONDS", 30.0);
+        Config {
+            window,
+            clients: usize::try_from(count("LOAD_CLIENTS", 32).max(1)).unwrap_or(32),
+            sigterm_after: window.min(Duration::from_secs(5)),
+            backlog_reports: count("LOAD_BACKLOG", 1_000_000),
+            backlog_window: seconds("LOAD_BACKLOG_SECONDS", 20.0),
+            idle_rounds: usize::try_from(count("LOAD_IDLE_ROUNDS", 5).max(1)).unwrap_or(5),
+        }
+    }
+}
+
+/// A directory removed (with everything in it) when dropped.
+pub(crate) struct TempDir {
+    pub(crate) path: PathBuf,
+}
+
+impl TempDir {
+    pub(crate) fn new() -> TempDir {
+        let base = env::var_os("CARGO_TARGET_TMPDIR")
+            .map_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")), PathBuf::from);
+        let path = base.join(format!("load-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    /// A fresh, empty subdirectory.
+    pub(crate) fn sub(&self, name: &str) -> PathBuf {
+        let path = self.path.join(name);
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if env::var_os("LOAD_KEEP").is_some() {
+            eprintln!("LOAD_KEEP: leaving {}", self.path.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// The binary cargo built for this bench (the `bench` profile: release
+/// optimisations with debug info, for profilers).
+pub(crate) fn build_sidecar() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_quiesce"));
+    assert!(bin.is_file(), "no binary at {}", bin.display());
+    println!("binary: {}", bin.display());
+    bin
+}
+
+/// The commit the binary was built from, and whether the tree had local
+/// changes (from `git`, when there is one).
+pub(crate) fn source_version() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(commit) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(changes) if !changes.is_empty() => format!(
+                "commit {commit} + local changes to {} file(s)",
+                changes.lines().count()
+            ),
+            _ => format!("commit {commit}"),
+        },
+        None => "unknown (no git)".into(),
+    }
+}
