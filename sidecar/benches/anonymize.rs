@@ -40,6 +40,11 @@
 //! The peak memory on a 1 GB file is not part of this bench; see the
 //! README (`/usr/bin/time -v quiesce anonymize ...`).
 
+// The tests' temporary directory.
+#[allow(dead_code)]
+#[path = "../tests/support/temp.rs"]
+mod temp;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -49,6 +54,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use temp::TempDir;
 
 const FILES: usize = 8;
 const SAMPLES: usize = 10;
@@ -73,21 +79,19 @@ fn mib_per_file() -> u64 {
 
 /// The scratch directory: `in/` holds the exports; removed on drop.
 struct Data {
-    root: PathBuf,
+    root: TempDir,
     inputs: Vec<PathBuf>,
     bytes: u64,
 }
 
 impl Data {
     fn generate(mib: u64) -> Data {
-        let root =
-            std::env::temp_dir().join(format!("quiesce-bench-anonymize-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(root.join("in")).unwrap();
+        let root = TempDir::new("bench-anonymize");
+        let dir = root.sub("in");
         let mut inputs = Vec::new();
         let mut bytes = 0;
         for file in 0..FILES {
-            let path = root.join("in").join(format!("site-{file:02}.csv"));
+            let path = dir.join(format!("site-{file:02}.csv"));
             bytes += write_export(&path, file as u64, mib * MIB);
             inputs.push(path);
         }
@@ -100,16 +104,7 @@ impl Data {
 
     /// A fresh, empty output directory.
     fn out(&self) -> PathBuf {
-        let out = self.root.join("out");
-        let _ = fs::remove_dir_all(&out);
-        fs::create_dir_all(&out).unwrap();
-        out
-    }
-}
-
-impl Drop for Data {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.root);
+        self.root.sub("out")
     }
 }
 

@@ -1,10 +1,11 @@
-//! Configuration, temporary files, the binary.
+//! Configuration, the data directory, the binary.
 
 use std::env;
-use std::fs;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+
+use crate::temp::TempDir;
 
 pub(crate) struct Config {
     pub(crate) window: Duration,
@@ -46,40 +47,17 @@ impl Config {
     }
 }
 
-/// A directory removed (with everything in it) when dropped.
-pub(crate) struct TempDir {
-    pub(crate) path: PathBuf,
-}
-
-impl TempDir {
-    pub(crate) fn new() -> TempDir {
-        let base = env::var_os("CARGO_TARGET_TMPDIR")
-            .map_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")), PathBuf::from);
-        let path = base.join(format!("load-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-        TempDir { path }
+/// The bench's data directory, `load-<pid>-…` under cargo's target tmp
+/// dir (on the target dir's disk, so fsyncs are real fsyncs): removed at
+/// the end, unless `LOAD_KEEP` is set.
+pub(crate) fn data_dir() -> TempDir {
+    let base = env::var_os("CARGO_TARGET_TMPDIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")), PathBuf::from);
+    let mut tmp = TempDir::new_in(&base, "load");
+    if env::var_os("LOAD_KEEP").is_some() {
+        tmp.keep();
     }
-
-    /// A fresh, empty subdirectory.
-    pub(crate) fn sub(&self, name: &str) -> PathBuf {
-        let path = self.path.join(name);
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if env::var_os("LOAD_KEEP").is_some() {
-            eprintln!("LOAD_KEEP: leaving {}", self.path.display());
-        } else {
-            let _ = fs::remove_dir_all(&self.path);
-        }
-    }
+    tmp
 }
 
 /// The binary cargo built for this bench (the `bench` profile: release

@@ -17,7 +17,7 @@
 //! when the previous one is answered — and timing each one from its first
 //! byte written to the last byte of the answer read. All traffic is on
 //! 127.0.0.1. Data directories live under cargo's target tmp dir
-//! (`<target dir>/tmp/load-<pid>/`, on the target dir's disk, so fsyncs are
+//! (`<target dir>/tmp/load-<pid>-…/`, on the target dir's disk, so fsyncs are
 //! real fsyncs) and are removed at the end (`LOAD_KEEP=1` keeps them, with
 //! each sidecar's log).
 //!
@@ -85,6 +85,22 @@
 //!
 //! Every thread started here is joined; every child process is killed if
 //! the bench fails (its guard's `Drop`).
+//!
+//! One idea per file: `config` (knobs, the data directory, the binary),
+//! `sidecar` (the process, SIGTERM), `proc` (/proc readings and the
+//! sampler), `http` (one message reader for both sides, `/metrics`),
+//! `bare` (the bare server), `client` (the load generator), `scenarios`
+//! (the five runs and the disk probe), `db` (the database check and fill),
+//! `summary` (the table). `temp` and `process` are the tests' harness files
+//! (`tests/support/`), included for `TempDir` and `send_signal`.
+
+// The tests' harness: one TempDir and one kill(1) for tests and benches.
+#[allow(dead_code)]
+#[path = "../../tests/support/process.rs"]
+mod process;
+#[allow(dead_code)]
+#[path = "../../tests/support/temp.rs"]
+mod temp;
 
 mod bare;
 mod client;
@@ -99,7 +115,7 @@ mod summary;
 use std::thread;
 use std::time::Instant;
 
-use config::{Config, TempDir, build_sidecar, source_version};
+use config::{Config, build_sidecar, data_dir, source_version};
 use proc::{load_average, machine_cpu};
 use scenarios::{
     backlog_run, bare_run, fsync_probe, sidecar_run, sigterm_idle, sigterm_under_load,
@@ -117,13 +133,13 @@ fn main() {
     );
     let bin = build_sidecar();
     println!("source: {}", source_version());
-    let tmp = TempDir::new();
-    println!("data under {}", tmp.path.display());
+    let tmp = data_dir();
+    println!("data under {}", tmp.path().display());
     let machine_before = machine_cpu();
     let load_before = load_average();
     let bench_started = Instant::now();
 
-    let fsync = fsync_probe(&tmp.path, 200);
+    let fsync = fsync_probe(tmp.path(), 200);
     println!(
         "[0/5] disk: one 4 KiB overwrite + fdatasync: p50 {}, p99 {}",
         ms(percentile(&fsync, 0.50)),

@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use crate::bare::BareServer;
 use crate::client::{Load, run_load};
-use crate::config::{Config, TempDir};
+use crate::config::Config;
 use crate::db::{self, Found};
 use crate::http::{Metrics, metrics};
 use crate::proc::{Samples, cpu_by_group, sampled, thread_ticks};
 use crate::sidecar::{Sidecar, exit_code, kill_spawn_time};
 use crate::summary::ms_of;
+use crate::temp::TempDir;
 
 /// How long to wait for the backlog to reach 0 after the load.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -131,7 +132,7 @@ pub(crate) fn sigterm_idle(bin: &Path, tmp: &TempDir, config: &Config) -> Idle {
         started_in: Vec::new(),
     };
     for round in 0..config.idle_rounds {
-        let data = tmp.sub(&format!("idle-{round}"));
+        let data = tmp.sub(format!("idle-{round}"));
         let mut sidecar = Sidecar::start(bin, &data, &[]);
         idle.started_in.push(sidecar.started_in);
         thread::sleep(Duration::from_millis(150));

@@ -8,6 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::proc::proc_status_kb;
+use crate::process::send_signal;
 
 /// How long a sidecar may take to write its `listen.addr`.
 pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -83,7 +84,7 @@ impl Sidecar {
     /// spawning `kill` to the exit being seen, and the exit status.
     pub(crate) fn sigterm(&mut self) -> (Duration, ExitStatus) {
         let sent = Instant::now();
-        send_signal("-TERM", self.pid);
+        send_signal(self.pid, "TERM");
         loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => return (sent.elapsed(), status),
@@ -115,19 +116,10 @@ impl Drop for Sidecar {
     }
 }
 
-pub(crate) fn send_signal(signal: &str, pid: u32) {
-    let status = Command::new("kill")
-        .arg(signal)
-        .arg(pid.to_string())
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run kill(1): {e}"));
-    assert!(status.success(), "kill {signal} {pid}: {status}");
-}
-
 /// The time `send_signal` itself takes (spawning `kill -0`).
 pub(crate) fn kill_spawn_time(pid: u32) -> Duration {
     let started = Instant::now();
-    send_signal("-0", pid);
+    send_signal(pid, "0");
     started.elapsed()
 }
 
