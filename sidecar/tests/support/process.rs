@@ -14,6 +14,9 @@
 //!    child's when `kill` is sent under the same lock.
 //! 2. Dropping a `Process` kills the child if it still runs, reaps it and
 //!    joins every thread; on a panic it prints the child's log.
+//! 3. The stderr reader appends each line, and sets `ended` after the
+//!    last, under the log's lock and then notifies; a waiter checks both
+//!    under that lock before it sleeps, so no line and no end is missed.
 //!
 //! Self-contained (std and crossbeam-channel only), so that the benches
 //! can include it with `#[path]`.
@@ -265,6 +268,7 @@ impl Process {
                 if log.ended || left.is_zero() {
                     break None;
                 }
+                // Inv. 3: checked under the lock; woken by the next line.
                 log = more
                     .wait_timeout(log, left)
                     .unwrap_or_else(PoisonError::into_inner)
@@ -389,6 +393,7 @@ impl Process {
 }
 
 impl Drop for Process {
+    /// Inv. 2.
     fn drop(&mut self) {
         {
             let mut child = lock(&self.child);
