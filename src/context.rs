@@ -105,12 +105,12 @@ pub struct Context {
 /// ```
 /// use quiesce::{Context, ContextError};
 ///
-/// let (visit, guard) = Context::background().with_cancel();
+/// let (request, guard) = Context::background().with_cancel();
 /// {
 ///     let _guard = guard; // Go's `defer cancel()`
-///     assert!(!visit.is_done());
+///     assert!(!request.is_done());
 /// } // the end of the scope cancels
-/// assert_eq!(visit.err(), Some(ContextError::Canceled));
+/// assert_eq!(request.err(), Some(ContextError::Canceled));
 ///
 /// let (upload, guard) = Context::background().with_cancel();
 /// std::thread::spawn(move || drop(guard)).join().unwrap(); // any thread may cancel
@@ -175,8 +175,8 @@ pub enum RecvError {
 ///
 /// let (tx, rx) = crossbeam_channel::bounded::<&str>(1);
 /// drop(rx); // the store has gone away
-/// let err = quiesce::Context::background().send(&tx, "weekly diary").unwrap_err();
-/// assert!(matches!(err, SendError::Disconnected("weekly diary")));
+/// let err = quiesce::Context::background().send(&tx, "order 17").unwrap_err();
+/// assert!(matches!(err, SendError::Disconnected("order 17")));
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum SendError<T> {
@@ -225,8 +225,8 @@ impl Context {
     ///
     /// ```
     /// let (ctx, guard) = quiesce::Context::background().with_cancel_cause();
-    /// guard.cancel_with_cause("site 12 revoked consent");
-    /// assert_eq!(ctx.cause().unwrap().to_string(), "site 12 revoked consent");
+    /// guard.cancel_with_cause("tenant 12 deleted");
+    /// assert_eq!(ctx.cause().unwrap().to_string(), "tenant 12 deleted");
     /// ```
     pub fn with_cancel_cause(&self) -> (Context, CancelGuard) {
         self.child(None)
@@ -376,12 +376,12 @@ impl Context {
     /// ```
     /// use quiesce::{Context, ContextError};
     ///
-    /// let (trial, stop_trial) = Context::background().with_cancel();
-    /// let (site, _site_guard) = trial.with_cancel();
-    /// assert!(site.cause().is_none());
-    /// stop_trial.cancel_with_cause("trial suspended by the safety board");
-    /// let cause = site.cause().unwrap(); // the ancestor's cause reached the child
-    /// assert_eq!(cause.to_string(), "trial suspended by the safety board");
+    /// let (server, stop_server) = Context::background().with_cancel();
+    /// let (conn, _conn_guard) = server.with_cancel();
+    /// assert!(conn.cause().is_none());
+    /// stop_server.cancel_with_cause("server shutting down for maintenance");
+    /// let cause = conn.cause().unwrap(); // the ancestor's cause reached the child
+    /// assert_eq!(cause.to_string(), "server shutting down for maintenance");
     ///
     /// let (ctx, guard) = Context::background().with_cancel();
     /// drop(guard); // no cause given: the error itself
@@ -400,11 +400,11 @@ impl Context {
     /// use quiesce::Context;
     ///
     /// assert_eq!(Context::background().deadline(), None);
-    /// let visit_ends = Instant::now() + Duration::from_secs(60);
-    /// let (visit, _guard) = Context::background().with_deadline(visit_ends);
-    /// assert_eq!(visit.deadline(), Some(visit_ends));
-    /// let (step, _step_guard) = visit.with_cancel(); // inherits it
-    /// assert_eq!(step.deadline(), Some(visit_ends));
+    /// let request_ends = Instant::now() + Duration::from_secs(60);
+    /// let (request, _guard) = Context::background().with_deadline(request_ends);
+    /// assert_eq!(request.deadline(), Some(request_ends));
+    /// let (step, _step_guard) = request.with_cancel(); // inherits it
+    /// assert_eq!(step.deadline(), Some(request_ends));
     /// ```
     pub fn deadline(&self) -> Option<Instant> {
         self.node.as_ref().and_then(|n| n.deadline())
@@ -470,8 +470,8 @@ impl Context {
     ///
     /// let (ctx, guard) = Context::background().with_cancel();
     /// drop(guard);
-    /// let next_visit = Instant::now() + Duration::from_secs(7 * 24 * 3600);
-    /// assert_eq!(ctx.sleep_until(next_visit), Err(ContextError::Canceled)); // at once
+    /// let next_week = Instant::now() + Duration::from_secs(7 * 24 * 3600);
+    /// assert_eq!(ctx.sleep_until(next_week), Err(ContextError::Canceled)); // at once
     /// ```
     pub fn sleep_until(&self, deadline: Instant) -> Result<(), ContextError> {
         self.sleep(deadline.saturating_duration_since(Instant::now()))
@@ -620,11 +620,11 @@ impl CancelGuard {
     /// # Examples
     ///
     /// ```
-    /// let (site, guard) = quiesce::Context::background().with_cancel();
-    /// let (patient, _patient_guard) = site.with_cancel();
+    /// let (server, guard) = quiesce::Context::background().with_cancel();
+    /// let (conn, _conn_guard) = server.with_cancel();
     /// guard.cancel();
     /// guard.cancel(); // harmless
-    /// assert!(site.is_done() && patient.is_done());
+    /// assert!(server.is_done() && conn.is_done());
     /// ```
     pub fn cancel(&self) {
         tree::cancel(&self.node, ContextError::Canceled, None);
@@ -638,9 +638,9 @@ impl CancelGuard {
     ///
     /// ```
     /// let (ctx, guard) = quiesce::Context::background().with_cancel();
-    /// guard.cancel_with_cause(format!("patient {} withdrew consent", 1042));
+    /// guard.cancel_with_cause(format!("client {} disconnected", 1042));
     /// guard.cancel_with_cause("ignored: the first cause stays");
-    /// assert_eq!(ctx.cause().unwrap().to_string(), "patient 1042 withdrew consent");
+    /// assert_eq!(ctx.cause().unwrap().to_string(), "client 1042 disconnected");
     ///
     /// let (ctx, guard) = quiesce::Context::background().with_cancel();
     /// guard.cancel_with_cause(std::io::Error::other("disk full")); // any error
@@ -750,9 +750,9 @@ impl<T> SendError<T> {
     /// ```
     /// let (tx, rx) = crossbeam_channel::bounded(1);
     /// drop(rx);
-    /// let report = String::from("pain score: 3");
+    /// let report = String::from("status: 200");
     /// let err = quiesce::Context::background().send(&tx, report).unwrap_err();
-    /// assert_eq!(err.into_inner(), "pain score: 3"); // nothing is lost
+    /// assert_eq!(err.into_inner(), "status: 200"); // nothing is lost
     /// ```
     pub fn into_inner(self) -> T {
         match self {

@@ -23,21 +23,21 @@ use parking_lot::RwLock;
 /// use std::sync::Arc;
 /// use quiesce::Counters;
 ///
-/// let enrollment = Arc::new(Counters::new());
+/// let requests = Arc::new(Counters::new());
 /// let handles: Vec<_> = (0..4)
-///     .map(|site| {
-///         let enrollment = enrollment.clone();
+///     .map(|worker| {
+///         let requests = requests.clone();
 ///         std::thread::spawn(move || {
 ///             for _ in 0..250 {
-///                 enrollment.add(format!("SITE-{site}"), 1);
+///                 requests.add(format!("worker-{worker}"), 1);
 ///             }
 ///         })
 ///     })
 ///     .collect();
 /// for h in handles { h.join().unwrap(); }
-/// assert_eq!(enrollment.total(), 1000);
-/// assert_eq!(enrollment.get("SITE-2"), 250);
-/// let snapshot = enrollment.snapshot();
+/// assert_eq!(requests.total(), 1000);
+/// assert_eq!(requests.get("worker-2"), 250);
+/// let snapshot = requests.snapshot();
 /// assert_eq!(snapshot.counts.values().sum::<u64>(), snapshot.total);
 /// ```
 pub struct Counters<K> {
@@ -54,13 +54,13 @@ struct State<K> {
 /// # Examples
 ///
 /// ```
-/// let reports = quiesce::Counters::new();
-/// reports.add("SITE-A", 2);
-/// let before = reports.snapshot();
-/// reports.add("SITE-A", 1);
-/// assert_eq!(before.counts["SITE-A"], 2); // a copy: later adds do not change it
+/// let uploads = quiesce::Counters::new();
+/// uploads.add("eu-west", 2);
+/// let before = uploads.snapshot();
+/// uploads.add("eu-west", 1);
+/// assert_eq!(before.counts["eu-west"], 2); // a copy: later adds do not change it
 /// assert_eq!(before.total, 2);
-/// assert_eq!(reports.snapshot().total, 3);
+/// assert_eq!(uploads.snapshot().total, 3);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot<K: Eq + Hash> {
@@ -76,9 +76,9 @@ impl<K: Eq + Hash> Snapshot<K> {
     /// # Examples
     ///
     /// ```
-    /// let enrolled: quiesce::Counters<_> = [("SITE-B", 3), ("SITE-A", 5)].into_iter().collect();
-    /// let snapshot = enrolled.snapshot();
-    /// assert_eq!(snapshot.sorted(), vec![(&"SITE-A", 5), (&"SITE-B", 3)]);
+    /// let orders: quiesce::Counters<_> = [("us-east", 3), ("eu-west", 5)].into_iter().collect();
+    /// let snapshot = orders.snapshot();
+    /// assert_eq!(snapshot.sorted(), vec![(&"eu-west", 5), (&"us-east", 3)]);
     /// ```
     pub fn sorted(&self) -> Vec<(&K, u64)>
     where
@@ -120,12 +120,12 @@ impl<K: Eq + Hash> Counters<K> {
     /// # Examples
     ///
     /// ```
-    /// let diaries = quiesce::Counters::new();
-    /// diaries.add("SITE-A", 2);
-    /// diaries.add("SITE-A", 1);
-    /// assert_eq!(diaries.get("SITE-A"), 3);
-    /// diaries.add("SITE-A", u64::MAX); // saturates, never overflows
-    /// assert_eq!(diaries.get("SITE-A"), u64::MAX);
+    /// let uploads = quiesce::Counters::new();
+    /// uploads.add("eu-west", 2);
+    /// uploads.add("eu-west", 1);
+    /// assert_eq!(uploads.get("eu-west"), 3);
+    /// uploads.add("eu-west", u64::MAX); // saturates, never overflows
+    /// assert_eq!(uploads.get("eu-west"), u64::MAX);
     /// ```
     pub fn add(&self, key: K, n: u64) {
         self.add_all([(key, n)]);
@@ -137,10 +137,10 @@ impl<K: Eq + Hash> Counters<K> {
     /// # Examples
     ///
     /// ```
-    /// let visits = quiesce::Counters::new();
-    /// visits.add_all([("SITE-A", 4), ("SITE-B", 1), ("SITE-A", 1)]);
-    /// assert_eq!(visits.get("SITE-A"), 5);
-    /// assert_eq!(visits.total(), 6);
+    /// let requests = quiesce::Counters::new();
+    /// requests.add_all([("GET", 4), ("POST", 1), ("GET", 1)]);
+    /// assert_eq!(requests.get("GET"), 5);
+    /// assert_eq!(requests.total(), 6);
     /// ```
     pub fn add_all(&self, items: impl IntoIterator<Item = (K, u64)>) {
         let mut state = self.state.write();
@@ -156,9 +156,9 @@ impl<K: Eq + Hash> Counters<K> {
     /// # Examples
     ///
     /// ```
-    /// let counters: quiesce::Counters<String> = [("SITE-A".to_string(), 7)].into_iter().collect();
-    /// assert_eq!(counters.get("SITE-A"), 7); // a `&str` looks up a `String` key
-    /// assert_eq!(counters.get("SITE-Z"), 0);
+    /// let counters: quiesce::Counters<String> = [("eu-west".to_string(), 7)].into_iter().collect();
+    /// assert_eq!(counters.get("eu-west"), 7); // a `&str` looks up a `String` key
+    /// assert_eq!(counters.get("ap-south"), 0);
     /// ```
     pub fn get<Q>(&self, key: &Q) -> u64
     where
@@ -173,7 +173,7 @@ impl<K: Eq + Hash> Counters<K> {
     /// # Examples
     ///
     /// ```
-    /// let counters: quiesce::Counters<_> = [("SITE-A", 7), ("SITE-B", 5)].into_iter().collect();
+    /// let counters: quiesce::Counters<_> = [("eu-west", 7), ("us-east", 5)].into_iter().collect();
     /// assert_eq!(counters.total(), 12);
     /// ```
     pub fn total(&self) -> u64 {
@@ -186,9 +186,9 @@ impl<K: Eq + Hash> Counters<K> {
     ///
     /// ```
     /// let counters = quiesce::Counters::new();
-    /// counters.add("SITE-A", 1);
-    /// counters.add("SITE-A", 1);
-    /// counters.add("SITE-B", 0); // a key added with zero has a count too
+    /// counters.add("eu-west", 1);
+    /// counters.add("eu-west", 1);
+    /// counters.add("us-east", 0); // a key added with zero has a count too
     /// assert_eq!(counters.len(), 2);
     /// ```
     pub fn len(&self) -> usize {
@@ -202,7 +202,7 @@ impl<K: Eq + Hash> Counters<K> {
     /// ```
     /// let counters = quiesce::Counters::new();
     /// assert!(counters.is_empty());
-    /// counters.add("SITE-A", 1);
+    /// counters.add("eu-west", 1);
     /// assert!(!counters.is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
@@ -215,7 +215,7 @@ impl<K: Eq + Hash> Counters<K> {
     ///
     /// ```
     /// let counters = quiesce::Counters::new();
-    /// counters.add_all([("SITE-A", 2), ("SITE-B", 3)]);
+    /// counters.add_all([("eu-west", 2), ("us-east", 3)]);
     /// let snapshot = counters.snapshot();
     /// assert_eq!(snapshot.total, 5);
     /// assert_eq!(snapshot.counts.len(), 2);

@@ -98,9 +98,9 @@ impl Error for ContextError {}
 /// use quiesce::{Cause, Context, ContextError};
 ///
 /// let (ctx, guard) = Context::background().with_cancel();
-/// guard.cancel_with_cause("site 7 closed");
+/// guard.cancel_with_cause("tenant 7 suspended");
 /// let cause: Cause = ctx.cause().unwrap();
-/// assert_eq!(cause.to_string(), "site 7 closed");
+/// assert_eq!(cause.to_string(), "tenant 7 suspended");
 ///
 /// let (ctx, guard) = Context::background().with_cancel();
 /// drop(guard); // no cause given
