@@ -54,7 +54,7 @@ use crate::threads::{Running, Threads};
 ///     group
 ///         .spawn(format!("task-{task}"), move |ctx| {
 ///             if task == 3 {
-///                 return Err("site 3 unreachable".to_string());
+///                 return Err("backend 3 unreachable".to_string());
 ///             }
 ///             // the others wait, cooperatively, and are cancelled
 ///             ctx.sleep(Duration::from_secs(60)).map_err(|e| e.to_string())?;
@@ -65,7 +65,7 @@ use crate::threads::{Running, Threads};
 /// match group.wait() {
 ///     Err(GroupError::Failed { task, error }) => {
 ///         assert_eq!(task, "task-3");
-///         assert_eq!(error, "site 3 unreachable");
+///         assert_eq!(error, "backend 3 unreachable");
 ///     }
 ///     other => panic!("{other:?}"),
 /// }
@@ -103,7 +103,7 @@ impl<T, E> Waited<T, E> {
     ///
     /// ```
     /// let group = quiesce::Group::<u8, String>::new();
-    /// group.spawn("count-site-3", |_ctx| Ok(3)).unwrap();
+    /// group.spawn("count-3", |_ctx| Ok(3)).unwrap();
     /// let waited = group.wait_timeout(std::time::Duration::from_secs(10));
     /// assert_eq!(waited.done(), Some(Ok(vec![3])));
     /// ```
@@ -123,11 +123,11 @@ impl<T, E> Waited<T, E> {
 /// use quiesce::{Group, GroupError};
 ///
 /// let group = Group::<(), String>::new();
-/// group.spawn("export-site-9", |_ctx| panic!("corrupt diary file")).unwrap();
+/// group.spawn("export-9", |_ctx| panic!("corrupt input file")).unwrap();
 /// match group.wait() {
 ///     Err(GroupError::Panicked { task, panic }) => {
-///         assert_eq!(task, "export-site-9");
-///         assert_eq!(panic.message(), "corrupt diary file");
+///         assert_eq!(task, "export-9");
+///         assert_eq!(panic.message(), "corrupt input file");
 ///     }
 ///     other => panic!("{other:?}"),
 /// }
@@ -157,10 +157,10 @@ impl<E> GroupError<E> {
     ///
     /// ```
     /// let group = quiesce::Group::<(), &str>::new();
-    /// group.spawn("sync-site-3", |_ctx| Err("timeout")).unwrap();
+    /// group.spawn("sync-shard-3", |_ctx| Err("timeout")).unwrap();
     /// let err = group.wait().unwrap_err();
-    /// assert_eq!(err.task(), "sync-site-3");
-    /// assert_eq!(err.to_string(), "task sync-site-3 failed: timeout");
+    /// assert_eq!(err.task(), "sync-shard-3");
+    /// assert_eq!(err.to_string(), "task sync-shard-3 failed: timeout");
     /// ```
     pub fn task(&self) -> &str {
         match self {
@@ -223,8 +223,8 @@ impl std::error::Error for SpawnError {}
 /// let mut group = Group::<u32, String>::new();
 /// group.set_limit(1).unwrap();
 /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
-/// group.try_spawn("site-1", move |_ctx| { let _ = hold.recv(); Ok(1) }).unwrap();
-/// let Err(TrySpawnError::AtLimit(task)) = group.try_spawn("site-2", |_ctx| Ok(2)) else {
+/// group.try_spawn("job-1", move |_ctx| { let _ = hold.recv(); Ok(1) }).unwrap();
+/// let Err(TrySpawnError::AtLimit(task)) = group.try_spawn("job-2", |_ctx| Ok(2)) else {
 ///     panic!("the only place is taken");
 /// };
 /// assert_eq!(task(&Context::background()), Ok(2)); // handed back: run it here
@@ -306,8 +306,8 @@ impl<T: Send + 'static, E: Send + 'static> Group<T, E> {
     ///
     /// ```
     /// let group = quiesce::Group::<u32, String>::new();
-    /// group.spawn("count-site-a", |_ctx| Ok(12)).unwrap();
-    /// group.spawn("count-site-b", |_ctx| Ok(30)).unwrap();
+    /// group.spawn("count-a", |_ctx| Ok(12)).unwrap();
+    /// group.spawn("count-b", |_ctx| Ok(30)).unwrap();
     /// assert_eq!(group.wait(), Ok(vec![12, 30])); // in spawn order
     /// ```
     pub fn new() -> Group<T, E> {
@@ -360,9 +360,9 @@ impl<T: Send + 'static, E: Send + 'static> Group<T, E> {
     /// let mut group = quiesce::Group::<(), String>::new();
     /// group.set_limit(2).unwrap();
     /// let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    /// for site in 0..6 {
+    /// for job in 0..6 {
     ///     let (now, peak) = (now.clone(), peak.clone());
-    ///     group.spawn(format!("site-{site}"), move |_ctx| {
+    ///     group.spawn(format!("job-{job}"), move |_ctx| {
     ///         peak.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
     ///         std::thread::sleep(std::time::Duration::from_millis(1));
     ///         now.fetch_sub(1, Ordering::SeqCst);
@@ -412,13 +412,13 @@ impl<T: Send + 'static, E: Send + 'static> Group<T, E> {
     ///
     /// let group = quiesce::Group::<(), String>::new();
     /// group
-    ///     .spawn("upload-site-1", |ctx| {
+    ///     .spawn("upload-1", |ctx| {
     ///         ctx.sleep(Duration::from_secs(60)).map_err(|e| e.to_string()) // cut short
     ///     })
     ///     .unwrap();
-    /// group.spawn("upload-site-2", |_ctx| Err("batch rejected".to_string())).unwrap();
+    /// group.spawn("upload-2", |_ctx| Err("batch rejected".to_string())).unwrap();
     /// let err = group.wait().unwrap_err(); // the first failure, not the cancelled sibling
-    /// assert_eq!(err.task(), "upload-site-2");
+    /// assert_eq!(err.task(), "upload-2");
     /// ```
     pub fn spawn<F>(&self, name: impl Into<String>, f: F) -> Result<(), SpawnError>
     where
@@ -453,9 +453,9 @@ impl<T: Send + 'static, E: Send + 'static> Group<T, E> {
     /// use quiesce::{Group, TrySpawnError};
     ///
     /// let group = Group::<u32, String>::new();
-    /// assert!(group.try_spawn("score-visit-1", |_ctx| Ok(7)).is_ok()); // no limit: room
+    /// assert!(group.try_spawn("resize-image-1", |_ctx| Ok(7)).is_ok()); // no limit: room
     /// group.cancel();
-    /// let refused = group.try_spawn("score-visit-2", |_ctx| Ok(8));
+    /// let refused = group.try_spawn("resize-image-2", |_ctx| Ok(8));
     /// assert!(matches!(refused, Err(TrySpawnError::Canceled(..))));
     /// assert_eq!(group.wait(), Ok(vec![7]));
     /// ```
@@ -522,11 +522,11 @@ impl<T: Send + 'static, E: Send + 'static> Group<T, E> {
     ///
     /// ```
     /// let group = quiesce::Group::<usize, String>::new();
-    /// for site in ["SITE-A", "SITE-BB"] {
-    ///     group.spawn(site, move |_ctx| Ok(site.len())).unwrap();
+    /// for file in ["a.csv", "bb.csv"] {
+    ///     group.spawn(file, move |_ctx| Ok(file.len())).unwrap();
     /// }
     /// let ctx = group.context().clone();
-    /// assert_eq!(group.wait(), Ok(vec![6, 7]));
+    /// assert_eq!(group.wait(), Ok(vec![5, 6]));
     /// assert!(ctx.is_done()); // as after Go's `Wait`
     /// ```
     pub fn wait(self) -> Result<Vec<T>, GroupError<E>> {
@@ -582,7 +582,7 @@ impl<T: Send + 'static, E: Send + 'static> Group<T, E> {
     /// use quiesce::Waited;
     ///
     /// let group = quiesce::Group::<(), String>::new();
-    /// group.spawn("watch-site-5", |ctx| { let _ = ctx.done().recv(); Ok(()) }).unwrap();
+    /// group.spawn("watch-config", |ctx| { let _ = ctx.done().recv(); Ok(()) }).unwrap();
     /// let Waited::Running(group) = group.wait_timeout(Duration::from_millis(2)) else {
     ///     panic!("the watcher only stops when cancelled");
     /// };
@@ -602,10 +602,10 @@ impl<T: Send + 'static, E: Send + 'static> Group<T, E> {
     ///
     /// ```
     /// let group = quiesce::Group::<(), String>::new();
-    /// group.spawn("watch-site-5", |ctx| { let _ = ctx.done().recv(); Ok(()) }).unwrap();
+    /// group.spawn("watch-config", |ctx| { let _ = ctx.done().recv(); Ok(()) }).unwrap();
     /// let running = group.running();
     /// assert_eq!(running.len(), 1);
-    /// assert_eq!(running[0].name, "watch-site-5");
+    /// assert_eq!(running[0].name, "watch-config");
     /// group.cancel();
     /// group.wait().unwrap();
     /// ```
@@ -621,7 +621,7 @@ impl<T: Send + 'static, E: Send + 'static> Group<T, E> {
     /// use std::time::Duration;
     ///
     /// let group = quiesce::Group::<(), String>::new();
-    /// group.spawn("poll-sites", |ctx| {
+    /// group.spawn("poll-queue", |ctx| {
     ///     while ctx.sleep(Duration::from_millis(1)).is_ok() {}
     ///     Ok(())
     /// }).unwrap();

@@ -30,9 +30,9 @@ pub(crate) fn pair<T>() -> (Completer<T>, JobHandle<T>) {
 /// use quiesce::{scope, Context, JobError};
 ///
 /// let (count, crash) = scope(2, &Context::background(), |s| {
-///     (s.spawn(|_ctx| "SITE-A: 14 reports"), s.spawn(|_ctx| -> u32 { panic!("bad row") }))
+///     (s.spawn(|_ctx| "eu-west: 14 uploads"), s.spawn(|_ctx| -> u32 { panic!("bad row") }))
 /// });
-/// assert_eq!(count.join(), Ok("SITE-A: 14 reports"));
+/// assert_eq!(count.join(), Ok("eu-west: 14 uploads"));
 /// assert!(matches!(crash.join(), Err(JobError::Panicked(p)) if p.message() == "bad row"));
 /// ```
 pub struct JobHandle<T> {
@@ -191,9 +191,9 @@ impl<T> JobHandle<T> {
     ///
     /// ```
     /// let pool = quiesce::Pool::builder().workers(1).build().unwrap();
-    /// let summary = pool.execute(|_ctx| format!("{} diaries", 12)).unwrap();
-    /// assert_eq!(summary.join().unwrap(), "12 diaries");
-    /// let crash = pool.execute(|_ctx| -> u32 { panic!("malformed diary") }).unwrap();
+    /// let summary = pool.execute(|_ctx| format!("{} files", 12)).unwrap();
+    /// assert_eq!(summary.join().unwrap(), "12 files");
+    /// let crash = pool.execute(|_ctx| -> u32 { panic!("malformed file") }).unwrap();
     /// assert!(matches!(crash.join(), Err(quiesce::JobError::Panicked(_))));
     /// ```
     pub fn join(self) -> Result<T, JobError> {
@@ -238,9 +238,9 @@ impl<T> JobHandle<T> {
     /// use std::time::{Duration, Instant};
     ///
     /// let pool = quiesce::Pool::builder().workers(1).build().unwrap();
-    /// let enrolled = pool.execute(|_ctx| 42).unwrap();
+    /// let answer = pool.execute(|_ctx| 42).unwrap();
     /// let deadline = Instant::now() + Duration::from_secs(10);
-    /// assert_eq!(enrolled.join_deadline(deadline), Ok(42));
+    /// assert_eq!(answer.join_deadline(deadline), Ok(42));
     /// ```
     pub fn join_deadline(&self, deadline: Instant) -> Result<T, JobError> {
         self.join_until(Some(deadline))

@@ -81,10 +81,10 @@ thread_local! {
 /// use quiesce::{leak, Context, Threads};
 ///
 /// let mut threads = Threads::<()>::new(&Context::background());
-/// threads.spawn("diary-sync", |ctx| { let _ = ctx.done().recv(); }).unwrap();
+/// threads.spawn("cache-sync", |ctx| { let _ = ctx.done().recv(); }).unwrap();
 /// let live = leak::live_threads();
-/// let info = live.iter().find(|t| t.name == "diary-sync").unwrap();
-/// assert!(info.to_string().starts_with("diary-sync (running for "));
+/// let info = live.iter().find(|t| t.name == "cache-sync").unwrap();
+/// assert!(info.to_string().starts_with("cache-sync (running for "));
 /// assert!(threads.shutdown(Duration::from_secs(10)).running.is_empty());
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,10 +150,10 @@ impl std::error::Error for Leaked {}
 /// use quiesce::{leak, Context, Threads};
 ///
 /// let mut threads = Threads::<()>::new(&Context::background());
-/// threads.spawn("site-7-export", |ctx| { let _ = ctx.done().recv(); }).unwrap();
-/// assert!(leak::live_threads().iter().any(|t| t.name == "site-7-export"));
+/// threads.spawn("log-export", |ctx| { let _ = ctx.done().recv(); }).unwrap();
+/// assert!(leak::live_threads().iter().any(|t| t.name == "log-export"));
 /// assert!(threads.shutdown(Duration::from_secs(10)).running.is_empty());
-/// assert!(!leak::live_threads().iter().any(|t| t.name == "site-7-export"));
+/// assert!(!leak::live_threads().iter().any(|t| t.name == "log-export"));
 /// ```
 pub fn live_threads() -> Vec<ThreadInfo> {
     collect(|_| true)
@@ -275,7 +275,7 @@ pub fn track() -> Tracker {
 /// let outer = leak::track();
 /// let inner = leak::track();
 /// let mut threads = Threads::<()>::new(&Context::background());
-/// threads.spawn("site-3-sync", |ctx| { let _ = ctx.done().recv(); }).unwrap();
+/// threads.spawn("shard-3-sync", |ctx| { let _ = ctx.done().recv(); }).unwrap();
 /// assert_eq!(inner.live().len(), 1);
 /// assert_eq!(outer.live().len(), 1); // trackers nest
 /// drop(inner);
@@ -300,8 +300,8 @@ impl Tracker {
     /// let leaks = leak::track();
     /// assert!(leaks.live().is_empty());
     /// let mut threads = Threads::<()>::new(&Context::background());
-    /// threads.spawn("visit-reminders", |ctx| { let _ = ctx.done().recv(); }).unwrap();
-    /// assert_eq!(leaks.live()[0].name, "visit-reminders");
+    /// threads.spawn("session-reaper", |ctx| { let _ = ctx.done().recv(); }).unwrap();
+    /// assert_eq!(leaks.live()[0].name, "session-reaper");
     /// assert!(threads.shutdown(Duration::from_secs(10)).running.is_empty());
     /// assert!(leaks.live().is_empty());
     /// ```
@@ -324,7 +324,7 @@ impl Tracker {
     ///
     /// let leaks = leak::track();
     /// let mut threads = Threads::<()>::new(&Context::background());
-    /// threads.spawn("reminder", |ctx| { let _ = ctx.sleep(Duration::from_millis(2)); }).unwrap();
+    /// threads.spawn("ticker", |ctx| { let _ = ctx.sleep(Duration::from_millis(2)); }).unwrap();
     /// assert_eq!(leaks.check(Duration::from_secs(10)), Ok(())); // waits for it to end
     /// assert_eq!(threads.reap().len(), 1);
     /// ```

@@ -128,10 +128,10 @@ pub struct Finished<T> {
 /// use quiesce::{Context, Threads};
 ///
 /// let mut threads = Threads::<()>::new(&Context::background());
-/// threads.spawn("visit-reminders", |ctx| { let _ = ctx.done().recv(); }).unwrap();
+/// threads.spawn("session-reaper", |ctx| { let _ = ctx.done().recv(); }).unwrap();
 /// let running = threads.running();
-/// assert_eq!(running[0].name, "visit-reminders");
-/// assert!(running[0].to_string().starts_with("visit-reminders (running for "));
+/// assert_eq!(running[0].name, "session-reaper");
+/// assert!(running[0].to_string().starts_with("session-reaper (running for "));
 /// assert!(threads.shutdown(Duration::from_secs(10)).running.is_empty());
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -262,7 +262,7 @@ impl<T> Threads<T> {
     /// use quiesce::{Context, Threads};
     ///
     /// let mut threads = Threads::new(&Context::background());
-    /// threads.spawn("poll-sites", |ctx| {
+    /// threads.spawn("poll-queue", |ctx| {
     ///     let mut polls = 0u32;
     ///     while ctx.sleep(Duration::from_millis(1)).is_ok() {
     ///         polls += 1;
@@ -399,7 +399,7 @@ impl<T> Threads<T> {
     /// use quiesce::{Context, Threads};
     ///
     /// let mut threads = Threads::new(&Context::background());
-    /// threads.spawn("checksum-site-4", |_ctx| 0xC0FFEEu32).unwrap();
+    /// threads.spawn("checksum-4", |_ctx| 0xC0FFEEu32).unwrap();
     /// let report = threads.join_timeout(Duration::from_secs(10));
     /// assert_eq!(report.finished[0].result, Ok(0xC0FFEE));
     /// assert!(report.running.is_empty());
