@@ -34,15 +34,15 @@ pub struct Shutdown {
 ///
 /// ```
 /// let (trigger, done) = quiesce::shutdown();
-/// let sites: Vec<_> = (0..3)
+/// let waiters: Vec<_> = (0..3)
 ///     .map(|_| {
 ///         let done = done.clone();
 ///         std::thread::spawn(move || done.wait())
 ///     })
 ///     .collect();
 /// trigger.fire();
-/// for site in sites {
-///     site.join().unwrap(); // every clone saw it
+/// for waiter in waiters {
+///     waiter.join().unwrap(); // every clone saw it
 /// }
 /// assert!(done.is_fired());
 /// ```
@@ -150,10 +150,10 @@ impl Done {
     /// use crossbeam_channel::{select, unbounded};
     ///
     /// let (trigger, done) = quiesce::shutdown();
-    /// let (_diaries_tx, diaries) = unbounded::<String>();
+    /// let (_jobs_tx, jobs) = unbounded::<String>();
     /// trigger.fire();
     /// let stopped = select! {
-    ///     recv(diaries) -> _ => false,
+    ///     recv(jobs) -> _ => false,
     ///     recv(done.channel()) -> msg => msg.is_err(), // disconnected, never a message
     /// };
     /// assert!(stopped);

@@ -32,8 +32,8 @@ impl Panic {
     /// ```
     /// use quiesce::Panic;
     ///
-    /// let payload = std::panic::catch_unwind(|| panic!("site {} offline", 4)).unwrap_err();
-    /// assert_eq!(Panic::from_payload(payload).message(), "site 4 offline");
+    /// let payload = std::panic::catch_unwind(|| panic!("disk {} offline", 4)).unwrap_err();
+    /// assert_eq!(Panic::from_payload(payload).message(), "disk 4 offline");
     ///
     /// let odd = std::panic::catch_unwind(|| std::panic::panic_any(42)).unwrap_err();
     /// let panic = Panic::from_payload(odd);

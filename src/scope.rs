@@ -57,7 +57,7 @@ type StartWorker<'a> = dyn Fn(usize) -> io::Result<()> + Sync + 'a;
 /// ```
 /// use quiesce::{scope, Context};
 ///
-/// let files = vec!["site-a.csv".to_string(), "site-b.csv".to_string(), "site-c.csv".to_string()];
+/// let files = vec!["part-a.csv".to_string(), "part-b.csv".to_string(), "part-c.csv".to_string()];
 /// let sizes = scope(2, &Context::background(), |s| {
 ///     let handles: Vec<_> = files.iter().map(|f| s.spawn(move |_ctx| f.len())).collect();
 ///     handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
@@ -116,8 +116,8 @@ fn worker(rx: &Receiver<ScopeJob<'_>>, ctx: &Context) {
 ///
 /// let mut totals = vec![0u32; 3];
 /// scope(2, &Context::background(), |s| {
-///     for (site, total) in totals.iter_mut().enumerate() {
-///         s.spawn(move |_ctx| *total = (site as u32 + 1) * 10);
+///     for (shard, total) in totals.iter_mut().enumerate() {
+///         s.spawn(move |_ctx| *total = (shard as u32 + 1) * 10);
 ///     }
 /// });
 /// assert_eq!(totals, [10, 20, 30]); // the jobs wrote into the caller's stack
@@ -144,11 +144,11 @@ impl<'env> Scope<'_, 'env> {
     /// use quiesce::{scope, Context};
     ///
     /// let outcome = scope(1, &Context::background(), |s| {
-    ///     let bad = s.spawn(|_ctx| -> u32 { panic!("bad visit row") });
+    ///     let bad = s.spawn(|_ctx| -> u32 { panic!("bad input row") });
     ///     let good = s.spawn(|_ctx| 12);
     ///     (bad.join().map_err(|e| e.to_string()), good.join())
     /// });
-    /// assert_eq!(outcome, (Err("the job panicked: bad visit row".into()), Ok(12)));
+    /// assert_eq!(outcome, (Err("the job panicked: bad input row".into()), Ok(12)));
     /// ```
     pub fn spawn<F, T>(&self, f: F) -> JobHandle<T>
     where

@@ -42,11 +42,11 @@ use crate::sync::{Arc, AtomicBool, Condvar, Mutex, Ordering};
 ///
 /// let sem = Semaphore::new(10);
 /// let handles: Vec<_> = (0..100)
-///     .map(|patient| {
+///     .map(|order| {
 ///         let sem = sem.clone();
 ///         std::thread::spawn(move || {
-///             let _permit = sem.acquire().unwrap(); // at most 10 reports at once
-///             format!("report for patient {patient}")
+///             let _permit = sem.acquire().unwrap(); // at most 10 invoices at once
+///             format!("invoice for order {order}")
 ///         })
 ///     })
 ///     .collect();

@@ -38,7 +38,7 @@ use crate::sync::{Arc, AtomicUsize, Condvar, Mutex, Ordering};
 ///
 /// let wg = WaitGroup::new();
 /// let mut handles = Vec::new();
-/// for file in ["site-a.csv", "site-b.csv", "site-c.csv"] {
+/// for file in ["part-a.csv", "part-b.csv", "part-c.csv"] {
 ///     let guard = wg.add();
 ///     handles.push(std::thread::spawn(move || {
 ///         let _guard = guard; // counts done when this thread's work ends
@@ -121,9 +121,9 @@ impl WaitGroup {
     ///
     /// ```
     /// let wg = quiesce::WaitGroup::new();
-    /// let sites: Vec<_> = (0..3).map(|_| wg.add()).collect();
+    /// let uploads: Vec<_> = (0..3).map(|_| wg.add()).collect();
     /// assert_eq!(wg.count(), 3);
-    /// drop(sites);
+    /// drop(uploads);
     /// assert_eq!(wg.count(), 0);
     /// ```
     pub fn count(&self) -> usize {
@@ -137,11 +137,11 @@ impl WaitGroup {
     /// ```
     /// let wg = quiesce::WaitGroup::new();
     /// let handles: Vec<_> = (1..=3u32)
-    ///     .map(|site| {
+    ///     .map(|batch| {
     ///         let guard = wg.add();
     ///         std::thread::spawn(move || {
     ///             let _guard = guard;
-    ///             site * 10 // reports exported
+    ///             batch * 10 // rows exported
     ///         })
     ///     })
     ///     .collect();
