@@ -94,7 +94,6 @@ mod deadline;
 mod done;
 mod group;
 mod handle;
-mod notify;
 mod panic;
 mod pool;
 mod scope;

@@ -6,7 +6,7 @@
 //! stopping, from a thread named `quiesce-watchdog`. Without the feature,
 //! or without `NOTIFY_SOCKET`, all of it does nothing.
 
-use crate::supervisor::Readiness;
+use super::Readiness;
 
 #[cfg(feature = "systemd")]
 pub(crate) use with_systemd::Notifier;

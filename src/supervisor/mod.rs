@@ -1,0 +1,371 @@
+//! `Supervisor`: a group of long-running services with one lifecycle. The
+//! public docs, with the Go libraries it follows, are on [`Supervisor`].
+
+mod notify;
+mod readiness;
+mod report;
+mod restart;
+mod run;
+mod service;
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::context::Context;
+
+pub use readiness::Readiness;
+pub use report::{Outcome, ServiceReport, StopCause, SupervisorReport, exit};
+pub use restart::RestartPolicy;
+pub use service::{BoxError, Service, ServiceContext, ServiceSpec};
+
+use run::Run;
+use service::FnService;
+
+/// Runs services with one lifecycle: a group of long-running services.
+/// go-zero's `ServiceGroup`, `oklog/run` and uber-go/fx's start/stop hooks,
+/// for threads.
+///
+/// - **Start** in the order added, each on its own thread named after it;
+///   the next starts only when the previous one is *up* (it calls
+///   [`ServiceContext::ready`]), within its start timeout. If one fails to
+///   come up, those already up are stopped in reverse order and the start
+///   fails (fx rolls back the same way).
+/// - **Run** until the stop context is done (a signal, with
+///   [`Supervisor::run_until_signal`]) or a service ends. By default a
+///   service that fails, panics or returns on its own stops the whole group
+///   (`oklog/run`); with a [`RestartPolicy`] a failed one is restarted with
+///   exponential backoff, within a budget, and a spent budget stops the
+///   group.
+/// - **Stop** in reverse order, one layer at a time: cancel a service's
+///   context, wait for its `run` to return within its stop timeout, then the
+///   next — all within the overall shutdown timeout. A service still running
+///   at its deadline is named in the report and the shutdown moves on; its
+///   thread is left running, detached (the process is expected to exit with
+///   [`exit::DEADLINE_EXCEEDED`]). (go-zero stops everything at once;
+///   stopping in layers lets an intake service stop before the store it
+///   writes to.)
+/// - [`Readiness`] is true once every service is up and false from the first
+///   moment of shutdown (and while a service restarts): serve it on
+///   `/readyz`. Under systemd (`NOTIFY_SOCKET`, feature `systemd`) the
+///   supervisor sends `READY=1`, `STATUS=…`, `STOPPING=1` and watchdog pings.
+/// - The [`SupervisorReport`] names each service's outcome and maps to an
+///   [exit code](SupervisorReport::exit_code).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use quiesce::{Context, Supervisor};
+///
+/// let mut sup = Supervisor::new().shutdown_timeout(Duration::from_secs(5));
+/// sup.add_fn("store", |ctx| {
+///     // open the database, then:
+///     ctx.ready();
+///     let _ = ctx.done().recv(); // serve until told to stop
+///     Ok(()) // flush, close
+/// });
+/// sup.add_fn("intake", |ctx| {
+///     ctx.ready();
+///     while ctx.sleep(Duration::from_millis(1)).is_ok() {}
+///     Ok(())
+/// });
+/// let (stop, stop_now) = Context::background().with_cancel();
+/// let readiness = sup.readiness();
+/// let runner = std::thread::spawn(move || sup.run(&stop));
+/// let give_up = Instant::now() + Duration::from_secs(10);
+/// while !readiness.is_ready() && Instant::now() < give_up {
+///     std::thread::sleep(Duration::from_millis(1));
+/// }
+/// assert!(readiness.is_ready());
+/// drop(stop_now); // SIGTERM, say
+/// let report = runner.join().unwrap();
+/// assert_eq!(report.exit_code(), 0);
+/// let order: Vec<&str> = report.stop_order.iter().map(String::as_str).collect();
+/// assert_eq!(order, ["intake", "store"]);
+/// ```
+pub struct Supervisor {
+    specs: Vec<ServiceSpec>,
+    start_timeout: Duration,
+    stop_timeout: Duration,
+    shutdown_timeout: Duration,
+    drain_delay: Duration,
+    readiness: Readiness,
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        Supervisor::new()
+    }
+}
+
+impl Supervisor {
+    /// An empty group. Defaults: start timeout 30 s, stop timeout 10 s per
+    /// service, shutdown timeout 25 s in all (under Kubernetes' 30 s grace
+    /// period), no drain delay.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use quiesce::{Context, StopCause, Supervisor};
+    ///
+    /// let sup = Supervisor::new(); // no services yet
+    /// let (stop, stop_now) = Context::background().with_cancel();
+    /// drop(stop_now);
+    /// let report = sup.run(&stop); // returns once `stop` is done
+    /// assert!(report.services.is_empty());
+    /// assert!(matches!(report.cause, StopCause::Requested(_)));
+    /// ```
+    pub fn new() -> Supervisor {
+        Supervisor {
+            specs: Vec::new(),
+            start_timeout: Duration::from_secs(30),
+            stop_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(25),
+            drain_delay: Duration::ZERO,
+            readiness: Readiness::new(),
+        }
+    }
+
+    /// The default time a service has to come up.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{exit, Context, StopCause, Supervisor};
+    ///
+    /// let mut sup = Supervisor::new().start_timeout(Duration::from_millis(5));
+    /// sup.add_fn("forgetful", |ctx| { let _ = ctx.done().recv(); Ok(()) }); // no ready()
+    /// let report = sup.run(&Context::background());
+    /// assert_eq!(report.exit_code(), exit::SERVICE_FAILED);
+    /// let StopCause::StartFailed { reason, .. } = report.cause else { panic!("it started") };
+    /// assert!(reason.contains("does it call ctx.ready()?"));
+    /// ```
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// The default time a service has to stop once cancelled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use quiesce::{Context, Outcome, Supervisor};
+    ///
+    /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
+    /// let mut sup = Supervisor::new().stop_timeout(Duration::from_millis(5));
+    /// sup.add_fn("store", |ctx| { ctx.ready(); let _ = ctx.done().recv(); Ok(()) });
+    /// sup.add_fn("stubborn", move |ctx| { ctx.ready(); let _ = hold.recv(); Ok(()) });
+    /// let readiness = sup.readiness();
+    /// let (stop, stop_now) = Context::background().with_cancel();
+    /// let runner = std::thread::spawn(move || sup.run(&stop));
+    /// let give_up = Instant::now() + Duration::from_secs(10);
+    /// while !readiness.is_ready() && Instant::now() < give_up {
+    ///     std::thread::sleep(Duration::from_millis(1));
+    /// }
+    /// drop(stop_now);
+    /// let report = runner.join().unwrap();
+    /// assert_eq!(report.stop_order, ["stubborn", "store"]); // it moved on after 5 ms
+    /// assert!(matches!(report.services[1].outcome, Outcome::Stuck(_)));
+    /// assert_eq!(report.services[0].outcome, Outcome::Clean);
+    /// drop(release); // lets the detached thread end
+    /// ```
+    pub fn stop_timeout(mut self, timeout: Duration) -> Self {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    /// The time the whole shutdown may take.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{exit, Context, Supervisor};
+    ///
+    /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
+    /// let mut sup = Supervisor::new().shutdown_timeout(Duration::from_millis(5));
+    /// sup.add_fn("stubborn", move |ctx| { ctx.ready(); let _ = hold.recv(); Ok(()) });
+    /// let (stop, stop_now) = Context::background().with_cancel();
+    /// drop(stop_now);
+    /// let report = sup.run(&stop);
+    /// assert_eq!(report.stuck[0].name, "stubborn");
+    /// assert_eq!(report.exit_code(), exit::DEADLINE_EXCEEDED);
+    /// drop(release); // lets the detached thread end
+    /// ```
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Between readiness turning false and the first service being
+    /// cancelled: time for a load balancer to stop sending traffic (5 s is
+    /// usual under Kubernetes). Counts against the shutdown timeout.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{Context, Supervisor};
+    ///
+    /// let mut sup = Supervisor::new().drain_delay(Duration::from_millis(2));
+    /// let readiness = sup.readiness();
+    /// sup.add_fn("http", move |ctx| {
+    ///     ctx.ready();
+    ///     let _ = ctx.done().recv();
+    ///     assert!(!readiness.is_ready(), "not ready since the drain began");
+    ///     Ok(())
+    /// });
+    /// let (stop, stop_now) = Context::background().with_cancel();
+    /// drop(stop_now);
+    /// assert_eq!(sup.run(&stop).exit_code(), 0);
+    /// ```
+    pub fn drain_delay(mut self, delay: Duration) -> Self {
+        self.drain_delay = delay;
+        self
+    }
+
+    /// Adds a service; it starts after the ones added before it and stops
+    /// before them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{BoxError, Context, Service, ServiceContext, Supervisor};
+    ///
+    /// struct Heartbeat;
+    /// impl Service for Heartbeat {
+    ///     fn name(&self) -> &str {
+    ///         "heartbeat"
+    ///     }
+    ///     fn run(&mut self, ctx: &ServiceContext) -> Result<(), BoxError> {
+    ///         ctx.ready();
+    ///         while ctx.sleep(Duration::from_millis(1)).is_ok() {}
+    ///         Ok(())
+    ///     }
+    /// }
+    /// let mut sup = Supervisor::new();
+    /// sup.add(Heartbeat).stop_timeout(Duration::from_secs(1));
+    /// let (stop, stop_now) = Context::background().with_cancel();
+    /// drop(stop_now);
+    /// assert_eq!(sup.run(&stop).stop_order, ["heartbeat"]);
+    /// ```
+    pub fn add<S: Service>(&mut self, service: S) -> &mut ServiceSpec {
+        let name = service.name().to_string();
+        self.specs.push(ServiceSpec {
+            name,
+            start_timeout: None,
+            stop_timeout: None,
+            restart: None,
+            service: Some(Box::new(service)),
+        });
+        self.specs.last_mut().expect("just pushed")
+    }
+
+    /// Adds a closure as a service named `name`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use quiesce::{Context, StopCause, Supervisor};
+    ///
+    /// let mut sup = Supervisor::new();
+    /// sup.add_fn("config-check", |ctx| {
+    ///     let _workers: u32 = "four".parse()?; // any error fails the service
+    ///     ctx.ready();
+    ///     Ok(())
+    /// });
+    /// let report = sup.run(&Context::background());
+    /// let reason = "failed: invalid digit found in string".to_string();
+    /// assert_eq!(report.cause, StopCause::StartFailed { service: "config-check".into(), reason });
+    /// ```
+    pub fn add_fn<F>(&mut self, name: impl Into<String>, f: F) -> &mut ServiceSpec
+    where
+        F: FnMut(&ServiceContext) -> Result<(), BoxError> + Send + 'static,
+    {
+        self.add(FnService {
+            name: name.into(),
+            f,
+        })
+    }
+
+    /// The group's readiness flag (clone it into a health endpoint).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let sup = quiesce::Supervisor::new();
+    /// let (for_http, for_metrics) = (sup.readiness(), sup.readiness());
+    /// assert!(!for_http.is_ready() && !for_metrics.is_ready()); // until every service is up
+    /// ```
+    ///
+    /// A whole run: see [`Readiness`]'s example.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    /// Starts the services, runs until `stop` is done or a service ends,
+    /// then stops them in reverse order; blocks throughout and returns the
+    /// report.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use quiesce::{Context, Outcome, StopCause, Supervisor};
+    ///
+    /// let mut sup = Supervisor::new();
+    /// sup.add_fn("store", |ctx| { ctx.ready(); let _ = ctx.done().recv(); Ok(()) });
+    /// sup.add_fn("intake", |ctx| { ctx.ready(); Err("port 8080 in use".into()) });
+    /// let report = sup.run(&Context::background()); // returns when a service ends
+    /// assert_eq!(report.cause, StopCause::ServiceEnded("intake".into()));
+    /// assert_eq!(report.stop_order, ["store"]); // intake had ended already
+    /// assert_eq!(report.services[1].outcome, Outcome::Failed("port 8080 in use".into()));
+    /// ```
+    pub fn run(self, stop: &Context) -> SupervisorReport {
+        Run::new(self).run(stop)
+    }
+
+    /// [`run`](Supervisor::run) until SIGINT or SIGTERM: the first signal
+    /// starts the graceful shutdown, a second exits the process at once
+    /// with 128 + its number.
+    ///
+    /// When it returns, the handlers are unregistered and SIGINT and
+    /// SIGTERM are ignored (see [`SignalGuard`](crate::signals::SignalGuard)):
+    /// exit soon after.
+    ///
+    /// # Errors
+    ///
+    /// When the signal handlers cannot be installed (nothing was started).
+    ///
+    /// # Examples
+    ///
+    /// Not run: a doctest must not touch the test process's signals.
+    ///
+    /// ```no_run
+    /// use quiesce::Supervisor;
+    ///
+    /// let mut sup = Supervisor::new();
+    /// sup.add_fn("intake", |ctx| { ctx.ready(); let _ = ctx.done().recv(); Ok(()) });
+    /// let report = sup.run_until_signal().expect("cannot install the signal handlers");
+    /// eprintln!("{report}");
+    /// std::process::exit(report.exit_code()); // 0 after a graceful stop
+    /// ```
+    pub fn run_until_signal(self) -> std::io::Result<SupervisorReport> {
+        let (stop, signals) = crate::signals::signal_context(&Context::background())?;
+        let report = self.run(&stop);
+        drop(signals);
+        Ok(report)
+    }
+}
+
+impl fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.specs.iter().map(|s| s.name.as_str()).collect();
+        f.debug_struct("Supervisor")
+            .field("services", &names)
+            .finish()
+    }
+}

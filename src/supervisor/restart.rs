@@ -1,0 +1,174 @@
+//! Restarting a failed service: the [`RestartPolicy`] (a budget within a
+//! sliding window, exponential backoff) and the service thread's loop that
+//! applies it.
+
+use std::collections::VecDeque;
+use std::error::Error;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use super::report::describe;
+use super::run::Event;
+use super::{Outcome, Service, ServiceContext};
+use crate::context::Context;
+
+/// Restart a failed service with exponential backoff, at most `max` times
+/// within a sliding window of `within`; one more failure stops the group.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use quiesce::{Context, Outcome, RestartPolicy, Supervisor};
+///
+/// let runs = Arc::new(AtomicU32::new(0));
+/// let counter = runs.clone();
+/// let quick = Duration::from_millis(1);
+/// let mut sup = Supervisor::new();
+/// sup.add_fn("site-sync", move |_ctx| {
+///     counter.fetch_add(1, Ordering::SeqCst);
+///     Err("site API unreachable".into())
+/// })
+/// .restart(RestartPolicy::new(2, Duration::from_secs(60)).backoff(quick, quick));
+/// let report = sup.run(&Context::background());
+/// assert_eq!(runs.load(Ordering::SeqCst), 3); // the first run and two restarts
+/// assert_eq!(report.services[0].restarts, 2);
+/// assert_eq!(report.services[0].outcome, Outcome::Failed("site API unreachable".into()));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestartPolicy {
+    max: u32,
+    within: Duration,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+}
+
+impl RestartPolicy {
+    /// At most `max` restarts within `within`; backoff 100 ms, doubling, at
+    /// most 10 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::RestartPolicy;
+    ///
+    /// let policy = RestartPolicy::new(5, Duration::from_secs(60)); // 5 a minute at most
+    /// let defaults = policy.backoff(Duration::from_millis(100), Duration::from_secs(10));
+    /// assert_eq!(policy, defaults);
+    /// ```
+    pub fn new(max: u32, within: Duration) -> RestartPolicy {
+        RestartPolicy {
+            max,
+            within,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+
+    /// The first backoff and the cap of the doubling.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::RestartPolicy;
+    ///
+    /// let policy = RestartPolicy::new(3, Duration::from_secs(60));
+    /// let (two, one) = (Duration::from_secs(2), Duration::from_secs(1));
+    /// // the cap is never below the first backoff
+    /// assert_eq!(policy.backoff(two, one), policy.backoff(two, two));
+    /// ```
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> RestartPolicy {
+        self.initial_backoff = initial;
+        self.max_backoff = max.max(initial);
+        self
+    }
+
+    /// The wait before restart number `n` (0-based) within the window.
+    fn delay(&self, n: u32) -> Duration {
+        let factor = 1u32.checked_shl(n.min(31)).unwrap_or(u32::MAX);
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
+/// An error and its sources, `outer: inner: innermost`.
+fn error_chain(err: &(dyn Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The body of a service's thread: run, and restart under the policy.
+pub(super) fn service_thread(
+    index: usize,
+    service: &mut dyn Service,
+    ctx: &Context,
+    events: &Sender<Event>,
+    policy: Option<RestartPolicy>,
+) {
+    let mut restarts = 0u32;
+    let mut recent: VecDeque<Instant> = VecDeque::new();
+    let outcome = loop {
+        let sctx = ServiceContext {
+            ctx: ctx.clone(),
+            index,
+            events: events.clone(),
+            ready_sent: AtomicBool::new(false),
+        };
+        let failure = match crate::panic::catch(|| service.run(&sctx)) {
+            Ok(Ok(())) if ctx.is_done() => break Outcome::Clean,
+            Ok(Ok(())) => break Outcome::ExitedEarly,
+            Ok(Err(err)) => Outcome::Failed(error_chain(err.as_ref())),
+            Err(panic) => Outcome::Panicked(panic),
+        };
+        if ctx.is_done() {
+            break failure;
+        }
+        let Some(policy) = policy else { break failure };
+        let now = Instant::now();
+        while recent
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > policy.within)
+        {
+            recent.pop_front();
+        }
+        if recent.len() >= policy.max as usize {
+            log::error!(
+                "service {}: restart budget spent ({} within {:?})",
+                service.name(),
+                policy.max,
+                policy.within
+            );
+            break failure;
+        }
+        let backoff = policy.delay(recent.len() as u32);
+        restarts += 1;
+        let _ = events.send(Event::Restarting {
+            index,
+            attempt: restarts,
+            error: describe(&failure),
+            backoff,
+        });
+        if ctx.sleep(backoff).is_err() {
+            break failure;
+        }
+        recent.push_back(Instant::now());
+    };
+    let _ = events.send(Event::Exited {
+        index,
+        outcome,
+        restarts,
+    });
+}

@@ -1,0 +1,390 @@
+//! One run of a [`Supervisor`]: start in order, serve, stop in reverse, and
+//! the report; the state the phases share lives in [`Run`].
+
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, select};
+
+use super::notify::Notifier;
+use super::report::{describe, describe_cause};
+use super::restart::service_thread;
+use super::{
+    Outcome, Readiness, Service, ServiceReport, ServiceSpec, StopCause, Supervisor,
+    SupervisorReport,
+};
+use crate::context::{CancelGuard, Context};
+use crate::threads::Running;
+
+pub(super) enum Event {
+    Ready(usize),
+    Restarting {
+        index: usize,
+        attempt: u32,
+        error: String,
+        backoff: Duration,
+    },
+    Exited {
+        index: usize,
+        outcome: Outcome,
+        restarts: u32,
+    },
+}
+
+/// A service's thread and what the supervisor knows of it.
+struct Slot {
+    name: String,
+    cancel: CancelGuard,
+    thread: Option<JoinHandle<()>>,
+    started: Instant,
+    stop_timeout: Duration,
+    ready: bool,
+    restarting: bool,
+    report: Option<(Outcome, u32)>,
+    stop_time: Option<Duration>,
+}
+
+/// One run of a supervisor: the state the phases share.
+pub(super) struct Run {
+    specs: Vec<ServiceSpec>,
+    slots: Vec<Slot>,
+    events_tx: Sender<Event>,
+    events: Receiver<Event>,
+    start_timeout: Duration,
+    stop_timeout: Duration,
+    shutdown_timeout: Duration,
+    drain_delay: Duration,
+    readiness: Readiness,
+    notify: Notifier,
+}
+
+impl Run {
+    pub(super) fn new(sup: Supervisor) -> Run {
+        let (events_tx, events) = crossbeam_channel::unbounded();
+        Run {
+            specs: sup.specs,
+            slots: Vec::new(),
+            events_tx,
+            events,
+            start_timeout: sup.start_timeout,
+            stop_timeout: sup.stop_timeout,
+            shutdown_timeout: sup.shutdown_timeout,
+            drain_delay: sup.drain_delay,
+            notify: Notifier::new(sup.readiness.clone()),
+            readiness: sup.readiness,
+        }
+    }
+
+    pub(super) fn run(mut self, stop: &Context) -> SupervisorReport {
+        let cause = match self.start_all(stop) {
+            Err(cause) => cause,
+            Ok(()) => {
+                self.readiness.set(true);
+                let names: Vec<&str> = self.slots.iter().map(|s| s.name.as_str()).collect();
+                log::info!("all services up: {}", names.join(", "));
+                self.notify
+                    .ready(&format!("{} services up", self.slots.len()));
+                self.serve(stop)
+            }
+        };
+        self.shutdown(cause)
+    }
+
+    /// Starts the services in order; `Err` with the cause when one does not
+    /// come up or a stop is requested meanwhile.
+    fn start_all(&mut self, stop: &Context) -> Result<(), StopCause> {
+        let mut specs = std::mem::take(&mut self.specs).into_iter();
+        let started = self.start_each(&mut specs, stop);
+        // Those never reached stay, to be reported as not started.
+        self.specs.extend(specs);
+        started
+    }
+
+    fn start_each(
+        &mut self,
+        specs: &mut impl Iterator<Item = ServiceSpec>,
+        stop: &Context,
+    ) -> Result<(), StopCause> {
+        for mut spec in specs {
+            let index = self.slots.len();
+            let service = spec.service.take().expect("each spec is started once");
+            let start_timeout = spec.start_timeout.unwrap_or(self.start_timeout);
+            let name = spec.name.clone();
+            self.spawn(index, service, spec);
+            self.notify.status(&format!("starting {name}"));
+            let deadline = crate::deadline::after(start_timeout);
+            loop {
+                let event = match deadline {
+                    Some(deadline) => select! {
+                        recv(self.events) -> e => e.ok(),
+                        recv(stop.done()) -> _ => return Err(requested(stop)),
+                        default(deadline.saturating_duration_since(Instant::now())) => {
+                            return Err(StopCause::StartFailed {
+                                service: name,
+                                reason: format!(
+                                    "not ready within {start_timeout:?} (does it call ctx.ready()?)"
+                                ),
+                            });
+                        }
+                    },
+                    None => select! {
+                        recv(self.events) -> e => e.ok(),
+                        recv(stop.done()) -> _ => return Err(requested(stop)),
+                    },
+                };
+                let Some(event) = event else { continue };
+                match self.record(event) {
+                    Some(i) if i == index && self.slots[i].ready => {
+                        log::info!("service {name} is up");
+                        break;
+                    }
+                    Some(i) if self.slots[i].report.is_some() => {
+                        let ended = &self.slots[i];
+                        let reason = describe(&ended.report.as_ref().expect("checked").0);
+                        if i == index {
+                            return Err(StopCause::StartFailed {
+                                service: name,
+                                reason,
+                            });
+                        }
+                        return Err(StopCause::ServiceEnded(ended.name.clone()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self, index: usize, mut service: Box<dyn Service>, spec: ServiceSpec) {
+        let (ctx, cancel) = Context::background().with_cancel();
+        let events = self.events_tx.clone();
+        let policy = spec.restart;
+        let name = spec.name.clone();
+        let thread = crate::leak::spawn(name.clone(), move || {
+            service_thread(index, service.as_mut(), &ctx, &events, policy);
+        });
+        let thread = match thread {
+            Ok(thread) => Some(thread),
+            Err(err) => {
+                let _ = self.events_tx.send(Event::Exited {
+                    index,
+                    outcome: Outcome::Failed(format!("cannot start its thread: {err}")),
+                    restarts: 0,
+                });
+                None
+            }
+        };
+        self.slots.push(Slot {
+            name,
+            cancel,
+            thread,
+            started: Instant::now(),
+            stop_timeout: spec.stop_timeout.unwrap_or(self.stop_timeout),
+            ready: false,
+            restarting: false,
+            report: None,
+            stop_time: None,
+        });
+    }
+
+    /// Updates the slots from an event; returns the service it was about.
+    fn record(&mut self, event: Event) -> Option<usize> {
+        match event {
+            Event::Ready(i) => {
+                let slot = self.slots.get_mut(i)?;
+                slot.ready = true;
+                if slot.restarting {
+                    slot.restarting = false;
+                    log::info!("service {} is up again", slot.name);
+                    self.update_readiness();
+                }
+                Some(i)
+            }
+            Event::Restarting {
+                index,
+                attempt,
+                error,
+                backoff,
+            } => {
+                let slot = self.slots.get_mut(index)?;
+                slot.restarting = true;
+                log::warn!(
+                    "service {} failed ({error}); restart {attempt} in {backoff:.1?}",
+                    slot.name
+                );
+                self.update_readiness();
+                Some(index)
+            }
+            Event::Exited {
+                index,
+                outcome,
+                restarts,
+            } => {
+                let slot = self.slots.get_mut(index)?;
+                if let Some(thread) = slot.thread.take() {
+                    // It sent this as its last act: only the return is left.
+                    let _ = thread.join();
+                }
+                slot.report = Some((outcome, restarts));
+                Some(index)
+            }
+        }
+    }
+
+    fn update_readiness(&self) {
+        let serving = self
+            .slots
+            .iter()
+            .all(|s| s.ready && !s.restarting && s.report.is_none());
+        if serving != self.readiness.is_ready() {
+            self.readiness.set(serving);
+            self.notify.status(if serving {
+                "serving"
+            } else {
+                "a service is restarting"
+            });
+        }
+    }
+
+    /// Runs until a stop is requested or a service ends.
+    fn serve(&mut self, stop: &Context) -> StopCause {
+        loop {
+            select! {
+                recv(self.events) -> event => {
+                    let Ok(event) = event else { continue };
+                    if let Some(i) = self.record(event) {
+                        if let Some((outcome, _)) = &self.slots[i].report {
+                            log::warn!("service {} ended: {}", self.slots[i].name, describe(outcome));
+                            return StopCause::ServiceEnded(self.slots[i].name.clone());
+                        }
+                    }
+                }
+                recv(stop.done()) -> _ => return requested(stop),
+            }
+        }
+    }
+
+    /// Stops the started services in reverse order, each within its own
+    /// deadline and all within the shutdown timeout.
+    fn shutdown(mut self, cause: StopCause) -> SupervisorReport {
+        let began = Instant::now();
+        self.readiness.set(false);
+        self.notify.stopping();
+        log::info!("shutting down: {}", describe_cause(&cause));
+        let overall = crate::deadline::after(self.shutdown_timeout);
+        if !self.drain_delay.is_zero() && !self.slots.is_empty() {
+            log::info!("draining for {:.1?} before stopping", self.drain_delay);
+            let until = crate::deadline::min(crate::deadline::after(self.drain_delay), overall);
+            // Services that end meanwhile are recorded as they go.
+            self.wait_events_until(until, None);
+        }
+        let mut stop_order = Vec::new();
+        for i in (0..self.slots.len()).rev() {
+            let name = self.slots[i].name.clone();
+            if self.slots[i].report.is_some() {
+                continue; // ended already (the cause, or during the drain)
+            }
+            self.notify.status(&format!("stopping {name}"));
+            let cancelled = Instant::now();
+            self.slots[i].cancel.cancel();
+            let own = crate::deadline::after(self.slots[i].stop_timeout);
+            let deadline = crate::deadline::min(own, overall);
+            self.wait_events_until(deadline, Some(i));
+            stop_order.push(name.clone());
+            if self.slots[i].report.is_some() {
+                self.slots[i].stop_time = Some(cancelled.elapsed());
+                log::info!("service {name} stopped in {:.1?}", cancelled.elapsed());
+            } else {
+                log::error!("service {name} is still running at its stop deadline; moving on");
+            }
+        }
+        let report = self.report(cause, stop_order, began);
+        log::info!("{report}");
+        report
+    }
+
+    /// Records events until `deadline`, or until service `until_exited` has
+    /// exited.
+    fn wait_events_until(&mut self, deadline: Option<Instant>, until_exited: Option<usize>) {
+        loop {
+            if let Some(i) = until_exited {
+                if self.slots[i].report.is_some() {
+                    return;
+                }
+            }
+            let event = match deadline {
+                Some(deadline) => self.events.recv_deadline(deadline).ok(),
+                None => self.events.recv().ok(),
+            };
+            match event {
+                Some(event) => {
+                    self.record(event);
+                }
+                None => return,
+            }
+        }
+    }
+
+    fn report(
+        mut self,
+        cause: StopCause,
+        stop_order: Vec<String>,
+        began: Instant,
+    ) -> SupervisorReport {
+        let now = Instant::now();
+        let mut stuck = Vec::new();
+        let mut services = Vec::new();
+        for slot in &mut self.slots {
+            let (outcome, restarts) = match slot.report.take() {
+                Some(report) => report,
+                None => {
+                    let age = now.saturating_duration_since(slot.started);
+                    stuck.push(Running {
+                        name: slot.name.clone(),
+                        age,
+                    });
+                    // Left running, deliberately and loudly: the process is
+                    // about to exit with DEADLINE_EXCEEDED.
+                    drop(slot.thread.take());
+                    (Outcome::Stuck(age), 0)
+                }
+            };
+            services.push(ServiceReport {
+                name: slot.name.clone(),
+                outcome,
+                restarts,
+                stop_time: slot.stop_time,
+            });
+        }
+        for spec in &self.specs {
+            services.push(ServiceReport {
+                name: spec.name.clone(),
+                outcome: Outcome::NotStarted,
+                restarts: 0,
+                stop_time: None,
+            });
+        }
+        if !stuck.is_empty() {
+            let names: Vec<String> = stuck.iter().map(ToString::to_string).collect();
+            log::error!(
+                "shutdown deadline exceeded; still running: {}",
+                names.join(", ")
+            );
+        }
+        SupervisorReport {
+            cause,
+            services,
+            stop_order,
+            stuck,
+            shutdown_time: began.elapsed(),
+        }
+    }
+}
+
+fn requested(stop: &Context) -> StopCause {
+    let why = stop
+        .cause()
+        .map_or_else(|| "stop context done".to_string(), |c| c.to_string());
+    StopCause::Requested(why)
+}
