@@ -477,3 +477,110 @@ fn a_stop_requested_during_start_stops_what_started() {
     assert_eq!(report.exit_code(), exit::OK);
     leaks.assert_none();
 }
+
+#[test]
+fn readiness_stays_false_while_later_services_are_still_starting() {
+    // "first" fails before it is up and is restarted; once it is up again,
+    // "second" has not started yet: the group is not serving.
+    let leaks = leak::track();
+    let quick = Duration::from_millis(1);
+    let runs = AtomicUsize::new(0);
+    let mut sup = Supervisor::new();
+    sup.add_fn("first", move |ctx| {
+        if runs.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err("not yet".into());
+        }
+        ctx.ready();
+        let _ = ctx.done().recv();
+        Ok(())
+    })
+    .restart(RestartPolicy::new(1, LONG).backoff(quick, quick));
+    let readiness = sup.readiness();
+    let seen = Arc::new(Mutex::new(None));
+    let s = seen.clone();
+    sup.add_fn("second", move |ctx| {
+        // Started only after "first" is up again.
+        *s.lock().unwrap() = Some(readiness.is_ready());
+        ctx.ready();
+        let _ = ctx.done().recv();
+        Ok(())
+    });
+    let (stop, readiness, runner) = start(sup);
+    wait_ready(&readiness);
+    drop(stop);
+    let report = runner.join().unwrap();
+    assert_eq!(report.exit_code(), exit::OK, "{report}");
+    assert_eq!(report.services[0].restarts, 1);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        Some(false),
+        "ready before every service started"
+    );
+    leaks.assert_none();
+}
+
+#[test]
+fn a_service_up_again_during_the_shutdown_does_not_make_the_group_ready() {
+    // "store" fails and is restarted; its second run waits to come up until
+    // the shutdown has begun (it is stopping "intake").
+    let leaks = leak::track();
+    let quick = Duration::from_millis(1);
+    let (fail, failed) = bounded::<()>(0);
+    let (up, may_come_up) = bounded::<()>(0);
+    let (came_up, store_is_up) = bounded::<()>(0);
+    let (intake_stopping, intake_is_stopping) = bounded::<()>(0);
+    let (release, held) = bounded::<()>(0);
+    let runs = AtomicUsize::new(0);
+    let mut sup = Supervisor::new();
+    let readiness = sup.readiness();
+    let ready_while_stopping = Arc::new(Mutex::new(None));
+    let seen = ready_while_stopping.clone();
+    sup.add_fn("store", move |ctx| {
+        if runs.fetch_add(1, Ordering::SeqCst) == 0 {
+            ctx.ready();
+            let _ = failed.recv();
+            return Err("disk full".into());
+        }
+        let _ = may_come_up.recv();
+        ctx.ready();
+        came_up.send(()).unwrap();
+        let _ = ctx.done().recv();
+        // Cancelled after "intake" returned, so after this run's ready().
+        *seen.lock().unwrap() = Some(readiness.is_ready());
+        Ok(())
+    })
+    .restart(RestartPolicy::new(1, LONG).backoff(quick, quick));
+    sup.add_fn("intake", move |ctx| {
+        ctx.ready();
+        let _ = ctx.done().recv();
+        intake_stopping.send(()).unwrap();
+        let _ = held.recv();
+        Ok(())
+    });
+    let (stop, readiness, runner) = start(sup);
+    wait_ready(&readiness);
+    fail.send(()).unwrap();
+    let give_up = Instant::now() + LONG;
+    while readiness.is_ready() {
+        assert!(
+            Instant::now() < give_up,
+            "the failure never turned readiness false"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+    drop(stop);
+    intake_is_stopping.recv().unwrap();
+    up.send(()).unwrap();
+    store_is_up.recv().unwrap();
+    drop(release);
+    let report = runner.join().unwrap();
+    assert_eq!(report.exit_code(), exit::OK, "{report}");
+    assert_eq!(report.stop_order, ["intake", "store"]);
+    assert_eq!(
+        *ready_while_stopping.lock().unwrap(),
+        Some(false),
+        "ready during the shutdown"
+    );
+    assert!(!readiness.is_ready());
+    leaks.assert_none();
+}

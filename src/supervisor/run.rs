@@ -55,6 +55,9 @@ pub(super) struct Run {
     shutdown_timeout: Duration,
     drain_delay: Duration,
     readiness: Readiness,
+    /// True from the end of the start until the shutdown begins: the only
+    /// time the group may be ready.
+    serving: bool,
     notify: Notifier,
 }
 
@@ -72,6 +75,7 @@ impl Run {
             drain_delay: sup.drain_delay,
             notify: Notifier::new(sup.readiness.clone()),
             readiness: sup.readiness,
+            serving: false,
         }
     }
 
@@ -79,7 +83,9 @@ impl Run {
         let cause = match self.start_all(stop) {
             Err(cause) => cause,
             Ok(()) => {
-                self.readiness.set(true);
+                self.serving = true;
+                // A service restarting meanwhile keeps the group not ready.
+                self.readiness.set(self.all_up());
                 let names: Vec<&str> = self.slots.iter().map(|s| s.name.as_str()).collect();
                 log::info!("all services up: {}", names.join(", "));
                 self.notify
@@ -232,11 +238,18 @@ impl Run {
         }
     }
 
+    /// Whether the group is serving: every service started and up, none
+    /// restarting or ended, and no shutdown begun.
+    fn all_up(&self) -> bool {
+        self.serving
+            && self
+                .slots
+                .iter()
+                .all(|s| s.ready && !s.restarting && s.report.is_none())
+    }
+
     fn update_readiness(&self) {
-        let serving = self
-            .slots
-            .iter()
-            .all(|s| s.ready && !s.restarting && s.report.is_none());
+        let serving = self.all_up();
         if serving != self.readiness.is_ready() {
             self.readiness.set(serving);
             self.notify.status(if serving {
@@ -269,6 +282,7 @@ impl Run {
     /// deadline and all within the shutdown timeout.
     fn shutdown(mut self, cause: StopCause) -> SupervisorReport {
         let began = Instant::now();
+        self.serving = false;
         self.readiness.set(false);
         self.notify.stopping();
         log::info!("shutting down: {}", describe_cause(&cause));
