@@ -1,5 +1,82 @@
 //! `Supervisor`: a group of long-running services with one lifecycle. The
 //! public docs, with the Go libraries it follows, are on [`Supervisor`].
+//! This file is the public face (the builder); the machinery is beside it:
+//!
+//! - `service`: the [`Service`] trait, closures as services, what a service
+//!   is given ([`ServiceContext`]) and its settings ([`ServiceSpec`]);
+//! - `readiness`: the [`Readiness`] flag;
+//! - `restart`: [`RestartPolicy`] and the service thread's loop (run the
+//!   service, restart it with backoff within the budget);
+//! - `run`: one run (start, serve, stop) as a state machine over `Run`;
+//! - `report`: [`Outcome`], [`StopCause`], [`SupervisorReport`], [`exit`]
+//!   codes;
+//! - `notify`: systemd notifications (`READY=1`, `STATUS=`, `STOPPING=1`,
+//!   watchdog).
+//!
+//! # What a run owns
+//!
+//! [`Supervisor::run`] turns the supervisor into a `Run`, which owns, until
+//! it returns the report: the specs of the services not started yet; one
+//! `Slot` per started service (its cancel guard, its thread's handle, and
+//! what the run knows of it: up, restarting, how it ended); the receiving
+//! end of the event channel; every write to the [`Readiness`] flag; and the
+//! systemd notifier.
+//!
+//! # Which thread touches what
+//!
+//! - **The caller's thread**, inside [`Supervisor::run`]: all of `Run`. It
+//!   alone receives events, reads and writes slots, cancels services and
+//!   writes readiness.
+//! - **One thread per service**, named after it (`restart::service_thread`):
+//!   runs the service with a fresh [`ServiceContext`] each time, applies its
+//!   restart policy, and reaches the run only by sending events (`Ready`,
+//!   `Restarting`, `Exited`) on the channel.
+//! - **`quiesce-watchdog`** (feature `systemd`, when systemd asks for
+//!   watchdog pings): reads readiness and the notifier's stopping flag;
+//!   owned by the notifier, which joins it when the run ends.
+//! - **`quiesce-signals`** (only under [`Supervisor::run_until_signal`]):
+//!   cancels the stop context at the first SIGINT or SIGTERM and ends the
+//!   process at the second (see [`crate::signals`]); owned by
+//!   `run_until_signal`, which joins it after the run.
+//! - Any thread may read [`Readiness`].
+//!
+//! # Invariants of a run
+//!
+//! 1. **Start in order, one at a time.** Service n+1's thread is spawned
+//!    only after service n has sent `Ready`. `slots[i]` is the i-th service
+//!    added; `slots` holds exactly the services whose thread was spawned,
+//!    each once, and `specs` those never reached (reported `NotStarted`).
+//! 2. **Only the run cancels a service.** Each service has its own root
+//!    context, not a child of the stop context: the stop context being done
+//!    starts the shutdown, and the shutdown cancels services one at a time
+//!    (6).
+//! 3. **One `Exited` per service, last.** A service thread sends at most one
+//!    `Ready` per run of the service and exactly one `Exited`, as its last
+//!    act (a panic in the service is caught first); the run then joins it,
+//!    which waits only for the thread's return. A slot's report is set by
+//!    that event, once. (When the thread cannot be spawned, the run sends
+//!    its `Exited` itself.)
+//! 4. **Every event names a slot.** Events are received only on the
+//!    caller's thread, which pushes a service's slot right after spawning it
+//!    and before it next receives.
+//! 5. **Readiness is true only while serving**: after every service has
+//!    come up, before the shutdown begins, and while none is restarting or
+//!    has ended. It turns false at the first moment of the shutdown (before
+//!    the drain delay and any cancel) and is never true again in the run.
+//! 6. **Stop in reverse, in layers.** The shutdown cancels the started
+//!    services from the last to the first, waiting for each to exit (or for
+//!    its deadline) before cancelling the next. Only started services are
+//!    stopped (1), the one being started when the start failed included (it
+//!    may be half set up); one that has exited already is not cancelled and
+//!    not in `stop_order`.
+//! 7. **Deadlines nest.** The overall shutdown deadline starts when the
+//!    shutdown begins; the drain delay and each service's stop deadline end
+//!    at the latest with it.
+//! 8. **A service still running at its deadline is left running**: its
+//!    thread's handle is dropped, it is reported `Stuck` and the exit code
+//!    is [`exit::DEADLINE_EXCEEDED`]. It is the library's one detached
+//!    thread (the process is about to exit); every other service thread
+//!    has been joined when `run` returns.
 
 mod notify;
 mod readiness;

@@ -54,6 +54,8 @@ impl Readiness {
         self.0.load(Ordering::SeqCst)
     }
 
+    /// Written only by the run, on the caller's thread (supervisor
+    /// invariant 5).
     pub(super) fn set(&self, ready: bool) {
         self.0.store(ready, Ordering::SeqCst);
     }

@@ -110,7 +110,10 @@ fn error_chain(err: &(dyn Error + 'static)) -> String {
     text
 }
 
-/// The body of a service's thread: run, and restart under the policy.
+/// The body of a service's thread: run, and restart under the policy. It
+/// reaches the run only through `events`, and its last act is the one
+/// `Exited` (supervisor invariant 3). A service whose context is done is
+/// not restarted: only the run cancels it, to stop it (invariant 2).
 pub(super) fn service_thread(
     index: usize,
     service: &mut dyn Service,
@@ -121,6 +124,7 @@ pub(super) fn service_thread(
     let mut restarts = 0u32;
     let mut recent: VecDeque<Instant> = VecDeque::new();
     let outcome = loop {
+        // A fresh context per run: at most one `Ready` each (invariant 3).
         let sctx = ServiceContext {
             ctx: ctx.clone(),
             index,
@@ -166,6 +170,7 @@ pub(super) fn service_thread(
         }
         recent.push_back(Instant::now());
     };
+    // The last act (invariant 3).
     let _ = events.send(Event::Exited {
         index,
         outcome,

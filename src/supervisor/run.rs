@@ -1,5 +1,7 @@
 //! One run of a [`Supervisor`]: start in order, serve, stop in reverse, and
-//! the report; the state the phases share lives in [`Run`].
+//! the report; the state the phases share lives in [`Run`]. What it owns,
+//! which thread touches what and the invariants cited here as (1)–(8) are
+//! at the top of the [`supervisor`](super) module.
 
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -16,6 +18,7 @@ use super::{
 use crate::context::{CancelGuard, Context};
 use crate::threads::Running;
 
+/// What a service thread tells the run; the only way it reaches the run.
 pub(super) enum Event {
     Ready(usize),
     Restarting {
@@ -101,7 +104,7 @@ impl Run {
     fn start_all(&mut self, stop: &Context) -> Result<(), StopCause> {
         let mut specs = std::mem::take(&mut self.specs).into_iter();
         let started = self.start_each(&mut specs, stop);
-        // Those never reached stay, to be reported as not started.
+        // Those never reached stay, to be reported as not started (1).
         self.specs.extend(specs);
         started
     }
@@ -140,6 +143,7 @@ impl Run {
                 };
                 let Some(event) = event else { continue };
                 match self.record(event) {
+                    // Only now may the next one be spawned (1).
                     Some(i) if i == index && self.slots[i].ready => {
                         log::info!("service {name} is up");
                         break;
@@ -163,6 +167,7 @@ impl Run {
     }
 
     fn spawn(&mut self, index: usize, mut service: Box<dyn Service>, spec: ServiceSpec) {
+        // Its own root, not a child of the stop context (2).
         let (ctx, cancel) = Context::background().with_cancel();
         let events = self.events_tx.clone();
         let policy = spec.restart;
@@ -173,6 +178,7 @@ impl Run {
         let thread = match thread {
             Ok(thread) => Some(thread),
             Err(err) => {
+                // No thread to send it: its one `Exited` comes from here (3).
                 let _ = self.events_tx.send(Event::Exited {
                     index,
                     outcome: Outcome::Failed(format!("cannot start its thread: {err}")),
@@ -181,6 +187,7 @@ impl Run {
                 None
             }
         };
+        // Before the next receive: every event names a slot (4).
         self.slots.push(Slot {
             name,
             cancel,
@@ -229,17 +236,17 @@ impl Run {
             } => {
                 let slot = self.slots.get_mut(index)?;
                 if let Some(thread) = slot.thread.take() {
-                    // It sent this as its last act: only the return is left.
+                    // It sent this as its last act: only the return is left (3).
                     let _ = thread.join();
                 }
-                slot.report = Some((outcome, restarts));
+                slot.report = Some((outcome, restarts)); // once (3)
                 Some(index)
             }
         }
     }
 
     /// Whether the group is serving: every service started and up, none
-    /// restarting or ended, and no shutdown begun.
+    /// restarting or ended, and no shutdown begun (5).
     fn all_up(&self) -> bool {
         self.serving
             && self
@@ -282,10 +289,12 @@ impl Run {
     /// deadline and all within the shutdown timeout.
     fn shutdown(mut self, cause: StopCause) -> SupervisorReport {
         let began = Instant::now();
+        // False from the first moment, and for the rest of the run (5).
         self.serving = false;
         self.readiness.set(false);
         self.notify.stopping();
         log::info!("shutting down: {}", describe_cause(&cause));
+        // Every wait below ends at the latest with this one (7).
         let overall = crate::deadline::after(self.shutdown_timeout);
         if !self.drain_delay.is_zero() && !self.slots.is_empty() {
             log::info!("draining for {:.1?} before stopping", self.drain_delay);
@@ -294,6 +303,7 @@ impl Run {
             self.wait_events_until(until, None);
         }
         let mut stop_order = Vec::new();
+        // Last to first, one layer at a time; only started services (6).
         for i in (0..self.slots.len()).rev() {
             let name = self.slots[i].name.clone();
             if self.slots[i].report.is_some() {
@@ -359,7 +369,7 @@ impl Run {
                         age,
                     });
                     // Left running, deliberately and loudly: the process is
-                    // about to exit with DEADLINE_EXCEEDED.
+                    // about to exit with DEADLINE_EXCEEDED (8).
                     drop(slot.thread.take());
                     (Outcome::Stuck(age), 0)
                 }

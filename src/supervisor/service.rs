@@ -158,6 +158,7 @@ impl ServiceContext {
     /// assert_eq!(*started.lock().unwrap(), ["store", "intake"]);
     /// ```
     pub fn ready(&self) {
+        // At most one `Ready` per run of the service (supervisor invariant 3).
         if !self.ready_sent.swap(true, Ordering::SeqCst) {
             let _ = self.events.send(Event::Ready(self.index));
         }
