@@ -79,6 +79,32 @@ pub enum Outcome {
     NotStarted,
 }
 
+/// The one description of an outcome, in the report's line and in the log:
+/// lowercase, no trailing period.
+///
+/// # Examples
+///
+/// ```
+/// use quiesce::Outcome;
+///
+/// assert_eq!(Outcome::Clean.to_string(), "stopped cleanly");
+/// assert_eq!(Outcome::Failed("disk full".into()).to_string(), "failed: disk full");
+/// assert_eq!(Outcome::ExitedEarly.to_string(), "exited on its own");
+/// assert_eq!(Outcome::NotStarted.to_string(), "not started");
+/// ```
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Clean => f.write_str("stopped cleanly"),
+            Outcome::Failed(e) => write!(f, "failed: {e}"),
+            Outcome::Panicked(p) => write!(f, "{p}"),
+            Outcome::ExitedEarly => f.write_str("exited on its own"),
+            Outcome::Stuck(age) => write!(f, "still running after {age:.1?}"),
+            Outcome::NotStarted => f.write_str("not started"),
+        }
+    }
+}
+
 /// One service in a [`SupervisorReport`].
 ///
 /// # Examples
@@ -136,6 +162,34 @@ pub enum StopCause {
         /// Why.
         reason: String,
     },
+}
+
+/// Why the group stopped, for a log line: lowercase, no trailing period.
+///
+/// # Examples
+///
+/// ```
+/// use quiesce::StopCause;
+///
+/// let requested = StopCause::Requested("received SIGTERM".into());
+/// assert_eq!(requested.to_string(), "stop requested (received SIGTERM)");
+/// assert_eq!(StopCause::ServiceEnded("intake".into()).to_string(), "service intake ended");
+/// let start_failed = StopCause::StartFailed {
+///     service: "store".into(),
+///     reason: "failed: database locked".into(),
+/// };
+/// assert_eq!(start_failed.to_string(), "service store did not start: failed: database locked");
+/// ```
+impl fmt::Display for StopCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StopCause::Requested(why) => write!(f, "stop requested ({why})"),
+            StopCause::ServiceEnded(name) => write!(f, "service {name} ended"),
+            StopCause::StartFailed { service, reason } => {
+                write!(f, "service {service} did not start: {reason}")
+            }
+        }
+    }
 }
 
 /// What a [`Supervisor`](crate::Supervisor) run did.
@@ -210,50 +264,14 @@ impl SupervisorReport {
 
 impl fmt::Display for SupervisorReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let cause = match &self.cause {
-            StopCause::Requested(why) => format!("stop requested ({why})"),
-            StopCause::ServiceEnded(name) => format!("service {name} ended"),
-            StopCause::StartFailed { service, reason } => {
-                format!("service {service} did not start: {reason}")
-            }
-        };
-        write!(f, "{cause}; stopped in {:.1?}:", self.shutdown_time)?;
+        write!(f, "{}; stopped in {:.1?}:", self.cause, self.shutdown_time)?;
         for (i, s) in self.services.iter().enumerate() {
             f.write_str(if i == 0 { " " } else { "; " })?;
-            let outcome = match &s.outcome {
-                Outcome::Clean => "clean".to_string(),
-                Outcome::Failed(e) => format!("failed: {e}"),
-                Outcome::Panicked(p) => p.to_string(),
-                Outcome::ExitedEarly => "exited on its own".to_string(),
-                Outcome::Stuck(age) => format!("still running after {age:.1?}"),
-                Outcome::NotStarted => "not started".to_string(),
-            };
-            write!(f, "{}={outcome}", s.name)?;
+            write!(f, "{}={}", s.name, s.outcome)?;
             if s.restarts > 0 {
                 write!(f, " ({} restarts)", s.restarts)?;
             }
         }
         Ok(())
-    }
-}
-
-pub(super) fn describe(outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::Clean => "returned".to_string(),
-        Outcome::Failed(e) => format!("failed: {e}"),
-        Outcome::Panicked(p) => p.to_string(),
-        Outcome::ExitedEarly => "returned before being asked to stop".to_string(),
-        Outcome::Stuck(age) => format!("still running after {age:.1?}"),
-        Outcome::NotStarted => "not started".to_string(),
-    }
-}
-
-pub(super) fn describe_cause(cause: &StopCause) -> String {
-    match cause {
-        StopCause::Requested(why) => why.clone(),
-        StopCause::ServiceEnded(name) => format!("service {name} ended"),
-        StopCause::StartFailed { service, reason } => {
-            format!("service {service} did not start: {reason}")
-        }
     }
 }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use super::report::describe;
 use super::run::Event;
 use super::{Outcome, Service, ServiceContext};
 use crate::context::Context;
@@ -162,7 +161,7 @@ pub(super) fn service_thread(
         let _ = events.send(Event::Restarting {
             index,
             attempt: restarts,
-            error: describe(&failure),
+            error: failure.to_string(),
             backoff,
         });
         if ctx.sleep(backoff).is_err() {

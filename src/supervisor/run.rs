@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, select};
 
 use super::notify::Notifier;
-use super::report::{describe, describe_cause};
 use super::restart::service_thread;
 use super::{
     Outcome, Readiness, Service, ServiceReport, ServiceSpec, StopCause, Supervisor,
@@ -150,7 +149,7 @@ impl Run {
                     }
                     Some(i) if self.slots[i].report.is_some() => {
                         let ended = &self.slots[i];
-                        let reason = describe(&ended.report.as_ref().expect("checked").0);
+                        let reason = ended.report.as_ref().expect("checked").0.to_string();
                         if i == index {
                             return Err(StopCause::StartFailed {
                                 service: name,
@@ -275,7 +274,7 @@ impl Run {
                     let Ok(event) = event else { continue };
                     if let Some(i) = self.record(event) {
                         if let Some((outcome, _)) = &self.slots[i].report {
-                            log::warn!("service {} ended: {}", self.slots[i].name, describe(outcome));
+                            log::warn!("service {} ended: {}", self.slots[i].name, outcome);
                             return StopCause::ServiceEnded(self.slots[i].name.clone());
                         }
                     }
@@ -293,7 +292,7 @@ impl Run {
         self.serving = false;
         self.readiness.set(false);
         self.notify.stopping();
-        log::info!("shutting down: {}", describe_cause(&cause));
+        log::info!("shutting down: {cause}");
         // Every wait below ends at the latest with this one (7).
         let overall = crate::deadline::after(self.shutdown_timeout);
         if !self.drain_delay.is_zero() && !self.slots.is_empty() {

@@ -296,7 +296,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "stopped ({}): {} accepted, {} processed, {} failed, {} still queued; exit {}",
         match &report.cause {
             quiesce::StopCause::Requested(why) => why.clone(),
-            other => format!("{other:?}"),
+            other => other.to_string(),
         },
         shared.metrics.accepted.get(),
         shared.metrics.processed.get(),
