@@ -21,6 +21,31 @@
 //!
 //! Signal dispositions are process-wide: use one `signal_context` at a time
 //! (tests that touch signals belong in their own test binary).
+//!
+//! # Ending the process
+//!
+//! The second signal is the one place where the library ends the process
+//! itself (`exit_at_once`, with [`exit::forced`](crate::exit::forced): 130
+//! after SIGINT, 143 after SIGTERM, logged at WARN first). Nothing else in
+//! the library calls `std::process::exit`; [`Supervisor::run`] and every
+//! other blocking call return, and the caller decides how to exit.
+//!
+//! It stays, rather than being handed back as a value, because of who
+//! could act on it: a second signal means the graceful shutdown is taking
+//! too long, and at that moment the caller's thread is blocked in exactly
+//! that shutdown ([`Supervisor::run`], a join, a pool's drain). Only the
+//! `quiesce-signals` thread is free to act. It is also what the user asked
+//! for by calling [`signal_context`] or [`Supervisor::run_until_signal`],
+//! whose first lines say so: once handlers are installed, SIGINT and SIGTERM
+//! no longer end the process by themselves, and without this a stuck
+//! shutdown could only be ended by SIGKILL. (signal-hook makes the same
+//! choice explicit with `flag::register_conditional_shutdown`.) A program
+//! that wants another policy keeps its own signal handling and cancels a
+//! [`Context`] it gives to [`Supervisor::run`], which never exits the
+//! process.
+//!
+//! [`Supervisor::run`]: crate::Supervisor::run
+//! [`Supervisor::run_until_signal`]: crate::Supervisor::run_until_signal
 
 use std::fmt;
 use std::io;
@@ -167,7 +192,8 @@ impl fmt::Debug for SignalGuard {
 
 /// A child of `parent` cancelled by the first SIGINT or SIGTERM, with
 /// [`SignalReceived`] as its [cause](Context::cause); a second signal exits
-/// the process with 128 + its number.
+/// the process at once with [`exit::forced`](crate::exit::forced) (128 + its
+/// number; see [Ending the process](self#ending-the-process)).
 ///
 /// # Errors
 ///
@@ -221,12 +247,19 @@ fn listen(signals: &mut Signals, cancel: &CancelGuard, first: &AtomicI32) {
             );
             cancel.cancel_with_cause(SignalReceived(signal));
         } else {
-            log::warn!(
-                "{} again: exiting now with code {}",
-                signal_name(signal),
-                128 + signal
-            );
-            std::process::exit(128 + signal);
+            exit_at_once(signal);
         }
     }
+}
+
+/// The library's one call to `std::process::exit`: a second signal while
+/// the shutdown the first one started is under way (see the module's
+/// "Ending the process").
+fn exit_at_once(signal: i32) -> ! {
+    let code = crate::exit::forced(signal);
+    log::warn!(
+        "{} again: exiting now with code {code}",
+        signal_name(signal)
+    );
+    std::process::exit(code)
 }

@@ -407,7 +407,9 @@ impl Supervisor {
 
     /// [`run`](Supervisor::run) until SIGINT or SIGTERM: the first signal
     /// starts the graceful shutdown, a second exits the process at once
-    /// with 128 + its number.
+    /// with [`exit::forced`] (128 + its number). That exit is the only way a
+    /// supervisor ends the process itself; [`run`](Supervisor::run) never
+    /// does (see [`signals`](crate::signals#ending-the-process) for why).
     ///
     /// When it returns, the handlers are unregistered and SIGINT and
     /// SIGTERM are ignored (see [`SignalGuard`](crate::signals::SignalGuard)):

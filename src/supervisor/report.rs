@@ -36,7 +36,9 @@ pub mod exit {
     /// See the [module's example](self).
     pub const DEADLINE_EXCEEDED: i32 = 3;
     /// A second signal during shutdown: 128 + the signal's number (130 for
-    /// SIGINT, 143 for SIGTERM).
+    /// SIGINT, 143 for SIGTERM), the code the process exits with at once
+    /// under [`signals`](crate::signals#ending-the-process). The one place
+    /// this number is computed.
     ///
     /// # Examples
     ///
