@@ -584,3 +584,73 @@ fn a_service_up_again_during_the_shutdown_does_not_make_the_group_ready() {
     assert!(!readiness.is_ready());
     leaks.assert_none();
 }
+
+#[test]
+fn an_error_whose_message_panics_is_a_panicked_service_not_a_dead_thread() {
+    #[derive(Debug)]
+    struct Unprintable;
+    impl std::fmt::Display for Unprintable {
+        fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            panic!("cannot describe this error")
+        }
+    }
+    impl std::error::Error for Unprintable {}
+
+    let leaks = leak::track();
+    let mut sup = Supervisor::new().start_timeout(LONG);
+    sup.add_fn("import", |_ctx| Err(Unprintable.into()));
+    let report = sup.run(&Context::background());
+    let Outcome::Panicked(panic) = &report.services[0].outcome else {
+        panic!("{report}")
+    };
+    assert!(
+        panic.to_string().contains("cannot describe this error"),
+        "{panic}"
+    );
+    assert_eq!(report.exit_code(), exit::SERVICE_FAILED);
+    leaks.assert_none();
+}
+
+#[test]
+fn a_service_whose_drop_blocks_is_stuck_at_its_stop_deadline() {
+    // The service's own Drop is part of its stop: it counts against the
+    // stop timeout, and the run moves on past it.
+    struct SlowToDrop {
+        held: crossbeam_channel::Receiver<()>,
+    }
+    impl quiesce::Service for SlowToDrop {
+        fn name(&self) -> &str {
+            "slow-to-drop"
+        }
+        fn run(&mut self, ctx: &quiesce::ServiceContext) -> Result<(), quiesce::BoxError> {
+            ctx.ready();
+            let _ = ctx.done().recv();
+            Ok(())
+        }
+    }
+    impl Drop for SlowToDrop {
+        fn drop(&mut self) {
+            let _ = self.held.recv_timeout(LONG);
+        }
+    }
+
+    let leaks = leak::track();
+    let log: Log = Arc::default();
+    let (release, held) = bounded::<()>(0);
+    let mut sup = Supervisor::new().shutdown_timeout(LONG);
+    polite(&mut sup, "store", &log);
+    sup.add(SlowToDrop { held })
+        .stop_timeout(Duration::from_millis(30));
+    let (stop, readiness, runner) = start(sup);
+    wait_ready(&readiness);
+    drop(stop);
+    let report = runner.join().unwrap();
+    assert!(
+        matches!(report.services[1].outcome, Outcome::Stuck(_)),
+        "{report}"
+    );
+    assert_eq!(report.stop_order, ["slow-to-drop", "store"]);
+    assert_eq!(report.exit_code(), exit::DEADLINE_EXCEEDED);
+    release.send(()).unwrap();
+    leaks.assert_none();
+}

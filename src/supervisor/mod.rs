@@ -52,8 +52,9 @@
 //!    (6).
 //! 3. **One `Exited` per service, last.** A service thread sends at most one
 //!    `Ready` per run of the service and exactly one `Exited`, as its last
-//!    act (a panic in the service is caught first); the run then joins it,
-//!    which waits only for the thread's return. A slot's report is set by
+//!    act: the service's code (its `run`, its error's message, its `Drop`)
+//!    has finished by then and a panic in it has been caught. The run then
+//!    joins the thread, which waits only for its return. A slot's report is set by
 //!    that event, once. (When the thread cannot be spawned, the run sends
 //!    its `Exited` itself.)
 //! 4. **Every event names a slot.** Events are received only on the

@@ -113,9 +113,13 @@ fn error_chain(err: &(dyn Error + 'static)) -> String {
 /// reaches the run only through `events`, and its last act is the one
 /// `Exited` (supervisor invariant 3). A service whose context is done is
 /// not restarted: only the run cancels it, to stop it (invariant 2).
+///
+/// All the user code it calls runs under the panic catch: the service's
+/// `run`, the `Display` of the error it returns, and its `Drop`, which is
+/// part of its stop and so comes before `Exited`.
 pub(super) fn service_thread(
     index: usize,
-    service: &mut dyn Service,
+    mut service: Box<dyn Service>,
     ctx: &Context,
     events: &Sender<Event>,
     policy: Option<RestartPolicy>,
@@ -130,10 +134,11 @@ pub(super) fn service_thread(
             events: events.clone(),
             ready_sent: AtomicBool::new(false),
         };
-        let failure = match crate::panic::catch(|| service.run(&sctx)) {
+        let run = || service.run(&sctx).map_err(|err| error_chain(err.as_ref()));
+        let failure = match crate::panic::catch(run) {
             Ok(Ok(())) if ctx.is_done() => break Outcome::Clean,
             Ok(Ok(())) => break Outcome::ExitedEarly,
-            Ok(Err(err)) => Outcome::Failed(error_chain(err.as_ref())),
+            Ok(Err(message)) => Outcome::Failed(message),
             Err(panic) => Outcome::Panicked(panic),
         };
         if ctx.is_done() {
@@ -168,6 +173,17 @@ pub(super) fn service_thread(
             break failure;
         }
         recent.push_back(Instant::now());
+    };
+    let name = service.name().to_string();
+    let outcome = match crate::panic::catch(move || drop(service)) {
+        Ok(()) => outcome,
+        Err(panic) if matches!(outcome, Outcome::Clean | Outcome::ExitedEarly) => {
+            Outcome::Panicked(panic)
+        }
+        Err(panic) => {
+            log::error!("service {name}: its drop {panic} (after it {outcome})");
+            outcome
+        }
     };
     // The last act (invariant 3).
     let _ = events.send(Event::Exited {

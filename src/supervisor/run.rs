@@ -165,14 +165,14 @@ impl Run {
         Ok(())
     }
 
-    fn spawn(&mut self, index: usize, mut service: Box<dyn Service>, spec: ServiceSpec) {
+    fn spawn(&mut self, index: usize, service: Box<dyn Service>, spec: ServiceSpec) {
         // Its own root, not a child of the stop context (2).
         let (ctx, cancel) = Context::background().with_cancel();
         let events = self.events_tx.clone();
         let policy = spec.restart;
         let name = spec.name.clone();
         let thread = crate::leak::spawn(name.clone(), move || {
-            service_thread(index, service.as_mut(), &ctx, &events, policy);
+            service_thread(index, service, &ctx, &events, policy);
         });
         let thread = match thread {
             Ok(thread) => Some(thread),
