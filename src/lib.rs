@@ -120,7 +120,7 @@ pub use pool::{Job, Pool, PoolBuilder, Refused, ShutdownReport, SubmitError};
 pub use scope::{Scope, scope};
 pub use semaphore::{AcquireError, Permit, Semaphore};
 pub use supervisor::{
-    BoxError, Outcome, Readiness, RestartPolicy, Service, ServiceContext, ServiceReport,
+    Backoff, BoxError, Outcome, Readiness, RestartPolicy, Service, ServiceContext, ServiceReport,
     ServiceSpec, StopCause, Supervisor, SupervisorReport, exit,
 };
 pub use threads::{Finished, JoinReport, Running, Threads};

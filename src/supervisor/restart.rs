@@ -1,6 +1,6 @@
 //! Restarting a failed service: the [`RestartPolicy`] (a budget within a
-//! sliding window, exponential backoff) and the service thread's loop that
-//! applies it.
+//! sliding window, exponential [`Backoff`]) and the service thread's loop
+//! that applies it.
 
 use std::collections::VecDeque;
 use std::error::Error;
@@ -12,6 +12,89 @@ use crossbeam_channel::Sender;
 use super::run::Event;
 use super::{Outcome, Service, ServiceContext};
 use crate::context::Context;
+
+/// Exponential backoff: the wait before a retry, `initial` for the first,
+/// doubling with each retry after it, never more than `max`. No jitter.
+///
+/// The restarts of a [`RestartPolicy`] wait this way; it is public for any
+/// other retry loop, so that a program has one backoff, not one per loop
+/// (cenkalti/backoff's `ExponentialBackOff` in Go, without the
+/// randomization). Sleeping is left to the caller: under a [`Context`],
+/// `ctx.sleep(backoff.delay(n))` gives up the wait when the context is
+/// done.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use quiesce::Backoff;
+///
+/// let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+/// let waits: Vec<u64> = (0..10).map(|retry| backoff.delay(retry).as_secs()).collect();
+/// assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
+/// assert_eq!(backoff.delay(u32::MAX), Duration::from_secs(300)); // no overflow
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// `initial` before the first retry, doubling, at most `max` (a `max`
+    /// below `initial` is taken as `initial`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::Backoff;
+    ///
+    /// let (two, one) = (Duration::from_secs(2), Duration::from_secs(1));
+    /// assert_eq!(Backoff::new(two, one), Backoff::new(two, two));
+    /// assert_eq!(Backoff::new(two, one).delay(5), two);
+    /// ```
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial,
+            max: max.max(initial),
+        }
+    }
+
+    /// The wait before retry number `retry`, counted from 0: `initial`
+    /// times 2^`retry`, at most `max`. Never panics or overflows.
+    ///
+    /// # Examples
+    ///
+    /// A retry loop that gives up its wait when its context is done:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{Backoff, Context};
+    ///
+    /// let backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(4));
+    /// let ctx = Context::background();
+    /// let mut attempts = 0;
+    /// let result = loop {
+    ///     attempts += 1;
+    ///     let outcome: Result<&str, &str> = if attempts < 4 { Err("busy") } else { Ok("sent") };
+    ///     match outcome {
+    ///         Ok(sent) => break Ok(sent),
+    ///         Err(_) if attempts == 10 => break outcome,
+    ///         Err(_) => {
+    ///             if ctx.sleep(backoff.delay(attempts - 1)).is_err() {
+    ///                 break outcome; // cancelled while waiting
+    ///             }
+    ///         }
+    ///     }
+    /// };
+    /// assert_eq!((result, attempts), (Ok("sent"), 4));
+    /// ```
+    pub fn delay(&self, retry: u32) -> Duration {
+        let factor = 1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+}
 
 /// Restart a failed service with exponential backoff, at most `max` times
 /// within a sliding window of `within`; one more failure stops the group.
@@ -42,8 +125,7 @@ use crate::context::Context;
 pub struct RestartPolicy {
     max: u32,
     within: Duration,
-    initial_backoff: Duration,
-    max_backoff: Duration,
+    backoff: Backoff,
 }
 
 impl RestartPolicy {
@@ -64,12 +146,12 @@ impl RestartPolicy {
         RestartPolicy {
             max,
             within,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(10),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
         }
     }
 
-    /// The first backoff and the cap of the doubling.
+    /// The first backoff and the cap of the doubling: the waits of a
+    /// [`Backoff::new(initial, max)`](Backoff::new).
     ///
     /// # Examples
     ///
@@ -83,17 +165,13 @@ impl RestartPolicy {
     /// assert_eq!(policy.backoff(two, one), policy.backoff(two, two));
     /// ```
     pub fn backoff(mut self, initial: Duration, max: Duration) -> RestartPolicy {
-        self.initial_backoff = initial;
-        self.max_backoff = max.max(initial);
+        self.backoff = Backoff::new(initial, max);
         self
     }
 
     /// The wait before restart number `n` (0-based) within the window.
     fn delay(&self, n: u32) -> Duration {
-        let factor = 1u32.checked_shl(n.min(31)).unwrap_or(u32::MAX);
-        self.initial_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff)
+        self.backoff.delay(n)
     }
 }
 
