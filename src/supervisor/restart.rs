@@ -192,9 +192,9 @@ fn error_chain(err: &(dyn Error + 'static)) -> String {
 /// `Exited` (supervisor invariant 3). A service whose context is done is
 /// not restarted: only the run cancels it, to stop it (invariant 2).
 ///
-/// All the user code it calls runs under the panic catch: the service's
-/// `run`, the `Display` of the error it returns, and its `Drop`, which is
-/// part of its stop and so comes before `Exited`.
+/// Apart from `name()`, the user code it calls runs under the panic catch:
+/// the service's `run`, the `Display` of the error it returns, and its
+/// `Drop`, which is part of its stop and so comes before `Exited`.
 pub(super) fn service_thread(
     index: usize,
     mut service: Box<dyn Service>,
