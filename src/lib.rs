@@ -88,6 +88,7 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 
+mod backoff;
 mod consumer;
 mod counters;
 mod deadline;
@@ -109,6 +110,7 @@ mod wait;
 pub mod context;
 pub mod leak;
 
+pub use backoff::Backoff;
 pub use consumer::Consumer;
 pub use context::{CancelGuard, Cause, Context, ContextError, OnCancel};
 pub use counters::{Counters, Snapshot};
@@ -120,7 +122,7 @@ pub use pool::{Job, Pool, PoolBuilder, Refused, ShutdownReport, SubmitError};
 pub use scope::{Scope, scope};
 pub use semaphore::{AcquireError, Permit, Semaphore};
 pub use supervisor::{
-    Backoff, BoxError, Outcome, Readiness, RestartPolicy, Service, ServiceContext, ServiceReport,
+    BoxError, Outcome, Readiness, RestartPolicy, Service, ServiceContext, ServiceReport,
     ServiceSpec, StopCause, Supervisor, SupervisorReport, exit,
 };
 pub use threads::{Finished, JoinReport, Running, Threads};

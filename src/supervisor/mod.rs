@@ -5,8 +5,8 @@
 //! - `service`: the [`Service`] trait, closures as services, what a service
 //!   is given ([`ServiceContext`]) and its settings ([`ServiceSpec`]);
 //! - `readiness`: the [`Readiness`] flag;
-//! - `restart`: [`RestartPolicy`], its [`Backoff`] (public for other retry
-//!   loops), and the service thread's loop (run the service, restart it
+//! - `restart`: [`RestartPolicy`] (its waits are a [`Backoff`](crate::Backoff)),
+//!   and the service thread's loop (run the service, restart it
 //!   with backoff within the budget);
 //! - `run`: one run (start, serve, stop) as a state machine over `Run`;
 //! - `report`: [`Outcome`], [`StopCause`], [`SupervisorReport`], [`exit`]
@@ -94,7 +94,7 @@ use crate::context::Context;
 
 pub use readiness::Readiness;
 pub use report::{Outcome, ServiceReport, StopCause, SupervisorReport, exit};
-pub use restart::{Backoff, RestartPolicy};
+pub use restart::RestartPolicy;
 pub use service::{BoxError, Service, ServiceContext, ServiceSpec};
 
 use run::Run;

@@ -245,7 +245,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             workers,
             job_timeout: args.job_timeout,
             max_attempts: args.max_attempts,
-            retry_backoff: args.retry_backoff,
+            retry_backoff: quiesce::Backoff::new(args.retry_backoff, Duration::from_secs(300)),
             alert_total: args.alert_total,
             analyzer,
             // Room after the drain for cancelled jobs to return (a loaded

@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, select, tick};
-use quiesce::{BoxError, Context, Pool, Service, ServiceContext};
+use quiesce::{Backoff, BoxError, Context, Pool, Service, ServiceContext};
 use rusqlite::Connection;
 
 use super::analyzer::Analyzer;
@@ -58,8 +58,9 @@ pub struct Settings {
     pub job_timeout: Duration,
     /// Attempts before a report is failed for good.
     pub max_attempts: u32,
-    /// The first retry's delay; it doubles each attempt, up to 5 minutes.
-    pub retry_backoff: Duration,
+    /// The waits between attempts (the first is `--retry-backoff`,
+    /// doubling, up to 5 minutes).
+    pub retry_backoff: Backoff,
     /// A total above this raises an alert.
     pub alert_total: u32,
     /// The external analysis service, if any.
@@ -297,7 +298,8 @@ impl Pipeline {
                     }
                 }
                 Err(error) => {
-                    let delay = backoff(settings.retry_backoff, attempts);
+                    // Attempt n failed: the wait before retry n - 1.
+                    let delay = settings.retry_backoff.delay(attempts.saturating_sub(1));
                     log::info!(
                         "report {id}: attempt {attempts} failed ({error}); retrying in {delay:?}"
                     );
@@ -347,26 +349,4 @@ fn process(report: &Report, ctx: &Context, settings: &Settings) -> Result<(Strin
         "analysis": analysis,
     });
     Ok((result.to_string(), score.alert))
-}
-
-/// The delay before attempt `attempts + 1`: `base`, doubling, at most 5
-/// minutes.
-fn backoff(base: Duration, attempts: u32) -> Duration {
-    let factor = 1u32 << attempts.saturating_sub(1).min(16);
-    base.saturating_mul(factor).min(Duration::from_secs(300))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::backoff;
-    use std::time::Duration;
-
-    #[test]
-    fn backoff_doubles_and_is_capped() {
-        let base = Duration::from_secs(1);
-        assert_eq!(backoff(base, 1), base);
-        assert_eq!(backoff(base, 2), base * 2);
-        assert_eq!(backoff(base, 4), base * 8);
-        assert_eq!(backoff(base, 40), Duration::from_secs(300));
-    }
 }
