@@ -210,7 +210,7 @@ impl fmt::Debug for SignalGuard {
 ///
 /// let (ctx, guard) = signals::signal_context(&Context::background())?;
 /// let mut threads = Threads::new(&ctx);
-/// threads.spawn("diary-intake", |ctx| while ctx.sleep(Duration::from_millis(100)).is_ok() {})?;
+/// threads.spawn("intake", |ctx| while ctx.sleep(Duration::from_millis(100)).is_ok() {})?;
 /// let _ = ctx.done().recv(); // until Ctrl-C or SIGTERM; a second one exits at once
 /// assert!(ctx.cause().unwrap().downcast_ref::<SignalReceived>().is_some());
 /// let report = threads.join_timeout(Duration::from_secs(10));

@@ -17,7 +17,7 @@ use crate::threads::Running;
 /// use quiesce::{exit, Context, Supervisor};
 ///
 /// let mut sup = Supervisor::new();
-/// sup.add_fn("import", |_ctx| Err("unreadable diary export".into()));
+/// sup.add_fn("import", |_ctx| Err("unreadable export file".into()));
 /// let report = sup.run(&Context::background());
 /// assert_eq!(report.exit_code(), exit::SERVICE_FAILED);
 /// // at the end of `main`: std::process::exit(report.exit_code())

@@ -29,15 +29,15 @@ use crate::context::Context;
 /// let counter = runs.clone();
 /// let quick = Duration::from_millis(1);
 /// let mut sup = Supervisor::new();
-/// sup.add_fn("site-sync", move |_ctx| {
+/// sup.add_fn("peer-sync", move |_ctx| {
 ///     counter.fetch_add(1, Ordering::SeqCst);
-///     Err("site API unreachable".into())
+///     Err("peer API unreachable".into())
 /// })
 /// .restart(RestartPolicy::new(2, Duration::from_secs(60)).backoff(quick, quick));
 /// let report = sup.run(&Context::background());
 /// assert_eq!(runs.load(Ordering::SeqCst), 3); // the first run and two restarts
 /// assert_eq!(report.services[0].restarts, 2);
-/// assert_eq!(report.services[0].outcome, Outcome::Failed("site API unreachable".into()));
+/// assert_eq!(report.services[0].outcome, Outcome::Failed("peer API unreachable".into()));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RestartPolicy {

@@ -28,8 +28,8 @@ use crate::context::Context;
 ///     Ok(pool_size.parse()?) // or any error, with `?`
 /// }
 /// assert_eq!(open_store("", "4").unwrap_err().to_string(), "no database path");
-/// assert!(open_store("epro.db", "four").is_err());
-/// assert_eq!(open_store("epro.db", "4").unwrap(), 4);
+/// assert!(open_store("jobs.db", "four").is_err());
+/// assert_eq!(open_store("jobs.db", "4").unwrap(), 4);
 /// ```
 pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
 
@@ -42,13 +42,13 @@ pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
 /// use std::time::{Duration, Instant};
 /// use quiesce::{BoxError, Context, Outcome, Service, ServiceContext, Supervisor};
 ///
-/// struct DiaryStore {
+/// struct JobStore {
 ///     path: String,
 /// }
 ///
-/// impl Service for DiaryStore {
+/// impl Service for JobStore {
 ///     fn name(&self) -> &str {
-///         "diary-store"
+///         "job-store"
 ///     }
 ///
 ///     fn run(&mut self, ctx: &ServiceContext) -> Result<(), BoxError> {
@@ -60,7 +60,7 @@ pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
 /// }
 ///
 /// let mut sup = Supervisor::new();
-/// sup.add(DiaryStore { path: "epro.db".into() });
+/// sup.add(JobStore { path: "jobs.db".into() });
 /// let readiness = sup.readiness();
 /// let (stop, stop_now) = Context::background().with_cancel();
 /// let runner = std::thread::spawn(move || sup.run(&stop));
@@ -70,7 +70,7 @@ pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
 /// }
 /// drop(stop_now);
 /// let report = runner.join().unwrap();
-/// assert_eq!(report.services[0].name, "diary-store");
+/// assert_eq!(report.services[0].name, "job-store");
 /// assert_eq!(report.services[0].outcome, Outcome::Clean);
 /// ```
 pub trait Service: Send + 'static {
@@ -108,7 +108,7 @@ pub trait Service: Send + 'static {
 /// use quiesce::{Context, ServiceContext, Supervisor};
 ///
 /// let mut sup = Supervisor::new();
-/// sup.add_fn("visit-reminders", |ctx: &ServiceContext| {
+/// sup.add_fn("reminders", |ctx: &ServiceContext| {
 ///     ctx.ready();
 ///     while ctx.sleep(Duration::from_millis(1)).is_ok() {} // a `Context` method
 ///     Ok(())
