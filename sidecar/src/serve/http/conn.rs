@@ -1,0 +1,454 @@
+//! One connection on a handler thread: reading requests under their
+//! deadlines, handing them to the [`Handler`], writing the answers.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use super::deferred::{Later, Outbox};
+use super::server::{Conn, Shared};
+use super::wire::write_response;
+use super::{Handler, Request, Response};
+
+/// How long a handler thread waits for an outstanding answer before going
+/// on (the answer's own deadline usually ends the wait first).
+const SETTLE_WAIT: Duration = Duration::from_secs(15);
+
+/// Answers a connection a handler will not serve, without reading its
+/// request.
+fn refuse(mut stream: TcpStream, status: u16, message: &str) {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let response = Response::json(status, &serde_json::json!({ "error": message }))
+        .with_header("Retry-After", "1");
+    let _ = write_response(&mut stream, &response, true);
+    linger_close(stream, Duration::from_millis(50));
+}
+
+/// Closes after an answer sent before the request was read in full: stop
+/// writing, then read and discard what the client is still sending for a
+/// moment. Closing a socket with unread data makes the kernel send a reset,
+/// which can reach the client before it has read our answer (Go's server
+/// does the same "lingering close").
+fn linger_close(mut stream: TcpStream, linger: Duration) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let end = Instant::now() + linger;
+    let mut sink = [0u8; 8192];
+    let mut discarded = 0usize;
+    while discarded < (1 << 20) {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => discarded += n,
+        }
+    }
+}
+
+pub(super) fn handler_loop<S, H: Handler<S>>(
+    conns: &Receiver<(u64, TcpStream)>,
+    shared: &Shared,
+    handler: &H,
+    make_state: &dyn Fn() -> io::Result<S>,
+) {
+    let mut state = None;
+    for (id, stream) in conns.iter() {
+        if state.is_none() {
+            match make_state() {
+                Ok(s) => state = Some(s),
+                Err(err) => {
+                    log::error!("http handler cannot set up: {err}");
+                    handler.refused(503, "handler unavailable");
+                    refuse(stream, 503, "temporarily unavailable");
+                    continue;
+                }
+            }
+        }
+        let Some(state) = state.as_mut() else {
+            continue;
+        };
+        let (Ok(for_stop), Ok(for_answers)) = (stream.try_clone(), stream.try_clone()) else {
+            handler.refused(503, "cannot serve the connection");
+            refuse(stream, 503, "temporarily unavailable");
+            continue;
+        };
+        let outbox = Arc::new(Outbox::new(for_answers));
+        shared
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                id,
+                Conn {
+                    stream: for_stop,
+                    idle: true,
+                    outbox: outbox.clone(),
+                },
+            );
+        let mut conn = Connection {
+            stream,
+            buf: Vec::with_capacity(4096),
+            id,
+            shared,
+            outbox,
+            read_timeout: None,
+        };
+        conn.serve(state, handler);
+        shared
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+}
+
+/// Why a request could not be read.
+enum ReadError {
+    /// The peer closed, or the connection broke, or the idle wait ended:
+    /// close without an answer.
+    Closed,
+    /// Answer this status, then close.
+    Reject(u16, &'static str),
+}
+
+struct Connection<'a> {
+    stream: TcpStream,
+    /// Bytes read and not yet consumed (pipelined requests).
+    buf: Vec<u8>,
+    id: u64,
+    shared: &'a Shared,
+    outbox: Arc<Outbox>,
+    /// The read timeout set on the socket.
+    read_timeout: Option<Duration>,
+}
+
+impl Connection<'_> {
+    fn serve<S, H: Handler<S>>(&mut self, state: &mut S, handler: &H) {
+        let _ = self.stream.set_nodelay(true);
+        self.serve_requests(state, handler);
+        // Whatever happened, the answer owed is given before the
+        // connection closes (bounded by its own deadline).
+        let _ = self.settle(handler);
+    }
+
+    fn serve_requests<S, H: Handler<S>>(&mut self, state: &mut S, handler: &H) {
+        loop {
+            let request = match self.read_request(handler) {
+                Ok(request) => request,
+                Err(ReadError::Closed) => return,
+                Err(ReadError::Reject(status, why)) => {
+                    handler.refused(status, why);
+                    if self.settle(handler).is_err() {
+                        return;
+                    }
+                    let response = Response::json(status, &serde_json::json!({ "error": why }));
+                    let _ = write_response(&mut self.stream, &response, true);
+                    if let Ok(stream) = self.stream.try_clone() {
+                        linger_close(stream, Duration::from_millis(500));
+                    }
+                    return;
+                }
+            };
+            // One answer outstanding at most: answers go in request order.
+            if self.settle(handler).is_err() {
+                return;
+            }
+            let stopping = self.shared.stopping.load(Ordering::SeqCst);
+            let close = stopping || wants_close(&request);
+            let later = Later {
+                outbox: &self.outbox,
+                close,
+            };
+            let written = match handler.handle(state, &request, stopping, &later) {
+                Some(response) => self
+                    .settle(handler)
+                    .and_then(|()| write_response(&mut self.stream, &response, close)),
+                // Answered by another thread; when it is the last one, wait for it.
+                None if close => self.settle(handler),
+                None => Ok(()),
+            };
+            if written.is_err() || close {
+                let _ = self.stream.shutdown(Shutdown::Write);
+                return;
+            }
+        }
+    }
+
+    /// Lets the outstanding answer (if any) be written first.
+    fn settle<S>(&self, handler: &impl Handler<S>) -> io::Result<()> {
+        self.settle_until(Instant::now() + SETTLE_WAIT, handler)
+    }
+
+    /// [`Outbox::settle`], telling the handler of an answer given up.
+    fn settle_until<S>(&self, deadline: Instant, handler: &impl Handler<S>) -> io::Result<()> {
+        self.outbox.settle(deadline, &|| {
+            handler.refused(503, "no answer in time");
+        })
+    }
+
+    fn set_idle(&self, idle: bool) {
+        if let Some(conn) = self
+            .shared
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&self.id)
+        {
+            conn.idle = idle;
+        }
+    }
+
+    /// Reads the next request: waits (idle) for its first byte, then reads
+    /// its head and body under their deadlines.
+    fn read_request<S>(&mut self, handler: &impl Handler<S>) -> Result<Request, ReadError> {
+        let limits = &self.shared.limits;
+        if self.buf.is_empty() {
+            // Idle only until a request starts: a stop closes idle
+            // connections, never one with a request under way.
+            self.set_idle(true);
+            let first = self.wait_first_byte(handler);
+            self.set_idle(false);
+            first?;
+        }
+        let head_deadline = Instant::now() + limits.header_timeout;
+        let (head_len, mut request, framing) = loop {
+            if let Some(parsed) = parse_head(&self.buf, limits.max_head)? {
+                break parsed;
+            }
+            if self.buf.len() >= limits.max_head {
+                return Err(ReadError::Reject(431, "request head too large"));
+            }
+            self.read_more(head_deadline, 408, "request head not received in time")?;
+        };
+        self.buf.drain(..head_len);
+        request.body = match framing {
+            Framing::None => Vec::new(),
+            Framing::Length(n) if n > limits.max_body => {
+                return Err(ReadError::Reject(413, "request body too large"));
+            }
+            Framing::Length(n) => {
+                self.continue_if_expected(&request)?;
+                self.read_exact_body(n, Instant::now() + limits.body_timeout)?
+            }
+            Framing::Chunked => {
+                self.continue_if_expected(&request)?;
+                self.read_chunked_body(Instant::now() + limits.body_timeout)?
+            }
+        };
+        Ok(request)
+    }
+
+    /// Waits for the first byte of a request: up to the idle timeout, and,
+    /// once the server is stopping, up to the close grace.
+    fn wait_first_byte<S>(&mut self, handler: &impl Handler<S>) -> Result<(), ReadError> {
+        let limits = &self.shared.limits;
+        let idle_deadline = Instant::now() + limits.idle_timeout;
+        let mut stop_deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if self.shared.stopping.load(Ordering::SeqCst) {
+                let end = *stop_deadline.get_or_insert(now + limits.close_grace);
+                if now >= end {
+                    return Err(ReadError::Closed);
+                }
+            }
+            if now >= idle_deadline {
+                return Err(ReadError::Closed);
+            }
+            // An answer the socket did not take at once, or one given up
+            // at its deadline, is written from here.
+            if self
+                .settle_until(now, handler)
+                .is_err_and(|e| !is_timeout(&e))
+            {
+                return Err(ReadError::Closed);
+            }
+            // Wake up now and then to notice a stop.
+            let slice = idle_deadline.min(now + Duration::from_millis(50));
+            match self.read_some(slice) {
+                Ok(0) => return Err(ReadError::Closed),
+                Ok(_) => return Ok(()),
+                Err(err) if is_timeout(&err) => continue,
+                Err(_) => return Err(ReadError::Closed),
+            }
+        }
+    }
+
+    /// Reads more bytes into the buffer before `deadline`.
+    fn read_more(
+        &mut self,
+        deadline: Instant,
+        status: u16,
+        why: &'static str,
+    ) -> Result<(), ReadError> {
+        match self.read_some(deadline) {
+            Ok(0) => Err(ReadError::Closed),
+            Ok(_) => Ok(()),
+            Err(err) if is_timeout(&err) => Err(ReadError::Reject(status, why)),
+            Err(_) => Err(ReadError::Closed),
+        }
+    }
+
+    fn read_some(&mut self, deadline: Instant) -> io::Result<usize> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        // One system call saved per request: the timeout set last is kept
+        // when it ends at most 1 ms past the deadline and not much before
+        // it (the callers loop until their deadline anyway).
+        let keep = self.read_timeout.is_some_and(|set| {
+            set <= left + Duration::from_millis(1) && left < set + Duration::from_millis(10)
+        });
+        if !keep {
+            self.stream.set_read_timeout(Some(left))?;
+            self.read_timeout = Some(left);
+        }
+        let mut chunk = [0u8; 8192];
+        let n = self.stream.read(&mut chunk)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    fn continue_if_expected(&mut self, request: &Request) -> Result<(), ReadError> {
+        if request
+            .header("expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+            && self.buf.is_empty()
+        {
+            self.stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .map_err(|_| ReadError::Closed)?;
+        }
+        Ok(())
+    }
+
+    fn read_exact_body(&mut self, len: usize, deadline: Instant) -> Result<Vec<u8>, ReadError> {
+        while self.buf.len() < len {
+            self.read_more(deadline, 408, "request body not received in time")?;
+        }
+        Ok(self.buf.drain(..len).collect())
+    }
+
+    fn read_chunked_body(&mut self, deadline: Instant) -> Result<Vec<u8>, ReadError> {
+        let max = self.shared.limits.max_body;
+        let mut body = Vec::new();
+        loop {
+            let (start, size) = loop {
+                match httparse::parse_chunk_size(&self.buf) {
+                    Ok(httparse::Status::Complete((start, size))) => break (start, size),
+                    Ok(httparse::Status::Partial) if self.buf.len() < 1024 => {
+                        self.read_more(deadline, 408, "request body not received in time")?;
+                    }
+                    _ => return Err(ReadError::Reject(400, "malformed chunked body")),
+                }
+            };
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
+            if size > max.saturating_sub(body.len()) {
+                return Err(ReadError::Reject(413, "request body too large"));
+            }
+            // The chunk, then its CRLF (or, after the last one, the final CRLF;
+            // trailers are not supported).
+            let need = start + size + 2;
+            while self.buf.len() < need {
+                self.read_more(deadline, 408, "request body not received in time")?;
+            }
+            if &self.buf[start + size..need] != b"\r\n" {
+                return Err(ReadError::Reject(400, "malformed chunked body"));
+            }
+            body.extend_from_slice(&self.buf[start..start + size]);
+            self.buf.drain(..need);
+            if size == 0 {
+                return Ok(body);
+            }
+        }
+    }
+}
+
+enum Framing {
+    None,
+    Length(usize),
+    Chunked,
+}
+
+/// Parses a complete head at the start of `buf`; `None` when more bytes
+/// are needed.
+fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(usize, Request, Framing)>, ReadError> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(ReadError::Reject(431, "too many headers"));
+        }
+        Err(_) => return Err(ReadError::Reject(400, "malformed request")),
+    };
+    if head_len > max_head {
+        return Err(ReadError::Reject(431, "request head too large"));
+    }
+    let method = req.method.unwrap_or_default().to_string();
+    let target = req.path.unwrap_or("/");
+    let path = target.split('?').next().unwrap_or("/").to_string();
+    let mut list = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let Ok(value) = std::str::from_utf8(h.value) else {
+            return Err(ReadError::Reject(400, "header value is not UTF-8"));
+        };
+        list.push((h.name.to_ascii_lowercase(), value.trim().to_string()));
+    }
+    let request = Request {
+        method,
+        path,
+        headers: list,
+        body: Vec::new(),
+    };
+    let chunked = request
+        .header("transfer-encoding")
+        .map(|te| te.to_ascii_lowercase());
+    let lengths: Vec<&str> = request
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "content-length")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let framing = match (chunked.as_deref(), lengths.as_slice()) {
+        (Some(_), [_, ..]) => {
+            return Err(ReadError::Reject(
+                400,
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        (Some("chunked"), []) => Framing::Chunked,
+        (Some(_), []) => return Err(ReadError::Reject(501, "unsupported transfer encoding")),
+        (None, []) => Framing::None,
+        (None, [first, rest @ ..]) => {
+            if rest.iter().any(|v| v != first) {
+                return Err(ReadError::Reject(400, "conflicting Content-Length headers"));
+            }
+            match first.parse::<usize>() {
+                Ok(n) => Framing::Length(n),
+                Err(_) => return Err(ReadError::Reject(400, "invalid Content-Length")),
+            }
+        }
+    };
+    Ok(Some((head_len, request, framing)))
+}
+
+fn wants_close(request: &Request) -> bool {
+    request
+        .header("connection")
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+}
+
+fn is_timeout(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}

@@ -1,0 +1,392 @@
+//! Answers written by another thread: [`Later`] hands out a [`Deferred`],
+//! and the connection's [`Outbox`] keeps them in request order.
+
+use std::io::{self, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::Response;
+use super::wire::{encode, send_now};
+
+/// The write side of a connection, shared by its handler thread and by
+/// whoever answers a [`Deferred`] request (the store's reply thread).
+///
+/// Why: a handler thread that waited for the store's commit would sleep and
+/// be woken once more per request than the client does; on a small machine
+/// those wake-ups were the sidecar's main cost. So an answer that must wait
+/// for the store is written by the thread that has it, straight to the
+/// socket, without blocking (a client that does not read cannot hold that
+/// thread: what the socket does not take at once is left here for the
+/// handler thread to write, with its write deadline). One answer is
+/// outstanding per connection at most, so answers stay in request order.
+pub(super) struct Outbox {
+    stream: TcpStream,
+    state: Mutex<OutState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct OutState {
+    /// A deferred answer is awaited, until this deadline.
+    pending: Option<Instant>,
+    /// Counts deferred answers given out; an answer for an older one (taken
+    /// over at its deadline) is dropped.
+    serial: u64,
+    /// Bytes of an answer the socket did not take at once.
+    unsent: Vec<u8>,
+    /// Writing an answer failed: the connection is done.
+    broken: bool,
+    /// The answer written asks the client to close.
+    closing: bool,
+}
+
+impl Outbox {
+    pub(super) fn new(stream: TcpStream) -> Outbox {
+        Outbox {
+            stream,
+            state: Mutex::new(OutState::default()),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits (until `deadline`) for the outstanding answer, then writes
+    /// what the socket did not take. `Err` when the connection is done.
+    /// An answer still missing at its own deadline is given up and
+    /// [`unavailable`] sent in its place, after `gave_up` is called (before
+    /// the client can see it, so that it can be counted first).
+    pub(super) fn settle(&self, deadline: Instant, gave_up: &dyn Fn()) -> io::Result<()> {
+        let mut state = self.lock();
+        loop {
+            if state.broken {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            let Some(due) = state.pending else { break };
+            let now = Instant::now();
+            if now >= due {
+                // Taken over: a late answer is dropped (its serial is old).
+                state.pending = None;
+                state.serial += 1;
+                let bytes = encode(&unavailable(), state.closing);
+                state.unsent.extend_from_slice(&bytes);
+                gave_up();
+                break;
+            }
+            if now >= deadline {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            state = self
+                .changed
+                .wait_timeout(state, due.min(deadline) - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        if state.unsent.is_empty() {
+            return Ok(());
+        }
+        let unsent = std::mem::take(&mut state.unsent);
+        drop(state);
+        let mut stream = &self.stream;
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+        let written = stream.write_all(&unsent);
+        if written.is_err() {
+            self.lock().broken = true;
+        }
+        written
+    }
+
+    pub(super) fn is_pending(&self) -> bool {
+        self.lock().pending.is_some()
+    }
+}
+
+/// Hands out a [`Deferred`] for the request being handled.
+pub struct Later<'a> {
+    pub(super) outbox: &'a Arc<Outbox>,
+    pub(super) close: bool,
+}
+
+impl Later<'_> {
+    /// Promises an answer by `deadline` (past it, the client gets `503`);
+    /// the handler then returns `None`.
+    pub fn defer(&self, deadline: Instant) -> Deferred {
+        let mut state = self.outbox.lock();
+        state.pending = Some(deadline);
+        state.closing = self.close;
+        state.serial += 1;
+        Deferred {
+            outbox: Some(self.outbox.clone()),
+            serial: state.serial,
+        }
+    }
+}
+
+/// An answer owed to a client: [`Deferred::respond`] writes it from any
+/// thread, without blocking. Dropped unanswered, it answers `503`.
+pub struct Deferred {
+    outbox: Option<Arc<Outbox>>,
+    serial: u64,
+}
+
+impl Deferred {
+    /// Writes `response` (what the socket does not take at once is left
+    /// for the connection's handler thread), after calling `before` (so
+    /// that it is counted before the client can see it). `false`, and
+    /// `before` is not called, when it came too late: the client was
+    /// answered `503` at the deadline instead.
+    pub fn respond(mut self, response: Response, before: impl FnOnce()) -> bool {
+        self.write(&response, before)
+    }
+
+    fn write(&mut self, response: &Response, before: impl FnOnce()) -> bool {
+        let Some(outbox) = self.outbox.take() else {
+            return false;
+        };
+        let mut state = outbox.lock();
+        if state.serial != self.serial || state.pending.is_none() {
+            return false;
+        }
+        before();
+        let bytes = encode(response, state.closing);
+        state.pending = None;
+        let sent = if state.unsent.is_empty() {
+            send_now(&outbox.stream, &bytes)
+        } else {
+            Ok(0)
+        };
+        match sent {
+            Ok(n) => state.unsent.extend_from_slice(&bytes[n..]),
+            Err(_) => state.broken = true,
+        }
+        drop(state);
+        outbox.changed.notify_all();
+        true
+    }
+}
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        if self.outbox.is_some() {
+            self.write(&unavailable(), || {});
+        }
+    }
+}
+
+/// The answer for a request that got no answer in time.
+fn unavailable() -> Response {
+    Response::json(
+        503,
+        &serde_json::json!({ "error": "no answer in time; retry" }),
+    )
+    .with_header("Retry-After", "1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    /// A connected pair on loopback: (server side, client side).
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        (server, client)
+    }
+
+    fn outbox(server: &TcpStream) -> Arc<Outbox> {
+        Arc::new(Outbox::new(server.try_clone().expect("clone")))
+    }
+
+    fn later(outbox: &Arc<Outbox>) -> Later<'_> {
+        Later {
+            outbox,
+            close: false,
+        }
+    }
+
+    /// Reads from `client` until `n` complete responses have arrived; their
+    /// status codes and bodies, in order.
+    fn read_responses(client: &mut TcpStream, n: usize) -> Vec<(u16, String)> {
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 65536];
+        while out.len() < n {
+            let got = client.read(&mut chunk).expect("read a response");
+            assert!(got > 0, "connection closed after {} response(s)", out.len());
+            buf.extend_from_slice(&chunk[..got]);
+            loop {
+                let mut headers = [httparse::EMPTY_HEADER; 16];
+                let mut response = httparse::Response::new(&mut headers);
+                let Ok(httparse::Status::Complete(head)) = response.parse(&buf) else {
+                    break;
+                };
+                let status = response.code.expect("a status");
+                let len: usize = response
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .map(|h| {
+                        std::str::from_utf8(h.value)
+                            .expect("utf-8")
+                            .parse()
+                            .expect("a length")
+                    })
+                    .expect("a Content-Length");
+                if buf.len() < head + len {
+                    break;
+                }
+                let body = String::from_utf8(buf[head..head + len].to_vec()).expect("utf-8");
+                buf.drain(..head + len);
+                out.push((status, body));
+            }
+        }
+        assert!(buf.is_empty(), "bytes after the last response: {buf:?}");
+        out
+    }
+
+    fn ok(n: u32) -> Response {
+        Response::json(202, &serde_json::json!({ "n": n }))
+    }
+
+    #[test]
+    fn a_deferred_answer_is_written_by_the_thread_that_has_it() {
+        let (server, mut client) = pair();
+        let outbox = outbox(&server);
+        let deferred = later(&outbox).defer(Instant::now() + Duration::from_secs(10));
+        assert!(outbox.is_pending());
+        let written = std::thread::spawn(move || deferred.respond(ok(1), || {}))
+            .join()
+            .expect("answering thread");
+        assert!(written, "an answer in time is written");
+        assert!(!outbox.is_pending());
+        assert_eq!(
+            read_responses(&mut client, 1),
+            vec![(202, r#"{"n":1}"#.to_string())]
+        );
+    }
+
+    #[test]
+    fn what_a_full_socket_does_not_take_is_written_by_the_handler_thread_in_order() {
+        let (server, mut client) = pair();
+        let socket = socket2::SockRef::from(&server);
+        socket
+            .set_send_buffer_size(4096)
+            .expect("small send buffer");
+        let outbox = outbox(&server);
+        // Fill the socket with answers the client does not read yet; the
+        // rest of the one it did not take stands in the outbox, as a
+        // deferred answer's would. Then a deferred answer queues behind it.
+        let mut filled = 0u32;
+        let filler = encode(&ok(0), false);
+        loop {
+            let sent = send_now(&outbox.stream, &filler).expect("send");
+            filled += 1;
+            if sent < filler.len() {
+                outbox.lock().unsent.extend_from_slice(&filler[sent..]);
+                break;
+            }
+            assert!(filled < 1_000_000, "the socket never filled");
+        }
+        let deferred = later(&outbox).defer(Instant::now() + Duration::from_secs(10));
+        assert!(deferred.respond(ok(7), || {}), "an answer in time is taken");
+        assert!(
+            !outbox.lock().unsent.is_empty(),
+            "the answer was not held back"
+        );
+        // The client reads while the handler thread writes the rest.
+        let reader = std::thread::spawn(move || read_responses(&mut client, filled as usize + 1));
+        let gave_up = std::cell::Cell::new(false);
+        outbox
+            .settle(Instant::now() + Duration::from_secs(10), &|| {
+                gave_up.set(true)
+            })
+            .expect("settled");
+        assert!(!gave_up.get(), "nothing was given up");
+        let responses = reader.join().expect("reader");
+        assert_eq!(responses.len(), filled as usize + 1);
+        assert!(
+            responses[..filled as usize]
+                .iter()
+                .all(|r| r.1 == r#"{"n":0}"#)
+        );
+        assert_eq!(responses.last(), Some(&(202, r#"{"n":7}"#.to_string())));
+    }
+
+    #[test]
+    fn an_answer_missing_at_its_deadline_becomes_503_and_the_late_one_is_dropped() {
+        let (server, mut client) = pair();
+        let outbox = outbox(&server);
+        let deferred = later(&outbox).defer(Instant::now() + Duration::from_millis(20));
+        let gave_up = std::cell::Cell::new(false);
+        outbox
+            .settle(Instant::now() + Duration::from_secs(10), &|| {
+                gave_up.set(true)
+            })
+            .expect("settled");
+        assert!(gave_up.get(), "the missing answer was given up");
+        let counted = std::cell::Cell::new(false);
+        assert!(
+            !deferred.respond(ok(1), || counted.set(true)),
+            "a late answer is dropped"
+        );
+        assert!(!counted.get(), "a dropped answer is not counted");
+        // The next answer on the connection follows the 503 directly.
+        assert!(
+            later(&outbox)
+                .defer(Instant::now() + Duration::from_secs(10))
+                .respond(ok(2), || {})
+        );
+        let responses = read_responses(&mut client, 2);
+        assert_eq!(responses[0].0, 503);
+        assert!(
+            responses[0].1.contains("no answer in time"),
+            "{responses:?}"
+        );
+        assert_eq!(responses[1], (202, r#"{"n":2}"#.to_string()));
+    }
+
+    #[test]
+    fn a_deferred_answer_dropped_unanswered_says_503() {
+        let (server, mut client) = pair();
+        let outbox = outbox(&server);
+        drop(later(&outbox).defer(Instant::now() + Duration::from_secs(10)));
+        assert!(!outbox.is_pending());
+        let responses = read_responses(&mut client, 1);
+        assert_eq!(responses[0].0, 503);
+    }
+
+    #[test]
+    fn a_connection_the_peer_closed_is_reported_broken_and_not_waited_for() {
+        let (server, client) = pair();
+        let outbox = outbox(&server);
+        drop(client);
+        // The first answers may still be taken (the peer's reset comes back
+        // after them); a later one fails.
+        let mut broken = false;
+        for _ in 0..200 {
+            later(&outbox)
+                .defer(Instant::now() + Duration::from_secs(10))
+                .respond(ok(1), || {});
+            if outbox.lock().broken {
+                broken = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(broken, "answering a closed peer never failed");
+        let settled = outbox.settle(Instant::now() + Duration::from_secs(10), &|| {});
+        assert_eq!(
+            settled.map_err(|e| e.kind()),
+            Err(io::ErrorKind::BrokenPipe)
+        );
+    }
+}
