@@ -57,6 +57,7 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
     make_state: &dyn Fn() -> io::Result<S>,
 ) {
     let mut state = None;
+    // Each connection is this thread's until it closes (invariant 1).
     for (id, stream) in conns.iter() {
         if state.is_none() {
             match make_state() {
@@ -154,11 +155,13 @@ impl Connection<'_> {
                     return;
                 }
             };
-            // One answer outstanding at most: answers go in request order.
+            // One answer outstanding at most: answers go in request order
+            // (invariant 2).
             if self.settle(handler).is_err() {
                 return;
             }
             let stopping = self.shared.stopping.load(Ordering::SeqCst);
+            // Invariant 6: after the stop begins, the last answer, closing.
             let close = stopping || wants_close(&request);
             let later = Later {
                 outbox: &self.outbox,
@@ -209,7 +212,7 @@ impl Connection<'_> {
         let limits = &self.shared.limits;
         if self.buf.is_empty() {
             // Idle only until a request starts: a stop closes idle
-            // connections, never one with a request under way.
+            // connections, never one with a request under way (invariant 7).
             self.set_idle(true);
             let first = self.wait_first_byte(handler);
             self.set_idle(false);
@@ -261,7 +264,7 @@ impl Connection<'_> {
                 return Err(ReadError::Closed);
             }
             // An answer the socket did not take at once, or one given up
-            // at its deadline, is written from here.
+            // at its deadline, is written from here (invariants 2, 3).
             if self
                 .settle_until(now, handler)
                 .is_err_and(|e| !is_timeout(&e))

@@ -19,7 +19,8 @@ use super::wire::{encode, send_now};
 /// socket, without blocking (a client that does not read cannot hold that
 /// thread: what the socket does not take at once is left here for the
 /// handler thread to write, with its write deadline). One answer is
-/// outstanding per connection at most, so answers stay in request order.
+/// outstanding per connection at most, so answers stay in request order
+/// (invariant 2).
 pub(super) struct Outbox {
     stream: TcpStream,
     state: Mutex<OutState>,
@@ -68,7 +69,8 @@ impl Outbox {
             let Some(due) = state.pending else { break };
             let now = Instant::now();
             if now >= due {
-                // Taken over: a late answer is dropped (its serial is old).
+                // Taken over: a late answer is dropped (its serial is old;
+                // invariant 3). Counted before the client can see it.
                 state.pending = None;
                 state.serial += 1;
                 let bytes = encode(&unavailable(), state.closing);
@@ -88,6 +90,8 @@ impl Outbox {
         if state.unsent.is_empty() {
             return Ok(());
         }
+        // Nothing pending: only this thread writes now (invariant 3), and
+        // not under the lock (the lock rule).
         let unsent = std::mem::take(&mut state.unsent);
         drop(state);
         let mut stream = &self.stream;
@@ -147,12 +151,15 @@ impl Deferred {
             return false;
         };
         let mut state = outbox.lock();
+        // Invariant 3: only the current, pending answer is written.
         if state.serial != self.serial || state.pending.is_none() {
             return false;
         }
         before();
         let bytes = encode(response, state.closing);
         state.pending = None;
+        // Behind what is still unsent (invariant 2), and never blocking
+        // (invariant 4).
         let sent = if state.unsent.is_empty() {
             send_now(&outbox.stream, &bytes)
         } else {
@@ -170,6 +177,7 @@ impl Deferred {
 
 impl Drop for Deferred {
     fn drop(&mut self) {
+        // Every request gets its answer (invariant 3).
         if self.outbox.is_some() {
             self.write(&unavailable(), || {});
         }

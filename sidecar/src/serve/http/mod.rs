@@ -22,8 +22,89 @@
 //!   and close idle connections after a short grace in which a request that
 //!   arrives still gets an answer rather than a reset.
 //!
-//! Threads: `http-accept` and `http-0`..`http-N`, all owned by one
-//! [`quiesce::Threads`] and joined by [`Server::stop`].
+//! # What it owns
+//!
+//! A [`Server`] owns the listener, its threads (`http-accept` and
+//! `http-0`..`http-N`, all in one [`quiesce::Threads`], joined by
+//! [`Server::stop`]), the queue of accepted connections between them, and
+//! `Shared`: the limits, the `stopping` flag and the registry of open
+//! connections (`open`). Each open connection has an outbox (its write side
+//! for deferred answers, `deferred.rs`).
+//!
+//! | File | The idea |
+//! |------|----------|
+//! | `server.rs` | start, the accept loop, refusing past the cap, the stop (draining the backlog, closing idle connections) |
+//! | `conn.rs` | one connection on a handler thread: reading requests under their deadlines, calling the [`Handler`], writing its answers |
+//! | `deferred.rs` | answers written by another thread: [`Later`], [`Deferred`], the outbox |
+//! | `wire.rs` | a response's bytes, status reasons, writing them |
+//!
+//! # Which thread touches what
+//!
+//! - `http-accept` owns the listener and the connections it refuses (they
+//!   linger a moment, non-blocking). It hands each accepted connection to
+//!   the queue and reads `stopping`.
+//! - `http-0`..`http-N` each take one connection at a time off the queue
+//!   and serve it until it closes; each owns its per-thread state `S` (the
+//!   intake's database connection), the connection's socket and read
+//!   buffer. It adds the connection to `open`, marks it idle or busy there,
+//!   removes it at the end, and settles its outbox.
+//! - Whoever holds a [`Deferred`] (the store's thread, which answers a
+//!   report once it is committed) locks that connection's outbox and sends
+//!   without blocking.
+//! - The thread calling [`Server::stop`] (the intake service's) sets
+//!   `stopping`, wakes `http-accept` with a connection of its own, joins the
+//!   threads, and shuts down sockets found in `open`.
+//!
+//! # Invariants
+//!
+//! 1. A connection is owned by exactly one thread at a time: `http-accept`
+//!    until it is queued (or refused), then one handler thread until it is
+//!    closed. Only the owner reads it. Other threads hold clones of the
+//!    socket for two things only: the outbox's, to write a deferred answer
+//!    (3, 4), and the one in `open`, for the stop to shut it down (7).
+//! 2. Answers on one connection go out in request order: at most one answer
+//!    is outstanding per connection. The handler thread settles the outbox
+//!    (waits for the deferred answer, writes what the socket did not take)
+//!    before it hands the next request to the [`Handler`] and before it
+//!    writes an answer of its own; a deferred answer is sent straight to the
+//!    socket only when nothing of an earlier one is still unsent.
+//! 3. Each request read gets exactly one answer (unless the connection
+//!    breaks). A deferred answer is written only while it is pending and its
+//!    serial is current; at its deadline the handler thread gives it up (a
+//!    new serial, `503` in its place), and a [`Deferred`] dropped unanswered
+//!    writes `503`. A late answer is dropped, never written after the `503`.
+//!    Who writes to the socket follows: while an answer is pending, only its
+//!    [`Deferred`]; otherwise only the handler thread.
+//! 4. A thread answering a [`Deferred`] never blocks on a client: it sends
+//!    with `MSG_DONTWAIT` and leaves what the socket does not take in the
+//!    outbox, for the handler thread to write under its write deadline.
+//! 5. The accept thread never blocks on a client: it queues connections
+//!    with `try_send` and, past the cap, answers `503` itself: one small
+//!    answer on a fresh socket (its send buffer takes it at once; a 100 ms
+//!    write timeout bounds the rest), then a non-blocking linger looked at
+//!    again at each accept, a bounded number at once. At the stop, draining
+//!    the backlog takes 100 ms at most.
+//! 6. After the stop begins, every request read is answered with
+//!    `Connection: close` and is its connection's last. `stopping` is set
+//!    once, before the accept thread is woken; the handler thread reads it
+//!    after reading each request, and the same `close` goes into a deferred
+//!    answer and into the `503` that may replace it. Connections refused
+//!    before a handler sees them are always answered `Connection: close`.
+//! 7. Before its deadline, the stop closes only idle connections: idle
+//!    means its handler thread waits for the first byte of a request with
+//!    nothing buffered and no deferred answer pending. A request under way
+//!    is never cut. At the deadline every socket in `open` is shut down, so
+//!    that the threads return.
+//!
+//! Lock rule: there are two kinds of lock, `open` and each outbox's state.
+//! `open` may be held while an outbox's lock is taken (the stop's
+//! `close_idle`), never the reverse. Nothing blocks under either: under
+//! `open` sockets are only shut down; under an outbox's lock they are only
+//! sent to with `MSG_DONTWAIT` (the handler thread drops it before writing
+//! what is unsent). The callbacks that count an answer before the client
+//! can see it (`before` of [`Deferred::respond`], the `gave_up` of a
+//! settle) run under the outbox's lock: they must be quick and must not call
+//! back into the server.
 
 use std::time::Duration;
 

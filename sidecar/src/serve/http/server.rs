@@ -19,15 +19,20 @@ use super::{Handler, Limits, Response};
 /// What the accept thread and the handlers share.
 pub(super) struct Shared {
     pub(super) limits: Limits,
-    /// Set when the stop begins: answer `Connection: close` from now on.
+    /// Set once, when the stop begins: answer `Connection: close` from now
+    /// on (invariant 6).
     pub(super) stopping: AtomicBool,
-    /// Open connections by id, to close idle ones at the stop.
+    /// Open connections by id, to close idle ones at the stop (invariant
+    /// 7). Taken before an outbox's lock, never after (the lock rule).
     pub(super) open: Mutex<HashMap<u64, Conn>>,
     next_id: AtomicU64,
 }
 
+/// An open connection as the stop sees it.
 pub(super) struct Conn {
+    /// A clone of the socket, only ever shut down (invariant 1).
     pub(super) stream: TcpStream,
+    /// Its handler thread waits for a request's first byte (invariant 7).
     pub(super) idle: bool,
     pub(super) outbox: Arc<Outbox>,
 }
@@ -105,6 +110,7 @@ impl Server {
     /// finish, idle keep-alive connections are closed after the grace.
     /// Returns the names of threads still running at the deadline.
     pub fn stop(mut self, deadline: Instant) -> Vec<String> {
+        // Invariant 6: set before anything else of the stop.
         self.shared.stopping.store(true, Ordering::SeqCst);
         // Wake the accept thread, blocked in accept(), with a connection of
         // our own; it sees `stopping` and ends.
@@ -129,7 +135,8 @@ impl Server {
         let stuck: Vec<String> = self.threads.running().into_iter().map(|r| r.name).collect();
         if !stuck.is_empty() {
             // Requests still running at the deadline: cut their sockets so
-            // the threads return, then let the caller report them.
+            // the threads return, then let the caller report them
+            // (invariant 7).
             for conn in self
                 .shared
                 .open
@@ -157,6 +164,8 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
     wake
 }
 
+/// Shuts down the connections waiting for a request (invariant 7). Holds
+/// `open` while each outbox's lock is taken: the lock rule's order.
 fn close_idle(shared: &Shared) {
     let open = shared.open.lock().unwrap_or_else(|e| e.into_inner());
     for conn in open.values().filter(|c| c.idle && !c.outbox.is_pending()) {
@@ -190,6 +199,7 @@ fn accept_loop<S>(
             }
         };
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        // Never waits for a handler (invariant 5): past the cap, refused.
         match conns.try_send((id, stream)) {
             Ok(()) => {}
             Err(TrySendError::Full((_, stream))) | Err(TrySendError::Disconnected((_, stream))) => {
@@ -217,6 +227,7 @@ fn drain_backlog<S>(listener: &TcpListener, handler: &impl Handler<S>, refused: 
     if listener.set_nonblocking(true).is_err() {
         return;
     }
+    // Bounded (invariant 5).
     let until = Instant::now() + Duration::from_millis(100);
     while Instant::now() < until {
         let Ok((stream, _)) = listener.accept() else {
@@ -229,9 +240,9 @@ fn drain_backlog<S>(listener: &TcpListener, handler: &impl Handler<S>, refused: 
 }
 
 /// Connections answered `503` before being read, kept open a moment while
-/// what the client still sends is read and discarded (see
-/// [`linger_close`]), without holding up the accept thread: each is
-/// non-blocking and looked at again at the next accept.
+/// what the client still sends is read and discarded (the lingering close
+/// of `conn.rs`), without holding up the accept thread: each is
+/// non-blocking and looked at again at the next accept (invariant 5).
 #[derive(Default)]
 struct Refused {
     conns: Vec<(TcpStream, Instant)>,
@@ -243,6 +254,9 @@ impl Refused {
     const LINGER: Duration = Duration::from_millis(50);
 
     fn add(&mut self, mut stream: TcpStream, message: &str) {
+        // A small answer on a fresh socket: its send buffer takes it at once;
+        // the timeout bounds the rest (invariant 5). Always closing
+        // (invariant 6).
         let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
         let response = Response::json(503, &serde_json::json!({ "error": message }))
             .with_header("Retry-After", "1");
