@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use super::deferred::{Later, Outbox};
-use super::server::{Conn, Shared};
+use super::server::{OpenConn, ServerState};
 use super::wire::write_response;
 use super::{Handler, Request, Response};
 
@@ -52,7 +52,7 @@ fn linger_close(mut stream: TcpStream, linger: Duration) {
 
 pub(super) fn handler_loop<S, H: Handler<S>>(
     conns: &Receiver<(u64, TcpStream)>,
-    shared: &Shared,
+    shared: &ServerState,
     handler: &H,
     make_state: &dyn Fn() -> io::Result<S>,
 ) {
@@ -85,13 +85,13 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
             .unwrap_or_else(|e| e.into_inner())
             .insert(
                 id,
-                Conn {
+                OpenConn {
                     stream: for_stop,
                     idle: true,
                     outbox: outbox.clone(),
                 },
             );
-        let mut conn = Connection {
+        let mut conn = ServedConn {
             stream,
             buf: Vec::with_capacity(4096),
             id,
@@ -117,18 +117,20 @@ enum ReadError {
     Reject(u16, &'static str),
 }
 
-struct Connection<'a> {
+/// A connection as its handler thread serves it: the socket (read by this
+/// thread only, invariant 1), the bytes read ahead, and its outbox.
+struct ServedConn<'a> {
     stream: TcpStream,
     /// Bytes read and not yet consumed (pipelined requests).
     buf: Vec<u8>,
     id: u64,
-    shared: &'a Shared,
+    shared: &'a ServerState,
     outbox: Arc<Outbox>,
     /// The read timeout set on the socket.
     read_timeout: Option<Duration>,
 }
 
-impl Connection<'_> {
+impl ServedConn<'_> {
     fn serve<S, H: Handler<S>>(&mut self, state: &mut S, handler: &H) {
         let _ = self.stream.set_nodelay(true);
         self.serve_requests(state, handler);

@@ -27,7 +27,7 @@
 //! A [`Server`] owns the listener, its threads (`http-accept` and
 //! `http-0`..`http-N`, all in one [`quiesce::Threads`], joined by
 //! [`Server::stop`]), the queue of accepted connections between them, and
-//! `Shared`: the limits, the `stopping` flag and the registry of open
+//! `ServerState`: the limits, the `stopping` flag and the registry of open
 //! connections (`open`). Each open connection has an outbox (its write side
 //! for deferred answers, `deferred.rs`).
 //!

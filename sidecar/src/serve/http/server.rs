@@ -17,19 +17,19 @@ use super::wire::write_response;
 use super::{Handler, Limits, Response};
 
 /// What the accept thread and the handlers share.
-pub(super) struct Shared {
+pub(super) struct ServerState {
     pub(super) limits: Limits,
     /// Set once, when the stop begins: answer `Connection: close` from now
     /// on (invariant 6).
     pub(super) stopping: AtomicBool,
     /// Open connections by id, to close idle ones at the stop (invariant
     /// 7). Taken before an outbox's lock, never after (the lock rule).
-    pub(super) open: Mutex<HashMap<u64, Conn>>,
+    pub(super) open: Mutex<HashMap<u64, OpenConn>>,
     next_id: AtomicU64,
 }
 
 /// An open connection as the stop sees it.
-pub(super) struct Conn {
+pub(super) struct OpenConn {
     /// A clone of the socket, only ever shut down (invariant 1).
     pub(super) stream: TcpStream,
     /// Its handler thread waits for a request's first byte (invariant 7).
@@ -40,7 +40,7 @@ pub(super) struct Conn {
 /// A running server; [`Server::stop`] stops it gracefully.
 pub struct Server {
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    shared: Arc<ServerState>,
     threads: Threads<()>,
 }
 
@@ -62,7 +62,7 @@ impl Server {
         F: Fn() -> io::Result<S> + Send + Sync + 'static,
     {
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(ServerState {
             limits: limits.clone(),
             stopping: AtomicBool::new(false),
             open: Mutex::new(HashMap::new()),
@@ -166,7 +166,7 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
 
 /// Shuts down the connections waiting for a request (invariant 7). Holds
 /// `open` while each outbox's lock is taken: the lock rule's order.
-fn close_idle(shared: &Shared) {
+fn close_idle(shared: &ServerState) {
     let open = shared.open.lock().unwrap_or_else(|e| e.into_inner());
     for conn in open.values().filter(|c| c.idle && !c.outbox.is_pending()) {
         let _ = conn.stream.shutdown(Shutdown::Both);
@@ -176,18 +176,18 @@ fn close_idle(shared: &Shared) {
 fn accept_loop<S>(
     listener: &TcpListener,
     conns: &Sender<(u64, TcpStream)>,
-    shared: &Shared,
+    shared: &ServerState,
     handler: &impl Handler<S>,
 ) {
-    let mut refused = Refused::default();
+    let mut refusals = Refusals::default();
     for stream in listener.incoming() {
-        refused.sweep();
+        refusals.sweep();
         if shared.stopping.load(Ordering::SeqCst) {
             // Answer whatever completed its handshake before the stop (our
             // own wake-up connection among them), then close the listener.
             drop(stream);
-            drain_backlog(listener, handler, &mut refused);
-            refused.finish();
+            drain_backlog(listener, handler, &mut refusals);
+            refusals.finish();
             return;
         }
         let stream = match stream {
@@ -204,7 +204,7 @@ fn accept_loop<S>(
             Ok(()) => {}
             Err(TrySendError::Full((_, stream))) | Err(TrySendError::Disconnected((_, stream))) => {
                 handler.refused(503, "too many connections");
-                refused.add(stream, "too many open connections; retry shortly");
+                refusals.add(stream, "too many open connections; retry shortly");
             }
         }
     }
@@ -213,7 +213,7 @@ fn accept_loop<S>(
 /// At the stop: answers `503` to the connections already waiting in the
 /// kernel, for a bounded time (clients that keep connecting must not hold
 /// the stop up), then lets the listener close.
-fn drain_backlog<S>(listener: &TcpListener, handler: &impl Handler<S>, refused: &mut Refused) {
+fn drain_backlog<S>(listener: &TcpListener, handler: &impl Handler<S>, refusals: &mut Refusals) {
     // Shrink the accept queue to its least first: from now on the kernel
     // drops most new handshakes (the client's own retry, a second later,
     // finds the port closed) rather than completing ones that closing the
@@ -234,8 +234,8 @@ fn drain_backlog<S>(listener: &TcpListener, handler: &impl Handler<S>, refused: 
             break;
         };
         handler.refused(503, "shutting down");
-        refused.add(stream, "shutting down; retry on another instance");
-        refused.sweep();
+        refusals.add(stream, "shutting down; retry on another instance");
+        refusals.sweep();
     }
 }
 
@@ -244,11 +244,12 @@ fn drain_backlog<S>(listener: &TcpListener, handler: &impl Handler<S>, refused: 
 /// of `conn.rs`), without holding up the accept thread: each is
 /// non-blocking and looked at again at the next accept (invariant 5).
 #[derive(Default)]
-struct Refused {
-    conns: Vec<(TcpStream, Instant)>,
+struct Refusals {
+    /// Each with the end of its linger.
+    lingering: Vec<(TcpStream, Instant)>,
 }
 
-impl Refused {
+impl Refusals {
     /// Most connections lingering at once; past it the oldest is closed.
     const MAX: usize = 1024;
     const LINGER: Duration = Duration::from_millis(50);
@@ -265,22 +266,22 @@ impl Refused {
         if stream.set_nonblocking(true).is_err() {
             return;
         }
-        if self.conns.len() >= Self::MAX {
-            self.conns.remove(0);
+        if self.lingering.len() >= Self::MAX {
+            self.lingering.remove(0);
         }
-        self.conns.push((stream, Instant::now() + Self::LINGER));
+        self.lingering.push((stream, Instant::now() + Self::LINGER));
     }
 
     /// Closes those whose client has closed or whose time is up.
     fn sweep(&mut self) {
         let now = Instant::now();
-        self.conns
+        self.lingering
             .retain_mut(|(stream, until)| now < *until && still_open(stream));
     }
 
     /// Gives the last ones their moment, then closes them all.
     fn finish(mut self) {
-        while !self.conns.is_empty() {
+        while !self.lingering.is_empty() {
             std::thread::sleep(Duration::from_millis(5));
             self.sweep();
         }
