@@ -22,14 +22,14 @@ use quiesce::{BoxError, Readiness, Service, ServiceContext};
 use rusqlite::{Connection, OptionalExtension};
 use serde_json::{Value, json};
 
-use super::http::{Deferred, Handler, Later, Limits, Request, Response, Server};
+use super::http::{
+    Deferred, Handler, Later, Limits, RETRY_AFTER, Request, Response, Server, status_text,
+};
 use super::report::{Report, rfc3339_ms};
 use super::store::{self, CallError, Op, Outcome, StoreHandle};
 
 /// How long a request may wait for the store.
 const STORE_WAIT: Duration = Duration::from_secs(10);
-/// The Retry-After given with 429 and 503, in seconds.
-const RETRY_AFTER: &str = "5";
 
 /// The HTTP service.
 pub struct Intake {
@@ -136,7 +136,7 @@ impl Handler<Connection> for Api {
 /// Counts a request in the metrics by route and status.
 fn count(shared: &store::Live, route: &str, status: u16) {
     let other;
-    let label = match status_label(status) {
+    let label = match status_text(status) {
         Some(label) => label,
         None => {
             other = status.to_string();
@@ -148,24 +148,6 @@ fn count(shared: &store::Live, route: &str, status: u16) {
         .requests
         .with_label_values(&[route, label])
         .inc();
-}
-
-/// `status.to_string()` without the allocation, for the usual ones.
-fn status_label(status: u16) -> Option<&'static str> {
-    Some(match status {
-        200 => "200",
-        202 => "202",
-        400 => "400",
-        404 => "404",
-        405 => "405",
-        409 => "409",
-        413 => "413",
-        415 => "415",
-        429 => "429",
-        500 => "500",
-        503 => "503",
-        _ => return None,
-    })
 }
 
 fn error(status: u16, message: &str) -> Response {

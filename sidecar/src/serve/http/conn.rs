@@ -20,11 +20,9 @@ const SETTLE_WAIT: Duration = Duration::from_secs(15);
 
 /// Answers a connection a handler will not serve, without reading its
 /// request.
-fn refuse(mut stream: TcpStream, status: u16, message: &str) {
+fn refuse(mut stream: TcpStream, message: &str) {
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let response = Response::json(status, &serde_json::json!({ "error": message }))
-        .with_header("Retry-After", "1");
-    let _ = write_response(&mut stream, &response, true);
+    let _ = write_response(&mut stream, &Response::unavailable(message), true);
     linger_close(stream, Duration::from_millis(50));
 }
 
@@ -65,7 +63,7 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
                 Err(err) => {
                     log::error!("http handler cannot set up: {err}");
                     handler.refused(503, "handler unavailable");
-                    refuse(stream, 503, "temporarily unavailable");
+                    refuse(stream, "temporarily unavailable");
                     continue;
                 }
             }
@@ -75,7 +73,7 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
         };
         let (Ok(for_stop), Ok(for_answers)) = (stream.try_clone(), stream.try_clone()) else {
             handler.refused(503, "cannot serve the connection");
-            refuse(stream, 503, "temporarily unavailable");
+            refuse(stream, "temporarily unavailable");
             continue;
         };
         let outbox = Arc::new(Outbox::new(for_answers));

@@ -58,7 +58,7 @@ impl Outbox {
     /// Waits (until `deadline`) for the outstanding answer, then writes
     /// what the socket did not take. `Err` when the connection is done.
     /// An answer still missing at its own deadline is given up and
-    /// [`unavailable`] sent in its place, after `gave_up` is called (before
+    /// `503` sent in its place, after `gave_up` is called (before
     /// the client can see it, so that it can be counted first).
     pub(super) fn settle(&self, deadline: Instant, gave_up: &dyn Fn()) -> io::Result<()> {
         let mut state = self.lock();
@@ -73,7 +73,7 @@ impl Outbox {
                 // invariant 3). Counted before the client can see it.
                 state.pending = None;
                 state.serial += 1;
-                let bytes = encode(&unavailable(), state.closing);
+                let bytes = encode(&no_answer_in_time(), state.closing);
                 state.unsent.extend_from_slice(&bytes);
                 gave_up();
                 break;
@@ -175,22 +175,18 @@ impl Deferred {
     }
 }
 
+/// The answer for a request that got no answer in time.
+fn no_answer_in_time() -> Response {
+    Response::unavailable("no answer in time; retry")
+}
+
 impl Drop for Deferred {
     fn drop(&mut self) {
         // Every request gets its answer (invariant 3).
         if self.outbox.is_some() {
-            self.write(&unavailable(), || {});
+            self.write(&no_answer_in_time(), || {});
         }
     }
-}
-
-/// The answer for a request that got no answer in time.
-fn unavailable() -> Response {
-    Response::json(
-        503,
-        &serde_json::json!({ "error": "no answer in time; retry" }),
-    )
-    .with_header("Retry-After", "1")
 }
 
 #[cfg(test)]

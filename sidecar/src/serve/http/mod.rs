@@ -115,6 +115,15 @@ mod wire;
 
 pub use deferred::{Deferred, Later};
 pub use server::Server;
+pub use wire::status_text;
+
+/// The `Retry-After` of every `503` and `429`, in seconds: the server's own
+/// (a deferred answer given up, a connection past the cap or during the
+/// stop, a handler that cannot start) and the intake's (shutting down,
+/// backlog full, store failed). All of them mean "overloaded or going
+/// away": a client asked to come back at once would add to the load that
+/// caused them.
+pub const RETRY_AFTER: &str = "5";
 
 /// Limits and timeouts of a [`Server`].
 #[derive(Clone, Debug)]
@@ -189,6 +198,13 @@ impl Response {
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
         self.headers.push((name, value.into()));
         self
+    }
+
+    /// `503` with `{"error": message}` and [`RETRY_AFTER`]: the server's
+    /// own answer when it cannot serve a request.
+    pub fn unavailable(message: &str) -> Response {
+        Response::json(503, &serde_json::json!({ "error": message }))
+            .with_header("Retry-After", RETRY_AFTER)
     }
 }
 

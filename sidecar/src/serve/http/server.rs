@@ -259,9 +259,7 @@ impl Refusals {
         // the timeout bounds the rest (invariant 5). Always closing
         // (invariant 6).
         let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-        let response = Response::json(503, &serde_json::json!({ "error": message }))
-            .with_header("Retry-After", "1");
-        let _ = write_response(&mut stream, &response, true);
+        let _ = write_response(&mut stream, &Response::unavailable(message), true);
         let _ = stream.shutdown(Shutdown::Write);
         if stream.set_nonblocking(true).is_err() {
             return;

@@ -22,25 +22,39 @@ pub(super) fn send_now(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
     Ok(sent)
 }
 
+/// The statuses this server and its handlers answer with: the code as
+/// text and the reason phrase. The one table of them.
+fn known(status: u16) -> Option<(&'static str, &'static str)> {
+    Some(match status {
+        200 => ("200", "OK"),
+        202 => ("202", "Accepted"),
+        400 => ("400", "Bad Request"),
+        404 => ("404", "Not Found"),
+        405 => ("405", "Method Not Allowed"),
+        408 => ("408", "Request Timeout"),
+        409 => ("409", "Conflict"),
+        411 => ("411", "Length Required"),
+        413 => ("413", "Content Too Large"),
+        415 => ("415", "Unsupported Media Type"),
+        429 => ("429", "Too Many Requests"),
+        431 => ("431", "Request Header Fields Too Large"),
+        500 => ("500", "Internal Server Error"),
+        501 => ("501", "Not Implemented"),
+        503 => ("503", "Service Unavailable"),
+        _ => return None,
+    })
+}
+
+/// `status.to_string()` without the allocation, for the statuses in the
+/// table (a metrics label, say); `None` for others.
+pub fn status_text(status: u16) -> Option<&'static str> {
+    known(status).map(|(text, _)| text)
+}
+
+/// The reason phrase of the status line; empty for a status not in the
+/// table (allowed: clients ignore it).
 fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        202 => "Accepted",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        415 => "Unsupported Media Type",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        _ => "",
-    }
+    known(status).map_or("", |(_, reason)| reason)
 }
 
 pub(super) fn write_response(
@@ -73,4 +87,40 @@ pub(super) fn encode(response: &Response, close: bool) -> Vec<u8> {
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&response.body);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_table_gives_both_the_code_as_text_and_the_reason() {
+        for status in [
+            200, 202, 400, 404, 405, 408, 409, 411, 413, 415, 429, 431, 500, 501, 503,
+        ] {
+            assert_eq!(status_text(status), Some(status.to_string().as_str()));
+            assert!(!reason(status).is_empty(), "{status} has a reason phrase");
+        }
+        assert_eq!(status_text(418), None);
+        assert_eq!(reason(418), "");
+    }
+
+    #[test]
+    fn a_503_of_the_server_asks_to_retry_after_the_shared_delay_and_closes() {
+        let bytes = encode(&Response::unavailable("busy"), true);
+        let text = String::from_utf8(bytes).expect("utf-8");
+        assert!(
+            text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "\r\nRetry-After: {}\r\n",
+                super::super::RETRY_AFTER
+            )),
+            "{text}"
+        );
+        assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n{\"error\":\"busy\"}"), "{text}");
+    }
 }
