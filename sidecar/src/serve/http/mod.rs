@@ -90,10 +90,12 @@
 //!    after reading each request, and the same `close` goes into a deferred
 //!    answer and into the `503` that may replace it. Connections refused
 //!    before a handler sees them are always answered `Connection: close`.
-//! 7. Before its deadline, the stop closes only idle connections: idle
-//!    means its handler thread waits for the first byte of a request with
-//!    nothing buffered and no deferred answer pending. A request under way
-//!    is never cut. At the deadline every socket in `open` is shut down, so
+//! 7. Before its deadline, the stop closes only idle connections that owe
+//!    their client nothing: idle means its handler thread waits for the
+//!    first byte of a request with nothing buffered; owing nothing, that no
+//!    deferred answer is pending and none of one is left unsent or being
+//!    written from that wait. A request under way, or its answer, is never
+//!    cut. At the deadline every socket in `open` is shut down, so
 //!    that the threads return.
 //!
 //! Lock rule: there are two kinds of lock, `open` and each outbox's state.

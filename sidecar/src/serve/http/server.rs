@@ -168,8 +168,8 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
 /// `open` while each outbox's lock is taken: the lock rule's order.
 fn close_idle(shared: &ServerState) {
     let open = shared.open.lock().unwrap_or_else(|e| e.into_inner());
-    for conn in open.values().filter(|c| c.idle && !c.outbox.is_pending()) {
-        let _ = conn.stream.shutdown(Shutdown::Both);
+    for conn in open.values().filter(|c| c.idle) {
+        conn.outbox.shutdown_if_quiet();
     }
 }
 
