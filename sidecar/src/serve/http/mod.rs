@@ -53,15 +53,17 @@
 //!   without blocking.
 //! - The thread calling [`Server::stop`] (the intake service's) sets
 //!   `stopping`, wakes `http-accept` with a connection of its own, joins the
-//!   threads, and shuts down sockets found in `open`.
+//!   threads, and shuts down sockets found in `open` (idle ones through
+//!   their outbox).
 //!
 //! # Invariants
 //!
 //! 1. A connection is owned by exactly one thread at a time: `http-accept`
 //!    until it is queued (or refused), then one handler thread until it is
-//!    closed. Only the owner reads it. Other threads hold clones of the
-//!    socket for two things only: the outbox's, to write a deferred answer
-//!    (3, 4), and the one in `open`, for the stop to shut it down (7).
+//!    closed. Only the owner reads it. Clones of the socket serve two
+//!    things only: the outbox's, through which deferred answers are written
+//!    (2 to 4) and an idle connection is shut down (7), and the one in
+//!    `open`, for the stop to shut it down at its deadline (7).
 //! 2. Answers on one connection go out in request order: at most one answer
 //!    is outstanding per connection. The handler thread settles the outbox
 //!    (waits for the deferred answer, writes what the socket did not take)
@@ -102,8 +104,8 @@
 //! `open` may be held while an outbox's lock is taken (the stop's
 //! `close_idle`), never the reverse. Nothing blocks under either: under
 //! `open` sockets are only shut down; under an outbox's lock they are only
-//! sent to with `MSG_DONTWAIT` (the handler thread drops it before writing
-//! what is unsent). The callbacks that count an answer before the client
+//! sent to with `MSG_DONTWAIT`, or shut down (the handler thread drops it
+//! before writing what is unsent). The callbacks that count an answer before the client
 //! can see it (`before` of [`Deferred::respond`], the `gave_up` of a
 //! settle) run under the outbox's lock: they must be quick and must not call
 //! back into the server.
