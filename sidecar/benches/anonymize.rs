@@ -146,7 +146,11 @@ fn write_export(path: &Path, site: u64, size: u64) -> u64 {
             40 + p % 60,
             1 + p % 12,
             1 + p % 28,
-            if r % 3 == 0 { "PHQ-9" } else { "GAD-7" },
+            if r.is_multiple_of(3) {
+                "PHQ-9"
+            } else {
+                "GAD-7"
+            },
             1 + (r >> 8) % 12,
             1 + (r >> 12) % 28,
             (r >> 16) % 24,
@@ -161,7 +165,7 @@ fn write_export(path: &Path, site: u64, size: u64) -> u64 {
             q[7],
             q.iter().sum::<u64>(),
         );
-        if i % 8 == 0 {
+        if i.is_multiple_of(8) {
             let _ = write!(
                 row,
                 "\"reported \"\"mild\"\" headache, nausea; report {i}\""

@@ -69,10 +69,10 @@ impl Pending {
         drop(file);
         fs::rename(&self.temp, &self.target)?;
         self.committed = true;
-        if let Some(dir) = self.target.parent() {
-            if let Err(err) = File::open(dir).and_then(|d| d.sync_all()) {
-                log::warn!("cannot flush the directory {}: {err}", dir.display());
-            }
+        if let Some(dir) = self.target.parent()
+            && let Err(err) = File::open(dir).and_then(|d| d.sync_all())
+        {
+            log::warn!("cannot flush the directory {}: {err}", dir.display());
         }
         Ok(())
     }

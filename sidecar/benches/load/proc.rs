@@ -192,13 +192,13 @@ pub(crate) fn sampled<R>(
                     if let Some(hwm) = proc_status_kb(pid, "VmHWM") {
                         samples.hwm_kb = samples.hwm_kb.max(hwm);
                     }
-                    if let Some(addr) = addr {
-                        if Instant::now() >= next_metrics {
-                            if let Ok(m) = metrics(addr) {
-                                samples.series.push((started.elapsed().as_secs_f64(), m));
-                            }
-                            next_metrics += Duration::from_secs(1);
+                    if let Some(addr) = addr
+                        && Instant::now() >= next_metrics
+                    {
+                        if let Ok(m) = metrics(addr) {
+                            samples.series.push((started.elapsed().as_secs_f64(), m));
                         }
+                        next_metrics += Duration::from_secs(1);
                     }
                     thread::sleep(Duration::from_millis(50));
                 }

@@ -56,11 +56,11 @@ impl Sidecar {
             rss_at_start_kb: 0,
         };
         loop {
-            if let Ok(text) = fs::read_to_string(&addr_file) {
-                if let Ok(addr) = text.trim().parse() {
-                    sidecar.addr = addr;
-                    break;
-                }
+            if let Ok(text) = fs::read_to_string(&addr_file)
+                && let Ok(addr) = text.trim().parse()
+            {
+                sidecar.addr = addr;
+                break;
             }
             if let Ok(Some(status)) = sidecar.child.try_wait() {
                 panic!(

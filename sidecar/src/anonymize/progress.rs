@@ -136,9 +136,9 @@ pub(crate) fn say(line: &str) {
 /// Writes `text` to stdout; a closed stdout (`| head`) is not an error.
 pub(crate) fn show(text: &str) {
     let mut out = std::io::stdout().lock();
-    if let Err(err) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        if err.kind() != std::io::ErrorKind::BrokenPipe {
-            log::warn!("cannot write the summary to stdout: {err}");
-        }
+    if let Err(err) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        && err.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        log::warn!("cannot write the summary to stdout: {err}");
     }
 }

@@ -145,7 +145,7 @@ impl Transform<'_> {
                 }
             }
             writer.write_byte_record(&out).map_err(write_err)?;
-            if tally.rows % CHECK_EVERY == 0 {
+            if tally.rows.is_multiple_of(CHECK_EVERY) {
                 tally.publish(reader.position().byte());
                 if ctx.is_done() {
                     return Err(Unfinished::Cancelled);

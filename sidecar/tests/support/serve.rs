@@ -44,11 +44,11 @@ impl Serve {
         };
         let started = serve.process.started();
         loop {
-            if let Ok(text) = std::fs::read_to_string(&addr_file) {
-                if let Ok(addr) = text.trim().parse() {
-                    serve.addr = addr;
-                    break;
-                }
+            if let Ok(text) = std::fs::read_to_string(&addr_file)
+                && let Ok(addr) = text.trim().parse()
+            {
+                serve.addr = addr;
+                break;
             }
             if let Some(status) = serve.process.try_exit() {
                 serve.fail(&format!("exited with {status} before listening"));
