@@ -1,5 +1,6 @@
 //! Black-box tests of the `quiesce serve` process itself: the threads it
-//! runs (every one the library's, named).
+//! runs (every one the library's, named) and its data directory (one
+//! process per directory; no stale address after a stop).
 
 mod support;
 
@@ -89,4 +90,36 @@ fn every_thread_of_a_running_serve_is_named() {
         4
     );
     assert_graceful(&serve.terminate(Duration::from_secs(30)));
+}
+
+/// Issue 11, item 6: with SQLite, a second `serve` on the same data
+/// directory refuses to start, clearly, and leaves the first one alone;
+/// after a stop, no `listen.addr` points at a closed port.
+#[test]
+fn a_second_serve_on_the_same_data_dir_is_refused() {
+    let dir = TempDir::new("lock");
+    let data = dir.path().to_str().expect("a UTF-8 path");
+    let mut first = Serve::start(dir.path(), &[]);
+    let (status, stderr) = run_to_exit(
+        &["serve", "--listen", "127.0.0.1:0", "--data-dir", data],
+        Duration::from_secs(30),
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("in use by another quiesce serve")
+            && stderr.contains(&format!("pid {}", first.pid())),
+        "{stderr}"
+    );
+    // The first one did not notice.
+    let answer = get(first.addr, "/healthz");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(dir.path().join("listen.addr").exists());
+    assert_graceful(&first.terminate(Duration::from_secs(30)));
+    assert!(
+        !dir.path().join("listen.addr").exists(),
+        "a stale listen.addr was left"
+    );
+    // Released with the process: the next one starts.
+    let mut second = Serve::start(dir.path(), &[]);
+    assert_graceful(&second.terminate(Duration::from_secs(30)));
 }

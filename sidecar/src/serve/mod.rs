@@ -183,7 +183,8 @@ impl Args {
 ///
 /// # Errors
 ///
-/// Invalid options, or a data directory that cannot be created.
+/// Invalid options, or a data directory that cannot be created or is in
+/// use by another `quiesce serve`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.check()?;
     let analyzer = args
@@ -199,6 +200,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.data_dir.display()
         )
     })?;
+    // Held until `run` returns: one process per data dir.
+    let _lock = lock_data_dir(&args.data_dir)?;
     let db_path = args.data_dir.join("quiesce.db");
     let addr_file = args.data_dir.join("listen.addr");
     // A stale address must not mislead a script waiting for this run's.
@@ -292,6 +295,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = sup
         .run_until_signal()
         .context("cannot install the signal handlers")?;
+    // Nothing listens any more: a script must not find this run's address.
+    if let Err(err) = std::fs::remove_file(args.data_dir.join("listen.addr"))
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        log::warn!("cannot remove listen.addr: {err}");
+    }
     log::info!(
         "stopped ({}): {} accepted, {} processed, {} failed, {} still queued; exit {}",
         match &report.cause {
@@ -307,6 +316,59 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(
         u8::try_from(report.exit_code()).unwrap_or(1),
     ))
+}
+
+/// The name of the lock file in the data directory.
+const LOCK_FILE: &str = "quiesce.lock";
+
+/// Takes the data directory's lock (an exclusive `flock` on
+/// `quiesce.lock`, released by the kernel when the process ends, however
+/// it ends), so that a second `serve` on the same directory refuses to
+/// start instead of sharing the SQLite file behind the first one's back.
+/// The file holds the owner's pid, for the operator.
+///
+/// # Errors
+///
+/// When another process holds the lock, or the file cannot be opened.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let owner = std::fs::read_to_string(&path).unwrap_or_default();
+            let owner = owner.trim();
+            bail!(
+                "the data directory {} is in use by another quiesce serve{} (it holds {}); \
+                 with SQLite only one process may use a data directory",
+                dir.display(),
+                if owner.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {owner})")
+                },
+                path.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(err)) => {
+            return Err(err).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    // Ours now: record who holds it (best effort; the lock is what counts).
+    let _ = file
+        .set_len(0)
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    Ok(file)
 }
 
 #[cfg(test)]
