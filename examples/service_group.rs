@@ -22,7 +22,8 @@
 //! `ctx.ready()`. On the first Ctrl-C or SIGTERM it stops them in reverse,
 //! one at a time, each within its stop timeout: the scheduler first, then
 //! the processor (which flushes its buffer), then the EHR sync. A second
-//! signal exits at once. The report names every service's outcome and
+//! signal gives the stop up: the run returns at once and the program exits
+//! with 128 + the signal. The report names every service's outcome and
 //! gives the exit code.
 //!
 //! # Running it

@@ -1,6 +1,9 @@
 //! SIGINT and SIGTERM as a [`Context`]: the first signal cancels it (a
-//! graceful shutdown starts), a second one ends the process at once with
-//! exit code 128 + the signal's number.
+//! graceful shutdown starts); a second one cancels a second context,
+//! [`SignalGuard::forced`], which says "stop waiting for the graceful
+//! shutdown": [`Supervisor::run_until_signal`] then returns at once with
+//! exit code 128 + the signal's number, and a program that waits by
+//! itself selects on it.
 //!
 //! Go programs write this by hand with `signal.Notify(ch, os.Interrupt,
 //! syscall.SIGTERM)` and a goroutine, or use `signal.NotifyContext`. Here
@@ -9,8 +12,8 @@
 //! and joins the thread.
 //!
 //! The signal handlers themselves only write to a pipe (signal-hook's
-//! `iterator`); everything else — cancelling, logging, exiting — happens on
-//! the `quiesce-signals` thread.
+//! `iterator`); everything else — cancelling, logging — happens on the
+//! `quiesce-signals` thread.
 //!
 //! ```no_run
 //! let (ctx, signals) = quiesce::signals::signal_context(&quiesce::Context::background()).unwrap();
@@ -24,27 +27,17 @@
 //!
 //! # Ending the process
 //!
-//! The second signal is the one place where the library ends the process
-//! itself (`exit_at_once`, with [`exit::forced`](crate::exit::forced): 130
-//! after SIGINT, 143 after SIGTERM, logged at WARN first). Nothing else in
-//! the library calls `std::process::exit`; [`Supervisor::run`] and every
-//! other blocking call return, and the caller decides how to exit.
+//! The library never ends the process: nothing in it calls
+//! `std::process::exit`. Once these handlers are installed, SIGINT and
+//! SIGTERM no longer end the process by themselves, so whoever waits for
+//! the graceful shutdown must also give it up at the second signal:
+//! [`Supervisor::run_until_signal`] does (it returns a report whose
+//! [`exit_code`](crate::SupervisorReport::exit_code) is
+//! [`exit::forced`](crate::exit::forced): 130 after SIGINT, 143 after
+//! SIGTERM, and names the services still running), and the program then
+//! exits with that code. Code that waits by itself (a join, a pool's drain)
+//! selects on [`SignalGuard::forced`] beside its own wait.
 //!
-//! It stays, rather than being handed back as a value, because of who
-//! could act on it: a second signal means the graceful shutdown is taking
-//! too long, and at that moment the caller's thread is blocked in exactly
-//! that shutdown ([`Supervisor::run`], a join, a pool's drain). Only the
-//! `quiesce-signals` thread is free to act. It is also what the user asked
-//! for by calling [`signal_context`] or [`Supervisor::run_until_signal`],
-//! whose first lines say so: once handlers are installed, SIGINT and SIGTERM
-//! no longer end the process by themselves, and without this a stuck
-//! shutdown could only be ended by SIGKILL. (signal-hook makes the same
-//! choice explicit with `flag::register_conditional_shutdown`.) A program
-//! that wants another policy keeps its own signal handling and cancels a
-//! [`Context`] it gives to [`Supervisor::run`], which never exits the
-//! process.
-//!
-//! [`Supervisor::run`]: crate::Supervisor::run
 //! [`Supervisor::run_until_signal`]: crate::Supervisor::run_until_signal
 
 use std::fmt;
@@ -146,6 +139,7 @@ pub struct SignalGuard {
     handle: Handle,
     thread: Option<JoinHandle<()>>,
     received: Arc<AtomicI32>,
+    forced: Context,
 }
 
 impl SignalGuard {
@@ -171,6 +165,40 @@ impl SignalGuard {
             n => Some(n),
         }
     }
+
+    /// A context done at the second SIGINT or SIGTERM, with
+    /// [`SignalReceived`] as its [cause](Context::cause): the graceful
+    /// shutdown is taking too long and should be given up. (It is also done,
+    /// without that cause, once the guard is dropped.)
+    ///
+    /// # Examples
+    ///
+    /// Not run: a doctest must not touch the test process's signals.
+    ///
+    /// ```no_run
+    /// use crossbeam_channel::select;
+    /// use quiesce::signals::{self, SignalReceived};
+    /// use quiesce::{Context, exit};
+    ///
+    /// let (ctx, guard) = signals::signal_context(&Context::background())?;
+    /// let (finished_tx, finished) = crossbeam_channel::bounded::<()>(1);
+    /// // ... work under `ctx` that sends on `finished_tx` once it has stopped ...
+    /// # drop(finished_tx);
+    /// let _ = ctx.done().recv(); // the first signal
+    /// select! {
+    ///     recv(finished) -> _ => {}  // stopped gracefully
+    ///     recv(guard.forced().done()) -> _ => {
+    ///         let cause = guard.forced().cause();
+    ///         if let Some(SignalReceived(n)) = cause.and_then(|c| c.downcast_ref().copied()) {
+    ///             std::process::exit(exit::forced(n)); // the program decides to exit
+    ///         }
+    ///     }
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn forced(&self) -> &Context {
+        &self.forced
+    }
 }
 
 impl Drop for SignalGuard {
@@ -191,9 +219,9 @@ impl fmt::Debug for SignalGuard {
 }
 
 /// A child of `parent` cancelled by the first SIGINT or SIGTERM, with
-/// [`SignalReceived`] as its [cause](Context::cause); a second signal exits
-/// the process at once with [`exit::forced`](crate::exit::forced) (128 + its
-/// number; see [Ending the process](self#ending-the-process)).
+/// [`SignalReceived`] as its [cause](Context::cause); a second signal
+/// cancels the guard's [`forced`](SignalGuard::forced) context (see
+/// [Ending the process](self#ending-the-process)).
 ///
 /// # Errors
 ///
@@ -211,7 +239,7 @@ impl fmt::Debug for SignalGuard {
 /// let (ctx, guard) = signals::signal_context(&Context::background())?;
 /// let mut threads = Threads::new(&ctx);
 /// threads.spawn("intake", |ctx| while ctx.sleep(Duration::from_millis(100)).is_ok() {})?;
-/// let _ = ctx.done().recv(); // until Ctrl-C or SIGTERM; a second one exits at once
+/// let _ = ctx.done().recv(); // until Ctrl-C or SIGTERM
 /// assert!(ctx.cause().unwrap().downcast_ref::<SignalReceived>().is_some());
 /// let report = threads.join_timeout(Duration::from_secs(10));
 /// assert!(report.running.is_empty(), "stuck: {:?}", report.running);
@@ -220,46 +248,40 @@ impl fmt::Debug for SignalGuard {
 /// ```
 pub fn signal_context(parent: &Context) -> io::Result<(Context, SignalGuard)> {
     let (ctx, cancel) = parent.with_cancel();
+    let (forced, force) = Context::background().with_cancel();
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     let handle = signals.handle();
     let received = Arc::new(AtomicI32::new(0));
     let first = received.clone();
     let thread = crate::leak::spawn("quiesce-signals".to_string(), move || {
-        listen(&mut signals, &cancel, &first);
+        listen(&mut signals, &cancel, &force, &first);
     })?;
     let guard = SignalGuard {
         handle,
         thread: Some(thread),
         received,
+        forced,
     };
     Ok((ctx, guard))
 }
 
-fn listen(signals: &mut Signals, cancel: &CancelGuard, first: &AtomicI32) {
+fn listen(signals: &mut Signals, cancel: &CancelGuard, force: &CancelGuard, first: &AtomicI32) {
     for signal in signals.forever() {
         if first
             .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
         {
             log::info!(
-                "{}: shutting down gracefully (send it again to exit at once)",
+                "{}: shutting down gracefully (send it again to stop waiting)",
                 SignalReceived(signal)
             );
             cancel.cancel_with_cause(SignalReceived(signal));
-        } else {
-            exit_at_once(signal);
+        } else if !force.context().is_done() {
+            log::warn!(
+                "{} again: giving up the graceful shutdown",
+                signal_name(signal)
+            );
+            force.cancel_with_cause(SignalReceived(signal));
         }
     }
-}
-
-/// The library's one call to `std::process::exit`: a second signal while
-/// the shutdown the first one started is under way (see the module's
-/// "Ending the process").
-fn exit_at_once(signal: i32) -> ! {
-    let code = crate::exit::forced(signal);
-    log::warn!(
-        "{} again: exiting now with code {code}",
-        signal_name(signal)
-    );
-    std::process::exit(code)
 }

@@ -36,8 +36,8 @@
 //!   watchdog pings): reads readiness and the notifier's stopping flag;
 //!   owned by the notifier, which joins it when the run ends.
 //! - **`quiesce-signals`** (only under [`Supervisor::run_until_signal`]):
-//!   cancels the stop context at the first SIGINT or SIGTERM and ends the
-//!   process at the second (see [`crate::signals`]); owned by
+//!   cancels the stop context at the first SIGINT or SIGTERM and the force
+//!   context at the second (see [`crate::signals`]); owned by
 //!   `run_until_signal`, which joins it after the run.
 //! - Any thread may read [`Readiness`].
 //!
@@ -79,6 +79,12 @@
 //!    is [`exit::DEADLINE_EXCEEDED`]. It is the library's one detached
 //!    thread (the process is about to exit); every other service thread
 //!    has been joined when `run` returns.
+//! 9. **A forced shutdown returns at once.** When the force context is
+//!    done (the second signal under `run_until_signal`), every wait of the
+//!    shutdown ends, no further service is cancelled, and the report names
+//!    the services not waited for as stuck, with the signal in `forced`
+//!    and [`exit::forced`] as its exit code. The library never exits the
+//!    process; the caller does, with that code.
 
 mod notify;
 mod readiness;
@@ -404,14 +410,16 @@ impl Supervisor {
     /// assert_eq!(report.services[1].outcome, Outcome::Failed("port 8080 in use".into()));
     /// ```
     pub fn run(self, stop: &Context) -> SupervisorReport {
-        Run::new(self).run(stop)
+        Run::new(self).run(stop, &Context::background())
     }
 
     /// [`run`](Supervisor::run) until SIGINT or SIGTERM: the first signal
-    /// starts the graceful shutdown, a second exits the process at once
-    /// with [`exit::forced`] (128 + its number). That exit is the only way a
-    /// supervisor ends the process itself; [`run`](Supervisor::run) never
-    /// does (see [`signals`](crate::signals#ending-the-process) for why).
+    /// starts the graceful shutdown; a second gives it up, and this returns
+    /// at once with a report whose [`exit_code`](SupervisorReport::exit_code)
+    /// is [`exit::forced`] (128 + the signal's number), the services not
+    /// waited for named in [`stuck`](SupervisorReport::stuck). Exit with
+    /// that code right away: those services are still running (see
+    /// [`signals`](crate::signals#ending-the-process)).
     ///
     /// When it returns, the handlers are unregistered and SIGINT and
     /// SIGTERM are ignored (see [`SignalGuard`](crate::signals::SignalGuard)):
@@ -436,7 +444,7 @@ impl Supervisor {
     /// ```
     pub fn run_until_signal(self) -> std::io::Result<SupervisorReport> {
         let (stop, signals) = crate::signals::signal_context(&Context::background())?;
-        let report = self.run(&stop);
+        let report = Run::new(self).run(&stop, signals.forced());
         drop(signals);
         Ok(report)
     }

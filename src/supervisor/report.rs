@@ -36,9 +36,9 @@ pub mod exit {
     /// See the [module's example](self).
     pub const DEADLINE_EXCEEDED: i32 = 3;
     /// A second signal during shutdown: 128 + the signal's number (130 for
-    /// SIGINT, 143 for SIGTERM), the code the process exits with at once
-    /// under [`signals`](crate::signals#ending-the-process). The one place
-    /// this number is computed.
+    /// SIGINT, 143 for SIGTERM), the code a report given up by that signal
+    /// calls for (see [`signals`](crate::signals#ending-the-process)). The
+    /// one place this number is computed.
     ///
     /// # Examples
     ///
@@ -214,6 +214,11 @@ impl fmt::Display for StopCause {
 pub struct SupervisorReport {
     /// Why the group stopped.
     pub cause: StopCause,
+    /// The signal that made the shutdown give up waiting (the second
+    /// SIGINT or SIGTERM under
+    /// [`run_until_signal`](crate::Supervisor::run_until_signal)), if one
+    /// did; the services it did not wait for are in `stuck`.
+    pub forced: Option<i32>,
     /// Every service, in the order added.
     pub services: Vec<ServiceReport>,
     /// The services in the order they were stopped.
@@ -226,10 +231,11 @@ pub struct SupervisorReport {
 }
 
 impl SupervisorReport {
-    /// The process exit code this report calls for: [`exit::OK`] after a
-    /// graceful stop, [`exit::DEADLINE_EXCEEDED`] when a service was still
-    /// running at the deadline, else [`exit::SERVICE_FAILED`] when a service
-    /// failed, panicked, exited on its own or did not start.
+    /// The process exit code this report calls for: [`exit::forced`] of the
+    /// signal when a second signal gave the shutdown up, else [`exit::OK`]
+    /// after a graceful stop, [`exit::DEADLINE_EXCEEDED`] when a service was
+    /// still running at the deadline, else [`exit::SERVICE_FAILED`] when a
+    /// service failed, panicked, exited on its own or did not start.
     ///
     /// # Examples
     ///
@@ -247,6 +253,9 @@ impl SupervisorReport {
     /// assert_eq!(failing.run(&Context::background()).exit_code(), exit::SERVICE_FAILED);
     /// ```
     pub fn exit_code(&self) -> i32 {
+        if let Some(signal) = self.forced {
+            return exit::forced(signal);
+        }
         if !self.stuck.is_empty() {
             return exit::DEADLINE_EXCEEDED;
         }
@@ -266,7 +275,15 @@ impl SupervisorReport {
 
 impl fmt::Display for SupervisorReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}; stopped in {:.1?}:", self.cause, self.shutdown_time)?;
+        write!(f, "{}", self.cause)?;
+        if let Some(signal) = self.forced {
+            write!(
+                f,
+                "; given up at {}",
+                crate::signals::SignalReceived(signal)
+            )?;
+        }
+        write!(f, "; stopped in {:.1?}:", self.shutdown_time)?;
         for (i, s) in self.services.iter().enumerate() {
             f.write_str(if i == 0 { " " } else { "; " })?;
             write!(f, "{}={}", s.name, s.outcome)?;

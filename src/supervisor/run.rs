@@ -15,6 +15,7 @@ use super::{
     SupervisorReport,
 };
 use crate::context::{CancelGuard, Context};
+use crate::signals::SignalReceived;
 use crate::threads::Running;
 
 /// What a service thread tells the run; the only way it reaches the run.
@@ -57,6 +58,11 @@ pub(super) struct Run {
     shutdown_timeout: Duration,
     drain_delay: Duration,
     readiness: Readiness,
+    /// Done when the shutdown must be given up (the second signal under
+    /// `run_until_signal`); never done otherwise.
+    force: Context,
+    /// The signal that gave the shutdown up, once `force` is done.
+    forced: Option<i32>,
     /// True from the end of the start until the shutdown begins: the only
     /// time the group may be ready.
     serving: bool,
@@ -77,11 +83,16 @@ impl Run {
             drain_delay: sup.drain_delay,
             notify: Notifier::new(sup.readiness.clone()),
             readiness: sup.readiness,
+            force: Context::background(),
+            forced: None,
             serving: false,
         }
     }
 
-    pub(super) fn run(mut self, stop: &Context) -> SupervisorReport {
+    /// Runs until `stop` is done (then stops the services), or until the
+    /// shutdown is given up because `force` is done (9).
+    pub(super) fn run(mut self, stop: &Context, force: &Context) -> SupervisorReport {
+        self.force = force.clone();
         let cause = match self.start_all(stop) {
             Err(cause) => cause,
             Ok(()) => {
@@ -304,6 +315,9 @@ impl Run {
         let mut stop_order = Vec::new();
         // Last to first, one layer at a time; only started services (6).
         for i in (0..self.slots.len()).rev() {
+            if self.forced.is_some() {
+                break; // given up (9): no more cancels, no more waits
+            }
             let name = self.slots[i].name.clone();
             if self.slots[i].report.is_some() {
                 continue; // ended already (the cause, or during the drain)
@@ -328,24 +342,41 @@ impl Run {
     }
 
     /// Records events until `deadline`, or until service `until_exited` has
-    /// exited.
+    /// exited, or until the shutdown is given up (9).
     fn wait_events_until(&mut self, deadline: Option<Instant>, until_exited: Option<usize>) {
+        let timer = deadline.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
         loop {
-            if let Some(i) = until_exited {
-                if self.slots[i].report.is_some() {
-                    return;
-                }
+            let exited = until_exited.is_some_and(|i| self.slots[i].report.is_some());
+            if exited || self.forced.is_some() {
+                return;
             }
-            let event = match deadline {
-                Some(deadline) => self.events.recv_deadline(deadline).ok(),
-                None => self.events.recv().ok(),
-            };
-            match event {
-                Some(event) => {
-                    self.record(event);
-                }
-                None => return,
+            select! {
+                recv(self.events) -> event => match event {
+                    Ok(event) => {
+                        self.record(event);
+                    }
+                    Err(_) => return,
+                },
+                recv(self.force.done()) -> _ => self.give_up(),
+                recv(timer) -> _ => return,
             }
+        }
+    }
+
+    /// `force` is done: remember the signal that did it. A `force` done
+    /// without a signal as its cause gives nothing up and is not listened
+    /// to again.
+    fn give_up(&mut self) {
+        let signal = self
+            .force
+            .cause()
+            .and_then(|cause| cause.downcast_ref::<SignalReceived>().map(|s| s.0));
+        match signal {
+            Some(signal) => {
+                log::warn!("giving up the shutdown: {}", SignalReceived(signal));
+                self.forced = Some(signal);
+            }
+            None => self.force = Context::background(),
         }
     }
 
@@ -358,7 +389,7 @@ impl Run {
         let now = Instant::now();
         let mut stuck = Vec::new();
         let mut services = Vec::new();
-        for slot in &mut self.slots {
+        for mut slot in std::mem::take(&mut self.slots) {
             let (outcome, restarts) = match slot.report.take() {
                 Some(report) => report,
                 None => {
@@ -368,8 +399,14 @@ impl Run {
                         age,
                     });
                     // Left running, deliberately and loudly: the process is
-                    // about to exit with DEADLINE_EXCEEDED (8).
+                    // about to exit with DEADLINE_EXCEEDED (8), or with the
+                    // forced code (9).
                     drop(slot.thread.take());
+                    if self.forced.is_some() {
+                        // Given up (9): not cancelled now either, as dropping
+                        // its guard would do; the process is about to exit.
+                        std::mem::forget(slot.cancel);
+                    }
                     (Outcome::Stuck(age), 0)
                 }
             };
@@ -390,13 +427,16 @@ impl Run {
         }
         if !stuck.is_empty() {
             let names: Vec<String> = stuck.iter().map(ToString::to_string).collect();
-            log::error!(
-                "shutdown deadline exceeded; still running: {}",
-                names.join(", ")
-            );
+            let why = if self.forced.is_some() {
+                "shutdown given up"
+            } else {
+                "shutdown deadline exceeded"
+            };
+            log::error!("{why}; still running: {}", names.join(", "));
         }
         SupervisorReport {
             cause,
+            forced: self.forced,
             services,
             stop_order,
             stuck,

@@ -32,8 +32,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use quiesce::signals::{SignalGuard, signal_context, signal_name};
-use quiesce::{Context, ContextError};
+use crossbeam_channel::select;
+use quiesce::signals::{SignalGuard, SignalReceived, signal_context, signal_name};
+use quiesce::{Context, ContextError, Threads};
 
 pub use args::Args;
 
@@ -98,6 +99,7 @@ impl Prepared {
             .with_context(|| format!("cannot create --out {}", settings.out.display()))?;
         let (signals_ctx, signals) = signal_context(&Context::background())
             .context("cannot install the SIGINT/SIGTERM handlers")?;
+        let _force = exit_on_second_signal(&signals)?;
         let (ctx, _deadline) = match settings.timeout {
             Some(timeout) => signals_ctx.with_timeout(timeout.saturating_sub(started.elapsed())),
             None => signals_ctx.with_cancel(),
@@ -178,6 +180,29 @@ fn with_ticker<R>(progress: &Progress, f: impl FnOnce() -> R) -> R {
         log::warn!("the progress bar stopped: {err}");
     }
     result
+}
+
+/// A thread (`anon-force`) that ends the process with 128 + the signal
+/// when a second SIGINT or SIGTERM comes before the run has stopped: the
+/// library only tells (its `forced` context), the binary decides. It ends
+/// when the returned `Threads` is dropped.
+fn exit_on_second_signal(signals: &SignalGuard) -> anyhow::Result<Threads> {
+    let forced = signals.forced().clone();
+    let mut threads = Threads::new(&Context::background());
+    threads
+        .spawn("anon-force", move |ctx| {
+            select! {
+                recv(forced.done()) -> _ => {
+                    let cause = forced.cause();
+                    if let Some(SignalReceived(n)) = cause.and_then(|c| c.downcast_ref().copied()) {
+                        std::process::exit(quiesce::exit::forced(n));
+                    }
+                }
+                recv(ctx.done()) -> _ => {}
+            }
+        })
+        .context("cannot start the signal watcher")?;
+    Ok(threads)
 }
 
 /// Why the run's context is done, if it is.
