@@ -1,0 +1,278 @@
+//! The submit paths: every `Pool::submit*` form, and `execute`, over one
+//! `submit_job`.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Select, TrySendError};
+
+use crate::context::{Context, ContextError};
+use crate::deadline::Until;
+use crate::handle::{self, JobHandle};
+
+use super::Pool;
+use super::job::{Job, Refused, SubmitError};
+
+impl Pool {
+    /// Queues `f`, waiting while the queue is full (backpressure).
+    ///
+    /// # Errors
+    ///
+    /// [`Refused::Closed`] once shutdown has begun, with the job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{Pool, Refused};
+    ///
+    /// let pool = Pool::builder().workers(2).queue(1).build().unwrap(); // a small queue
+    /// for patient in 0..20 {
+    ///     pool.submit(move |_ctx| { let _ = patient; }).unwrap(); // waits for room
+    /// }
+    /// assert_eq!(pool.shutdown_timeout(Duration::from_secs(10)).completed, 20);
+    /// assert_eq!(pool.submit(|_ctx| {}).unwrap_err().reason, Refused::Closed);
+    /// ```
+    pub fn submit<F>(&self, f: F) -> Result<(), SubmitError>
+    where
+        F: FnOnce(&Context) + Send + 'static,
+    {
+        self.submit_job(Job::new(f), Until::Deadline(None))
+    }
+
+    /// Queues `f` if there is room now.
+    ///
+    /// # Errors
+    ///
+    /// [`Refused::Full`] or [`Refused::Closed`], with the job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use quiesce::{Context, Pool, Refused};
+    ///
+    /// let pool = Pool::builder().workers(1).queue(1).build().unwrap();
+    /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
+    /// pool.submit(move |_ctx| { let _ = hold.recv(); }).unwrap(); // the worker is busy
+    /// pool.submit(|_ctx| {}).unwrap(); // the queue is full
+    /// let err = pool.try_submit(|_ctx| println!("SITE-C upload")).unwrap_err();
+    /// assert_eq!(err.reason, Refused::Full);
+    /// err.into_job().run(&Context::background()).unwrap(); // do it here instead
+    /// drop(release);
+    /// ```
+    pub fn try_submit<F>(&self, f: F) -> Result<(), SubmitError>
+    where
+        F: FnOnce(&Context) + Send + 'static,
+    {
+        self.submit_job(Job::new(f), Until::Now)
+    }
+
+    /// Queues `f`, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    ///
+    /// [`Refused::Timeout`] or [`Refused::Closed`], with the job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{Pool, Refused};
+    ///
+    /// let pool = Pool::builder().workers(1).queue(1).build().unwrap();
+    /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
+    /// pool.submit(move |_ctx| { let _ = hold.recv(); }).unwrap(); // the worker is busy
+    /// pool.submit(|_ctx| {}).unwrap(); // the queue is full
+    /// let err = pool.submit_timeout(|_ctx| {}, Duration::from_millis(2)).unwrap_err();
+    /// assert_eq!(err.reason, Refused::Timeout);
+    /// drop(release);
+    /// assert!(pool.submit_timeout(|_ctx| {}, Duration::from_secs(10)).is_ok()); // room again
+    /// ```
+    pub fn submit_timeout<F>(&self, f: F, timeout: Duration) -> Result<(), SubmitError>
+    where
+        F: FnOnce(&Context) + Send + 'static,
+    {
+        self.submit_job(
+            Job::new(f),
+            Until::Deadline(crate::deadline::after(timeout)),
+        )
+    }
+
+    /// Queues `f`, waiting until `deadline` at most for room.
+    ///
+    /// # Errors
+    ///
+    /// [`Refused::Timeout`] or [`Refused::Closed`], with the job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use quiesce::{Pool, Refused};
+    ///
+    /// let pool = Pool::builder().workers(1).queue(1).build().unwrap();
+    /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
+    /// pool.submit(move |_ctx| { let _ = hold.recv(); }).unwrap(); // the worker is busy
+    /// pool.submit(|_ctx| {}).unwrap(); // the queue is full
+    /// let err = pool.submit_deadline(|_ctx| {}, Instant::now()).unwrap_err(); // a past deadline
+    /// assert_eq!(err.reason, Refused::Timeout);
+    /// drop(release);
+    /// ```
+    pub fn submit_deadline<F>(&self, f: F, deadline: Instant) -> Result<(), SubmitError>
+    where
+        F: FnOnce(&Context) + Send + 'static,
+    {
+        self.submit_job(Job::new(f), Until::Deadline(Some(deadline)))
+    }
+
+    /// Queues `f`, waiting for room until `ctx` is done at most.
+    ///
+    /// # Errors
+    ///
+    /// [`Refused::Done`] or [`Refused::Closed`], with the job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{Context, ContextError, Pool, Refused};
+    ///
+    /// let pool = Pool::builder().workers(1).queue(1).build().unwrap();
+    /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
+    /// pool.submit(move |_ctx| { let _ = hold.recv(); }).unwrap(); // the worker is busy
+    /// pool.submit(|_ctx| {}).unwrap(); // the queue is full
+    /// let (request, _guard) = Context::background().with_timeout(Duration::from_millis(2));
+    /// let err = pool.submit_ctx(|_ctx| {}, &request).unwrap_err();
+    /// assert_eq!(err.reason, Refused::Done(ContextError::DeadlineExceeded));
+    /// drop(release);
+    /// ```
+    pub fn submit_ctx<F>(&self, f: F, ctx: &Context) -> Result<(), SubmitError>
+    where
+        F: FnOnce(&Context) + Send + 'static,
+    {
+        self.submit_job(Job::new(f), Until::Context(ctx))
+    }
+
+    /// Queues `f` (waiting while the queue is full) and returns a handle to
+    /// its result or panic.
+    ///
+    /// # Errors
+    ///
+    /// [`Refused::Closed`] once shutdown has begun, with the job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = quiesce::Pool::builder().workers(1).build().unwrap();
+    /// let score = pool.execute(|_ctx| 3 + 4).unwrap();
+    /// assert_eq!(score.join().unwrap(), 7);
+    /// ```
+    pub fn execute<F, T>(&self, f: F) -> Result<JobHandle<T>, SubmitError>
+    where
+        F: FnOnce(&Context) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (completer, handle) = handle::pair();
+        let job = Job {
+            f: Box::new(move |ctx: &Context| {
+                let result = crate::panic::catch(|| f(ctx));
+                let panic = result.as_ref().err().cloned();
+                completer.finish(result);
+                panic
+            }),
+        };
+        self.submit_job(job, Until::Deadline(None))?;
+        Ok(handle)
+    }
+
+    /// Requeues a job that was handed back (by a refused submit or a
+    /// shutdown report), waiting while the queue is full.
+    ///
+    /// # Errors
+    ///
+    /// [`Refused::Closed`] once shutdown has begun, with the job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiesce::{Job, Pool};
+    ///
+    /// let pool = Pool::builder().workers(1).build().unwrap();
+    /// let job = Job::new(|_ctx| println!("SITE-A upload"));
+    /// pool.submit_job_blocking(job).unwrap();
+    /// assert_eq!(pool.shutdown_timeout(Duration::from_secs(10)).completed, 1);
+    /// ```
+    pub fn submit_job_blocking(&self, job: Job) -> Result<(), SubmitError> {
+        self.submit_job(job, Until::Deadline(None))
+    }
+
+    fn submit_job(&self, job: Job, until: Until<'_>) -> Result<(), SubmitError> {
+        let shared = &self.shared;
+        let refuse = |reason, job| Err(SubmitError { reason, job });
+        let _intake = shared.intake.read();
+        if shared.closing.load(Ordering::Relaxed) || shared.ctx.is_done() {
+            return refuse(Refused::Closed, job);
+        }
+        if let Until::Context(ctx) = until {
+            if let Err(err) = ctx.check() {
+                return refuse(Refused::Done(err), job);
+            }
+        }
+        let job = match shared.queue_tx.try_send(job) {
+            Ok(()) => {
+                shared.grow_if_needed();
+                return Ok(());
+            }
+            Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => job,
+        };
+        shared.grow_if_needed();
+        let deadline = match until {
+            Until::Now => return refuse(Refused::Full, job),
+            Until::Deadline(deadline) => deadline,
+            Until::Context(_) => None,
+        };
+        let mut sel = Select::new();
+        let send = sel.send(&shared.queue_tx);
+        let closed = sel.recv(shared.closed.channel());
+        // A cancelled parent stops the workers: stop waiting for room too.
+        let pool_done = sel.recv(shared.ctx.done());
+        let done = match until {
+            Until::Context(ctx) => Some(sel.recv(ctx.done())),
+            _ => None,
+        };
+        let oper = match deadline {
+            Some(deadline) => match sel.select_deadline(deadline) {
+                Ok(oper) => oper,
+                Err(_) => return refuse(Refused::Timeout, job),
+            },
+            None => sel.select(),
+        };
+        let index = oper.index();
+        if index == send {
+            return match oper.send(&shared.queue_tx, job) {
+                Ok(()) => {
+                    shared.grow_if_needed();
+                    Ok(())
+                }
+                Err(err) => refuse(Refused::Closed, err.into_inner()),
+            };
+        }
+        if Some(index) == done {
+            if let Until::Context(ctx) = until {
+                let _ = oper.recv(ctx.done());
+                return refuse(
+                    Refused::Done(ctx.err().unwrap_or(ContextError::Canceled)),
+                    job,
+                );
+            }
+        }
+        if index == pool_done {
+            let _ = oper.recv(shared.ctx.done());
+        } else {
+            debug_assert_eq!(index, closed);
+            let _ = oper.recv(shared.closed.channel());
+        }
+        refuse(Refused::Closed, job)
+    }
+}
