@@ -37,6 +37,7 @@ impl Pool {
     pub fn resize(&self, n: usize) -> io::Result<()> {
         let shared = &self.shared;
         let n = n.max(1);
+        // (I8) is not kept here: see the module docs.
         let fixed = shared.min.load(Ordering::Relaxed) == shared.max.load(Ordering::Relaxed);
         shared.max.store(n, Ordering::SeqCst);
         if fixed || shared.min.load(Ordering::Relaxed) > n {
@@ -68,6 +69,8 @@ impl Shared {
         let mut guard = self.threads.lock();
         let Some(threads) = guard
             .as_mut()
+            // No new worker once intake is closed, nor while a stop has the
+            // workers out (I5).
             .filter(|_| !self.closing.load(Ordering::SeqCst))
         else {
             return Ok(false);
@@ -107,6 +110,7 @@ impl Shared {
     /// never left without either an idle worker or a new one.
     pub(super) fn grow_if_needed(self: &Arc<Self>) {
         if !self.elastic()
+            // The submitter's half of (I6).
             || self.idle.load(Ordering::SeqCst) > 0
             || self.workers.load(Ordering::SeqCst) >= self.max.load(Ordering::SeqCst)
         {

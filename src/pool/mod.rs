@@ -1,9 +1,84 @@
 //! `Pool`: a fixed or elastic set of worker threads fed by a bounded queue.
-//! The public docs, with the Go pattern it replaces, are on [`Pool`].
+//! The public docs, with the Go pattern it replaces, are on [`Pool`]; this
+//! module holds the handle and the state it shares with its workers
+//! ([`Shared`]), and the rest lives in one file per idea: [`job`] (the
+//! values handed back), [`builder`], [`submit`], [`elastic`] (sizing),
+//! [`stop`] (the stop protocol), [`worker`] (the worker loop) and
+//! [`stats`] (per-worker counts).
 //!
-//! One idea per file: [`job`] (the values handed back), [`builder`],
-//! [`submit`], [`elastic`] (sizing), [`stop`] (the stop protocol),
-//! [`worker`] (the worker loop) and [`stats`] (per-worker counts).
+//! # What the pool owns
+//!
+//! - the queue, a bounded crossbeam channel of [`Job`]s: submitters send,
+//!   workers receive, a stop empties what is left into its report;
+//! - the worker threads, in a [`Threads`] behind `threads` (`None` while a
+//!   stop has them out to join them);
+//! - the intake state: the `intake` lock, `closing`, the `closed` trigger
+//!   pair and `shut`; the drain state: `draining` and the `drain` pair;
+//! - the sizing state: `min`, `max`, `elastic`, and the counts `workers`
+//!   and `idle`;
+//! - `returned`: jobs a worker took but did not start, the context being
+//!   cancelled; and the pool's [`Context`] with the guard that cancels it.
+//!
+//! # Who touches what
+//!
+//! - Submitters (any thread, through `&Pool`): the `intake` lock (shared),
+//!   `closing`, the queue's sending end, and `grow_if_needed` (reads
+//!   `idle`, `workers`, `max`; may start a worker under `threads`).
+//! - Workers (the threads in `threads`): the queue's receiving end, the
+//!   `wake` channel, `drain`, the context; `idle` and `workers` (their own
+//!   comings and goings); `returned` (push); their own stats slot.
+//! - Stoppers (`shutdown`, `abort`, `Drop`, any thread): `shut`,
+//!   `closing`, `closed`, the `intake` lock (exclusive), `threads` (take
+//!   and put back), `draining`, `drain`, the cancel guard, `returned`
+//!   (take) and the queue (empty).
+//! - Resizers (`resize`, any thread): `min`, `max`, `elastic`, the `wake`
+//!   channel, and `spawn_worker`.
+//!
+//! # Invariants
+//!
+//! 1. Intake closes once: under `shut`, `closing` is set, then `closed`
+//!    fires, then the `intake` lock is taken exclusively and released.
+//!    `closing` and `closed` never go back.
+//! 2. A submit holds the `intake` lock (shared) from its look at `closing`
+//!    until its job is in the queue or handed back. So once a stop has
+//!    taken and released the lock exclusively (1), no job enters the queue
+//!    again: a submit that looked before is finished, one that looks after
+//!    sees `closing` set. The lock's release and acquire order the store
+//!    of `closing` before that look, so the look may be `Relaxed`.
+//! 3. A submit waiting for room in a full queue holds the `intake` lock
+//!    while it waits; it also waits on `closed`, which fires before the
+//!    stop takes the lock exclusively (1). Firing before locking is what
+//!    keeps the stop from waiting on a submit that waits on the stop.
+//! 4. `draining` is set (then `drain` fires) only after intake is sealed
+//!    (2), by the stop that holds the workers: a worker that sees
+//!    `draining` and an empty queue may exit, as the queue stays empty.
+//! 5. `workers` counts the workers holding a place: `spawn_worker` adds
+//!    one (under `threads`, only below `max`, only while `closing` is
+//!    unset and `threads` is there) before the thread starts; `rejoin`
+//!    adds one back; `retire` (a worker leaving on purpose) and
+//!    `WorkerExit` (any other end) take one away, once per worker.
+//! 6. An elastic pool never leaves a queued job without a worker: a
+//!    submitter queues its job, then looks at `idle` and `workers`; an idle
+//!    worker above `min` leaves the count, then looks at the queue. All
+//!    `SeqCst`: at least one of them sees the other (a worker stays, or a
+//!    new one starts).
+//! 7. A job taken from the queue is run, or handed back into `returned`
+//!    when the pool's context is already cancelled. A stop joins the
+//!    workers (until the grace runs out) before it collects `returned` and
+//!    the queue, so each accepted job is counted once in its report: run,
+//!    or handed back in `never_started`. A second, concurrent stop finds
+//!    `threads` taken and reports without joining; the first one's report
+//!    has whatever came back later.
+//! 8. `min <= max`, `elastic == (min < max)`. Only `resize` writes them
+//!    after `build`. (It does so with separate loads and stores; two
+//!    concurrent calls can break this. To be fixed.)
+//!
+//! # Locks
+//!
+//! Lock order: `shut` → `intake`; `intake` (shared, in a submit) →
+//! `threads` (in `spawn_worker`). `returned` and the stats lock are
+//! leaves: nothing is taken under them. No user code (jobs, hooks, the
+//! panic handler) runs under a pool lock.
 
 use std::fmt;
 use std::sync::Arc;

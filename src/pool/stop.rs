@@ -130,8 +130,11 @@ impl Shared {
         let mut shut = self.shut.lock();
         if !*shut {
             *shut = true;
+            // (I1); fire before taking the lock: a submit waiting for room
+            // holds it shared and waits on `closed` (I3).
             self.closing.store(true, Ordering::SeqCst);
             self.closed_trigger.fire();
+            // Submits under way finish; later ones see `closing` (I2).
             drop(self.intake.write());
             log::debug!("pool {}: intake closed", self.name);
         }
@@ -158,7 +161,7 @@ impl Shared {
             return self.report(Vec::new());
         };
         if let Stop::Drain(deadline) = how {
-            // Step 3: intake is sealed, so an empty queue stays empty.
+            // Step 3: intake is sealed, so an empty queue stays empty (I4).
             self.draining.store(true, Ordering::SeqCst);
             self.drain_trigger.fire();
             let _ = match deadline {
@@ -166,7 +169,8 @@ impl Shared {
                 None => threads.join_timeout(Duration::MAX),
             };
         }
-        // Step 4.
+        // Step 4. The workers are joined (or stuck) before `report`
+        // collects `returned` and the queue (I7).
         threads.cancel();
         let stuck = threads.join_timeout(self.stop_grace).running;
         *self.threads.lock() = Some(threads);
@@ -174,6 +178,8 @@ impl Shared {
     }
 
     fn report(&self, stuck: Vec<Running>) -> ShutdownReport {
+        // `returned` first, then the queue: a job is in one or the other
+        // once its worker is joined (I7).
         let mut never_started = std::mem::take(&mut *self.returned.lock());
         never_started.extend(self.queue_rx.try_iter());
         if !stuck.is_empty() {

@@ -210,7 +210,9 @@ impl Pool {
     fn submit_job(&self, job: Job, until: Until<'_>) -> Result<(), SubmitError> {
         let shared = &self.shared;
         let refuse = |reason, job| Err(SubmitError { reason, job });
+        // (I2): held until the job is queued or handed back.
         let _intake = shared.intake.read();
+        // `Relaxed` is enough only because the intake lock is held (I2).
         if shared.closing.load(Ordering::Relaxed) || shared.ctx.is_done() {
             return refuse(Refused::Closed, job);
         }
@@ -234,6 +236,8 @@ impl Pool {
         };
         let mut sel = Select::new();
         let send = sel.send(&shared.queue_tx);
+        // Waiting with the intake lock held: `closed` fires before a stop
+        // waits for that lock (I3).
         let closed = sel.recv(shared.closed.channel());
         // A cancelled parent stops the workers: stop waiting for room too.
         let pool_done = sel.recv(shared.ctx.done());

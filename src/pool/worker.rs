@@ -14,7 +14,8 @@ use super::stats::{Ended, WorkerStats};
 impl Shared {
     pub(super) fn run_job(&self, job: Job, ctx: &Context, stats: &WorkerStats) {
         if ctx.is_done() {
-            // Cancelled (abort, deadline, parent): hand it back, unstarted.
+            // Cancelled (abort, deadline, parent): hand it back, unstarted,
+            // for the stop's report (I7).
             self.returned.lock().push(job);
             return;
         }
@@ -49,6 +50,7 @@ impl Drop for WorkerExit<'_> {
     fn drop(&mut self) {
         self.shared.stats.retire(&self.stats);
         if self.counted {
+            // Once per worker (I5).
             self.shared.workers.fetch_sub(1, Ordering::SeqCst);
         }
         if let Some(hook) = &self.shared.on_exit {
@@ -117,7 +119,7 @@ pub(super) fn worker(shared: &Arc<Shared>, ctx: &Context, index: usize) {
             continue;
         }
         if shared.draining.load(Ordering::SeqCst) {
-            // Intake was sealed before `draining` was set, so every job
+            // Intake was sealed before `draining` was set (I4), so every job
             // ever sent is in the queue by now: look once more (the look
             // above may predate the last sends), then leave when empty.
             if shared.queue_rx.is_empty() {
@@ -137,6 +139,7 @@ pub(super) fn worker(shared: &Arc<Shared>, ctx: &Context, index: usize) {
             }
             Wake::Resize => {
                 if shared.retire(false) {
+                    // Left the count already (I5).
                     exit.counted = false;
                     return;
                 }
@@ -144,7 +147,7 @@ pub(super) fn worker(shared: &Arc<Shared>, ctx: &Context, index: usize) {
             Wake::IdleTimeout => {
                 // Leave the count first, then look at the queue: a job
                 // queued after that look is seen by its submitter, who then
-                // finds room to grow (see `grow_if_needed`).
+                // finds room to grow (the worker's half of (I6)).
                 if shared.retire(true) && (shared.queue_rx.is_empty() || !shared.rejoin()) {
                     exit.counted = false;
                     return;
