@@ -9,11 +9,12 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 
 use crate::context::Context;
-use crate::done::shutdown;
 use crate::panic::Panic;
 use crate::threads::Threads;
 
+use super::elastic::Limits;
 use super::stats::{Padded, Stats};
+use super::stop::Bell;
 use super::{Pool, Shared};
 
 pub(super) type Hook = Arc<dyn Fn(usize) + Send + Sync>;
@@ -330,8 +331,6 @@ impl PoolBuilder {
         let capacity = self.queue.unwrap_or(64 * self.max);
         let (queue_tx, queue_rx) = crossbeam_channel::bounded(capacity);
         let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
-        let (closed_trigger, closed) = shutdown();
-        let (drain_trigger, drain) = shutdown();
         let (pool_ctx, cancel) = self.parent.with_cancel();
         let threads = Threads::new(&pool_ctx);
         let shared = Arc::new(Shared {
@@ -343,17 +342,12 @@ impl PoolBuilder {
             wake_tx,
             wake_rx,
             intake: Padded(RwLock::new(())),
-            closing: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            closed_bell: Bell::new(),
             draining: AtomicBool::new(false),
-            elastic: AtomicBool::new(self.min < self.max),
-            closed_trigger,
-            closed,
-            drain_trigger,
-            drain,
             threads: Mutex::new(Some(threads)),
             returned: Mutex::new(Vec::new()),
-            min: AtomicUsize::new(self.min),
-            max: AtomicUsize::new(self.max),
+            limits: Limits::new(self.min, self.max),
             workers: Padded(AtomicUsize::new(0)),
             idle: Padded(AtomicUsize::new(0)),
             next_worker: AtomicUsize::new(0),
@@ -363,10 +357,9 @@ impl PoolBuilder {
             panic_handler: self.panic_handler,
             on_start: self.on_start,
             on_exit: self.on_exit,
-            shut: Mutex::new(false),
         });
         let pool = Pool { shared };
-        for _ in 0..pool.shared.min.load(Ordering::Relaxed) {
+        for _ in 0..pool.shared.limits.load(Ordering::Relaxed).min {
             pool.shared.spawn_worker()?;
         }
         Ok(pool)

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::worker::worker;
 use super::{Pool, Shared};
@@ -37,19 +37,14 @@ impl Pool {
     pub fn resize(&self, n: usize) -> io::Result<()> {
         let shared = &self.shared;
         let n = n.max(1);
-        // (I8) is not kept here: see the module docs.
-        let fixed = shared.min.load(Ordering::Relaxed) == shared.max.load(Ordering::Relaxed);
-        shared.max.store(n, Ordering::SeqCst);
-        if fixed || shared.min.load(Ordering::Relaxed) > n {
-            shared.min.store(n, Ordering::SeqCst);
-        }
-        let min = shared.min.load(Ordering::SeqCst);
-        shared.elastic.store(min < n, Ordering::SeqCst);
+        // One step for both: a concurrent resize sees the pair before or
+        // after, never half of it (I8).
+        shared.limits.resize(n);
         let workers = shared.workers.load(Ordering::SeqCst);
         for _ in n..workers {
             let _ = shared.wake_tx.send(());
         }
-        while shared.workers.load(Ordering::SeqCst) < shared.min.load(Ordering::SeqCst) {
+        while shared.workers.load(Ordering::SeqCst) < shared.limits.load(Ordering::SeqCst).min {
             if !shared.spawn_worker()? {
                 break;
             }
@@ -59,8 +54,11 @@ impl Pool {
 }
 
 impl Shared {
+    /// `min < max` now. `Relaxed`: a hint for the worker (wait with a
+    /// timeout or not, look for more work to grow for); the decisions that
+    /// count read the limits again with `SeqCst`.
     pub(super) fn elastic(&self) -> bool {
-        self.elastic.load(Ordering::Relaxed)
+        self.limits.load(Ordering::Relaxed).elastic()
     }
 
     /// Starts one more worker if below `max`; `Ok(false)` when at `max` or
@@ -71,11 +69,11 @@ impl Shared {
             .as_mut()
             // No new worker once intake is closed, nor while a stop has the
             // workers out (I5).
-            .filter(|_| !self.closing.load(Ordering::SeqCst))
+            .filter(|_| !self.closed.load(Ordering::SeqCst))
         else {
             return Ok(false);
         };
-        let max = self.max.load(Ordering::SeqCst);
+        let max = self.limits.load(Ordering::SeqCst).max;
         if self
             .workers
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
@@ -109,10 +107,11 @@ impl Shared {
     /// submitter's look at `idle` sees the worker gone, so a queued job is
     /// never left without either an idle worker or a new one.
     pub(super) fn grow_if_needed(self: &Arc<Self>) {
-        if !self.elastic()
+        let limits = self.limits.load(Ordering::SeqCst);
+        if !limits.elastic()
             // The submitter's half of (I6).
             || self.idle.load(Ordering::SeqCst) > 0
-            || self.workers.load(Ordering::SeqCst) >= self.max.load(Ordering::SeqCst)
+            || self.workers.load(Ordering::SeqCst) >= limits.max
         {
             return;
         }
@@ -133,11 +132,8 @@ impl Shared {
     /// Leaves the worker count if it is above the current `max` (resize) or
     /// above `min` and idle (`idle_exit`); `true` when this worker must go.
     pub(super) fn retire(&self, idle_exit: bool) -> bool {
-        let limit = if idle_exit {
-            self.min.load(Ordering::SeqCst)
-        } else {
-            self.max.load(Ordering::SeqCst)
-        };
+        let limits = self.limits.load(Ordering::SeqCst);
+        let limit = if idle_exit { limits.min } else { limits.max };
         self.workers
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
                 (w > limit).then(|| w - 1)
@@ -148,11 +144,68 @@ impl Shared {
     /// Undoes a `retire` when work showed up meanwhile; `false` if the
     /// pool is at `max` again (others took the place).
     pub(super) fn rejoin(&self) -> bool {
-        let max = self.max.load(Ordering::SeqCst);
+        let max = self.limits.load(Ordering::SeqCst).max;
         self.workers
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
                 (w < max).then_some(w + 1)
             })
             .is_ok()
+    }
+}
+
+/// `min` and `max` in one atomic word, `min` in the high half: both change
+/// in one step, and every read gets a pair that was written whole (I8).
+/// Each is at most `u32::MAX` (a bound no pool reaches).
+pub(super) struct Limits(AtomicU64);
+
+/// A pair read from [`Limits`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Sizes {
+    pub(super) min: usize,
+    pub(super) max: usize,
+}
+
+impl Sizes {
+    pub(super) fn elastic(self) -> bool {
+        self.min < self.max
+    }
+
+    fn encode(self) -> u64 {
+        let half =
+            |n: usize| u64::try_from(n).map_or(u64::from(u32::MAX), |n| n.min(u64::from(u32::MAX)));
+        (half(self.min) << 32) | half(self.max)
+    }
+
+    fn decode(word: u64) -> Sizes {
+        let half = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        Sizes {
+            min: half(word >> 32),
+            max: half(word & u64::from(u32::MAX)),
+        }
+    }
+}
+
+impl Limits {
+    /// `min <= max`, as the builder makes them.
+    pub(super) fn new(min: usize, max: usize) -> Limits {
+        debug_assert!(min <= max);
+        Limits(AtomicU64::new(Sizes { min, max }.encode()))
+    }
+
+    pub(super) fn load(&self, order: Ordering) -> Sizes {
+        Sizes::decode(self.0.load(order))
+    }
+
+    /// `resize(n)`: a fixed pool gets `min = max = n`; an elastic one gets
+    /// `max = n`, and `min` lowered to `n` if above. One read-modify-write
+    /// of the word, so concurrent calls are applied one after the other.
+    pub(super) fn resize(&self, n: usize) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |word| {
+                let old = Sizes::decode(word);
+                let min = if old.elastic() { old.min.min(n) } else { n };
+                Some(Sizes { min, max: n }.encode())
+            });
     }
 }

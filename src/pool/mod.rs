@@ -12,51 +12,61 @@
 //!   workers receive, a stop empties what is left into its report;
 //! - the worker threads, in a [`Threads`] behind `threads` (`None` while a
 //!   stop has them out to join them);
-//! - the intake state: the `intake` lock, `closing`, the `closed` trigger
-//!   pair and `shut`; the drain state: `draining` and the `drain` pair;
-//! - the sizing state: `min`, `max`, `elastic`, and the counts `workers`
-//!   and `idle`;
+//! - the intake state: the `intake` lock, `closed` and the bell that
+//!   announces it; the drain state: `draining`;
+//! - the sizing state: `limits` (`min` and `max` in one word), and the
+//!   counts `workers` and `idle`;
 //! - `returned`: jobs a worker took but did not start, the context being
 //!   cancelled; and the pool's [`Context`] with the guard that cancels it.
 //!
 //! # Who touches what
 //!
 //! - Submitters (any thread, through `&Pool`): the `intake` lock (shared),
-//!   `closing`, the queue's sending end, and `grow_if_needed` (reads
-//!   `idle`, `workers`, `max`; may start a worker under `threads`).
+//!   `closed`, the queue's sending end, and `grow_if_needed` (reads
+//!   `limits`, `idle`, `workers`; may start a worker under `threads`).
 //! - Workers (the threads in `threads`): the queue's receiving end, the
-//!   `wake` channel, `drain`, the context; `idle` and `workers` (their own
-//!   comings and goings); `returned` (push); their own stats slot.
-//! - Stoppers (`shutdown`, `abort`, `Drop`, any thread): `shut`,
-//!   `closing`, `closed`, the `intake` lock (exclusive), `threads` (take
-//!   and put back), `draining`, `drain`, the cancel guard, `returned`
+//!   `wake` channel, the context; `idle` and `workers` (their own comings
+//!   and goings); `returned` (push); their own stats slot.
+//! - Stoppers (`shutdown`, `abort`, `Drop`, any thread): `closed` and its
+//!   bell, the `intake` lock (exclusive), `threads` (take and put back),
+//!   `draining` and the `wake` channel, the cancel guard, `returned`
 //!   (take) and the queue (empty).
-//! - Resizers (`resize`, any thread): `min`, `max`, `elastic`, the `wake`
-//!   channel, and `spawn_worker`.
+//! - Resizers (`resize`, any thread): `limits`, the `wake` channel, and
+//!   `spawn_worker`.
 //!
 //! # Invariants
 //!
-//! 1. Intake closes once: under `shut`, `closing` is set, then `closed`
-//!    fires, then the `intake` lock is taken exclusively and released.
-//!    `closing` and `closed` never go back.
-//! 2. A submit holds the `intake` lock (shared) from its look at `closing`
+//! 1. Intake closes once, and `closed` is the only record of it: it goes
+//!    from `false` to `true` once, by a `swap`; the caller that set it
+//!    rings `closed_bell`. Every stop then takes the `intake` lock
+//!    exclusively and releases it before going on.
+//! 2. A submit holds the `intake` lock (shared) from its look at `closed`
 //!    until its job is in the queue or handed back. So once a stop has
 //!    taken and released the lock exclusively (1), no job enters the queue
 //!    again: a submit that looked before is finished, one that looks after
-//!    sees `closing` set. The lock's release and acquire order the store
-//!    of `closing` before that look, so the look may be `Relaxed`.
+//!    sees `closed` set. The lock's release and acquire order the store
+//!    of `closed` before that look, so the look may be `Relaxed`.
 //! 3. A submit waiting for room in a full queue holds the `intake` lock
-//!    while it waits; it also waits on `closed`, which fires before the
-//!    stop takes the lock exclusively (1). Firing before locking is what
-//!    keeps the stop from waiting on a submit that waits on the stop.
-//! 4. `draining` is set (then `drain` fires) only after intake is sealed
-//!    (2), by the stop that holds the workers: a worker that sees
-//!    `draining` and an empty queue may exit, as the queue stays empty.
+//!    while it waits, and it waits on `closed_bell` too. The bell is rung
+//!    by the caller that set `closed`, which takes no pool lock before
+//!    (only the bell's own), so a stop waiting for the `intake` lock never
+//!    waits on a submit that waits on a stop. The bell is a wake-up, not a
+//!    second record: nothing reads it as state (a crossbeam `Select`
+//!    cannot wait on an atomic).
+//! 4. `draining` is the only record of the drain. It is set only after
+//!    intake is sealed (2), by the stop that holds the workers, so a worker
+//!    that sees it and an empty queue may exit: the queue stays empty. Then
+//!    the stop sends one message on `wake` per counted worker (5): every
+//!    worker that may be waiting without having seen `draining` is counted,
+//!    and one message sent after the store makes it see the store, so none
+//!    sleeps through the drain. (Messages left over from a `resize` only
+//!    wake a worker early; it looks and waits again.)
 //! 5. `workers` counts the workers holding a place: `spawn_worker` adds
-//!    one (under `threads`, only below `max`, only while `closing` is
-//!    unset and `threads` is there) before the thread starts; `rejoin`
-//!    adds one back; `retire` (a worker leaving on purpose) and
-//!    `WorkerExit` (any other end) take one away, once per worker.
+//!    one (under `threads`, only below `max`, only while `closed` is unset
+//!    and `threads` is there) before the thread starts; `rejoin` adds one
+//!    back; `retire` (a worker leaving on purpose) and `WorkerExit` (any
+//!    other end) take one away, once per worker. A worker out of the count
+//!    is on its way out, or about to `rejoin` and then look at `draining`.
 //! 6. An elastic pool never leaves a queued job without a worker: a
 //!    submitter queues its job, then looks at `idle` and `workers`; an idle
 //!    worker above `min` leaves the count, then looks at the queue. All
@@ -69,14 +79,15 @@
 //!    or handed back in `never_started`. A second, concurrent stop finds
 //!    `threads` taken and reports without joining; the first one's report
 //!    has whatever came back later.
-//! 8. `min <= max`, `elastic == (min < max)`. Only `resize` writes them
-//!    after `build`. (It does so with separate loads and stores; two
-//!    concurrent calls can break this. To be fixed.)
+//! 8. `min <= max`, always: `limits` holds both in one atomic word, written
+//!    whole by one read-modify-write, so concurrent `resize` calls apply
+//!    one after the other and no reader sees half of one. "Elastic" is
+//!    `min < max` of the same read, not stored apart.
 //!
 //! # Locks
 //!
-//! Lock order: `shut` → `intake`; `intake` (shared, in a submit) →
-//! `threads` (in `spawn_worker`). `returned` and the stats lock are
+//! Lock order: `intake` (shared, in a submit) → `threads` (in
+//! `spawn_worker`). The bell's lock, `returned` and the stats lock are
 //! leaves: nothing is taken under them. No user code (jobs, hooks, the
 //! panic handler) runs under a pool lock.
 
@@ -89,7 +100,6 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 
 use crate::context::{CancelGuard, Context};
-use crate::done::{Done, Shutdown};
 use crate::threads::Threads;
 
 mod builder;
@@ -104,7 +114,9 @@ pub use builder::PoolBuilder;
 pub use job::{Job, Refused, ShutdownReport, SubmitError};
 
 use builder::{Hook, PanicHandler};
+use elastic::Limits;
 use stats::{Padded, Stats};
+use stop::Bell;
 
 /// A pool of worker threads: a fixed or elastic set of them, fed by a
 /// bounded queue. Go's `ants` pool (and the worker-pool pattern of
@@ -178,31 +190,29 @@ struct Shared {
     cancel: CancelGuard,
     queue_tx: Sender<Job>,
     queue_rx: Receiver<Job>,
-    /// Wakes idle workers to re-check `max` after a `resize`.
+    /// Wakes idle workers to look at the state again: after a `resize`
+    /// (I8), and once per worker when the drain starts (I4).
     wake_tx: Sender<()>,
     wake_rx: Receiver<()>,
-    /// Submits hold it shared; shutdown takes it exclusively, once, to wait
-    /// for submits under way after `closed` fired. Padded: every submit
-    /// writes its lock word.
+    /// Submits hold it shared; every stop takes it exclusively, once, to
+    /// wait for submits under way after `closed` was set (I2). Padded:
+    /// every submit writes its lock word.
     intake: Padded<RwLock<()>>,
-    /// Set just before `closed` fires; what the hot paths read (a
-    /// `try_recv` on the `closed` channel takes a lock).
-    closing: AtomicBool,
-    /// Set just before `drain` fires.
+    /// "Intake is closed": the one record of it (I1). An atomic because
+    /// every submit reads it.
+    closed: AtomicBool,
+    /// Rung once `closed` is set, to wake the submits waiting for room
+    /// (I3). A wake-up only: nothing reads it as state.
+    closed_bell: Bell,
+    /// "The drain has begun": the one record of it (I4).
     draining: AtomicBool,
-    /// `min < max`, kept with them (read on every submit and job).
-    elastic: AtomicBool,
-    closed_trigger: Shutdown,
-    closed: Done,
-    drain_trigger: Shutdown,
-    drain: Done,
     /// `None` while a stop waits for the workers.
     threads: Mutex<Option<Threads<()>>>,
     /// Jobs a worker took from the queue but did not start because the
     /// pool's context was already cancelled.
     returned: Mutex<Vec<Job>>,
-    min: AtomicUsize,
-    max: AtomicUsize,
+    /// `min` and `max`, in one atomic word (I8).
+    limits: Limits,
     /// Written when workers come and go and go idle: kept off the lines the
     /// hot paths only read.
     workers: Padded<AtomicUsize>,
@@ -214,7 +224,6 @@ struct Shared {
     panic_handler: Option<PanicHandler>,
     on_start: Option<Hook>,
     on_exit: Option<Hook>,
-    shut: Mutex<bool>,
 }
 
 impl Pool {
@@ -339,7 +348,7 @@ impl Pool {
     /// assert!(pool.is_closed());
     /// ```
     pub fn is_closed(&self) -> bool {
-        self.shared.closing.load(Ordering::SeqCst)
+        self.shared.closed.load(Ordering::SeqCst)
     }
 }
 

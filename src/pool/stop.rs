@@ -1,8 +1,12 @@
 //! The stop protocol: `shutdown`, `abort` and `Drop`, closing intake,
 //! draining, cancelling and the report.
 
+use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
 
 use crate::threads::Running;
 
@@ -127,15 +131,17 @@ impl Shared {
     /// Steps 1 and 2 of a shutdown: close intake, then wait out the
     /// submits under way. Idempotent.
     fn close_intake(&self) {
-        let mut shut = self.shut.lock();
-        if !*shut {
-            *shut = true;
-            // (I1); fire before taking the lock: a submit waiting for room
-            // holds it shared and waits on `closed` (I3).
-            self.closing.store(true, Ordering::SeqCst);
-            self.closed_trigger.fire();
-            // Submits under way finish; later ones see `closing` (I2).
-            drop(self.intake.write());
+        // (I1): the caller that sets `closed` rings the bell, before it or
+        // any other stop waits for the intake lock: a submit waiting for
+        // room holds that lock shared and waits for the bell (I3).
+        let first = !self.closed.swap(true, Ordering::SeqCst);
+        if first {
+            self.closed_bell.ring();
+        }
+        // Every stop waits out the submits under way; later ones see
+        // `closed` (I2).
+        drop(self.intake.write());
+        if first {
             log::debug!("pool {}: intake closed", self.name);
         }
     }
@@ -163,7 +169,11 @@ impl Shared {
         if let Stop::Drain(deadline) = how {
             // Step 3: intake is sealed, so an empty queue stays empty (I4).
             self.draining.store(true, Ordering::SeqCst);
-            self.drain_trigger.fire();
+            // One wake-up per worker that may be waiting without having
+            // seen `draining` (I4).
+            for _ in 0..self.workers.load(Ordering::SeqCst) {
+                let _ = self.wake_tx.send(());
+            }
             let _ = match deadline {
                 Some(deadline) => threads.join_deadline(deadline),
                 None => threads.join_timeout(Duration::MAX),
@@ -198,5 +208,35 @@ impl Shared {
             never_started,
             stuck,
         }
+    }
+}
+
+/// A wake-up for threads blocked in a crossbeam `Select`, which cannot wait
+/// on an atomic: ringing it disconnects its channel, and every waiter,
+/// present or future, sees that. It holds no state anyone reads: the state
+/// it announces is set before it rings, and whoever it wakes reads that.
+pub(super) struct Bell {
+    tx: Mutex<Option<Sender<Infallible>>>,
+    rx: Receiver<Infallible>,
+}
+
+impl Bell {
+    pub(super) fn new() -> Bell {
+        let (tx, rx) = crossbeam_channel::bounded(0);
+        Bell {
+            tx: Mutex::new(Some(tx)),
+            rx,
+        }
+    }
+
+    /// Disconnects the channel. Idempotent.
+    pub(super) fn ring(&self) {
+        let tx = self.tx.lock().take();
+        drop(tx);
+    }
+
+    /// The channel to put in a `Select`; it disconnects when rung.
+    pub(super) fn channel(&self) -> &Receiver<Infallible> {
+        &self.rx
     }
 }

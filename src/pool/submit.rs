@@ -213,7 +213,7 @@ impl Pool {
         // (I2): held until the job is queued or handed back.
         let _intake = shared.intake.read();
         // `Relaxed` is enough only because the intake lock is held (I2).
-        if shared.closing.load(Ordering::Relaxed) || shared.ctx.is_done() {
+        if shared.closed.load(Ordering::Relaxed) || shared.ctx.is_done() {
             return refuse(Refused::Closed, job);
         }
         if let Until::Context(ctx) = until {
@@ -236,9 +236,9 @@ impl Pool {
         };
         let mut sel = Select::new();
         let send = sel.send(&shared.queue_tx);
-        // Waiting with the intake lock held: `closed` fires before a stop
-        // waits for that lock (I3).
-        let closed = sel.recv(shared.closed.channel());
+        // Waiting with the intake lock held: the bell rings without any
+        // stop waiting for this submit first (I3).
+        let closed = sel.recv(shared.closed_bell.channel());
         // A cancelled parent stops the workers: stop waiting for room too.
         let pool_done = sel.recv(shared.ctx.done());
         let done = match until {
@@ -275,7 +275,7 @@ impl Pool {
             let _ = oper.recv(shared.ctx.done());
         } else {
             debug_assert_eq!(index, closed);
-            let _ = oper.recv(shared.closed.channel());
+            let _ = oper.recv(shared.closed_bell.channel());
         }
         refuse(Refused::Closed, job)
     }

@@ -65,8 +65,8 @@ impl Drop for WorkerExit<'_> {
 /// What woke an idle worker.
 enum Wake {
     Job(Job),
-    Resize,
-    Drain,
+    /// A message on `wake`: look at `max` and `draining` again.
+    Recheck,
     Stop,
     IdleTimeout,
 }
@@ -137,7 +137,9 @@ pub(super) fn worker(shared: &Arc<Shared>, ctx: &Context, index: usize) {
                 shared.took_job();
                 shared.run_job(job, ctx, &stats);
             }
-            Wake::Resize => {
+            Wake::Recheck => {
+                // A resize may have lowered `max`; or the drain began, which
+                // the loop sees next (I4).
                 if shared.retire(false) {
                     // Left the count already (I5).
                     exit.counted = false;
@@ -153,7 +155,6 @@ pub(super) fn worker(shared: &Arc<Shared>, ctx: &Context, index: usize) {
                     return;
                 }
             }
-            Wake::Drain => {}
             Wake::Stop => return,
         }
     }
@@ -162,8 +163,7 @@ pub(super) fn worker(shared: &Arc<Shared>, ctx: &Context, index: usize) {
 fn wait_for_work(shared: &Shared, ctx: &Context) -> Wake {
     let mut sel = Select::new();
     let job = sel.recv(&shared.queue_rx);
-    let resize = sel.recv(&shared.wake_rx);
-    let drain = sel.recv(shared.drain.channel());
+    let wake = sel.recv(&shared.wake_rx);
     sel.recv(ctx.done());
     shared.idle.fetch_add(1, Ordering::SeqCst);
     let oper = if shared.elastic() {
@@ -180,13 +180,9 @@ fn wait_for_work(shared: &Shared, ctx: &Context) -> Wake {
             Ok(job) => Wake::Job(job),
             Err(_) => Wake::Stop,
         },
-        i if i == resize => {
+        i if i == wake => {
             let _ = oper.recv(&shared.wake_rx);
-            Wake::Resize
-        }
-        i if i == drain => {
-            let _ = oper.recv(shared.drain.channel());
-            Wake::Drain
+            Wake::Recheck
         }
         _ => {
             let _ = oper.recv(ctx.done());
