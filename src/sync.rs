@@ -1,8 +1,8 @@
 //! The synchronisation shim behind the state machines this crate builds
-//! itself (the Context tree, `WaitGroup`, `Semaphore`).
+//! itself (the Context tree, `WaitGroup`, `Semaphore`, the `Pool`).
 //!
 //! Normally these are `std::sync::Arc`, std atomics and `parking_lot`'s
-//! `Mutex`/`Condvar`. Built with `RUSTFLAGS="--cfg quiesce_loom"` they are
+//! `Mutex`/`RwLock`/`Condvar`. Built with `RUSTFLAGS="--cfg quiesce_loom"` they are
 //! loom's, so `tests/loom.rs` can explore every interleaving of that code.
 //! (The cfg is not the usual `loom` because tokio and other crates react to
 //! that one as well.)
@@ -15,7 +15,7 @@
 #[cfg(not(quiesce_loom))]
 mod imp {
     pub(crate) use std::sync::Arc;
-    pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
     use std::time::Instant;
 
     /// A mutex whose `lock` cannot fail (parking_lot does not poison).
@@ -32,6 +32,28 @@ mod imp {
         #[inline]
         pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
             self.0.lock()
+        }
+    }
+
+    /// A reader-writer lock whose `read`/`write` cannot fail.
+    #[derive(Debug, Default)]
+    pub(crate) struct RwLock<T>(parking_lot::RwLock<T>);
+
+    pub(crate) type RwLockReadGuard<'a, T> = parking_lot::RwLockReadGuard<'a, T>;
+    pub(crate) type RwLockWriteGuard<'a, T> = parking_lot::RwLockWriteGuard<'a, T>;
+
+    impl<T> RwLock<T> {
+        pub(crate) const fn new(value: T) -> Self {
+            RwLock(parking_lot::RwLock::new(value))
+        }
+
+        #[inline]
+        pub(crate) fn read(&self) -> RwLockReadGuard<'_, T> {
+            self.0.read()
+        }
+
+        pub(crate) fn write(&self) -> RwLockWriteGuard<'_, T> {
+            self.0.write()
         }
     }
 
@@ -70,7 +92,8 @@ mod imp {
 #[cfg(quiesce_loom)]
 mod imp {
     pub(crate) use loom::sync::Arc;
-    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use loom::sync::{RwLockReadGuard, RwLockWriteGuard};
     use std::ops::{Deref, DerefMut};
     use std::time::Instant;
 
@@ -101,6 +124,23 @@ mod imp {
     impl<T> DerefMut for MutexGuard<'_, T> {
         fn deref_mut(&mut self) -> &mut T {
             self.0.as_mut().unwrap()
+        }
+    }
+
+    #[derive(Debug, Default)]
+    pub(crate) struct RwLock<T>(loom::sync::RwLock<T>);
+
+    impl<T> RwLock<T> {
+        pub(crate) fn new(value: T) -> Self {
+            RwLock(loom::sync::RwLock::new(value))
+        }
+
+        pub(crate) fn read(&self) -> RwLockReadGuard<'_, T> {
+            self.0.read().unwrap()
+        }
+
+        pub(crate) fn write(&self) -> RwLockWriteGuard<'_, T> {
+            self.0.write().unwrap()
         }
     }
 

@@ -2,14 +2,11 @@
 //! `min` workers.
 
 use std::io;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
-
-use parking_lot::{Mutex, RwLock};
 
 use crate::context::Context;
 use crate::panic::Panic;
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, Ordering, RwLock};
 use crate::threads::Threads;
 
 use super::elastic::Limits;
@@ -17,8 +14,8 @@ use super::stats::{Padded, Stats};
 use super::stop::Bell;
 use super::{Pool, Shared};
 
-pub(super) type Hook = Arc<dyn Fn(usize) + Send + Sync>;
-pub(super) type PanicHandler = Arc<dyn Fn(&Panic) + Send + Sync>;
+pub(super) type Hook = std::sync::Arc<dyn Fn(usize) + Send + Sync>;
+pub(super) type PanicHandler = std::sync::Arc<dyn Fn(&Panic) + Send + Sync>;
 
 /// Configures a [`Pool`]; `Pool::builder()` starts one.
 ///
@@ -260,7 +257,7 @@ impl PoolBuilder {
     /// assert_eq!(*seen.lock().unwrap(), ["diary 17 is corrupt"]);
     /// ```
     pub fn panic_handler(mut self, f: impl Fn(&Panic) + Send + Sync + 'static) -> Self {
-        self.panic_handler = Some(Arc::new(f));
+        self.panic_handler = Some(std::sync::Arc::new(f));
         self
     }
 
@@ -284,7 +281,7 @@ impl PoolBuilder {
     /// assert_eq!(started.load(Ordering::SeqCst), 3);
     /// ```
     pub fn on_start(mut self, f: impl Fn(usize) + Send + Sync + 'static) -> Self {
-        self.on_start = Some(Arc::new(f));
+        self.on_start = Some(std::sync::Arc::new(f));
         self
     }
 
@@ -309,7 +306,7 @@ impl PoolBuilder {
     /// assert_eq!(exited, [0, 1]);
     /// ```
     pub fn on_exit(mut self, f: impl Fn(usize) + Send + Sync + 'static) -> Self {
-        self.on_exit = Some(Arc::new(f));
+        self.on_exit = Some(std::sync::Arc::new(f));
         self
     }
 
@@ -360,7 +357,7 @@ impl PoolBuilder {
         });
         let pool = Pool { shared };
         for _ in 0..pool.shared.limits.load(Ordering::Relaxed).min {
-            pool.shared.spawn_worker()?;
+            Shared::spawn_worker(&pool.shared)?;
         }
         Ok(pool)
     }

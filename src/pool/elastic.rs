@@ -1,9 +1,8 @@
 //! Elastic sizing: starting workers, growing while jobs wait, retiring
 //! idle ones, and `Pool::resize`.
 
+use crate::sync::{Arc, AtomicU64, Ordering};
 use std::io;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::worker::worker;
 use super::{Pool, Shared};
@@ -45,7 +44,7 @@ impl Pool {
             let _ = shared.wake_tx.send(());
         }
         while shared.workers.load(Ordering::SeqCst) < shared.limits.load(Ordering::SeqCst).min {
-            if !shared.spawn_worker()? {
+            if !Shared::spawn_worker(shared)? {
                 break;
             }
         }
@@ -63,18 +62,18 @@ impl Shared {
 
     /// Starts one more worker if below `max`; `Ok(false)` when at `max` or
     /// closed.
-    pub(super) fn spawn_worker(self: &Arc<Self>) -> io::Result<bool> {
-        let mut guard = self.threads.lock();
+    pub(super) fn spawn_worker(this: &Arc<Self>) -> io::Result<bool> {
+        let mut guard = this.threads.lock();
         let Some(threads) = guard
             .as_mut()
             // No new worker once intake is closed, nor while a stop has the
             // workers out (I5).
-            .filter(|_| !self.closed.load(Ordering::SeqCst))
+            .filter(|_| !this.closed.load(Ordering::SeqCst))
         else {
             return Ok(false);
         };
-        let max = self.limits.load(Ordering::SeqCst).max;
-        if self
+        let max = this.limits.load(Ordering::SeqCst).max;
+        if this
             .workers
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
                 (w < max).then_some(w + 1)
@@ -85,13 +84,13 @@ impl Shared {
         }
         // Join workers that have exited (elastic shrink, resize) as we go.
         threads.reap();
-        let index = self.next_worker.fetch_add(1, Ordering::Relaxed);
-        let shared = self.clone();
-        let started = threads.spawn(format!("{}-{index}", self.name), move |ctx| {
+        let index = this.next_worker.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::clone(this);
+        let started = threads.spawn(format!("{}-{index}", this.name), move |ctx| {
             worker(&shared, ctx, index);
         });
         if let Err(err) = started {
-            self.workers.fetch_sub(1, Ordering::SeqCst);
+            this.workers.fetch_sub(1, Ordering::SeqCst);
             return Err(err);
         }
         Ok(true)
@@ -106,26 +105,26 @@ impl Shared {
     /// `SeqCst`: if the worker's look at the queue misses the new job, the
     /// submitter's look at `idle` sees the worker gone, so a queued job is
     /// never left without either an idle worker or a new one.
-    pub(super) fn grow_if_needed(self: &Arc<Self>) {
-        let limits = self.limits.load(Ordering::SeqCst);
+    pub(super) fn grow_if_needed(this: &Arc<Self>) {
+        let limits = this.limits.load(Ordering::SeqCst);
         if !limits.elastic()
             // The submitter's half of (I6).
-            || self.idle.load(Ordering::SeqCst) > 0
-            || self.workers.load(Ordering::SeqCst) >= limits.max
+            || this.idle.load(Ordering::SeqCst) > 0
+            || this.workers.load(Ordering::SeqCst) >= limits.max
         {
             return;
         }
-        if let Err(err) = self.spawn_worker() {
-            log::warn!("pool {}: cannot start another worker: {err}", self.name);
+        if let Err(err) = Shared::spawn_worker(this) {
+            log::warn!("pool {}: cannot start another worker: {err}", this.name);
         }
     }
 
     /// A worker took a job: if more are waiting and nobody is idle, the
     /// pool grows (each new worker does the same as it takes its first
     /// job, so a burst of submits grows the pool as far as it needs).
-    pub(super) fn took_job(self: &Arc<Self>) {
-        if self.elastic() && !self.queue_rx.is_empty() {
-            self.grow_if_needed();
+    pub(super) fn took_job(this: &Arc<Self>) {
+        if this.elastic() && !this.queue_rx.is_empty() {
+            Shared::grow_if_needed(this);
         }
     }
 

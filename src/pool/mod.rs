@@ -92,14 +92,12 @@
 //! panic handler) runs under a pool lock.
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
-use parking_lot::{Mutex, RwLock};
 
 use crate::context::{CancelGuard, Context};
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, Ordering, RwLock};
 use crate::threads::Threads;
 
 mod builder;

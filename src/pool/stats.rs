@@ -3,10 +3,7 @@
 //! read-modify-write (two workers bumping one shared counter made its line
 //! bounce between cores on every job). Readers add the slots up.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use parking_lot::Mutex;
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
 
 /// Keeps a value on a cache line (pair) of its own.
 #[derive(Debug, Default)]

@@ -2,12 +2,11 @@
 //! draining, cancelling and the report.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use parking_lot::Mutex;
 
+use crate::sync::{Mutex, Ordering};
 use crate::threads::Running;
 
 use super::job::ShutdownReport;

@@ -1,7 +1,6 @@
 //! The submit paths: every `Pool::submit*` form, and `execute`, over one
 //! `submit_job`.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Select, TrySendError};
@@ -9,9 +8,10 @@ use crossbeam_channel::{Select, TrySendError};
 use crate::context::{Context, ContextError};
 use crate::deadline::Until;
 use crate::handle::{self, JobHandle};
+use crate::sync::Ordering;
 
-use super::Pool;
 use super::job::{Job, Refused, SubmitError};
+use super::{Pool, Shared};
 
 impl Pool {
     /// Queues `f`, waiting while the queue is full (backpressure).
@@ -223,12 +223,12 @@ impl Pool {
         }
         let job = match shared.queue_tx.try_send(job) {
             Ok(()) => {
-                shared.grow_if_needed();
+                Shared::grow_if_needed(shared);
                 return Ok(());
             }
             Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => job,
         };
-        shared.grow_if_needed();
+        Shared::grow_if_needed(shared);
         let deadline = match until {
             Until::Now => return refuse(Refused::Full, job),
             Until::Deadline(deadline) => deadline,
@@ -256,7 +256,7 @@ impl Pool {
         if index == send {
             return match oper.send(&shared.queue_tx, job) {
                 Ok(()) => {
-                    shared.grow_if_needed();
+                    Shared::grow_if_needed(shared);
                     Ok(())
                 }
                 Err(err) => refuse(Refused::Closed, err.into_inner()),

@@ -1,11 +1,9 @@
 //! The worker loop: take a job, run it, wait for work, exit.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-
 use crossbeam_channel::Select;
 
 use crate::context::Context;
+use crate::sync::{Arc, Ordering};
 
 use super::Shared;
 use super::job::Job;
@@ -114,7 +112,7 @@ pub(super) fn worker(shared: &Arc<Shared>, ctx: &Context, index: usize) {
         }
         // Fast path: take queued work without building a `Select`.
         if let Ok(job) = shared.queue_rx.try_recv() {
-            shared.took_job();
+            Shared::took_job(shared);
             shared.run_job(job, ctx, &stats);
             continue;
         }
@@ -128,13 +126,13 @@ pub(super) fn worker(shared: &Arc<Shared>, ctx: &Context, index: usize) {
             continue;
         }
         if let Some(job) = try_recv_a_while(shared) {
-            shared.took_job();
+            Shared::took_job(shared);
             shared.run_job(job, ctx, &stats);
             continue;
         }
         match wait_for_work(shared, ctx) {
             Wake::Job(job) => {
-                shared.took_job();
+                Shared::took_job(shared);
                 shared.run_job(job, ctx, &stats);
             }
             Wake::Recheck => {
