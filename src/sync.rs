@@ -15,7 +15,7 @@
 #[cfg(not(quiesce_loom))]
 mod imp {
     pub(crate) use std::sync::Arc;
-    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
     use std::time::Instant;
 
     /// A mutex whose `lock` cannot fail (parking_lot does not poison).
@@ -92,7 +92,7 @@ mod imp {
 #[cfg(quiesce_loom)]
 mod imp {
     pub(crate) use loom::sync::Arc;
-    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
     pub(crate) use loom::sync::{RwLockReadGuard, RwLockWriteGuard};
     use std::ops::{Deref, DerefMut};
     use std::time::Instant;

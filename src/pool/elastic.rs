@@ -1,7 +1,7 @@
 //! Elastic sizing: starting workers, growing while jobs wait, retiring
 //! idle ones, and `Pool::resize`.
 
-use crate::sync::{Arc, AtomicU64, Ordering};
+use crate::sync::{Arc, AtomicU64, Ordering, fence};
 use std::io;
 
 use super::worker::worker;
@@ -101,16 +101,17 @@ impl Shared {
     ///
     /// Called by a submitter *after* it queued a job, and by a worker
     /// *after* it took a job (and so left the idle count) and finds jobs
-    /// still queued. All
-    /// `SeqCst`: if the worker's look at the queue misses the new job, the
-    /// submitter's look at `idle` sees the worker gone, so a queued job is
-    /// never left without either an idle worker or a new one.
+    /// still queued: the submitter's half of (I6).
     pub(super) fn grow_if_needed(this: &Arc<Self>) {
         let limits = this.limits.load(Ordering::SeqCst);
-        if !limits.elastic()
-            // The submitter's half of (I6).
-            || this.idle.load(Ordering::SeqCst) > 0
-            || this.workers.load(Ordering::SeqCst) >= limits.max
+        if !limits.elastic() {
+            return;
+        }
+        // (I6): the job is queued; the fence orders that before the looks
+        // at `idle` and `workers` below, whatever orderings the channel
+        // uses inside. It pairs with the one in `leave_when_idle`.
+        fence(Ordering::SeqCst);
+        if this.idle.load(Ordering::SeqCst) > 0 || this.workers.load(Ordering::SeqCst) >= limits.max
         {
             return;
         }
@@ -149,6 +150,20 @@ impl Shared {
                 (w < max).then_some(w + 1)
             })
             .is_ok()
+    }
+
+    /// An idle worker above `min` whose wait timed out: leaves the count,
+    /// then looks at the queue, and stays (`rejoin`) if a job is waiting
+    /// and there is room. `true` when it must go. The worker's half of
+    /// (I6): a job queued after its look is seen by its submitter, who
+    /// finds the place free and starts a worker.
+    pub(super) fn leave_when_idle(&self) -> bool {
+        if !self.retire(true) {
+            return false;
+        }
+        // (I6): pairs with the fence in `grow_if_needed`.
+        fence(Ordering::SeqCst);
+        self.queue_rx.is_empty() || !self.rejoin()
     }
 }
 

@@ -69,9 +69,11 @@
 //!    is on its way out, or about to `rejoin` and then look at `draining`.
 //! 6. An elastic pool never leaves a queued job without a worker: a
 //!    submitter queues its job, then looks at `idle` and `workers`; an idle
-//!    worker above `min` leaves the count, then looks at the queue. All
-//!    `SeqCst`: at least one of them sees the other (a worker stays, or a
-//!    new one starts).
+//!    worker above `min` leaves the count, then looks at the queue. Each
+//!    side has a `SeqCst` fence between its write and its look
+//!    (`grow_if_needed`, `leave_when_idle`), so at least one of them sees
+//!    the other (a worker stays, or a new one starts), whatever orderings
+//!    the channel uses inside.
 //! 7. A job taken from the queue is run, or handed back into `returned`
 //!    when the pool's context is already cancelled. A stop joins the
 //!    workers (until the grace runs out) before it collects `returned` and

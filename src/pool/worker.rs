@@ -145,10 +145,7 @@ pub(super) fn worker(shared: &Arc<Shared>, ctx: &Context, index: usize) {
                 }
             }
             Wake::IdleTimeout => {
-                // Leave the count first, then look at the queue: a job
-                // queued after that look is seen by its submitter, who then
-                // finds room to grow (the worker's half of (I6)).
-                if shared.retire(true) && (shared.queue_rx.is_empty() || !shared.rejoin()) {
+                if shared.leave_when_idle() {
                     exit.counted = false;
                     return;
                 }
