@@ -1,5 +1,5 @@
 //! loom models of the state machines quiesce builds on its own locks and
-//! atomics: the Context tree, WaitGroup and Semaphore.
+//! atomics: the Context tree, WaitGroup, Semaphore and the Pool.
 //!
 //! Run with (as `.ci/run` does):
 //!
@@ -11,12 +11,41 @@
 //! Under that cfg the crate's `sync` shim is loom's, so loom explores every
 //! interleaving of these small programs. Deadlines are left out: loom does
 //! not model time, and the timer thread is a real thread.
+//!
+//! # What the pool models reach, and what they do not
+//!
+//! The pool's own state goes through the shim: the intake lock, `closed`,
+//! `draining`, the limits word, the worker and idle counts, the stats.
+//! Its queue is a crossbeam channel, which loom does not model: its
+//! non-blocking operations (`try_send`, `try_recv`, `is_empty`, `try_iter`)
+//! run for real and count as one step each; a *blocking* one (a `Select`
+//! that parks the thread) would park it where loom cannot see it, and the
+//! model would hang. So:
+//!
+//! - Under loom no worker thread is started (`pool/worker.rs`, `start`):
+//!   the worker loop waits in a `Select`. A worker's place in the count is
+//!   still taken, and a model plays the worker's part through hidden
+//!   `Pool::loom_*` hooks that run the worker's own code (the idle exit).
+//! - A submit is modelled only while the queue has room (it never reaches
+//!   the `Select` that waits for room or for the closed bell), and a stop
+//!   only with no worker thread to join (its joins return at once).
+//! - A job accepted by these models is never run (no worker takes it), so
+//!   "run or handed back" is checked as "refused, or handed back in the
+//!   stop's report": exactly one of the two.
+//! - The elastic handshake (I6 in `pool/mod.rs`) goes partly through the
+//!   queue. loom sees the counts, not the channel's atomics, which in its
+//!   one-thread-at-a-time runs behave as sequentially consistent. So the
+//!   model checks the order of the steps on each side (leave the count,
+//!   then look at the queue; queue the job, then look at the counts), not
+//!   the memory orderings that make each side's write visible to the
+//!   other: those rest on the pool's `SeqCst` fences, and the model passes
+//!   with or without them.
 #![cfg(quiesce_loom)]
 
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::thread;
-use quiesce::{AcquireError, Context, ContextError, Semaphore, WaitGroup};
+use quiesce::{AcquireError, Context, ContextError, Pool, Refused, Semaphore, WaitGroup};
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
@@ -218,5 +247,116 @@ fn a_large_head_waiter_giving_up_hands_permits_to_the_next() {
         assert_eq!(small.join().unwrap(), Ok(1));
         drop(held);
         assert_eq!(sem.available(), 2);
+    });
+}
+
+/// A job that counts its runs in `ran`. No worker runs jobs under loom:
+/// a model accounts for its job by the submit's error or by the report.
+fn counting_job(ran: &Arc<AtomicUsize>) -> impl FnOnce(&Context) + Send + 'static {
+    let ran = ran.clone();
+    move |_ctx| {
+        ran.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+// Checked against a bug: the intake lock taken only after the look at
+// `closed` in `submit_job` (the job slips into the queue after the report
+// emptied it: lost).
+#[test]
+fn a_job_submitted_during_a_shutdown_is_refused_or_handed_back_once() {
+    model(|| {
+        let pool = Arc::new(Pool::builder().workers(1).queue(2).build().unwrap());
+        let ran = Arc::new(AtomicUsize::new(0));
+        let submitter = {
+            let (pool, job) = (pool.clone(), counting_job(&ran));
+            thread::spawn(move || pool.try_submit(job).map_err(|e| e.reason))
+        };
+        let report = pool.shutdown_timeout(std::time::Duration::from_secs(60));
+        let submitted = submitter.join().unwrap();
+        match submitted {
+            Ok(()) => assert_eq!(report.never_started.len(), 1, "accepted, then lost"),
+            Err(reason) => {
+                assert_eq!(reason, Refused::Closed);
+                assert!(report.never_started.is_empty());
+            }
+        }
+        assert_eq!(pool.queued(), 0, "a job entered the queue after the report");
+        assert_eq!(ran.load(Ordering::SeqCst), 0);
+    });
+}
+
+// Checked against a bug: a stop that does not wait out the submits under
+// way (no exclusive take of the intake lock in `close_intake`).
+#[test]
+fn a_job_submitted_during_an_abort_is_refused_or_handed_back_once() {
+    model(|| {
+        let pool = Arc::new(Pool::builder().workers(1).queue(2).build().unwrap());
+        let ran = Arc::new(AtomicUsize::new(0));
+        let submitter = {
+            let (pool, job) = (pool.clone(), counting_job(&ran));
+            thread::spawn(move || pool.submit(job).map_err(|e| e.reason))
+        };
+        let report = pool.abort();
+        let submitted = submitter.join().unwrap();
+        match submitted {
+            Ok(()) => assert_eq!(report.never_started.len(), 1, "accepted, then lost"),
+            Err(reason) => {
+                assert_eq!(reason, Refused::Closed);
+                assert!(report.never_started.is_empty());
+            }
+        }
+        assert_eq!(pool.queued(), 0, "a job entered the queue after the report");
+        assert!(pool.is_closed());
+    });
+}
+
+// Checked against a bug: the idle worker looking at the queue before it
+// leaves the count (the submitter still counts it and starts nobody; the
+// worker then leaves a queued job behind).
+#[test]
+fn an_idle_worker_leaving_never_strands_a_job_submitted_meanwhile() {
+    model(|| {
+        let pool = Arc::new(Pool::builder().elastic(0, 1).queue(2).build().unwrap());
+        assert!(pool.loom_add_worker()); // one worker, above `min`, idle
+        let ran = Arc::new(AtomicUsize::new(0));
+        let submitter = {
+            let (pool, job) = (pool.clone(), counting_job(&ran));
+            thread::spawn(move || pool.try_submit(job).map_err(|e| e.reason))
+        };
+        let left = pool.loom_idle_timeout(); // its idle wait timed out
+        assert_eq!(submitter.join().unwrap(), Ok(()));
+        // The job is queued: the worker stayed, or the submitter took the
+        // place it left (a new worker).
+        assert_eq!(pool.queued(), 1);
+        assert_eq!(
+            pool.workers(),
+            1,
+            "a queued job with no worker (left: {left})"
+        );
+    });
+}
+
+// Checked against a bug: resize reading and writing `min` and `max` apart
+// (the code before the limits word: `max` stored, then `min` decided from
+// a second look).
+#[test]
+fn concurrent_resizes_keep_min_at_most_max() {
+    model(|| {
+        let pool = Arc::new(Pool::builder().workers(2).build().unwrap());
+        let resizers: Vec<_> = [3, 1]
+            .into_iter()
+            .map(|n| {
+                let pool = pool.clone();
+                thread::spawn(move || pool.resize(n).unwrap())
+            })
+            .collect();
+        for r in resizers {
+            r.join().unwrap();
+        }
+        let (min, max) = pool.loom_limits();
+        assert!(min <= max, "min {min} > max {max}");
+        assert_eq!(min, max, "a fixed pool stays fixed");
+        assert!(max == 3 || max == 1);
+        assert!(pool.workers() >= min); // the missing ones were started
     });
 }

@@ -4,7 +4,7 @@
 use crate::sync::{Arc, AtomicU64, Ordering, fence};
 use std::io;
 
-use super::worker::worker;
+use super::worker;
 use super::{Pool, Shared};
 
 impl Pool {
@@ -85,11 +85,7 @@ impl Shared {
         // Join workers that have exited (elastic shrink, resize) as we go.
         threads.reap();
         let index = this.next_worker.fetch_add(1, Ordering::Relaxed);
-        let shared = Arc::clone(this);
-        let started = threads.spawn(format!("{}-{index}", this.name), move |ctx| {
-            worker(&shared, ctx, index);
-        });
-        if let Err(err) = started {
+        if let Err(err) = worker::start(threads, this, index) {
             this.workers.fetch_sub(1, Ordering::SeqCst);
             return Err(err);
         }

@@ -105,6 +105,8 @@ use crate::threads::Threads;
 mod builder;
 mod elastic;
 mod job;
+#[cfg(quiesce_loom)]
+mod model;
 mod stats;
 mod stop;
 mod submit;

@@ -1,13 +1,44 @@
 //! The worker loop: take a job, run it, wait for work, exit.
 
+use std::io;
+
 use crossbeam_channel::Select;
 
 use crate::context::Context;
 use crate::sync::{Arc, Ordering};
+use crate::threads::Threads;
 
 use super::Shared;
 use super::job::Job;
 use super::stats::{Ended, WorkerStats};
+
+/// Starts worker `index` on a thread of its own, among `threads`.
+#[cfg(not(quiesce_loom))]
+pub(super) fn start(
+    threads: &mut Threads<()>,
+    shared: &Arc<Shared>,
+    index: usize,
+) -> io::Result<()> {
+    let shared = Arc::clone(shared);
+    let name = format!("{}-{index}", shared.name);
+    threads.spawn(name, move |ctx| worker(&shared, ctx, index))
+}
+
+/// Under loom no worker thread is started. The worker loop waits in a
+/// crossbeam `Select`, which parks the thread where loom cannot see it (a
+/// model would hang), and a thread loom did not start cannot touch loom's
+/// objects. The place in `workers` is taken all the same (I5); the models
+/// in `tests/loom.rs` play the worker's part through the hooks in
+/// `model.rs`, which run the worker's own code.
+#[cfg(quiesce_loom)]
+pub(super) fn start(
+    _threads: &mut Threads<()>,
+    _shared: &Arc<Shared>,
+    _index: usize,
+) -> io::Result<()> {
+    let _: fn(&Arc<Shared>, &Context, usize) = worker;
+    Ok(())
+}
 
 impl Shared {
     pub(super) fn run_job(&self, job: Job, ctx: &Context, stats: &WorkerStats) {
@@ -93,7 +124,7 @@ fn try_recv_a_while(shared: &Shared) -> Option<Job> {
     None
 }
 
-pub(super) fn worker(shared: &Arc<Shared>, ctx: &Context, index: usize) {
+fn worker(shared: &Arc<Shared>, ctx: &Context, index: usize) {
     let stats = shared.stats.register();
     let mut exit = WorkerExit {
         shared,
