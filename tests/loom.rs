@@ -32,7 +32,7 @@
 //! - A job accepted by these models is never run (no worker takes it), so
 //!   "run or handed back" is checked as "refused, or handed back in the
 //!   stop's report": exactly one of the two.
-//! - The elastic handshake (I6 in `pool/mod.rs`) goes partly through the
+//! - The elastic handshake (invariant 6 in `pool/mod.rs`) goes partly through the
 //!   queue. loom sees the counts, not the channel's atomics, which in its
 //!   one-thread-at-a-time runs behave as sequentially consistent. So the
 //!   model checks the order of the steps on each side (leave the count,

@@ -37,7 +37,7 @@ impl Pool {
         let shared = &self.shared;
         let n = n.max(1);
         // One step for both: a concurrent resize sees the pair before or
-        // after, never half of it (I8).
+        // after, never half of it (invariant 8).
         shared.limits.resize(n);
         let workers = shared.workers.load(Ordering::SeqCst);
         for _ in n..workers {
@@ -67,7 +67,7 @@ impl Shared {
         let Some(threads) = guard
             .as_mut()
             // No new worker once intake is closed, nor while a stop has the
-            // workers out (I5).
+            // workers out (invariant 5).
             .filter(|_| !this.closed.load(Ordering::SeqCst))
         else {
             return Ok(false);
@@ -97,13 +97,13 @@ impl Shared {
     ///
     /// Called by a submitter *after* it queued a job, and by a worker
     /// *after* it took a job (and so left the idle count) and finds jobs
-    /// still queued: the submitter's half of (I6).
+    /// still queued: the submitter's half of invariant 6.
     pub(super) fn grow_if_needed(this: &Arc<Self>) {
         let limits = this.limits.load(Ordering::SeqCst);
         if !limits.elastic() {
             return;
         }
-        // (I6): the job is queued; the fence orders that before the looks
+        // Invariant 6: the job is queued; the fence orders that before the looks
         // at `idle` and `workers` below, whatever orderings the channel
         // uses inside. It pairs with the one in `leave_when_idle`.
         fence(Ordering::SeqCst);
@@ -151,20 +151,20 @@ impl Shared {
     /// An idle worker above `min` whose wait timed out: leaves the count,
     /// then looks at the queue, and stays (`rejoin`) if a job is waiting
     /// and there is room. `true` when it must go. The worker's half of
-    /// (I6): a job queued after its look is seen by its submitter, who
-    /// finds the place free and starts a worker.
+    /// invariant 6: a job queued after its look is seen by its submitter,
+    /// who finds the place free and starts a worker.
     pub(super) fn leave_when_idle(&self) -> bool {
         if !self.retire(true) {
             return false;
         }
-        // (I6): pairs with the fence in `grow_if_needed`.
+        // Invariant 6: pairs with the fence in `grow_if_needed`.
         fence(Ordering::SeqCst);
         self.queue_rx.is_empty() || !self.rejoin()
     }
 }
 
 /// `min` and `max` in one atomic word, `min` in the high half: both change
-/// in one step, and every read gets a pair that was written whole (I8).
+/// in one step, and every read gets a pair that was written whole (invariant 8).
 /// Each is at most `u32::MAX` (a bound no pool reaches).
 pub(super) struct Limits(AtomicU64);
 

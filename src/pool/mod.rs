@@ -4,7 +4,9 @@
 //! ([`Shared`]), and the rest lives in one file per idea: [`job`] (the
 //! values handed back), [`builder`], [`submit`], [`elastic`] (sizing),
 //! [`stop`] (the stop protocol), [`worker`] (the worker loop) and
-//! [`stats`] (per-worker counts).
+//! [`stats`] (per-worker counts). Under `--cfg quiesce_loom`, `model.rs`
+//! adds the hooks `tests/loom.rs` uses: there no worker thread starts (see
+//! `worker::start`), and the models play the worker's part.
 //!
 //! # What the pool owns
 //!
@@ -193,27 +195,27 @@ struct Shared {
     queue_tx: Sender<Job>,
     queue_rx: Receiver<Job>,
     /// Wakes idle workers to look at the state again: after a `resize`
-    /// (I8), and once per worker when the drain starts (I4).
+    /// (invariant 8), and once per worker when the drain starts (invariant 4).
     wake_tx: Sender<()>,
     wake_rx: Receiver<()>,
     /// Submits hold it shared; every stop takes it exclusively, once, to
-    /// wait for submits under way after `closed` was set (I2). Padded:
+    /// wait for submits under way after `closed` was set (invariant 2). Padded:
     /// every submit writes its lock word.
     intake: Padded<RwLock<()>>,
-    /// "Intake is closed": the one record of it (I1). An atomic because
+    /// "Intake is closed": the one record of it (invariant 1). An atomic because
     /// every submit reads it.
     closed: AtomicBool,
     /// Rung once `closed` is set, to wake the submits waiting for room
-    /// (I3). A wake-up only: nothing reads it as state.
+    /// (invariant 3). A wake-up only: nothing reads it as state.
     closed_bell: Bell,
-    /// "The drain has begun": the one record of it (I4).
+    /// "The drain has begun": the one record of it (invariant 4).
     draining: AtomicBool,
     /// `None` while a stop waits for the workers.
     threads: Mutex<Option<Threads<()>>>,
     /// Jobs a worker took from the queue but did not start because the
     /// pool's context was already cancelled.
     returned: Mutex<Vec<Job>>,
-    /// `min` and `max`, in one atomic word (I8).
+    /// `min` and `max`, in one atomic word (invariant 8).
     limits: Limits,
     /// Written when workers come and go and go idle: kept off the lines the
     /// hot paths only read.

@@ -130,15 +130,15 @@ impl Shared {
     /// Steps 1 and 2 of a shutdown: close intake, then wait out the
     /// submits under way. Idempotent.
     fn close_intake(&self) {
-        // (I1): the caller that sets `closed` rings the bell, before it or
+        // Invariant 1: the caller that sets `closed` rings the bell, before it or
         // any other stop waits for the intake lock: a submit waiting for
-        // room holds that lock shared and waits for the bell (I3).
+        // room holds that lock shared and waits for the bell (invariant 3).
         let first = !self.closed.swap(true, Ordering::SeqCst);
         if first {
             self.closed_bell.ring();
         }
         // Every stop waits out the submits under way; later ones see
-        // `closed` (I2).
+        // `closed` (invariant 2).
         drop(self.intake.write());
         if first {
             log::debug!("pool {}: intake closed", self.name);
@@ -166,10 +166,10 @@ impl Shared {
             return self.report(Vec::new());
         };
         if let Stop::Drain(deadline) = how {
-            // Step 3: intake is sealed, so an empty queue stays empty (I4).
+            // Step 3: intake is sealed, so an empty queue stays empty (invariant 4).
             self.draining.store(true, Ordering::SeqCst);
             // One wake-up per worker that may be waiting without having
-            // seen `draining` (I4).
+            // seen `draining` (invariant 4).
             for _ in 0..self.workers.load(Ordering::SeqCst) {
                 let _ = self.wake_tx.send(());
             }
@@ -179,7 +179,7 @@ impl Shared {
             };
         }
         // Step 4. The workers are joined (or stuck) before `report`
-        // collects `returned` and the queue (I7).
+        // collects `returned` and the queue (invariant 7).
         threads.cancel();
         let stuck = threads.join_timeout(self.stop_grace).running;
         *self.threads.lock() = Some(threads);
@@ -188,7 +188,7 @@ impl Shared {
 
     fn report(&self, stuck: Vec<Running>) -> ShutdownReport {
         // `returned` first, then the queue: a job is in one or the other
-        // once its worker is joined (I7).
+        // once its worker is joined (invariant 7).
         let mut never_started = std::mem::take(&mut *self.returned.lock());
         never_started.extend(self.queue_rx.try_iter());
         if !stuck.is_empty() {

@@ -210,9 +210,9 @@ impl Pool {
     fn submit_job(&self, job: Job, until: Until<'_>) -> Result<(), SubmitError> {
         let shared = &self.shared;
         let refuse = |reason, job| Err(SubmitError { reason, job });
-        // (I2): held until the job is queued or handed back.
+        // Invariant 2: held until the job is queued or handed back.
         let _intake = shared.intake.read();
-        // `Relaxed` is enough only because the intake lock is held (I2).
+        // `Relaxed` is enough only because the intake lock is held (invariant 2).
         if shared.closed.load(Ordering::Relaxed) || shared.ctx.is_done() {
             return refuse(Refused::Closed, job);
         }
@@ -237,7 +237,7 @@ impl Pool {
         let mut sel = Select::new();
         let send = sel.send(&shared.queue_tx);
         // Waiting with the intake lock held: the bell rings without any
-        // stop waiting for this submit first (I3).
+        // stop waiting for this submit first (invariant 3).
         let closed = sel.recv(shared.closed_bell.channel());
         // A cancelled parent stops the workers: stop waiting for room too.
         let pool_done = sel.recv(shared.ctx.done());

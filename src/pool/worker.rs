@@ -27,7 +27,7 @@ pub(super) fn start(
 /// Under loom no worker thread is started. The worker loop waits in a
 /// crossbeam `Select`, which parks the thread where loom cannot see it (a
 /// model would hang), and a thread loom did not start cannot touch loom's
-/// objects. The place in `workers` is taken all the same (I5); the models
+/// objects. The place in `workers` is taken all the same (invariant 5); the models
 /// in `tests/loom.rs` play the worker's part through the hooks in
 /// `model.rs`, which run the worker's own code.
 #[cfg(quiesce_loom)]
@@ -44,7 +44,7 @@ impl Shared {
     pub(super) fn run_job(&self, job: Job, ctx: &Context, stats: &WorkerStats) {
         if ctx.is_done() {
             // Cancelled (abort, deadline, parent): hand it back, unstarted,
-            // for the stop's report (I7).
+            // for the stop's report (invariant 7).
             self.returned.lock().push(job);
             return;
         }
@@ -79,7 +79,7 @@ impl Drop for WorkerExit<'_> {
     fn drop(&mut self) {
         self.shared.stats.retire(&self.stats);
         if self.counted {
-            // Once per worker (I5).
+            // Once per worker (invariant 5).
             self.shared.workers.fetch_sub(1, Ordering::SeqCst);
         }
         if let Some(hook) = &self.shared.on_exit {
@@ -148,7 +148,7 @@ fn worker(shared: &Arc<Shared>, ctx: &Context, index: usize) {
             continue;
         }
         if shared.draining.load(Ordering::SeqCst) {
-            // Intake was sealed before `draining` was set (I4), so every job
+            // Intake was sealed before `draining` was set (invariant 4), so every job
             // ever sent is in the queue by now: look once more (the look
             // above may predate the last sends), then leave when empty.
             if shared.queue_rx.is_empty() {
@@ -168,9 +168,9 @@ fn worker(shared: &Arc<Shared>, ctx: &Context, index: usize) {
             }
             Wake::Recheck => {
                 // A resize may have lowered `max`; or the drain began, which
-                // the loop sees next (I4).
+                // the loop sees next (invariant 4).
                 if shared.retire(false) {
-                    // Left the count already (I5).
+                    // Left the count already (invariant 5).
                     exit.counted = false;
                     return;
                 }
