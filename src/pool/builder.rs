@@ -218,7 +218,7 @@ impl PoolBuilder {
     /// The parent of the pool's context. Cancelling it acts like
     /// [`Pool::abort`] without the report: running jobs see the
     /// cancellation, workers stop, submits — also those already waiting
-    /// for room in a full queue — are refused as [`Refused::Closed`], and
+    /// for room in a full queue — are refused as [`Refused::Closed`](super::Refused::Closed), and
     /// jobs still queued wait to be handed back by [`Pool::shutdown`].
     /// Default: the background context.
     ///

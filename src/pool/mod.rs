@@ -160,7 +160,7 @@ use stop::Bell;
 ///
 /// A job that panics is caught: counted in [`Pool::panicked`], passed to the
 /// [`panic_handler`](PoolBuilder::panic_handler) if any, reported through
-/// its [`JobHandle`] if it has one. The worker lives on, so a panic never
+/// its [`JobHandle`](crate::JobHandle) if it has one. The worker lives on, so a panic never
 /// shrinks the pool.
 ///
 /// # Examples
