@@ -219,3 +219,39 @@ impl Limits {
             });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Limits, Sizes};
+    use crate::sync::Ordering;
+
+    fn sizes(limits: &Limits) -> (usize, usize) {
+        let Sizes { min, max } = limits.load(Ordering::SeqCst);
+        (min, max)
+    }
+
+    #[test]
+    fn resize_sets_a_fixed_pool_and_caps_an_elastic_one() {
+        let fixed = Limits::new(2, 2);
+        fixed.resize(5);
+        assert_eq!(sizes(&fixed), (5, 5));
+        fixed.resize(1);
+        assert_eq!(sizes(&fixed), (1, 1));
+
+        let elastic = Limits::new(2, 8);
+        elastic.resize(4);
+        assert_eq!(sizes(&elastic), (2, 4)); // `min` kept
+        elastic.resize(1);
+        assert_eq!(sizes(&elastic), (1, 1)); // `min` lowered to `max`
+    }
+
+    #[test]
+    fn limits_past_u32_are_held_at_u32_max() {
+        let huge = Limits::new(0, usize::MAX);
+        let cap = usize::try_from(u32::MAX).unwrap();
+        assert_eq!(sizes(&huge), (0, cap));
+        assert!(huge.load(Ordering::SeqCst).elastic());
+        huge.resize(usize::MAX);
+        assert_eq!(sizes(&huge), (0, cap));
+    }
+}
