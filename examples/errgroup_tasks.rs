@@ -66,7 +66,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use quiesce::{Context, ContextError, Group, GroupError, Waited};
+use quiesce::{Context, ContextError, Group, GroupError, group::Waited};
 
 /// A generous bound on the whole group.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -63,7 +63,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use quiesce::leak::Tracker;
-use quiesce::{Context, Running, Threads};
+use quiesce::{Context, Threads, threads::Running};
 
 /// How long a leak check waits before it calls a thread leaked.
 const LEAK_GRACE: Duration = Duration::from_millis(500);

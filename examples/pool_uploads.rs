@@ -62,7 +62,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use quiesce::{Context, Pool, Refused, Threads};
+use quiesce::{Context, Pool, Threads, pool::Refused};
 
 /// How long `main` waits for the producer thread.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);

@@ -59,7 +59,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use quiesce::{Context, Job, Pool, Refused, Threads};
+use quiesce::{Context, Pool, Threads, pool::Job, pool::Refused};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 

@@ -545,7 +545,7 @@ impl<T: Send + 'static, E: Send + 'static> Group<T, E> {
     ///
     /// ```
     /// use std::time::{Duration, Instant};
-    /// use quiesce::{Group, Waited};
+    /// use quiesce::{Group, group::Waited};
     ///
     /// let group = Group::<(), String>::new();
     /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
@@ -579,7 +579,7 @@ impl<T: Send + 'static, E: Send + 'static> Group<T, E> {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use quiesce::Waited;
+    /// use quiesce::group::Waited;
     ///
     /// let group = quiesce::Group::<(), String>::new();
     /// group.spawn("watch-config", |ctx| { let _ = ctx.done().recv(); Ok(()) }).unwrap();

@@ -119,12 +119,12 @@ impl fmt::Display for ThreadInfo {
 /// leaks.assert_none();
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Leaked {
+pub struct LeakError {
     /// The threads, oldest first.
     pub threads: Vec<ThreadInfo>,
 }
 
-impl fmt::Display for Leaked {
+impl fmt::Display for LeakError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -139,7 +139,7 @@ impl fmt::Display for Leaked {
     }
 }
 
-impl std::error::Error for Leaked {}
+impl std::error::Error for LeakError {}
 
 /// Every live thread quiesce started, in this whole process, oldest first.
 ///
@@ -178,7 +178,7 @@ fn collect(filter: impl Fn(&Entry) -> bool) -> Vec<ThreadInfo> {
 }
 
 /// Waits until `filter` matches no live thread, or `deadline`.
-fn wait_gone(filter: impl Fn(&Entry) -> bool, deadline: Instant) -> Result<(), Leaked> {
+fn wait_gone(filter: impl Fn(&Entry) -> bool, deadline: Instant) -> Result<(), LeakError> {
     let mut threads = REGISTRY.threads.lock();
     loop {
         if !threads.values().any(&filter) {
@@ -197,7 +197,7 @@ fn wait_gone(filter: impl Fn(&Entry) -> bool, deadline: Instant) -> Result<(), L
     if threads.is_empty() {
         Ok(())
     } else {
-        Err(Leaked { threads })
+        Err(LeakError { threads })
     }
 }
 
@@ -210,7 +210,7 @@ fn wait_gone(filter: impl Fn(&Entry) -> bool, deadline: Instant) -> Result<(), L
 ///
 /// # Errors
 ///
-/// [`Leaked`], naming the threads still running after `grace`.
+/// [`LeakError`], naming the threads still running after `grace`.
 ///
 /// # Examples
 ///
@@ -223,7 +223,7 @@ fn wait_gone(filter: impl Fn(&Entry) -> bool, deadline: Instant) -> Result<(), L
 /// assert!(threads.join_timeout(Duration::from_secs(10)).running.is_empty());
 /// assert_eq!(leak::check_all(Duration::from_secs(5)), Ok(())); // at the end of `main`
 /// ```
-pub fn check_all(grace: Duration) -> Result<(), Leaked> {
+pub fn check_all(grace: Duration) -> Result<(), LeakError> {
     let deadline = crate::deadline::after(grace);
     crate::timer::stop_if_idle();
     wait_gone(|_| true, deadline.unwrap_or_else(far_future))?;
@@ -314,7 +314,7 @@ impl Tracker {
     ///
     /// # Errors
     ///
-    /// [`Leaked`], naming the threads still running after `grace`.
+    /// [`LeakError`], naming the threads still running after `grace`.
     ///
     /// # Examples
     ///
@@ -328,7 +328,7 @@ impl Tracker {
     /// assert_eq!(leaks.check(Duration::from_secs(10)), Ok(())); // waits for it to end
     /// assert_eq!(threads.reap().len(), 1);
     /// ```
-    pub fn check(&self, grace: Duration) -> Result<(), Leaked> {
+    pub fn check(&self, grace: Duration) -> Result<(), LeakError> {
         let id = self.id;
         let deadline = crate::deadline::after(grace).unwrap_or_else(far_future);
         wait_gone(move |e| e.trackers.contains(&id), deadline)

@@ -90,19 +90,19 @@
 
 mod backoff;
 mod consumer;
-mod counters;
+pub mod counters;
 mod deadline;
 mod done;
-mod group;
+pub mod group;
 mod handle;
 mod panic;
-mod pool;
+pub mod pool;
 mod scope;
 mod semaphore;
 pub mod signals;
-mod supervisor;
+pub mod supervisor;
 mod sync;
-mod threads;
+pub mod threads;
 mod timer;
 mod tree;
 mod wait;
@@ -113,17 +113,17 @@ pub mod leak;
 pub use backoff::Backoff;
 pub use consumer::Consumer;
 pub use context::{CancelGuard, Cause, Context, ContextError, OnCancel};
-pub use counters::{Counters, Snapshot};
+pub use counters::Counters;
 pub use done::{Done, Shutdown, shutdown};
-pub use group::{Group, GroupError, LimitError, SpawnError, TrySpawnError, Waited};
+pub use group::{Group, GroupError, LimitError, SpawnError, TrySpawnError};
 pub use handle::{Completer, JobError, JobHandle};
 pub use panic::Panic;
-pub use pool::{Job, Pool, PoolBuilder, Refused, ShutdownReport, SubmitError};
+pub use pool::{Pool, PoolBuilder, ShutdownReport, SubmitError};
 pub use scope::{Scope, scope};
 pub use semaphore::{AcquireError, Permit, Semaphore};
 pub use supervisor::{
-    BoxError, Outcome, Readiness, RestartPolicy, Service, ServiceContext, ServiceReport,
-    ServiceSpec, StopCause, Supervisor, SupervisorReport, exit,
+    BoxError, Readiness, RestartPolicy, Service, ServiceContext, ServiceReport, ServiceSpec,
+    StopCause, Supervisor, SupervisorReport, exit,
 };
-pub use threads::{Finished, JoinReport, Running, Threads};
+pub use threads::{JoinReport, Threads};
 pub use wait::{WaitGroup, WaitGuard};

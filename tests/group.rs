@@ -6,7 +6,9 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use quiesce::{Context, ContextError, Group, GroupError, SpawnError, TrySpawnError, Waited, leak};
+use quiesce::{
+    Context, ContextError, Group, GroupError, SpawnError, TrySpawnError, group::Waited, leak,
+};
 
 const LONG: Duration = Duration::from_secs(60);
 

@@ -45,7 +45,7 @@
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::thread;
-use quiesce::{AcquireError, Context, ContextError, Pool, Refused, Semaphore, WaitGroup};
+use quiesce::{AcquireError, Context, ContextError, Pool, Semaphore, WaitGroup, pool::Refused};
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();

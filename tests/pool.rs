@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, bounded};
-use quiesce::{Context, ContextError, JobError, Pool, Refused, leak};
+use quiesce::{Context, ContextError, JobError, Pool, leak, pool::Refused};
 
 const LONG: Duration = Duration::from_secs(60);
 

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::bounded;
 use quiesce::{
-    Context, Outcome, Readiness, RestartPolicy, StopCause, Supervisor, SupervisorReport, exit, leak,
+    Context, Readiness, RestartPolicy, StopCause, Supervisor, SupervisorReport, exit, leak,
+    supervisor::Outcome,
 };
 
 const LONG: Duration = Duration::from_secs(60);

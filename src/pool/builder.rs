@@ -225,7 +225,7 @@ impl PoolBuilder {
     /// # Examples
     ///
     /// ```
-    /// use quiesce::{Context, Pool, Refused};
+    /// use quiesce::{Context, Pool, pool::Refused};
     ///
     /// let (app, stop_app) = Context::background().with_cancel();
     /// let pool = Pool::builder().workers(1).context(&app).build().unwrap();

@@ -18,7 +18,7 @@ use super::Pool;
 ///
 /// ```
 /// use std::time::Duration;
-/// use quiesce::{Context, Pool, Refused};
+/// use quiesce::{Context, Pool, pool::Refused};
 ///
 /// let pool = Pool::builder().workers(1).build().unwrap();
 /// let _ = pool.shutdown_timeout(Duration::from_secs(10));
@@ -40,7 +40,7 @@ impl Job {
     /// # Examples
     ///
     /// ```
-    /// use quiesce::{Context, Job};
+    /// use quiesce::{Context, pool::Job};
     ///
     /// let job = Job::new(|_ctx| panic!("diary 17 is corrupt"));
     /// let panic = job.run(&Context::background()).unwrap_err(); // caught, not unwound
@@ -64,7 +64,7 @@ impl Job {
     /// # Examples
     ///
     /// ```
-    /// use quiesce::{Context, Job};
+    /// use quiesce::{Context, pool::Job};
     ///
     /// let (ctx, guard) = Context::background().with_cancel();
     /// drop(guard);
@@ -90,7 +90,7 @@ impl fmt::Debug for Job {
 /// # Examples
 ///
 /// ```
-/// use quiesce::{Pool, Refused};
+/// use quiesce::{Pool, pool::Refused};
 ///
 /// let pool = Pool::builder().workers(1).queue(1).build().unwrap();
 /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
@@ -120,7 +120,7 @@ pub enum Refused {
 ///
 /// ```
 /// use std::time::Duration;
-/// use quiesce::{Pool, Refused};
+/// use quiesce::{Pool, pool::Refused};
 ///
 /// let pool = Pool::builder().workers(1).queue(1).build().unwrap();
 /// let (release, hold) = crossbeam_channel::bounded::<()>(0);

@@ -1,10 +1,10 @@
 //! `Pool`: a fixed or elastic set of worker threads fed by a bounded queue.
 //! The public docs, with the Go pattern it replaces, are on [`Pool`]; this
 //! module holds the handle and the state it shares with its workers
-//! ([`Shared`]), and the rest lives in one file per idea: [`job`] (the
-//! values handed back), [`builder`], [`submit`], [`elastic`] (sizing),
-//! [`stop`] (the stop protocol), [`worker`] (the worker loop) and
-//! [`stats`] (per-worker counts). Under `--cfg quiesce_loom`, `model.rs`
+//! (`Shared`), and the rest lives in one file per idea: `job` (the
+//! values handed back), `builder`, `submit`, `elastic` (sizing),
+//! `stop` (the stop protocol), `worker` (the worker loop) and
+//! `stats` (per-worker counts). Under `--cfg quiesce_loom`, `model.rs`
 //! adds the hooks `tests/loom.rs` uses: there no worker thread starts (see
 //! `worker::start`), and the models play the worker's part.
 //!

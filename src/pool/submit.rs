@@ -24,7 +24,7 @@ impl Pool {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use quiesce::{Pool, Refused};
+    /// use quiesce::{Pool, pool::Refused};
     ///
     /// let pool = Pool::builder().workers(2).queue(1).build().unwrap(); // a small queue
     /// for patient in 0..20 {
@@ -49,7 +49,7 @@ impl Pool {
     /// # Examples
     ///
     /// ```
-    /// use quiesce::{Context, Pool, Refused};
+    /// use quiesce::{Context, Pool, pool::Refused};
     ///
     /// let pool = Pool::builder().workers(1).queue(1).build().unwrap();
     /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
@@ -77,7 +77,7 @@ impl Pool {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use quiesce::{Pool, Refused};
+    /// use quiesce::{Pool, pool::Refused};
     ///
     /// let pool = Pool::builder().workers(1).queue(1).build().unwrap();
     /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
@@ -108,7 +108,7 @@ impl Pool {
     ///
     /// ```
     /// use std::time::Instant;
-    /// use quiesce::{Pool, Refused};
+    /// use quiesce::{Pool, pool::Refused};
     ///
     /// let pool = Pool::builder().workers(1).queue(1).build().unwrap();
     /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
@@ -135,7 +135,7 @@ impl Pool {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use quiesce::{Context, ContextError, Pool, Refused};
+    /// use quiesce::{Context, ContextError, Pool, pool::Refused};
     ///
     /// let pool = Pool::builder().workers(1).queue(1).build().unwrap();
     /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
@@ -196,7 +196,7 @@ impl Pool {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use quiesce::{Job, Pool};
+    /// use quiesce::{Pool, pool::Job};
     ///
     /// let pool = Pool::builder().workers(1).build().unwrap();
     /// let job = Job::new(|_ctx| println!("SITE-A upload"));

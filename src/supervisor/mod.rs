@@ -237,7 +237,7 @@ impl Supervisor {
     ///
     /// ```
     /// use std::time::{Duration, Instant};
-    /// use quiesce::{Context, Outcome, Supervisor};
+    /// use quiesce::{Context, Supervisor, supervisor::Outcome};
     ///
     /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
     /// let mut sup = Supervisor::new().stop_timeout(Duration::from_millis(5));
@@ -399,7 +399,7 @@ impl Supervisor {
     /// # Examples
     ///
     /// ```
-    /// use quiesce::{Context, Outcome, StopCause, Supervisor};
+    /// use quiesce::{Context, StopCause, Supervisor, supervisor::Outcome};
     ///
     /// let mut sup = Supervisor::new();
     /// sup.add_fn("store", |ctx| { ctx.ready(); let _ = ctx.done().recv(); Ok(()) });

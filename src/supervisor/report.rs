@@ -56,7 +56,7 @@ pub mod exit {
 /// # Examples
 ///
 /// ```
-/// use quiesce::{Context, Outcome, Supervisor};
+/// use quiesce::{Context, Supervisor, supervisor::Outcome};
 ///
 /// let mut sup = Supervisor::new();
 /// sup.add_fn("store", |_ctx| Err("database locked".into())); // fails before it is up
@@ -87,7 +87,7 @@ pub enum Outcome {
 /// # Examples
 ///
 /// ```
-/// use quiesce::Outcome;
+/// use quiesce::supervisor::Outcome;
 ///
 /// assert_eq!(Outcome::Clean.to_string(), "stopped cleanly");
 /// assert_eq!(Outcome::Failed("disk full".into()).to_string(), "failed: disk full");
@@ -112,7 +112,7 @@ impl fmt::Display for Outcome {
 /// # Examples
 ///
 /// ```
-/// use quiesce::{Context, Outcome, Supervisor};
+/// use quiesce::{Context, Supervisor, supervisor::Outcome};
 ///
 /// let mut sup = Supervisor::new();
 /// sup.add_fn("store", |ctx| { ctx.ready(); let _ = ctx.done().recv(); Ok(()) });

@@ -23,7 +23,7 @@ use crate::context::Context;
 /// use std::sync::atomic::{AtomicU32, Ordering};
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use quiesce::{Context, Outcome, RestartPolicy, Supervisor};
+/// use quiesce::{Context, RestartPolicy, Supervisor, supervisor::Outcome};
 ///
 /// let runs = Arc::new(AtomicU32::new(0));
 /// let counter = runs.clone();

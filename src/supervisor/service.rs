@@ -40,7 +40,7 @@ pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
 ///
 /// ```
 /// use std::time::{Duration, Instant};
-/// use quiesce::{BoxError, Context, Outcome, Service, ServiceContext, Supervisor};
+/// use quiesce::{BoxError, Context, Service, ServiceContext, Supervisor, supervisor::Outcome};
 ///
 /// struct JobStore {
 ///     path: String,
@@ -267,7 +267,7 @@ impl ServiceSpec {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use quiesce::{exit, Context, Outcome, Supervisor};
+    /// use quiesce::{exit, Context, Supervisor, supervisor::Outcome};
     ///
     /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
     /// let mut sup = Supervisor::new();
@@ -297,7 +297,7 @@ impl ServiceSpec {
     /// ```
     /// use std::sync::atomic::{AtomicU32, Ordering};
     /// use std::time::{Duration, Instant};
-    /// use quiesce::{Context, Outcome, RestartPolicy, Supervisor};
+    /// use quiesce::{Context, RestartPolicy, Supervisor, supervisor::Outcome};
     ///
     /// let runs = AtomicU32::new(0);
     /// let quick = Duration::from_millis(1);
