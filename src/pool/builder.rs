@@ -28,7 +28,7 @@ pub(super) type PanicHandler = std::sync::Arc<dyn Fn(&Panic) + Send + Sync>;
 /// let pool = PoolBuilder::new()
 ///     .elastic(1, 4)
 ///     .queue(32)
-///     .name("epro-ingest")
+///     .name("ingest")
 ///     .idle_timeout(Duration::from_secs(30))
 ///     .stop_grace(Duration::from_secs(1))
 ///     .build()
@@ -150,9 +150,9 @@ impl PoolBuilder {
     /// # Examples
     ///
     /// ```
-    /// let pool = quiesce::Pool::builder().workers(1).name("diary-ingest").build().unwrap();
+    /// let pool = quiesce::Pool::builder().workers(1).name("file-ingest").build().unwrap();
     /// let name = pool.execute(|_ctx| std::thread::current().name().map(String::from)).unwrap();
-    /// assert_eq!(name.join().unwrap().as_deref(), Some("diary-ingest-0"));
+    /// assert_eq!(name.join().unwrap().as_deref(), Some("file-ingest-0"));
     /// ```
     pub fn name(mut self, prefix: impl Into<String>) -> Self {
         self.name = prefix.into();
@@ -252,9 +252,9 @@ impl PoolBuilder {
     ///     .panic_handler(move |p| log.lock().unwrap().push(p.message().to_string()))
     ///     .build()
     ///     .unwrap();
-    /// pool.submit(|_ctx| panic!("diary 17 is corrupt")).unwrap();
+    /// pool.submit(|_ctx| panic!("file 17 is corrupt")).unwrap();
     /// assert_eq!(pool.shutdown_timeout(Duration::from_secs(10)).panicked, 1);
-    /// assert_eq!(*seen.lock().unwrap(), ["diary 17 is corrupt"]);
+    /// assert_eq!(*seen.lock().unwrap(), ["file 17 is corrupt"]);
     /// ```
     pub fn panic_handler(mut self, f: impl Fn(&Panic) + Send + Sync + 'static) -> Self {
         self.panic_handler = Some(std::sync::Arc::new(f));

@@ -22,7 +22,7 @@ use super::Pool;
 ///
 /// let pool = Pool::builder().workers(1).build().unwrap();
 /// let _ = pool.shutdown_timeout(Duration::from_secs(10));
-/// let err = pool.submit(|_ctx| println!("late diary upload")).unwrap_err();
+/// let err = pool.submit(|_ctx| println!("late file upload")).unwrap_err();
 /// assert_eq!(err.reason, Refused::Closed);
 /// let job = err.job; // not lost: run it here
 /// assert!(job.run(&Context::background()).is_ok());
@@ -42,9 +42,9 @@ impl Job {
     /// ```
     /// use quiesce::{Context, pool::Job};
     ///
-    /// let job = Job::new(|_ctx| panic!("diary 17 is corrupt"));
+    /// let job = Job::new(|_ctx| panic!("file 17 is corrupt"));
     /// let panic = job.run(&Context::background()).unwrap_err(); // caught, not unwound
-    /// assert_eq!(panic.message(), "diary 17 is corrupt");
+    /// assert_eq!(panic.message(), "file 17 is corrupt");
     /// ```
     pub fn new<F>(f: F) -> Job
     where
@@ -150,7 +150,7 @@ impl SubmitError {
     ///
     /// let old = Pool::builder().workers(1).build().unwrap();
     /// let _ = old.shutdown_timeout(Duration::from_secs(10));
-    /// let err = old.submit(|_ctx| println!("SITE-B upload")).unwrap_err();
+    /// let err = old.submit(|_ctx| println!("shard-b upload")).unwrap_err();
     /// let backup = Pool::builder().workers(1).name("backup").build().unwrap();
     /// backup.submit_job_blocking(err.into_job()).unwrap();
     /// assert_eq!(backup.shutdown_timeout(Duration::from_secs(10)).completed, 1);
@@ -194,7 +194,7 @@ impl std::error::Error for SubmitError {}
 ///
 /// let pool = Pool::builder().workers(1).build().unwrap();
 /// pool.submit(|_ctx| {}).unwrap();
-/// pool.submit(|_ctx| panic!("bad diary")).unwrap();
+/// pool.submit(|_ctx| panic!("bad file")).unwrap();
 /// let report = pool.shutdown_timeout(Duration::from_secs(10));
 /// assert_eq!((report.completed, report.panicked, report.cancelled), (1, 1, 0));
 /// assert!(report.never_started.is_empty() && report.stuck.is_empty());

@@ -99,8 +99,8 @@ impl Pool {
     /// })
     /// .unwrap();
     /// started.recv_timeout(Duration::from_secs(10)).unwrap();
-    /// for site in ["SITE-A", "SITE-B"] {
-    ///     pool.submit(move |_ctx| println!("upload {site}")).unwrap();
+    /// for shard in ["shard-a", "shard-b"] {
+    ///     pool.submit(move |_ctx| println!("upload {shard}")).unwrap();
     /// }
     /// let report = pool.abort(); // a second Ctrl-C, say
     /// assert_eq!(report.cancelled, 1);

@@ -27,8 +27,8 @@ impl Pool {
     /// use quiesce::{Pool, pool::Refused};
     ///
     /// let pool = Pool::builder().workers(2).queue(1).build().unwrap(); // a small queue
-    /// for patient in 0..20 {
-    ///     pool.submit(move |_ctx| { let _ = patient; }).unwrap(); // waits for room
+    /// for order in 0..20 {
+    ///     pool.submit(move |_ctx| { let _ = order; }).unwrap(); // waits for room
     /// }
     /// assert_eq!(pool.shutdown_timeout(Duration::from_secs(10)).completed, 20);
     /// assert_eq!(pool.submit(|_ctx| {}).unwrap_err().reason, Refused::Closed);
@@ -55,7 +55,7 @@ impl Pool {
     /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
     /// pool.submit(move |_ctx| { let _ = hold.recv(); }).unwrap(); // the worker is busy
     /// pool.submit(|_ctx| {}).unwrap(); // the queue is full
-    /// let err = pool.try_submit(|_ctx| println!("SITE-C upload")).unwrap_err();
+    /// let err = pool.try_submit(|_ctx| println!("shard-c upload")).unwrap_err();
     /// assert_eq!(err.reason, Refused::Full);
     /// err.into_job().run(&Context::background()).unwrap(); // do it here instead
     /// drop(release);
@@ -199,7 +199,7 @@ impl Pool {
     /// use quiesce::{Pool, pool::Job};
     ///
     /// let pool = Pool::builder().workers(1).build().unwrap();
-    /// let job = Job::new(|_ctx| println!("SITE-A upload"));
+    /// let job = Job::new(|_ctx| println!("shard-a upload"));
     /// pool.submit_job_blocking(job).unwrap();
     /// assert_eq!(pool.shutdown_timeout(Duration::from_secs(10)).completed, 1);
     /// ```
