@@ -107,10 +107,10 @@ enum Wake {
 /// a context switch), which every job pays when the submitter is only a
 /// little slower than the workers and the queue keeps running empty. A
 /// couple of yields (which give the CPU to the submitter meanwhile) keep the
-/// workers awake across such gaps: 1,000,000 no-op jobs through 2 workers
-/// went from about 57 to about 24 ns per job (see `benches/pool.rs`). More
-/// yields gain nothing there and cost CPU when jobs are sparse: each is a
-/// system call, made again after every job by a worker that then parks.
+/// workers awake across such gaps (the gain is measured by
+/// `benches/pool.rs`; the figures are in the commit that set this and in
+/// the README). More yields cost CPU when jobs are sparse: each is a system
+/// call, made again after every job by a worker that then parks.
 const BACKOFF_YIELDS: usize = 2;
 
 /// Looks at the queue between yields, [`BACKOFF_YIELDS`] times.

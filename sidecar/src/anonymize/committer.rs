@@ -1,8 +1,8 @@
 //! Finished outputs are flushed to disk and renamed into place here, on a
-//! thread of their own (`anon-commit`, a [`quiesce::Consumer`]), while the worker that wrote
-//! one goes on with its next file: the fsync is disk time, and a worker
-//! waiting for it would leave its core idle (on the benchmark's disk the
-//! fsyncs were a fifth of the run).
+//! thread of their own (`anon-commit`, a [`quiesce::Consumer`]), while the
+//! worker that wrote one goes on with its next file: the fsync is disk
+//! time, and a worker waiting for it would leave its core idle (the
+//! anonymize bench measures it).
 //!
 //! The queue is bounded, so a fast worker cannot get far ahead of the
 //! disk. A commit that fails turns its file's report into a failure (and
