@@ -10,7 +10,7 @@
 //! - [`batch`]: the files on `quiesce::scope`, at most N at once, under a
 //!   context cancelled by SIGINT/SIGTERM or the `--timeout` deadline;
 //! - [`transform`]: one file, row by row ([`columns`], [`pseudonym`],
-//!   [`dialect`], [`source`]), into an [`output`] that appears whole or not
+//!   [`dialect`], [`source`]), into an output (`crate::atomic_file`) that appears whole or not
 //!   at all;
 //! - [`progress`] while it runs, [`summary`] at the end, with the exit
 //!   status.

@@ -1,0 +1,435 @@
+//! The SQLite side of the store: the schema, the connections, and the
+//! writer service ([`Store`]) that applies commands in batches (invariants
+//! 1, 4 and 5 of the [store](super)).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, select};
+use quiesce::{BoxError, Service, ServiceContext};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+
+use super::sync::{Replies, Syncer};
+use super::{Command, Live, Op, Outcome, StoreHandle, now_ms};
+
+/// Most commands in one transaction.
+const MAX_BATCH: usize = 512;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS reports (
+    report_id       TEXT PRIMARY KEY,
+    patient_id      TEXT NOT NULL,
+    site_id         TEXT NOT NULL,
+    instrument      TEXT NOT NULL,
+    submitted_at    TEXT NOT NULL,
+    answers         TEXT NOT NULL,
+    content_hash    TEXT NOT NULL,
+    received_at     INTEGER NOT NULL,
+    status          TEXT NOT NULL CHECK (status IN ('queued', 'processed', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    result          TEXT,
+    alert           INTEGER,
+    processed_at    INTEGER
+);
+CREATE INDEX IF NOT EXISTS reports_due ON reports (next_attempt_at) WHERE status = 'queued';
+-- No index on received_at or processed_at: every index is written by every
+-- commit, and only the scheduler's summary (once per interval) reads them.
+DROP INDEX IF EXISTS reports_received;
+DROP INDEX IF EXISTS reports_processed;
+CREATE TABLE IF NOT EXISTS enrollment (
+    site_id     TEXT NOT NULL,
+    patient_id  TEXT NOT NULL,
+    enrolled_at INTEGER NOT NULL,
+    PRIMARY KEY (site_id, patient_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS summaries (
+    id           INTEGER PRIMARY KEY,
+    period_start INTEGER NOT NULL,
+    period_end   INTEGER NOT NULL,
+    created_at   INTEGER NOT NULL,
+    body         TEXT NOT NULL
+);
+PRAGMA user_version = 1;
+";
+
+/// Opens (creating if needed) the database for writing: WAL,
+/// `synchronous = FULL` (each commit flushes itself), schema in place. The
+/// store service then hands the flushing to its `store-sync` thread and
+/// switches to `NORMAL` (see [`Syncer`]): as durable, fewer flushes.
+///
+/// # Errors
+///
+/// When the file cannot be opened or the schema applied.
+pub fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        log::warn!("SQLite refused WAL mode (got {mode}); commits stay durable, readers may wait");
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection.
+///
+/// # Errors
+///
+/// When the file cannot be opened.
+pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// Opens the WAL file of `db` for flushing and switches the writer to
+/// `synchronous = NORMAL` (see [`Syncer`]); `None`, and `FULL` stays, when
+/// the WAL file cannot be opened.
+fn wal_for_flushing(conn: &Connection, db: &Path) -> Option<std::fs::File> {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    let wal = match std::fs::File::open(&name) {
+        Ok(wal) => wal,
+        Err(err) => {
+            log::warn!(
+                "cannot open {} ({err}): every commit flushes itself (slower)",
+                PathBuf::from(name).display()
+            );
+            return None;
+        }
+    };
+    match conn.execute_batch("PRAGMA synchronous = NORMAL;") {
+        Ok(()) => Some(wal),
+        Err(err) => {
+            log::warn!("cannot set synchronous = NORMAL ({err}): every commit flushes itself");
+            None
+        }
+    }
+}
+
+/// The writer service.
+pub struct Store {
+    path: PathBuf,
+    rx: Receiver<Command>,
+    shared: Arc<Live>,
+}
+
+/// A store service and the handle to reach it.
+pub fn new(path: PathBuf, shared: Arc<Live>, capacity: usize) -> (Store, StoreHandle) {
+    let (tx, rx) = crossbeam_channel::bounded(capacity);
+    (Store { path, rx, shared }, StoreHandle { tx })
+}
+
+impl Service for Store {
+    fn name(&self) -> &str {
+        "store"
+    }
+
+    fn run(&mut self, ctx: &ServiceContext) -> Result<(), BoxError> {
+        let mut conn = open_writer(&self.path)
+            .map_err(|e| format!("cannot open {}: {e}", self.path.display()))?;
+        self.recover(&conn)?;
+        let wal = wal_for_flushing(&conn, &self.path);
+        let syncer = Syncer::start(wal, self.shared.clone())?;
+        ctx.ready();
+        loop {
+            select! {
+                recv(self.rx) -> cmd => match cmd {
+                    Ok(cmd) => {
+                        self.commit_batch(&mut conn, cmd, &syncer);
+                        if !syncer.is_alive() {
+                            syncer.finish();
+                            return Err("the store-sync thread died: commits can no longer be confirmed".into());
+                        }
+                    }
+                    // Every producer has gone (the services above stopped
+                    // first): nothing more can come, but the store stops
+                    // when it is told to, not on its own.
+                    Err(_) => {
+                        let _ = ctx.done().recv();
+                        break;
+                    }
+                },
+                recv(ctx.done()) -> _ => break,
+            }
+        }
+        // Stopped last: every producer has stopped, but commands may still
+        // be waiting. Commit them, then fold the WAL into the database.
+        while let Ok(cmd) = self.rx.try_recv() {
+            self.commit_batch(&mut conn, cmd, &syncer);
+        }
+        syncer.finish();
+        if let Err(err) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+            log::warn!("final WAL checkpoint failed: {err}");
+        }
+        conn.close()
+            .map_err(|(_, e)| format!("closing the database: {e}"))?;
+        log::info!("store closed cleanly");
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Rebuilds the in-memory state from the database: the backlog and the
+    /// enrollment counters.
+    fn recover(&self, conn: &Connection) -> Result<(), BoxError> {
+        let backlog: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM reports WHERE status = 'queued'",
+            [],
+            |r| r.get(0),
+        )?;
+        self.shared.backlog.store(backlog, Ordering::SeqCst);
+        self.shared.metrics.backlog.set(backlog);
+        let mut stmt = conn.prepare("SELECT site_id, COUNT(*) FROM enrollment GROUP BY site_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut sites = Vec::new();
+        for row in rows {
+            let (site, n) = row?;
+            sites.push((site, u64::try_from(n).unwrap_or(0)));
+        }
+        self.shared.enrollment.add_all(sites);
+        log::info!(
+            "store open: {backlog} report(s) queued, {} patient(s) enrolled",
+            self.shared.enrollment.total()
+        );
+        if backlog > 0 {
+            let _ = self.shared.work_added.try_send(());
+        }
+        Ok(())
+    }
+
+    /// Commits `first` and whatever else is waiting, in one transaction.
+    fn commit_batch(&self, conn: &mut Connection, first: Command, syncer: &Syncer) {
+        let mut batch = vec![first];
+        batch.extend(self.rx.try_iter().take(MAX_BATCH - 1));
+        let started = Instant::now();
+        // The backlog as this transaction sees it (its own inserts count; (5)).
+        let mut backlog = self.shared.backlog.load(Ordering::SeqCst);
+        let applied = match conn.transaction() {
+            Ok(tx) => {
+                let results: Vec<Result<Effect, String>> = batch
+                    .iter()
+                    .map(|c| apply(&tx, &c.op, &mut backlog))
+                    .collect();
+                tx.commit().map(|()| results).map_err(|e| e.to_string())
+            }
+            Err(err) => Err(err.to_string()),
+        };
+        let metrics = &self.shared.metrics;
+        metrics.commit_batch.observe(batch.len() as f64);
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let replies: Replies = match applied {
+            Ok(results) => {
+                let mut woke = false;
+                batch
+                    .into_iter()
+                    .zip(results)
+                    .map(|(cmd, result)| {
+                        let outcome = result.map(|effect| {
+                            if effect.outcome == Outcome::Accepted && !woke {
+                                woke = true;
+                                let _ = self.shared.work_added.try_send(());
+                            }
+                            // Here, before the next batch reads the backlog (1).
+                            self.account(&cmd.op, &effect);
+                            effect.outcome
+                        });
+                        (cmd.reply, outcome)
+                    })
+                    .collect()
+            }
+            Err(err) => {
+                log::error!("store commit of {} command(s) failed: {err}", batch.len());
+                batch
+                    .into_iter()
+                    .map(|cmd| (cmd.reply, Err(err.clone())))
+                    .collect()
+            }
+        };
+        syncer.deliver(replies);
+    }
+
+    /// Updates counters and metrics for a committed command.
+    fn account(&self, op: &Op, effect: &Effect) {
+        let shared = &self.shared;
+        let metrics = &shared.metrics;
+        let backlog = |delta: i64| {
+            let now = shared.backlog.fetch_add(delta, Ordering::SeqCst) + delta;
+            metrics.backlog.set(now);
+        };
+        match (op, effect.outcome) {
+            (Op::Insert { .. }, Outcome::Accepted) => {
+                metrics.accepted.inc();
+                backlog(1);
+            }
+            (Op::Complete { site_id, .. }, Outcome::Done) => {
+                metrics.processed.inc();
+                backlog(-1);
+                if effect.new_enrollment {
+                    shared.enrollment.add(site_id.clone(), 1);
+                }
+            }
+            (Op::Fail { .. }, Outcome::Done) => {
+                metrics.failed.inc();
+                backlog(-1);
+            }
+            (Op::Retry { .. }, Outcome::Done) => metrics.retried.inc(),
+            _ => {}
+        }
+    }
+}
+
+struct Effect {
+    outcome: Outcome,
+    new_enrollment: bool,
+}
+
+impl From<Outcome> for Effect {
+    fn from(outcome: Outcome) -> Effect {
+        Effect {
+            outcome,
+            new_enrollment: false,
+        }
+    }
+}
+
+fn changed(rows: usize) -> Outcome {
+    if rows == 0 {
+        Outcome::Unchanged
+    } else {
+        Outcome::Done
+    }
+}
+
+fn apply(tx: &Transaction<'_>, op: &Op, backlog: &mut i64) -> Result<Effect, String> {
+    apply_sql(tx, op, backlog).map_err(|e| e.to_string())
+}
+
+fn apply_sql(tx: &Transaction<'_>, op: &Op, backlog: &mut i64) -> rusqlite::Result<Effect> {
+    match op {
+        Op::Insert {
+            report,
+            hash,
+            max_backlog,
+        } => {
+            // A retry of the same report, or another one with its id?
+            let seen = |tx: &Transaction<'_>| -> rusqlite::Result<Option<Outcome>> {
+                let existing: Option<String> = tx
+                    .prepare_cached("SELECT content_hash FROM reports WHERE report_id = ?1")?
+                    .query_row([&report.report_id], |r| r.get(0))
+                    .optional()?;
+                Ok(existing.map(|e| {
+                    if e == *hash {
+                        Outcome::Duplicate
+                    } else {
+                        Outcome::Conflict
+                    }
+                }))
+            };
+            if *backlog >= *max_backlog {
+                return Ok(seen(tx)?.unwrap_or(Outcome::BacklogFull).into());
+            }
+            // Usually a new report: insert first, look only if the id is
+            // taken (one lookup saved per new report).
+            let answers = serde_json::to_string(&report.answers).expect("answers serialise");
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO reports (report_id, patient_id, site_id, instrument, submitted_at, answers,
+                                          content_hash, received_at, status)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued')
+                     ON CONFLICT (report_id) DO NOTHING",
+                )?
+                .execute(params![
+                    report.report_id,
+                    report.patient_id,
+                    report.site_id,
+                    report.instrument,
+                    report.submitted_at,
+                    answers,
+                    hash,
+                    now_ms()
+                ])?;
+            if inserted == 0 {
+                return Ok(seen(tx)?.unwrap_or(Outcome::Conflict).into());
+            }
+            *backlog += 1;
+            Ok(Outcome::Accepted.into())
+        }
+        Op::Complete {
+            report_id,
+            site_id,
+            patient_id,
+            result,
+            alert,
+            attempts,
+        } => {
+            // (4): every update below is conditional on `queued`.
+            let now = now_ms();
+            let rows = tx
+                .prepare_cached(
+                    "UPDATE reports SET status = 'processed', result = ?2, alert = ?3, attempts = ?4,
+                                        processed_at = ?5, last_error = NULL
+                     WHERE report_id = ?1 AND status = 'queued'",
+                )?
+                .execute(params![report_id, result, alert, attempts, now])?;
+            let mut effect = Effect::from(changed(rows));
+            if rows > 0 {
+                let enrolled = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO enrollment (site_id, patient_id, enrolled_at) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![site_id, patient_id, now])?;
+                effect.new_enrollment = enrolled > 0;
+            }
+            Ok(effect)
+        }
+        Op::Retry {
+            report_id,
+            attempts,
+            error,
+            next_at_ms,
+        } => {
+            let rows = tx
+                .prepare_cached(
+                    "UPDATE reports SET attempts = ?2, last_error = ?3, next_attempt_at = ?4
+                     WHERE report_id = ?1 AND status = 'queued'",
+                )?
+                .execute(params![report_id, attempts, error, next_at_ms])?;
+            Ok(changed(rows).into())
+        }
+        Op::Fail {
+            report_id,
+            attempts,
+            error,
+        } => {
+            let rows = tx
+                .prepare_cached(
+                    "UPDATE reports SET status = 'failed', attempts = ?2, last_error = ?3, processed_at = ?4
+                     WHERE report_id = ?1 AND status = 'queued'",
+                )?
+                .execute(params![report_id, attempts, error, now_ms()])?;
+            Ok(changed(rows).into())
+        }
+        Op::Summary {
+            period_start,
+            period_end,
+            body,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO summaries (period_start, period_end, created_at, body) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![period_start, period_end, now_ms(), body])?;
+            Ok(Outcome::Done.into())
+        }
+    }
+}
