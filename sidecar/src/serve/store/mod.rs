@@ -146,7 +146,7 @@ pub enum Outcome {
     /// A new report, refused: the backlog is at its limit.
     BacklogFull,
     /// An update that changed a row.
-    Done,
+    Changed,
     /// An update that found nothing to change (already processed).
     Unchanged,
 }

@@ -272,18 +272,18 @@ impl Store {
                 metrics.accepted.inc();
                 backlog(1);
             }
-            (Op::Complete { site_id, .. }, Outcome::Done) => {
+            (Op::Complete { site_id, .. }, Outcome::Changed) => {
                 metrics.processed.inc();
                 backlog(-1);
                 if effect.new_enrollment {
                     shared.enrollment.add(site_id.clone(), 1);
                 }
             }
-            (Op::Fail { .. }, Outcome::Done) => {
+            (Op::Fail { .. }, Outcome::Changed) => {
                 metrics.failed.inc();
                 backlog(-1);
             }
-            (Op::Retry { .. }, Outcome::Done) => metrics.retried.inc(),
+            (Op::Retry { .. }, Outcome::Changed) => metrics.retried.inc(),
             _ => {}
         }
     }
@@ -307,7 +307,7 @@ fn changed(rows: usize) -> Outcome {
     if rows == 0 {
         Outcome::Unchanged
     } else {
-        Outcome::Done
+        Outcome::Changed
     }
 }
 
@@ -429,7 +429,7 @@ fn apply_sql(tx: &Transaction<'_>, op: &Op, backlog: &mut i64) -> rusqlite::Resu
                 "INSERT INTO summaries (period_start, period_end, created_at, body) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![period_start, period_end, now_ms(), body])?;
-            Ok(Outcome::Done.into())
+            Ok(Outcome::Changed.into())
         }
     }
 }
