@@ -8,25 +8,26 @@ use std::time::Duration;
 
 use support::*;
 
+/// The threads a running `serve` always has, one each.
+const ALWAYS: &[&str] = &[
+    "store",
+    "store-sync",
+    "pipeline",
+    "scheduler",
+    "intake",
+    "http-accept",
+];
+
 /// The names `serve` gives its threads: the library's own
 /// (`quiesce-signals`, `quiesce-timer`), one per supervised service, the
 /// store's sync thread, the HTTP server's and the analysis pool's.
 fn known(name: &str) -> bool {
-    const FIXED: &[&str] = &[
-        "quiesce-signals",
-        "quiesce-timer",
-        "store",
-        "store-sync",
-        "pipeline",
-        "scheduler",
-        "intake",
-        "http-accept",
-    ];
+    const FIXED: &[&str] = &["quiesce-signals", "quiesce-timer"];
     let numbered = |prefix: &str| {
         name.strip_prefix(prefix)
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     };
-    FIXED.contains(&name) || numbered("http-") || numbered("analysis-")
+    FIXED.contains(&name) || ALWAYS.contains(&name) || numbered("http-") || numbered("analysis-")
 }
 
 /// Issue 18: every thread the binary starts is the library's, so each one
@@ -65,14 +66,7 @@ fn every_thread_of_a_running_serve_is_named() {
         unknown.is_empty(),
         "threads nobody named: {unknown:?} in {names:?}"
     );
-    for expected in [
-        "store",
-        "store-sync",
-        "pipeline",
-        "scheduler",
-        "intake",
-        "http-accept",
-    ] {
+    for expected in ALWAYS {
         assert!(
             names.iter().any(|n| n == expected),
             "no {expected} in {names:?}"
