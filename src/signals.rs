@@ -72,7 +72,7 @@ use crate::context::{CancelGuard, Context};
 pub struct SignalReceived(pub i32);
 
 impl SignalReceived {
-    /// `SIGTERM`, `SIGINT`, or the number.
+    /// The signal's name (`SIGTERM`, `SIGHUP`, …), or `signal N`.
     ///
     /// # Examples
     ///
@@ -80,7 +80,8 @@ impl SignalReceived {
     /// use quiesce::signals::SignalReceived;
     ///
     /// assert_eq!(SignalReceived(2).name(), "SIGINT");
-    /// assert_eq!(SignalReceived(1).name(), "signal 1"); // SIGHUP: not one listened to
+    /// assert_eq!(SignalReceived(1).name(), "SIGHUP");
+    /// assert_eq!(SignalReceived(40).name(), "signal 40"); // no name of its own
     /// ```
     pub fn name(&self) -> String {
         signal_name(self.0)
@@ -95,7 +96,8 @@ impl fmt::Display for SignalReceived {
 
 impl std::error::Error for SignalReceived {}
 
-/// `SIGTERM`, `SIGINT`, or `signal N`.
+/// The name of a signal that ends a process by default (`SIGINT`, `SIGTERM`,
+/// `SIGHUP`, `SIGQUIT`, `SIGUSR1`, `SIGUSR2`, `SIGALRM`), or `signal N`.
 ///
 /// # Examples
 ///
@@ -104,14 +106,22 @@ impl std::error::Error for SignalReceived {}
 ///
 /// assert_eq!(signal_name(15), "SIGTERM");
 /// assert_eq!(signal_name(2), "SIGINT");
-/// assert_eq!(signal_name(10), "signal 10");
+/// assert_eq!(signal_name(10), "SIGUSR1");
+/// assert_eq!(signal_name(40), "signal 40");
 /// ```
 pub fn signal_name(signal: i32) -> String {
-    match signal {
-        SIGINT => "SIGINT".to_string(),
-        SIGTERM => "SIGTERM".to_string(),
-        n => format!("signal {n}"),
-    }
+    use signal_hook::consts::{SIGALRM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+    let name = match signal {
+        SIGINT => "SIGINT",
+        SIGTERM => "SIGTERM",
+        SIGHUP => "SIGHUP",
+        SIGQUIT => "SIGQUIT",
+        SIGUSR1 => "SIGUSR1",
+        SIGUSR2 => "SIGUSR2",
+        SIGALRM => "SIGALRM",
+        n => return format!("signal {n}"),
+    };
+    name.to_string()
 }
 
 /// Owns the `quiesce-signals` thread of a [`signal_context`]; dropping it

@@ -4,6 +4,7 @@
 
 mod anonymize;
 mod atomic_file;
+mod other_signals;
 mod serve;
 
 use std::process::ExitCode;

@@ -475,14 +475,15 @@ fn summary_rows(stdout: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-fn sigint_in_the_middle_leaves_only_complete_outputs() {
+/// Sends `SIG<sig>` in the middle of a run; the run must stop like after
+/// SIGINT, with only complete outputs.
+fn a_signal_in_the_middle_leaves_only_complete_outputs(sig: &str) {
     // The signal goes out as soon as the first file starts. Should this
     // machine finish a file before that (it never has), or all of them,
     // the inputs grow and the run is repeated.
     let mut rows = 60_000; // about 4 MB per file
     for attempt in 0..3 {
-        let dir = TempDir::new("sigint");
+        let dir = TempDir::new(&format!("sig{}", sig.to_lowercase()));
         let csv = big_export(rows);
         let mut inputs = Vec::new();
         for i in 0..6 {
@@ -494,7 +495,7 @@ fn sigint_in_the_middle_leaves_only_complete_outputs() {
         let mut child = Process::start(cmd);
         child.wait_for_line("] start ");
         // Not sent if it has already finished: then the inputs grow.
-        child.try_signal("INT");
+        child.try_signal(sig);
         let done = child.wait_exit(WATCHDOG);
 
         assert_no_temp_files(&out);
@@ -518,7 +519,8 @@ fn sigint_in_the_middle_leaves_only_complete_outputs() {
             .filter(|(_, st)| st.starts_with("cancelled"))
             .count();
         if done.code() == Some(3) && cut > 0 {
-            assert!(done.stdout.contains("stopped by SIGINT"), "{}", done.stdout);
+            let stopped_by = format!("stopped by SIG{sig}");
+            assert!(done.stdout.contains(&stopped_by), "{}", done.stdout);
             assert!(outputs.len() < 6);
             return;
         }
@@ -528,7 +530,19 @@ fn sigint_in_the_middle_leaves_only_complete_outputs() {
         );
         rows *= 4;
     }
-    panic!("SIGINT never landed in the middle of a file");
+    panic!("SIG{sig} never landed in the middle of a file");
+}
+
+#[test]
+fn sigint_in_the_middle_leaves_only_complete_outputs() {
+    a_signal_in_the_middle_leaves_only_complete_outputs("INT");
+}
+
+/// Issue 12, finding 7: SIGHUP (a closed terminal) used to kill the run at
+/// once and leave a partial temporary output behind.
+#[test]
+fn sighup_stops_the_run_like_sigterm_with_only_complete_outputs() {
+    a_signal_in_the_middle_leaves_only_complete_outputs("HUP");
 }
 
 #[test]

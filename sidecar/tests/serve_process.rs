@@ -16,6 +16,7 @@ const ALWAYS: &[&str] = &[
     "scheduler",
     "intake",
     "http-accept",
+    "signals-other",
 ];
 
 /// The names `serve` gives its threads: the library's own
@@ -116,4 +117,29 @@ fn a_second_serve_on_the_same_data_dir_is_refused() {
     // Released with the process: the next one starts.
     let mut second = Serve::start(dir.path(), &[]);
     assert_graceful(&second.terminate(Duration::from_secs(30)));
+}
+
+/// Issue 12, finding 7: SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGALRM used to
+/// kill `serve` at once, silently, with an exit code outside the README's
+/// table. Now each is logged and ignored, and a SIGTERM still stops it
+/// gracefully.
+#[test]
+fn signals_that_would_kill_the_process_are_logged_and_ignored() {
+    let dir = TempDir::new("other-signals");
+    let mut serve = Serve::start(dir.path(), &[]);
+    for sig in ["HUP", "QUIT", "USR1", "USR2", "ALRM"] {
+        serve.signal(sig);
+        let answer = get(serve.addr, "/healthz");
+        assert_eq!(answer.status, 200, "after SIG{sig}: {answer:?}");
+        assert!(serve.running(), "SIG{sig} ended serve:\n{}", serve.log());
+    }
+    let exit = serve.terminate(Duration::from_secs(30));
+    assert_graceful(&exit);
+    for sig in ["SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM"] {
+        assert!(
+            exit.log.contains(&format!("received {sig}: ignored")),
+            "{sig} not logged:\n{}",
+            exit.log
+        );
+    }
 }

@@ -100,9 +100,22 @@ impl Prepared {
         let (signals_ctx, signals) = signal_context(&Context::background())
             .context("cannot install the SIGINT/SIGTERM handlers")?;
         let _force = exit_on_second_signal(&signals)?;
+        // SIGHUP (a closed terminal) stops the run like SIGTERM; the other
+        // signals that would kill the process at once are logged and
+        // ignored, so no partial output is ever left behind.
+        let (hup_ctx, hangup) = signals_ctx.with_cancel();
+        let _others = crate::other_signals::watch(move |signal| {
+            if signal == signal_hook::consts::SIGHUP {
+                log::info!("received SIGHUP: stopping like SIGTERM");
+                hangup.cancel_with_cause(SignalReceived(signal));
+            } else {
+                log::warn!("received {}: ignored", signal_name(signal));
+            }
+        })
+        .context("cannot install the signal handlers")?;
         let (ctx, _deadline) = match settings.timeout {
-            Some(timeout) => signals_ctx.with_timeout(timeout.saturating_sub(started.elapsed())),
-            None => signals_ctx.with_cancel(),
+            Some(timeout) => hup_ctx.with_timeout(timeout.saturating_sub(started.elapsed())),
+            None => hup_ctx.with_cancel(),
         };
 
         log::info!(
@@ -214,8 +227,9 @@ fn stop_reason(
     match ctx.err()? {
         ContextError::DeadlineExceeded => Some(EarlyStop::Deadline(timeout.unwrap_or_default())),
         ContextError::Canceled => Some(EarlyStop::Signal(
-            signals
-                .received()
+            ctx.cause()
+                .and_then(|cause| cause.downcast_ref::<SignalReceived>().map(|s| s.0))
+                .or_else(|| signals.received())
                 .map_or_else(|| "a cancellation".to_string(), signal_name),
         )),
     }

@@ -292,6 +292,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.data_dir.display(),
         args.shutdown_timeout
     );
+    // SIGHUP and the others that would kill the process at once: logged
+    // and ignored (serve stops on SIGINT and SIGTERM only).
+    let _others = crate::other_signals::watch(|signal| {
+        log::warn!(
+            "received {}: ignored (quiesce serve stops on SIGINT or SIGTERM)",
+            quiesce::signals::signal_name(signal)
+        );
+    })
+    .context("cannot install the signal handlers")?;
     let report = sup
         .run_until_signal()
         .context("cannot install the signal handlers")?;
