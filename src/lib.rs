@@ -84,6 +84,16 @@
 //! # Logging
 //!
 //! Through the `log` crate; the library never prints.
+//!
+//! # Features
+//!
+//! - `systemd` (on by default): a [`Supervisor`] under systemd
+//!   (`Type=notify`, `NOTIFY_SOCKET` set) sends `READY=1`, `STATUS=`,
+//!   `STOPPING=1` and watchdog pings, through the `sd-notify` crate. Without
+//!   the feature, or without `NOTIFY_SOCKET`, nothing is sent.
+//!
+//! The library needs Rust 1.85 or newer; CI checks that no dependency asks
+//! for more.
 
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub)]
