@@ -120,6 +120,31 @@ mod wait;
 pub mod context;
 pub mod leak;
 
+/// The channel crate the library is built on, re-exported so that
+/// `select!` over [`Context::done`] or [`Done::channel`] needs no dependency
+/// of your own (and always matches the version the library uses).
+pub use crossbeam_channel;
+/// `crossbeam_channel::select!`, for waiting on a context and a channel at
+/// once:
+///
+/// ```
+/// use std::time::Duration;
+/// use quiesce::{Context, select};
+///
+/// let (ctx, cancel) = Context::background().with_cancel();
+/// let (tx, rx) = quiesce::crossbeam_channel::bounded::<u32>(1);
+/// tx.send(7).unwrap();
+/// select! {
+///     recv(rx) -> msg => assert_eq!(msg, Ok(7)),
+///     recv(ctx.done()) -> _ => unreachable!("not cancelled yet"),
+/// }
+/// drop(cancel);
+/// select! {
+///     recv(ctx.done()) -> _ => assert!(ctx.is_done()),
+///     default(Duration::from_secs(10)) => panic!("the cancel did not wake select!"),
+/// }
+/// ```
+pub use crossbeam_channel::select;
 pub use backoff::Backoff;
 pub use consumer::Consumer;
 pub use context::{CancelGuard, Cause, Context, ContextError, OnCancel};

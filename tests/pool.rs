@@ -148,7 +148,7 @@ fn a_closed_pool_hands_every_job_back() {
         })
         .unwrap_err();
     assert!(err.to_string().contains("shutting down"));
-    err.job.run(&Context::background()).unwrap();
+    err.into_job().run(&Context::background()).unwrap();
     assert_eq!(ran.load(Ordering::SeqCst), 1);
     drop(pool);
     leaks.assert_none();
@@ -524,7 +524,7 @@ fn stress_no_job_is_lost_when_shutdown_races_many_submitters() {
                             _ => pool.submit_timeout(job, Duration::from_micros(100)),
                         };
                         if let Err(e) = result {
-                            refused.push(e.job);
+                            refused.push(e.into_job());
                         }
                     }
                     refused

@@ -24,7 +24,7 @@ use super::Pool;
 /// let _ = pool.shutdown_timeout(Duration::from_secs(10));
 /// let err = pool.submit(|_ctx| println!("late file upload")).unwrap_err();
 /// assert_eq!(err.reason, Refused::Closed);
-/// let job = err.job; // not lost: run it here
+/// let job = err.into_job(); // not lost: run it here
 /// assert!(job.run(&Context::background()).is_ok());
 /// ```
 pub struct Job {
@@ -130,16 +130,39 @@ pub enum Refused {
 /// assert_eq!(err.reason, Refused::Timeout);
 /// assert_eq!(err.to_string(), "job refused: the pool's queue stayed full until the deadline");
 /// drop(release);
-/// pool.submit_job_blocking(err.job).unwrap(); // try again, waiting this time
+/// pool.submit_job_blocking(err.into_job()).unwrap(); // try again, waiting this time
+/// ```
+///
+/// It is `Send + Sync + 'static`, so `pool.submit(job)?` works in a function
+/// returning `anyhow::Result` or `Box<dyn Error + Send + Sync>`; the job
+/// (a closure, which need not be `Sync`) is kept behind a lock that only
+/// [`into_job`](SubmitError::into_job) opens.
+///
+/// ```
+/// fn enqueue(pool: &quiesce::Pool) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+///     pool.submit(|_ctx| { /* work */ })?;
+///     Ok(())
+/// }
+/// let pool = quiesce::Pool::builder().workers(1).build().unwrap();
+/// enqueue(&pool).unwrap();
+/// let _ = pool.shutdown_timeout(std::time::Duration::from_secs(10));
+/// assert_eq!(enqueue(&pool).unwrap_err().to_string(), "job refused: the pool is shutting down");
 /// ```
 pub struct SubmitError {
     /// Why the job was refused.
     pub reason: Refused,
-    /// The job, not run.
-    pub job: Job,
+    /// The job, not run: behind a lock only so that the error is `Sync`.
+    job: std::sync::Mutex<Job>,
 }
 
 impl SubmitError {
+    pub(super) fn new(reason: Refused, job: Job) -> SubmitError {
+        SubmitError {
+            reason,
+            job: std::sync::Mutex::new(job),
+        }
+    }
+
     /// The job that was refused.
     ///
     /// # Examples
@@ -156,7 +179,10 @@ impl SubmitError {
     /// assert_eq!(backup.shutdown_timeout(Duration::from_secs(10)).completed, 1);
     /// ```
     pub fn into_job(self) -> Job {
+        // Never locked before (only this consumes it), so never poisoned.
         self.job
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -170,18 +196,37 @@ impl fmt::Debug for SubmitError {
 
 impl fmt::Display for SubmitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.reason {
-            Refused::Full => f.write_str("job refused: the pool's queue is full"),
-            Refused::Timeout => {
-                f.write_str("job refused: the pool's queue stayed full until the deadline")
-            }
-            Refused::Done(err) => write!(f, "job refused: {err}"),
-            Refused::Closed => f.write_str("job refused: the pool is shutting down"),
+        write!(f, "job refused: {}", self.reason)
+    }
+}
+
+// No `source()`: the message already says the reason (an error chain
+// printed with `{:#}` would say it twice).
+impl std::error::Error for SubmitError {}
+
+/// Why, in words: `the pool's queue is full`, `the pool is shutting down`…
+///
+/// # Examples
+///
+/// ```
+/// use quiesce::pool::Refused;
+///
+/// assert_eq!(Refused::Closed.to_string(), "the pool is shutting down");
+/// let err: Box<dyn std::error::Error + Send + Sync> = Refused::Full.into();
+/// assert_eq!(err.to_string(), "the pool's queue is full");
+/// ```
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refused::Full => f.write_str("the pool's queue is full"),
+            Refused::Timeout => f.write_str("the pool's queue stayed full until the deadline"),
+            Refused::Done(err) => write!(f, "{err}"),
+            Refused::Closed => f.write_str("the pool is shutting down"),
         }
     }
 }
 
-impl std::error::Error for SubmitError {}
+impl std::error::Error for Refused {}
 
 /// What [`Pool::shutdown`] and [`Pool::abort`] found. The counts cover the
 /// pool's whole life.

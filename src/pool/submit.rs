@@ -209,7 +209,7 @@ impl Pool {
 
     fn submit_job(&self, job: Job, until: Until<'_>) -> Result<(), SubmitError> {
         let shared = &self.shared;
-        let refuse = |reason, job| Err(SubmitError { reason, job });
+        let refuse = |reason, job| Err(SubmitError::new(reason, job));
         // Invariant 2: held until the job is queued or handed back.
         let _intake = shared.intake.read();
         // `Relaxed` is enough only because the intake lock is held (invariant 2).
