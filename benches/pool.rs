@@ -286,7 +286,7 @@ fn quiesce_pool_run<const CAPTURE: bool>(queue: usize) {
     for i in 0..JOBS {
         submit_job::<CAPTURE>(&pool, i);
     }
-    let report = pool.shutdown(far());
+    let report = pool.shutdown_deadline(far());
     assert_eq!(report.completed, JOBS);
     assert!(report.never_started.is_empty() && report.stuck.is_empty());
 }
@@ -422,7 +422,7 @@ fn pool_1m_noop(c: &mut Criterion) {
             barrier.wait();
             expected += JOBS + WORKERS as u64;
         });
-        let report = pool.shutdown(far());
+        let report = pool.shutdown_deadline(far());
         assert_eq!(report.completed, expected);
     }
 

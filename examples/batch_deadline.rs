@@ -50,7 +50,7 @@
 //! back its job's own result, so the three outcomes are counted without
 //! shared state.
 //!
-//! (A [`quiesce::Pool`] would do too: `pool.shutdown(deadline)` cancels the
+//! (A [`quiesce::Pool`] would do too: `pool.shutdown_deadline(t)` cancels the
 //! running jobs and hands back the queued ones. `scope` is shorter when the
 //! batch is known up front, and its jobs may borrow from the caller.)
 //!

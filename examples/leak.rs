@@ -111,7 +111,7 @@ fn run() -> io::Result<bool> {
     println!();
 
     // Stop the service: cancel its context and join it.
-    let report = service.shutdown(JOIN_TIMEOUT);
+    let report = service.shutdown_timeout(JOIN_TIMEOUT);
     let service_ok = match (report.running.first(), report.finished.first()) {
         (Some(stuck), _) => give_up(stuck),
         (None, Some(finished)) => match &finished.result {
@@ -170,7 +170,7 @@ fn wrong_way(addr: SocketAddr) -> io::Result<bool> {
             false
         }
     };
-    let report = calls.shutdown(Duration::from_millis(200));
+    let report = calls.shutdown_timeout(Duration::from_millis(200));
     for stuck in &report.running {
         println!("cancelling its context does not help: {stuck}");
     }

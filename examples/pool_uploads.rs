@@ -171,7 +171,7 @@ fn run(options: &Options) -> Result<ExitCode, String> {
         options.deadline
     );
 
-    let report = pool.shutdown(Instant::now() + options.deadline);
+    let report = pool.shutdown_deadline(Instant::now() + options.deadline);
     let handed_back = report.never_started.len() as u64;
     println!(
         "report: completed {}, cancelled {}, panicked {}, never started {} (handed back), stuck {}",

@@ -141,7 +141,7 @@ fn main() {
 
     println!("service group starting; Ctrl-C to stop");
     let report = sup.run_until_signal().expect("install the signal handlers");
-    let _ = helpers.shutdown(Duration::from_secs(5));
+    let _ = helpers.shutdown_timeout(Duration::from_secs(5));
 
     println!("report: {report}");
     for service in &report.services {

@@ -218,7 +218,7 @@ fn run(options: &Options) -> Result<ExitCode, String> {
         options.deadline
     );
     let started = Instant::now();
-    let report = pool.shutdown(started + options.deadline);
+    let report = pool.shutdown_deadline(started + options.deadline);
     let drained_in = started.elapsed();
 
     // The pool is closed: a report arriving now is refused and handed back.

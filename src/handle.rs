@@ -183,9 +183,9 @@ impl<T> JobHandle<T> {
     /// # Errors
     ///
     /// [`JobError::Panicked`] or [`JobError::NotRun`];
-    /// [`JobError::AlreadyJoined`] when an earlier
-    /// [`join_timeout`](JobHandle::join_timeout) or
-    /// [`join_deadline`](JobHandle::join_deadline) took the result.
+    /// [`JobError::AlreadyJoined`] when an earlier join took the result.
+    /// (It borrows, like [`join_timeout`](JobHandle::join_timeout) and
+    /// [`join_deadline`](JobHandle::join_deadline).)
     ///
     /// # Examples
     ///
@@ -196,7 +196,7 @@ impl<T> JobHandle<T> {
     /// let crash = pool.execute(|_ctx| -> u32 { panic!("malformed file") }).unwrap();
     /// assert!(matches!(crash.join(), Err(quiesce::JobError::Panicked(_))));
     /// ```
-    pub fn join(self) -> Result<T, JobError> {
+    pub fn join(&self) -> Result<T, JobError> {
         self.join_until(None)
     }
 

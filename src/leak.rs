@@ -85,7 +85,7 @@ thread_local! {
 /// let live = leak::live_threads();
 /// let info = live.iter().find(|t| t.name == "cache-sync").unwrap();
 /// assert!(info.to_string().starts_with("cache-sync (running for "));
-/// assert!(threads.shutdown(Duration::from_secs(10)).running.is_empty());
+/// assert!(threads.shutdown_timeout(Duration::from_secs(10)).running.is_empty());
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThreadInfo {
@@ -115,7 +115,7 @@ impl fmt::Display for ThreadInfo {
 /// let leaked = leaks.check(Duration::from_millis(2)).unwrap_err();
 /// assert_eq!(leaked.threads[0].name, "forgotten-upload");
 /// assert!(leaked.to_string().starts_with("1 quiesce thread(s) still running: forgotten-upload"));
-/// assert!(threads.shutdown(Duration::from_secs(10)).running.is_empty());
+/// assert!(threads.shutdown_timeout(Duration::from_secs(10)).running.is_empty());
 /// leaks.assert_none();
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,7 +152,7 @@ impl std::error::Error for LeakError {}
 /// let mut threads = Threads::<()>::new(&Context::background());
 /// threads.spawn("log-export", |ctx| { let _ = ctx.done().recv(); }).unwrap();
 /// assert!(leak::live_threads().iter().any(|t| t.name == "log-export"));
-/// assert!(threads.shutdown(Duration::from_secs(10)).running.is_empty());
+/// assert!(threads.shutdown_timeout(Duration::from_secs(10)).running.is_empty());
 /// assert!(!leak::live_threads().iter().any(|t| t.name == "log-export"));
 /// ```
 pub fn live_threads() -> Vec<ThreadInfo> {
@@ -279,7 +279,7 @@ pub fn track() -> Tracker {
 /// assert_eq!(inner.live().len(), 1);
 /// assert_eq!(outer.live().len(), 1); // trackers nest
 /// drop(inner);
-/// assert!(threads.shutdown(Duration::from_secs(10)).running.is_empty());
+/// assert!(threads.shutdown_timeout(Duration::from_secs(10)).running.is_empty());
 /// outer.assert_none();
 /// ```
 #[must_use = "a tracker that is dropped at once tracks nothing"]
@@ -302,7 +302,7 @@ impl Tracker {
     /// let mut threads = Threads::<()>::new(&Context::background());
     /// threads.spawn("session-reaper", |ctx| { let _ = ctx.done().recv(); }).unwrap();
     /// assert_eq!(leaks.live()[0].name, "session-reaper");
-    /// assert!(threads.shutdown(Duration::from_secs(10)).running.is_empty());
+    /// assert!(threads.shutdown_timeout(Duration::from_secs(10)).running.is_empty());
     /// assert!(leaks.live().is_empty());
     /// ```
     pub fn live(&self) -> Vec<ThreadInfo> {

@@ -120,6 +120,10 @@ mod wait;
 pub mod context;
 pub mod leak;
 
+pub use backoff::Backoff;
+pub use consumer::Consumer;
+pub use context::{CancelGuard, Cause, Context, ContextError, OnCancel};
+pub use counters::Counters;
 /// The channel crate the library is built on, re-exported so that
 /// `select!` over [`Context::done`] or [`Done::channel`] needs no dependency
 /// of your own (and always matches the version the library uses).
@@ -145,10 +149,6 @@ pub use crossbeam_channel;
 /// }
 /// ```
 pub use crossbeam_channel::select;
-pub use backoff::Backoff;
-pub use consumer::Consumer;
-pub use context::{CancelGuard, Cause, Context, ContextError, OnCancel};
-pub use counters::Counters;
 pub use done::{Done, Shutdown, shutdown};
 pub use group::{Group, GroupError, LimitError, SpawnError, TrySpawnError};
 pub use handle::{Completer, JobError, JobHandle};

@@ -28,7 +28,7 @@ use crate::panic::Panic;
 /// Dropping `Threads` cancels their context and joins every thread,
 /// blocking until they have all returned; every five seconds it logs (at
 /// `warn`) the ones it is still waiting for. Call
-/// [`shutdown`](Threads::shutdown) first to bound the wait.
+/// [`shutdown_timeout`](Threads::shutdown_timeout) first to bound the wait.
 ///
 /// # Examples
 ///
@@ -46,7 +46,7 @@ use crate::panic::Panic;
 /// }).unwrap();
 /// threads.spawn("one-shot", |_ctx| 0).unwrap();
 ///
-/// let report = threads.shutdown(Duration::from_secs(5)); // cancel, then join
+/// let report = threads.shutdown_timeout(Duration::from_secs(5)); // cancel, then join
 /// assert!(report.running.is_empty());
 /// assert_eq!(report.finished.len(), 2);
 /// ```
@@ -82,7 +82,7 @@ struct Entry<T> {
 /// let report = threads.join_timeout(Duration::from_millis(2));
 /// assert!(report.finished.is_empty());
 /// assert_eq!(report.running[0].name, "watch-inbox"); // still owned: join again later
-/// let report = threads.shutdown(Duration::from_secs(10));
+/// let report = threads.shutdown_timeout(Duration::from_secs(10));
 /// assert_eq!(report.finished[0].result, Ok("stopped"));
 /// ```
 #[derive(Debug)]
@@ -132,7 +132,7 @@ pub struct Finished<T> {
 /// let running = threads.running();
 /// assert_eq!(running[0].name, "session-reaper");
 /// assert!(running[0].to_string().starts_with("session-reaper (running for "));
-/// assert!(threads.shutdown(Duration::from_secs(10)).running.is_empty());
+/// assert!(threads.shutdown_timeout(Duration::from_secs(10)).running.is_empty());
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Running {
@@ -329,7 +329,7 @@ impl<T> Threads<T> {
     /// threads.spawn("store", |ctx| { let _ = ctx.done().recv(); }).unwrap();
     /// let names: Vec<String> = threads.running().into_iter().map(|r| r.name).collect();
     /// assert_eq!(names, ["intake", "store"]); // oldest first
-    /// assert!(threads.shutdown(Duration::from_secs(10)).running.is_empty());
+    /// assert!(threads.shutdown_timeout(Duration::from_secs(10)).running.is_empty());
     /// assert!(threads.running().is_empty());
     /// ```
     pub fn running(&mut self) -> Vec<Running> {
@@ -356,7 +356,7 @@ impl<T> Threads<T> {
     /// let reaped = threads.reap(); // does not wait for "long"
     /// assert_eq!((reaped[0].name.as_str(), reaped.len()), ("quick", 1));
     /// assert_eq!(threads.len(), 1);
-    /// assert!(threads.shutdown(Duration::from_secs(10)).running.is_empty());
+    /// assert!(threads.shutdown_timeout(Duration::from_secs(10)).running.is_empty());
     /// ```
     pub fn reap(&mut self) -> Vec<Finished<T>> {
         self.collect_exits(None);
@@ -424,12 +424,40 @@ impl<T> Threads<T> {
     ///     while ctx.sleep(Duration::from_millis(1)).is_ok() {}
     ///     "stopped"
     /// }).unwrap();
-    /// let report = threads.shutdown(Duration::from_secs(10));
+    /// let report = threads.shutdown_timeout(Duration::from_secs(10));
     /// assert_eq!(report.finished[0].result, Ok("stopped"));
     /// ```
-    pub fn shutdown(&mut self, timeout: Duration) -> JoinReport<T> {
+    pub fn shutdown_timeout(&mut self, timeout: Duration) -> JoinReport<T> {
         self.cancel();
         self.join_timeout(timeout)
+    }
+
+    /// Cancels the threads' context and joins them until `deadline` at most
+    /// ([`shutdown_timeout`](Threads::shutdown_timeout) with an `Instant`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use quiesce::{Context, Threads};
+    ///
+    /// let mut threads = Threads::new(&Context::background());
+    /// threads.spawn("poller", |ctx| while ctx.sleep(Duration::from_millis(1)).is_ok() {}).unwrap();
+    /// let report = threads.shutdown_deadline(Instant::now() + Duration::from_secs(10));
+    /// assert!(report.running.is_empty());
+    /// ```
+    pub fn shutdown_deadline(&mut self, deadline: Instant) -> JoinReport<T> {
+        self.cancel();
+        self.join_deadline(deadline)
+    }
+
+    /// The old name of [`shutdown_timeout`](Threads::shutdown_timeout).
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed `shutdown_timeout` (a `Duration`), beside `shutdown_deadline` (an `Instant`)"
+    )]
+    pub fn shutdown(&mut self, timeout: Duration) -> JoinReport<T> {
+        self.shutdown_timeout(timeout)
     }
 
     /// Joins them all, however long it takes, logging (at `warn`) the ones

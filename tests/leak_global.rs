@@ -21,7 +21,7 @@ fn check_all_sees_every_thread_and_stops_the_idle_timer() {
         "a pending deadline keeps the timer: {names:?}"
     );
 
-    let report = threads.shutdown(Duration::from_secs(60));
+    let report = threads.shutdown_timeout(Duration::from_secs(60));
     assert!(report.running.is_empty());
     drop(guard);
     // No deadline pending: the timer is asked to stop, and is joined.

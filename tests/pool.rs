@@ -78,7 +78,7 @@ fn the_queue_bound_holds_and_refused_jobs_come_back() {
     assert_eq!(pool.queued(), 2);
 
     drop(gate_tx);
-    let report = pool.shutdown(Instant::now() + LONG);
+    let report = pool.shutdown_deadline(Instant::now() + LONG);
     assert_eq!(report.completed, 3);
     assert_eq!(ran.load(Ordering::SeqCst), 3);
     drop(pool);
@@ -106,7 +106,7 @@ fn a_blocked_submit_gets_its_job_back_when_shutdown_begins() {
     thread::sleep(Duration::from_millis(20));
     let stopper = {
         let pool = pool.clone();
-        thread::spawn(move || pool.shutdown(Instant::now() + LONG))
+        thread::spawn(move || pool.shutdown_deadline(Instant::now() + LONG))
     };
     let result = result_rx
         .recv_timeout(LONG)
@@ -125,7 +125,7 @@ fn a_blocked_submit_gets_its_job_back_when_shutdown_begins() {
 fn a_closed_pool_hands_every_job_back() {
     let leaks = leak::track();
     let pool = Pool::builder().workers(2).build().unwrap();
-    let report = pool.shutdown(Instant::now() + LONG);
+    let report = pool.shutdown_deadline(Instant::now() + LONG);
     assert_eq!(report.completed, 0);
     assert!(pool.is_closed());
     let ran = Arc::new(AtomicUsize::new(0));
@@ -169,7 +169,7 @@ fn panics_are_caught_counted_handled_and_do_not_shrink_the_pool() {
         pool.submit(move |_| panic!("bad report {i}")).unwrap();
     }
     let done = submit_counted(&pool, 100);
-    let report = pool.shutdown(Instant::now() + LONG);
+    let report = pool.shutdown_deadline(Instant::now() + LONG);
     assert_eq!(report.panicked, 100);
     assert_eq!(report.completed, 100);
     assert_eq!(done.load(Ordering::SeqCst), 100);
@@ -209,7 +209,7 @@ fn shutdown_drains_every_queued_job() {
     let leaks = leak::track();
     let pool = Pool::builder().workers(1).queue(1000).build().unwrap();
     let done = submit_counted(&pool, 1000);
-    let report = pool.shutdown(Instant::now() + LONG);
+    let report = pool.shutdown_deadline(Instant::now() + LONG);
     assert_eq!(report.completed, 1000);
     assert_eq!(done.load(Ordering::SeqCst), 1000);
     assert!(report.never_started.is_empty());
@@ -230,7 +230,7 @@ fn a_cooperative_job_stops_at_the_deadline() {
     })
     .unwrap();
     eventually("the job runs", || pool.running() == 1);
-    let report = pool.shutdown(Instant::now() + Duration::from_millis(20));
+    let report = pool.shutdown_deadline(Instant::now() + Duration::from_millis(20));
     assert_eq!(report.cancelled, 1);
     assert_eq!(report.completed, 0);
     assert!(report.stuck.is_empty());
@@ -251,7 +251,7 @@ fn a_job_that_ignores_its_context_is_named_and_shutdown_still_returns() {
     let (gate_tx, gate) = bounded::<()>(0);
     pool.submit(blocker(gate)).unwrap();
     eventually("the job runs", || pool.running() == 1);
-    let report = pool.shutdown(Instant::now() + Duration::from_millis(20));
+    let report = pool.shutdown_deadline(Instant::now() + Duration::from_millis(20));
     assert_eq!(report.stuck.len(), 1, "{report:?}");
     assert!(report.stuck[0].name.starts_with("analysis-"), "{report:?}");
     // Let it go; dropping the pool joins it.
@@ -295,7 +295,7 @@ fn deadline_passing_with_a_queue_hands_back_the_rest() {
     for _ in 0..5 {
         pool.submit(|_| {}).unwrap();
     }
-    let report = pool.shutdown(Instant::now() + Duration::from_millis(10));
+    let report = pool.shutdown_deadline(Instant::now() + Duration::from_millis(10));
     assert_eq!(report.cancelled, 1);
     assert_eq!(report.never_started.len(), 5);
     assert_eq!(report.completed, 0);
@@ -374,7 +374,7 @@ fn elastic_workers_grow_to_max_under_load_and_shrink_back_to_min() {
     assert_eq!(pool.workers(), 4);
     drop(gate_tx);
     eventually("idle workers above min exit", || pool.workers() == 1);
-    let report = pool.shutdown(Instant::now() + LONG);
+    let report = pool.shutdown_deadline(Instant::now() + LONG);
     assert_eq!(report.completed, 4);
     drop(pool);
     leaks.assert_none();
@@ -406,7 +406,7 @@ fn resize_adds_and_retires_workers() {
         })
         .unwrap();
     }
-    let _ = pool.shutdown(Instant::now() + LONG);
+    let _ = pool.shutdown_deadline(Instant::now() + LONG);
     assert_eq!(max_seen.load(Ordering::SeqCst), 1);
     drop(pool);
     leaks.assert_none();
@@ -438,7 +438,7 @@ fn workers_are_named_and_hooks_run_on_them() {
         .unwrap()
         .unwrap();
     assert!(name == "epro-0" || name == "epro-1", "{name}");
-    let _ = pool.shutdown(Instant::now() + LONG);
+    let _ = pool.shutdown_deadline(Instant::now() + LONG);
     let mut started = started.lock().unwrap().clone();
     started.sort();
     assert_eq!(
@@ -474,7 +474,7 @@ fn cancelling_the_parent_cancels_jobs_and_refuses_submits() {
     drop(guard);
     assert_eq!(handle.join(), Ok(Err(ContextError::Canceled)));
     assert_eq!(pool.submit(|_| {}).unwrap_err().reason, Refused::Closed);
-    let report = pool.shutdown(Instant::now() + LONG);
+    let report = pool.shutdown_deadline(Instant::now() + LONG);
     assert_eq!(report.cancelled, 1);
     drop(pool);
     leaks.assert_none();
@@ -485,7 +485,7 @@ fn a_queue_of_zero_hands_jobs_straight_to_workers() {
     let leaks = leak::track();
     let pool = Pool::builder().workers(2).queue(0).build().unwrap();
     let done = submit_counted(&pool, 100);
-    let report = pool.shutdown(Instant::now() + LONG);
+    let report = pool.shutdown_deadline(Instant::now() + LONG);
     assert_eq!(report.completed, 100);
     assert_eq!(done.load(Ordering::SeqCst), 100);
     drop(pool);
@@ -532,7 +532,7 @@ fn stress_no_job_is_lost_when_shutdown_races_many_submitters() {
             })
             .collect();
         thread::sleep(Duration::from_micros(300 * (round % 5)));
-        let report = pool.shutdown(Instant::now() + Duration::from_millis(1 + round % 3));
+        let report = pool.shutdown_deadline(Instant::now() + Duration::from_millis(1 + round % 3));
         let mut handed_back = report.never_started.len();
         for s in submitters {
             let refused = s.join().unwrap();
@@ -563,7 +563,7 @@ fn abort_during_a_draining_shutdown_cancels_the_running_jobs() {
     eventually("the first job runs", || pool.running() == 1);
     let drainer = {
         let pool = pool.clone();
-        thread::spawn(move || pool.shutdown(Instant::now() + LONG))
+        thread::spawn(move || pool.shutdown_deadline(Instant::now() + LONG))
     };
     eventually("intake closed", || pool.is_closed());
     // The second Ctrl-C: abort must not wait for the first call's deadline.
@@ -603,7 +603,7 @@ fn a_submit_waiting_for_room_is_refused_when_the_parent_is_cancelled() {
     drop(guard);
     assert_eq!(waiting.join().unwrap(), Err(Refused::Closed));
     drop(gate_tx);
-    let report = pool.shutdown(Instant::now() + LONG);
+    let report = pool.shutdown_deadline(Instant::now() + LONG);
     assert_eq!(
         report.never_started.len(),
         1,

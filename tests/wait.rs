@@ -189,7 +189,7 @@ fn join_deadline_names_the_threads_still_running_and_keeps_them() {
         })
         .unwrap();
 
-    let report = threads.shutdown(Duration::from_millis(20));
+    let report = threads.shutdown_timeout(Duration::from_millis(20));
     assert_eq!(report.finished.len(), 1);
     assert_eq!(report.finished[0].name, "quick");
     assert_eq!(report.running.len(), 1);
@@ -223,7 +223,7 @@ fn shutdown_cancels_the_shared_context() {
             })
             .unwrap();
     }
-    let report = threads.shutdown(LONG);
+    let report = threads.shutdown_timeout(LONG);
     assert!(report.running.is_empty());
     for f in report.finished {
         assert_eq!(f.result.unwrap().1, Some(ContextError::Canceled));

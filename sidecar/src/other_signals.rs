@@ -53,4 +53,3 @@ pub(crate) fn watch(on_signal: impl Fn(i32) + Send + 'static) -> io::Result<Othe
         _thread: thread,
     })
 }
-

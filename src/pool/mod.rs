@@ -177,7 +177,7 @@ use stop::Bell;
 ///     })
 ///     .unwrap();
 /// }
-/// let report = pool.shutdown(Instant::now() + Duration::from_secs(10));
+/// let report = pool.shutdown_deadline(Instant::now() + Duration::from_secs(10));
 /// assert_eq!(report.completed, 10);
 /// assert!(report.never_started.is_empty() && report.stuck.is_empty());
 /// ```

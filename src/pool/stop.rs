@@ -49,15 +49,24 @@ impl Pool {
     /// })
     /// .unwrap();
     /// started.recv_timeout(Duration::from_secs(10)).unwrap();
-    /// let report = pool.shutdown(Instant::now() + Duration::from_millis(5));
+    /// let report = pool.shutdown_deadline(Instant::now() + Duration::from_millis(5));
     /// assert_eq!(report.cancelled, 1); // running at the deadline: cancelled, then returned
     /// assert!(report.stuck.is_empty());
     /// ```
-    pub fn shutdown(&self, deadline: Instant) -> ShutdownReport {
+    pub fn shutdown_deadline(&self, deadline: Instant) -> ShutdownReport {
         self.shared.stop(Stop::Drain(Some(deadline)))
     }
 
-    /// [`shutdown`](Pool::shutdown) `timeout` from now.
+    /// The old name of [`shutdown_deadline`](Pool::shutdown_deadline).
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed `shutdown_deadline` (an `Instant`), beside `shutdown_timeout` (a `Duration`)"
+    )]
+    pub fn shutdown(&self, deadline: Instant) -> ShutdownReport {
+        self.shutdown_deadline(deadline)
+    }
+
+    /// [`shutdown_deadline`](Pool::shutdown_deadline) `timeout` from now.
     ///
     /// # Examples
     ///
@@ -74,7 +83,7 @@ impl Pool {
     /// ```
     pub fn shutdown_timeout(&self, timeout: Duration) -> ShutdownReport {
         match crate::deadline::after(timeout) {
-            Some(deadline) => self.shutdown(deadline),
+            Some(deadline) => self.shutdown_deadline(deadline),
             None => self.shared.stop(Stop::Drain(None)),
         }
     }

@@ -162,7 +162,7 @@ impl Service for Pipeline {
             in_flight.len(),
             self.settings.drain
         );
-        let report = pool.shutdown(Instant::now() + self.settings.drain);
+        let report = pool.shutdown_deadline(Instant::now() + self.settings.drain);
         log::info!(
             "pipeline stopped: {} completed, {} cancelled (left queued), {} never started (left queued){}",
             report.completed,
