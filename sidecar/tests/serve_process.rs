@@ -143,3 +143,54 @@ fn signals_that_would_kill_the_process_are_logged_and_ignored() {
         );
     }
 }
+
+/// The mode bits of `path` (permissions only).
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Issue 13: the data directory and every file holding patient data are
+/// private to the user `serve` runs as (they were 0755 / 0644: any local
+/// user could read every report with sqlite3), and a directory left open
+/// by an earlier run is tightened.
+#[test]
+fn the_data_dir_and_its_files_are_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TempDir::new("private");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut serve = Serve::start(&data, &["--summary-interval", "1s"]);
+    let answer = post_json(serve.addr, &report("private-1", "P-7", "s", &[("q1", 2)]));
+    assert_eq!(answer.status, 202, "{answer:?}");
+    let summaries = data.join("summaries");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(&summaries).map_or(true, |mut d| d.next().is_none()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no summary was written"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    assert_eq!(mode(&summaries), 0o700, "the summaries directory");
+    for name in [
+        "quiesce.db",
+        "quiesce.db-wal",
+        "quiesce.db-shm",
+        "listen.addr",
+        "quiesce.lock",
+    ] {
+        assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+    }
+    for summary in std::fs::read_dir(&summaries).unwrap() {
+        let path = summary.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+    assert_graceful(&serve.terminate(Duration::from_secs(30)));
+}

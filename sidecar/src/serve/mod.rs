@@ -194,12 +194,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .transpose()
         .map_err(anyhow::Error::msg)
         .context("--analyzer-url")?;
-    std::fs::create_dir_all(&args.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            args.data_dir.display()
-        )
-    })?;
+    make_private(&args.data_dir)?;
     // Held until `run` returns: one process per data dir.
     let _lock = lock_data_dir(&args.data_dir)?;
     let db_path = args.data_dir.join("quiesce.db");
@@ -325,6 +320,56 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(
         u8::try_from(report.exit_code()).unwrap_or(1),
     ))
+}
+
+/// Makes everything `serve` creates private to its user: the process's
+/// umask becomes 077 (SQLite's database, WAL and shared-memory files, the
+/// summaries, `listen.addr` and the lock come out 0600, directories 0700),
+/// the data directory is created 0700, and a data directory or database
+/// file left looser by an earlier version is tightened, with a warning.
+/// They hold patient data.
+///
+/// # Errors
+///
+/// When the directory cannot be created or its mode set.
+fn make_private(dir: &std::path::Path) -> anyhow::Result<()> {
+    use rustix::fs::Mode;
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+
+    // Before any thread starts (none has yet): the umask is process-wide.
+    rustix::process::umask(Mode::from_raw_mode(0o077));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    let tighten = |path: &std::path::Path, mode: u32| -> anyhow::Result<()> {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return Ok(()); // not there (yet): created private
+        };
+        let now = meta.permissions().mode() & 0o777;
+        if now & 0o077 != 0 {
+            log::warn!(
+                "{} was readable by others ({now:o}); making it {mode:o}",
+                path.display()
+            );
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("cannot make {} private", path.display()))?;
+        }
+        Ok(())
+    };
+    tighten(dir, 0o700)?;
+    tighten(&dir.join("summaries"), 0o700)?;
+    for file in [
+        "quiesce.db",
+        "quiesce.db-wal",
+        "quiesce.db-shm",
+        "listen.addr",
+        LOCK_FILE,
+    ] {
+        tighten(&dir.join(file), 0o600)?;
+    }
+    Ok(())
 }
 
 /// The name of the lock file in the data directory.
