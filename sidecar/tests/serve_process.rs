@@ -194,3 +194,47 @@ fn the_data_dir_and_its_files_are_private() {
     }
     assert_graceful(&serve.terminate(Duration::from_secs(30)));
 }
+
+/// Issue 16: summary files used to pile up for ever (one a second at
+/// `--summary-interval 1s`), and the first summary's period started in
+/// 1970. Now only the newest `--summary-keep` files stay, and the first
+/// period starts at the first report.
+#[test]
+fn old_summary_files_are_removed_and_the_first_period_starts_at_the_first_report() {
+    let dir = TempDir::new("summaries");
+    let mut serve = Serve::start(
+        dir.path(),
+        &["--summary-interval", "50ms", "--summary-keep", "3"],
+    );
+    let answer = post_json(serve.addr, &report("sum-1", "P-1", "s", &[("q1", 1)]));
+    assert_eq!(answer.status, 202, "{answer:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while serve.log().matches("summary written to").count() < 8 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "too few summaries:\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_graceful(&serve.terminate(Duration::from_secs(30)));
+    let files = std::fs::read_dir(dir.join("summaries")).unwrap().count();
+    assert_eq!(files, 3, "the newest three summary files stay");
+    let db = open_db(dir.path());
+    let (first_start, first_end, total): (i64, i64, i64) = db
+        .query_row(
+            "SELECT (SELECT period_start FROM summaries ORDER BY id LIMIT 1),
+                    (SELECT period_end FROM summaries ORDER BY id LIMIT 1),
+                    (SELECT COUNT(*) FROM summaries)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert!(total >= 8, "the database keeps every summary: {total}");
+    let year_2000_ms = 946_684_800_000;
+    assert!(
+        first_start > year_2000_ms,
+        "the first period starts in 1970: {first_start}"
+    );
+    assert!(first_start <= first_end);
+}

@@ -83,6 +83,12 @@ pub struct Args {
     #[arg(long, env = "QUIESCE_SUMMARY_INTERVAL", default_value = "24h", value_parser = duration)]
     pub summary_interval: Duration,
 
+    /// How many summary files to keep in <DATA_DIR>/summaries (the oldest
+    /// go first; the database keeps every summary).
+    #[arg(long, env = "QUIESCE_SUMMARY_KEEP", default_value_t = 400,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub summary_keep: u32,
+
     /// On SIGTERM, how long to keep serving with /readyz at 503 before
     /// stopping, so load balancers stop sending traffic (5s under
     /// Kubernetes). Counts against the shutdown timeout.
@@ -258,6 +264,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.data_dir.join("summaries"),
         store.clone(),
         args.summary_interval,
+        args.summary_keep as usize,
     ))
     .stop_timeout(Duration::from_secs(1));
     sup.add(Intake {

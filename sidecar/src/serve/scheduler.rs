@@ -3,7 +3,9 @@
 //! (reports processed in the period with an alert) and distinct patients
 //! among the reports received — stored in the database and written as a JSON
 //! file in `<data-dir>/summaries/`, atomically (a temporary file, fsynced,
-//! renamed, and the directory fsynced).
+//! renamed, and the directory fsynced). The first summary covers the time
+//! since the first report (or since the service started, with none); only
+//! the newest `--summary-keep` files are kept.
 
 use std::fs;
 use std::path::PathBuf;
@@ -23,21 +25,29 @@ pub struct Scheduler {
     dir: PathBuf,
     store: StoreHandle,
     interval: Duration,
+    keep: usize,
+    /// When the service started (ms since the epoch): the first summary's
+    /// start when there is no report yet.
+    started_ms: i64,
 }
 
 impl Scheduler {
-    /// Summaries of `db_path` every `interval`, written to `dir`.
+    /// Summaries of `db_path` every `interval`, written to `dir`, which
+    /// keeps the newest `keep` files.
     pub fn new(
         db_path: PathBuf,
         dir: PathBuf,
         store: StoreHandle,
         interval: Duration,
+        keep: usize,
     ) -> Scheduler {
         Scheduler {
             db_path,
             dir,
             store,
             interval,
+            keep: keep.max(1),
+            started_ms: now_ms(),
         }
     }
 }
@@ -54,7 +64,10 @@ impl Service for Scheduler {
         ctx.ready();
         while ctx.sleep(self.interval).is_ok() {
             match self.summarise(&reader) {
-                Ok(path) => log::info!("summary written to {}", path.display()),
+                Ok(path) => {
+                    log::info!("summary written to {}", path.display());
+                    self.prune();
+                }
                 // A summary that fails is logged and tried again next time;
                 // it does not take the sidecar down.
                 Err(err) => log::error!("summary failed: {err}"),
@@ -66,9 +79,13 @@ impl Service for Scheduler {
 
 impl Scheduler {
     fn summarise(&self, reader: &Connection) -> Result<PathBuf, BoxError> {
+        // Since the last summary; the first one since the first report
+        // (not since 1970), or since the start when there is none yet.
         let start: i64 = reader.query_row(
-            "SELECT COALESCE(MAX(period_end), 0) FROM summaries",
-            [],
+            "SELECT COALESCE((SELECT MAX(period_end) FROM summaries),
+                             (SELECT MIN(received_at) FROM reports),
+                             ?1)",
+            [self.started_ms],
             |r| r.get(0),
         )?;
         let end = now_ms();
@@ -118,5 +135,42 @@ impl Scheduler {
         let path = self.dir.join(format!("summary-{end}.json"));
         atomic_file::write(&path, body.as_bytes())?;
         Ok(path)
+    }
+}
+
+impl Scheduler {
+    /// Removes the oldest summary files beyond `keep` (by the period end in
+    /// their name). A file that cannot be removed is logged and left.
+    fn prune(&self) {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(err) => {
+                log::warn!("cannot list {}: {err}", self.dir.display());
+                return;
+            }
+        };
+        let mut files: Vec<(i64, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let name = entry.file_name();
+                let end = name
+                    .to_str()?
+                    .strip_prefix("summary-")?
+                    .strip_suffix(".json")?
+                    .parse()
+                    .ok()?;
+                Some((end, entry.path()))
+            })
+            .collect();
+        if files.len() <= self.keep {
+            return;
+        }
+        files.sort_unstable();
+        let excess = files.len() - self.keep;
+        for (_, path) in files.into_iter().take(excess) {
+            if let Err(err) = fs::remove_file(&path) {
+                log::warn!("cannot remove the old summary {}: {err}", path.display());
+            }
+        }
     }
 }
