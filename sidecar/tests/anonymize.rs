@@ -772,3 +772,18 @@ fn an_unreadable_file_fails_and_the_others_go_on() {
     fs::set_permissions(&locked, fs::Permissions::from_mode(0o600)).unwrap();
     assert_no_temp_files(&out);
 }
+
+/// Issue 16: `-q` still printed an INFO line. Quiet means nothing on a
+/// clean run (RUST_LOG, when set, still wins).
+#[test]
+fn quiet_prints_nothing_on_a_clean_run() {
+    let dir = TempDir::new("quiet");
+    let input = dir.write("in/visits.csv", &export("visit-q", 20, 1));
+    let out = dir.join("out");
+    let mut cmd = anonymize(&["-q", "-c", "patient_id,name,dob", "-o", s(&out), s(&input)]);
+    cmd.env_remove("RUST_LOG");
+    let done = run_expect(cmd, 0);
+    assert_eq!(done.stdout, "", "stdout");
+    assert_eq!(done.log, "", "stderr");
+    assert_eq!(files_under(&out).len(), 1);
+}

@@ -106,7 +106,7 @@ pub struct Args {
     /// No progress, no per-file lines and no summary table: only the
     /// files that failed, and why the run stopped early, if it did.
     #[arg(long, short = 'q')]
-    quiet: bool,
+    pub(crate) quiet: bool,
 
     /// CSV files, or directories to search recursively for *.csv files.
     #[arg(required = true, value_name = "INPUT")]

@@ -58,6 +58,10 @@ const TICK: Duration = Duration::from_millis(200);
 /// created); usage mistakes are printed here and give exit status 2.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    // `-q` means quiet: no INFO lines either, unless RUST_LOG asks for them.
+    if args.quiet && std::env::var_os("RUST_LOG").is_none() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
     match args.validate().and_then(|s| prepare(s, started)) {
         Ok(prepared) => prepared.run(),
         Err(usage) => {
