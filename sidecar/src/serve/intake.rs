@@ -5,8 +5,9 @@
 //! | `POST /v1/reports` | 202 accepted (durable), 200 duplicate, 409 conflict, 400 invalid (naming the field), 413 too large, 415 not JSON, 429 backlog full, 503 shutting down |
 //! | `GET /v1/reports/{id}` | the report's status, and its result or last error; 404 |
 //! | `GET /v1/enrollment` | distinct patients per site and in total |
-//! | `GET /livez`, `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 while serving, 503 from the first moment of shutdown |
+//! | `GET /livez` | 200 while the process runs |
+//! | `GET /healthz` | 200 `{"status":"healthy","checks":{...}}`; 503 `unhealthy`, each failing check saying why (the store's last commit failed, services not ready or stopping) |
+//! | `GET /readyz` | 200 while serving; 503 while the store cannot commit (its last commit failed; 200 again after one succeeds) and from the first moment of shutdown |
 //! | `GET /metrics` | Prometheus text format |
 //!
 //! It starts last (after the store and the pipeline are up) and stops
@@ -184,12 +185,19 @@ impl Api {
             {
                 ("health", not_allowed("GET, HEAD"))
             }
-            "/livez" | "/healthz" => (
+            "/livez" => (
                 "GET /livez",
                 Response::json(200, &json!({ "status": "ok" })),
             ),
+            "/healthz" => ("GET /healthz", self.health(stopping)),
             "/readyz" => {
-                if self.readiness.is_ready() && !stopping {
+                // Not ready while stopping, or while the store cannot
+                // commit (its last commit failed): back by itself after
+                // the next commit that succeeds.
+                let ready = self.readiness.is_ready()
+                    && !stopping
+                    && self.shared.health.failure().is_none();
+                if ready {
                     (
                         "GET /readyz",
                         Response::json(200, &json!({ "status": "ready" })),
@@ -275,6 +283,31 @@ impl Api {
                 &json!({ "error": invalid.message, "field": invalid.field }),
             )
         })
+    }
+
+    /// `GET /healthz`: each check, `"ok"` or why it fails (no patient
+    /// data: the store's check is its last commit's SQLite error); 200
+    /// when all pass, 503 otherwise.
+    fn health(&self, stopping: bool) -> Response {
+        let store = match self.shared.health.failure() {
+            None => "ok".to_string(),
+            Some(err) => format!("last commit failed: {err}"),
+        };
+        let services = if stopping {
+            "stopping"
+        } else if self.readiness.is_ready() {
+            "ok"
+        } else {
+            "not all services are ready"
+        };
+        let healthy = store == "ok" && services == "ok";
+        Response::json(
+            if healthy { 200 } else { 503 },
+            &json!({
+                "status": if healthy { "healthy" } else { "unhealthy" },
+                "checks": { "store": store, "services": services },
+            }),
+        )
     }
 
     fn enrollment(&self) -> Response {

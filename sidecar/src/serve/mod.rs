@@ -232,6 +232,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         backlog: AtomicI64::new(0),
         metrics: Metrics::new(),
         work_added: work_added_tx,
+        health: store::Health::default(),
     });
     let (store_service, store) = store::new(db_path.clone(), shared.clone(), 4096);
 

@@ -9,6 +9,15 @@
 //! only then forgets it. A report is therefore never worked on twice at
 //! once, and a crash at any point leaves it queued.
 //!
+//! When a report's outcome cannot be stored (a full disk, a failing
+//! store), the report stays queued as it was, and claiming it again at
+//! once would fail again at once: the dispatcher backs off, per report
+//! (not before the same [`Backoff`] as analyzer retries allows, doubling
+//! with each failure) and globally (no claim at all until the pause after
+//! the last failed store has passed), and logs such failures once per
+//! interval with a count. Both end when an outcome is stored again, or the
+//! store tells of a commit that succeeded after a failed one.
+//!
 //! On stop the dispatcher stops claiming work and the pool shuts down with
 //! a deadline: running jobs finish, or are cancelled and their reports stay
 //! queued for the next start (a cancelled attempt is not counted).
@@ -16,8 +25,10 @@
 //! # What it owns, and who touches what
 //!
 //! - `pipeline` (the dispatcher thread): the read connection, the `Pool`,
-//!   and `in_flight`, the ids of reports submitted and not yet settled.
-//!   Nothing else touches `in_flight`, so it needs no lock.
+//!   `in_flight`, the ids of reports submitted and not yet settled, and
+//!   the [`StoreBackoff`] (the reports held back after a failed store, the
+//!   global pause, the throttled log). Nothing else touches them, so they
+//!   need no lock.
 //! - `analysis-N` (the pool's workers): run one job each; they touch only
 //!   the job's own report, the store handle and the `settled` sender.
 //! - `store-sync`: calls the reply of a job's store command, which sends
@@ -35,8 +46,19 @@
 //! 3. An attempt is counted only with its outcome (`Op::Retry`, `Fail`,
 //!    `Complete`): a job cancelled by the stop, or never started, writes
 //!    nothing, and its report stays `queued` as it was.
+//! 4. A report whose outcome could not be stored (its settlement is
+//!    [`Settlement::NotStored`]) is not submitted again before its
+//!    not-before time: `retry_backoff.delay(n - 1)` after its n-th such
+//!    failure in a row. Its row is unchanged (still due), so this hold, in
+//!    memory, is what keeps it from being claimed again at once.
+//! 5. While the store fails, the dispatcher claims nothing until the
+//!    global pause has passed: `retry_backoff.delay(n - 1)` after the n-th
+//!    failed round (failures settled within one pause are one round).
+//!    Both holds end on an outcome stored, or a store recovery
+//!    ([`store::Health::recoveries`] changed); both are lost with the
+//!    process, which is safe: the reports are still queued.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,7 +69,7 @@ use rusqlite::Connection;
 
 use super::analyzer::Analyzer;
 use super::report::Report;
-use super::store::{self, Op, Outcome, StoreHandle, now_ms};
+use super::store::{self, LOG_EVERY, Op, Outcome, StoreHandle, Throttle, now_ms};
 
 /// How the pipeline works.
 #[derive(Clone, Debug)]
@@ -76,6 +98,7 @@ pub struct Pipeline {
     work_added: Receiver<()>,
     settings: Arc<Settings>,
     metrics: super::metrics::Metrics,
+    shared: Arc<store::Live>,
 }
 
 /// A report claimed for processing.
@@ -86,8 +109,113 @@ struct Claim {
     unreadable: Option<String>,
 }
 
-/// A report settled: `true` when its outcome was committed.
-type Settled = (String, bool);
+/// How a submitted job ended, for the dispatcher.
+#[derive(Debug)]
+enum Settlement {
+    /// Its outcome was committed.
+    Stored,
+    /// Its outcome could not be stored (the store failed it, or did not
+    /// take it): held back (4, 5).
+    NotStored(String),
+    /// Cancelled by the stop: nothing was attempted (3).
+    Cancelled,
+}
+
+/// A report settled.
+type Settled = (String, Settlement);
+
+/// A report held back after its outcome could not be stored (4).
+#[derive(Debug)]
+struct Held {
+    failures: u32,
+    not_before: Instant,
+}
+
+/// The dispatcher's backoff after failed stores, per report (4) and
+/// global (5), and its throttled log.
+#[derive(Debug)]
+struct StoreBackoff {
+    backoff: Backoff,
+    held: HashMap<String, Held>,
+    /// Failed rounds in a row, and the end of the current pause.
+    rounds: u32,
+    paused_until: Option<Instant>,
+    /// The store's recovery count last seen.
+    recoveries: u64,
+    log: Throttle,
+}
+
+impl StoreBackoff {
+    fn new(backoff: Backoff, recoveries: u64) -> StoreBackoff {
+        StoreBackoff {
+            backoff,
+            held: HashMap::new(),
+            rounds: 0,
+            paused_until: None,
+            recoveries,
+            log: Throttle::new(LOG_EVERY),
+        }
+    }
+
+    /// The outcome of `id` could not be stored, at `now` (4, 5).
+    fn not_stored(&mut self, id: String, now: Instant, err: &str) {
+        let held = self.held.entry(id).or_insert(Held {
+            failures: 0,
+            not_before: now,
+        });
+        held.failures = held.failures.saturating_add(1);
+        held.not_before = now + self.backoff.delay(held.failures - 1);
+        if self.paused_until.is_none_or(|until| now >= until) {
+            self.rounds = self.rounds.saturating_add(1);
+            self.paused_until = Some(now + self.backoff.delay(self.rounds - 1));
+        }
+        if let Some(n) = self.log.hit(now) {
+            log::error!(
+                "{n} report outcome(s) could not be stored since the last such line ({err}); \
+                 they stay queued; claims paused for {:?}, {} report(s) held back",
+                self.backoff.delay(self.rounds - 1),
+                self.held.len()
+            );
+        }
+    }
+
+    /// The outcome of `id` was stored: the store works (4, 5).
+    fn stored(&mut self, id: &str) {
+        self.held.remove(id);
+        self.clear_pause();
+    }
+
+    /// The store tells how many times it recovered: a change ends every
+    /// hold (4, 5).
+    fn observe(&mut self, recoveries: u64) {
+        if recoveries != self.recoveries {
+            self.recoveries = recoveries;
+            self.held.clear();
+            self.clear_pause();
+        }
+    }
+
+    fn clear_pause(&mut self) {
+        if self.rounds > 0 {
+            self.rounds = 0;
+            self.paused_until = None;
+            let held = self.log.reset();
+            log::info!(
+                "report outcomes are stored again ({held} failure(s) since the last logged one)"
+            );
+        }
+    }
+
+    /// Whether claims may be made at `now` (5).
+    fn may_claim(&self, now: Instant) -> bool {
+        self.paused_until.is_none_or(|until| now >= until)
+    }
+
+    /// Whether `id` is held back at `now` (4).
+    fn holds(&self, id: &str, now: Instant) -> bool {
+        self.held.get(id).is_some_and(|h| now < h.not_before)
+    }
+}
 
 impl Pipeline {
     /// A pipeline reading `db_path`, writing through `store`, woken by
@@ -97,7 +225,7 @@ impl Pipeline {
         store: StoreHandle,
         work_added: Receiver<()>,
         settings: Settings,
-        shared: &store::Live,
+        shared: &Arc<store::Live>,
     ) -> Pipeline {
         Pipeline {
             db_path,
@@ -105,6 +233,7 @@ impl Pipeline {
             work_added,
             settings: Arc::new(settings),
             metrics: shared.metrics.clone(),
+            shared: shared.clone(),
         }
     }
 }
@@ -127,29 +256,38 @@ impl Service for Pipeline {
             .build()?;
         let (settled_tx, settled_rx) = crossbeam_channel::unbounded::<Settled>();
         let mut in_flight: HashSet<String> = HashSet::new();
+        let mut backoff =
+            StoreBackoff::new(self.settings.retry_backoff, self.shared.health.recoveries());
         ctx.ready();
         let ticker = tick(Duration::from_millis(250));
         let mut refill = true;
         loop {
-            for (id, _) in settled_rx.try_iter() {
-                in_flight.remove(&id);
+            for settled in settled_rx.try_iter() {
+                settle(&mut in_flight, &mut backoff, settled);
                 refill = true;
             }
+            backoff.observe(self.shared.health.recoveries());
             // Refill when half the capacity is free (or when told to), so a
-            // busy pool does not cost a query per finished job.
-            if refill && in_flight.len() <= capacity / 2 {
+            // busy pool does not cost a query per finished job; not while
+            // the store fails (5): `refill` stays set, the ticker comes back.
+            if refill && in_flight.len() <= capacity / 2 && backoff.may_claim(Instant::now()) {
                 refill = false;
-                if let Err(err) =
-                    self.dispatch(&reader, &pool, &mut in_flight, capacity, &settled_tx)
-                {
+                if let Err(err) = self.dispatch(
+                    &reader,
+                    &pool,
+                    &mut in_flight,
+                    &backoff,
+                    capacity,
+                    &settled_tx,
+                ) {
                     log::error!("dispatcher: cannot read the queue: {err}");
                 }
             }
             select! {
                 recv(self.work_added) -> _ => refill = true,
                 recv(settled_rx) -> settled => {
-                    if let Ok((id, _)) = settled {
-                        in_flight.remove(&id);
+                    if let Ok(settled) = settled {
+                        settle(&mut in_flight, &mut backoff, settled);
                         refill = true;
                     }
                 }
@@ -181,32 +319,48 @@ impl Service for Pipeline {
     }
 }
 
+/// Takes a settled report out of `in_flight` (1), and into or out of the
+/// backoff (4, 5).
+fn settle(in_flight: &mut HashSet<String>, backoff: &mut StoreBackoff, (id, how): Settled) {
+    in_flight.remove(&id);
+    match how {
+        Settlement::Stored => backoff.stored(&id),
+        Settlement::NotStored(err) => backoff.not_stored(id, Instant::now(), &err),
+        Settlement::Cancelled => {}
+    }
+}
+
 impl Pipeline {
-    /// Claims due reports not in flight, up to `capacity`, and submits them.
+    /// Claims due reports neither in flight nor held back, up to
+    /// `capacity`, and submits them.
     fn dispatch(
         &self,
         reader: &Connection,
         pool: &Pool,
         in_flight: &mut HashSet<String>,
+        backoff: &StoreBackoff,
         capacity: usize,
         settled: &Sender<Settled>,
     ) -> rusqlite::Result<()> {
         if in_flight.len() >= capacity {
             return Ok(());
         }
-        // The claims in flight are still queued, so the first `capacity`
-        // due rows cover them and every free place. The limit is written
-        // into the SQL: a bound LIMIT makes SQLite re-plan the statement on
-        // every run.
+        // The claims in flight and the reports held back are still queued,
+        // so the first `capacity` + held due rows cover them and every free
+        // place. The limit is written into the SQL: a bound LIMIT makes
+        // SQLite re-plan the statement on every run (the held count changes
+        // only while the store fails).
+        let limit = capacity + backoff.held.len();
         let mut stmt = reader.prepare_cached(&format!(
             "SELECT report_id, patient_id, site_id, instrument, submitted_at, answers, attempts
              FROM reports WHERE status = 'queued' AND next_attempt_at <= ?1
-             ORDER BY next_attempt_at, rowid LIMIT {capacity}"
+             ORDER BY next_attempt_at, rowid LIMIT {limit}"
         ))?;
+        let now = Instant::now();
         let rows = stmt.query_map(rusqlite::params![now_ms()], |r| {
             let report_id: String = r.get(0)?;
-            if in_flight.contains(&report_id) {
-                // (2)
+            if in_flight.contains(&report_id) || backoff.holds(&report_id, now) {
+                // (2), (4)
                 return Ok(None);
             }
             let answers: String = r.get(5)?;
@@ -286,7 +440,7 @@ impl Pipeline {
                     // Cancelled by the shutdown: not an attempt (3). The
                     // report stays queued for the next start; settled (1).
                     log::debug!("job {id} cancelled by the shutdown ({err})");
-                    let _ = settled.send((id, false));
+                    let _ = settled.send((id, Settlement::Cancelled));
                     return;
                 }
                 Err(error) if attempts >= settings.max_attempts || claim.unreadable.is_some() => {
@@ -314,18 +468,17 @@ impl Pipeline {
             };
             let notify = settled.clone();
             let reply_id = id.clone();
+            // Failures are logged by the dispatcher, once per interval (4).
             let reply: store::Reply = Box::new(move |result: Result<Outcome, String>| {
-                if let Err(err) = &result {
-                    log::error!(
-                        "report {reply_id}: its outcome could not be stored ({err}); it stays queued"
-                    );
-                }
-                let _ = notify.send((reply_id, result.is_ok()));
+                let how = match result {
+                    Ok(_) => Settlement::Stored,
+                    Err(err) => Settlement::NotStored(err),
+                };
+                let _ = notify.send((reply_id, how));
             });
             if let Err(err) = store.send(op, reply, Instant::now() + Duration::from_secs(30)) {
-                log::error!("report {id}: {err}; it stays queued");
                 // (1): refused by the store, the job settles itself.
-                let _ = settled.send((id, false));
+                let _ = settled.send((id, Settlement::NotStored(err.to_string())));
             }
         }
     }
@@ -349,4 +502,65 @@ fn process(report: &Report, ctx: &Context, settings: &Settings) -> Result<(Strin
         "analysis": analysis,
     });
     Ok((result.to_string(), score.alert))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_report_whose_outcome_is_not_stored_is_held_back_doubling() {
+        let mut backoff = StoreBackoff::new(Backoff::new(100 * MS, 1000 * MS), 0);
+        let t0 = Instant::now();
+        let mut now = t0;
+        for (failure, wait) in [100, 200, 400, 800, 1000, 1000].into_iter().enumerate() {
+            backoff.not_stored("r1".into(), now, "database or disk is full");
+            assert!(backoff.holds("r1", now), "failure {failure}");
+            assert!(
+                backoff.holds("r1", now + (wait - 1) * MS),
+                "failure {failure}"
+            );
+            assert!(!backoff.holds("r1", now + wait * MS), "failure {failure}");
+            assert!(!backoff.holds("r2", now), "another report is not held");
+            now += wait * MS;
+        }
+        // Stored at last: no longer held, the next failure starts over.
+        backoff.stored("r1");
+        assert!(!backoff.holds("r1", now));
+        backoff.not_stored("r1".into(), now, "e");
+        assert!(!backoff.holds("r1", now + 100 * MS));
+    }
+
+    #[test]
+    fn failures_within_one_pause_are_one_round_and_the_pause_doubles() {
+        let mut backoff = StoreBackoff::new(Backoff::new(100 * MS, 1000 * MS), 0);
+        let t0 = Instant::now();
+        assert!(backoff.may_claim(t0));
+        // Sixty-four jobs fail at once: one round, a pause of 100 ms.
+        for i in 0..64 {
+            backoff.not_stored(format!("r{i}"), t0 + i * MS / 10, "e");
+        }
+        assert!(!backoff.may_claim(t0 + 99 * MS));
+        assert!(backoff.may_claim(t0 + 100 * MS));
+        // The next failure after the pause: round two, 200 ms.
+        let t1 = t0 + 100 * MS;
+        backoff.not_stored("r0".into(), t1, "e");
+        assert!(!backoff.may_claim(t1 + 199 * MS));
+        assert!(backoff.may_claim(t1 + 200 * MS));
+    }
+
+    #[test]
+    fn a_store_recovery_ends_every_hold() {
+        let mut backoff = StoreBackoff::new(Backoff::new(100 * MS, 1000 * MS), 7);
+        let t0 = Instant::now();
+        backoff.not_stored("r1".into(), t0, "e");
+        backoff.not_stored("r2".into(), t0, "e");
+        backoff.observe(7);
+        assert!(backoff.holds("r1", t0) && !backoff.may_claim(t0));
+        backoff.observe(8);
+        assert!(!backoff.holds("r1", t0) && !backoff.holds("r2", t0));
+        assert!(backoff.may_claim(t0));
+    }
 }

@@ -44,6 +44,11 @@
 //! 6. Replies run on `store-sync`, never on the writer, each under
 //!    `catch_unwind`: one broken reply neither delays a commit nor keeps
 //!    the other replies from being called (3).
+//! 7. [`Live::health`] tells the outcome of the last commit: set by the
+//!    writer after each transaction (before its replies are handed to
+//!    `store-sync`), and marked failed by `store-sync` when a flush fails.
+//!    A failure is logged when it starts, then once per [`LOG_EVERY`]
+//!    with a count (a [`Throttle`]), and the recovery once.
 //!
 //! # Files
 //!
@@ -57,8 +62,9 @@
 mod sqlite;
 mod sync;
 
-use std::sync::atomic::AtomicI64;
-use std::time::Instant;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use quiesce::{Counters, JobError, JobHandle};
@@ -171,7 +177,99 @@ pub struct Live {
     pub metrics: Metrics,
     /// Wakes the dispatcher when new work is committed.
     pub work_added: Sender<()>,
+    /// Whether the store can commit (`/readyz`, `/healthz`, the
+    /// dispatcher's backoff).
+    pub health: Health,
 }
+
+/// Whether the store can commit: the outcome of its last commit (7).
+/// Written by the `store` thread (each commit) and `store-sync` (a failed
+/// flush); read by anyone.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The last commit's error; `None` when it succeeded (or none was made).
+    failure: Mutex<Option<String>>,
+    /// How many times a commit succeeded after one that failed: a change
+    /// tells the dispatcher that the store has recovered.
+    recoveries: AtomicU64,
+}
+
+impl Health {
+    /// Why the last commit failed, or `None` when it succeeded.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Counts the recoveries (a commit that succeeded after a failed one).
+    pub fn recoveries(&self) -> u64 {
+        self.recoveries.load(Ordering::SeqCst)
+    }
+
+    /// A commit succeeded; `true` when the last one had failed.
+    pub(crate) fn committed(&self) -> bool {
+        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        let recovered = failure.take().is_some();
+        if recovered {
+            self.recoveries.fetch_add(1, Ordering::SeqCst);
+        }
+        recovered
+    }
+
+    /// A commit (or the flush of one) failed with `err`; `true` when the
+    /// last one had succeeded.
+    pub(crate) fn failed(&self, err: &str) -> bool {
+        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        failure.replace(err.to_string()).is_none()
+    }
+}
+
+/// A log line once per interval, with the count of the occurrences it
+/// stands for, rather than one line per occurrence: a fault that repeats
+/// (a full disk) must not flood the log.
+#[derive(Debug)]
+pub struct Throttle {
+    every: Duration,
+    last: Option<Instant>,
+    held: u64,
+}
+
+impl Throttle {
+    /// At most one line per `every`.
+    pub fn new(every: Duration) -> Throttle {
+        Throttle {
+            every,
+            last: None,
+            held: 0,
+        }
+    }
+
+    /// One more occurrence at `now`: `Some(n)` when a line is due, `n`
+    /// occurrences (this one included) since the last line; `None` when it
+    /// is held back.
+    pub fn hit(&mut self, now: Instant) -> Option<u64> {
+        self.held += 1;
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < self.every => None,
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.held))
+            }
+        }
+    }
+
+    /// The fault is over: the occurrences held back since the last line
+    /// (to be told once), and the next one is logged at once.
+    pub fn reset(&mut self) -> u64 {
+        self.last = None;
+        std::mem::take(&mut self.held)
+    }
+}
+
+/// How often a repeated store failure is logged.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// A cheap handle to send commands to the store.
 #[derive(Clone)]
@@ -250,6 +348,36 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn a_throttle_logs_once_per_interval_with_the_count() {
+        let mut throttle = Throttle::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(throttle.hit(t0), Some(1));
+        for ms in 1..1000 {
+            assert_eq!(throttle.hit(t0 + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(throttle.hit(t0 + Duration::from_secs(10)), Some(1000));
+        assert_eq!(throttle.hit(t0 + Duration::from_secs(11)), None);
+        assert_eq!(throttle.reset(), 1);
+        assert_eq!(throttle.hit(t0 + Duration::from_secs(12)), Some(1));
+    }
+
+    #[test]
+    fn health_tells_the_last_commit_and_counts_recoveries() {
+        let health = Health::default();
+        assert_eq!(health.failure(), None);
+        assert!(!health.committed());
+        assert!(health.failed("database or disk is full"));
+        assert!(!health.failed("database or disk is full"));
+        assert_eq!(
+            health.failure().as_deref(),
+            Some("database or disk is full")
+        );
+        assert_eq!(health.recoveries(), 0);
+        assert!(health.committed());
+        assert_eq!((health.failure(), health.recoveries()), (None, 1));
+    }
 
     #[test]
     fn a_call_whose_command_is_dropped_without_a_reply_is_told_the_store_stopped() {

@@ -2,6 +2,7 @@
 //! writer service ([`Store`]) that applies commands in batches (invariants
 //! 1, 4 and 5 of the [store](super)).
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,7 +13,7 @@ use quiesce::{BoxError, Service, ServiceContext};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 
 use super::sync::{Replies, Syncer};
-use super::{Command, Live, Op, Outcome, StoreHandle, now_ms};
+use super::{Command, LOG_EVERY, Live, Op, Outcome, StoreHandle, Throttle, now_ms};
 
 /// Most commands in one transaction.
 const MAX_BATCH: usize = 512;
@@ -120,12 +121,23 @@ pub struct Store {
     path: PathBuf,
     rx: Receiver<Command>,
     shared: Arc<Live>,
+    /// Failed commits, logged once per interval (7).
+    failures: RefCell<Throttle>,
 }
 
 /// A store service and the handle to reach it.
 pub fn new(path: PathBuf, shared: Arc<Live>, capacity: usize) -> (Store, StoreHandle) {
     let (tx, rx) = crossbeam_channel::bounded(capacity);
-    (Store { path, rx, shared }, StoreHandle { tx })
+    let failures = RefCell::new(Throttle::new(LOG_EVERY));
+    (
+        Store {
+            path,
+            rx,
+            shared,
+            failures,
+        },
+        StoreHandle { tx },
+    )
 }
 
 impl Service for Store {
@@ -230,6 +242,13 @@ impl Store {
             .observe(started.elapsed().as_secs_f64());
         let replies: Replies = match applied {
             Ok(results) => {
+                // (7)
+                if self.shared.health.committed() {
+                    let held = self.failures.borrow_mut().reset();
+                    log::warn!(
+                        "store commits again ({held} failed commit(s) since the last logged one)"
+                    );
+                }
                 let mut woke = false;
                 batch
                     .into_iter()
@@ -249,7 +268,14 @@ impl Store {
                     .collect()
             }
             Err(err) => {
-                log::error!("store commit of {} command(s) failed: {err}", batch.len());
+                // (7)
+                self.shared.health.failed(&err);
+                if let Some(n) = self.failures.borrow_mut().hit(Instant::now()) {
+                    log::error!(
+                        "store commit failed: {err} ({n} failed commit(s) since the last such line; \
+                         /readyz is 503 until a commit succeeds)"
+                    );
+                }
                 batch
                     .into_iter()
                     .map(|cmd| (cmd.reply, Err(err.clone())))

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use quiesce::{Consumer, Panic};
 
-use super::{Live, Outcome, Reply};
+use super::{LOG_EVERY, Live, Outcome, Reply, Throttle};
 
 /// A committed batch's replies, each with its outcome.
 pub(super) type Replies = Vec<(Reply, Result<Outcome, String>)>;
@@ -45,6 +45,7 @@ impl Syncer {
     /// commit flushes itself, `synchronous = FULL`).
     pub(super) fn start(wal: Option<std::fs::File>, shared: Arc<Live>) -> std::io::Result<Syncer> {
         let thread = Consumer::unbounded("store-sync", move |rx| {
+            let mut failures = Throttle::new(LOG_EVERY);
             while let Ok(first) = rx.recv() {
                 let mut batches = vec![first];
                 batches.extend(rx.try_iter());
@@ -58,8 +59,13 @@ impl Syncer {
                             .fsync_seconds
                             .observe(started.elapsed().as_secs_f64());
                         flushed.map_err(|e| {
-                            log::error!("flushing the WAL to disk failed: {e}");
-                            format!("flushing to disk failed: {e}")
+                            let err = format!("flushing to disk failed: {e}");
+                            // (7): the store cannot commit durably.
+                            shared.health.failed(&err);
+                            if let Some(n) = failures.hit(Instant::now()) {
+                                log::error!("{err} ({n} time(s) since the last such line)");
+                            }
+                            err
                         })
                     }
                 };
@@ -127,6 +133,7 @@ mod tests {
             backlog: AtomicI64::new(0),
             metrics: Metrics::new(),
             work_added: crossbeam_channel::unbounded().0,
+            health: Default::default(),
         })
     }
 
