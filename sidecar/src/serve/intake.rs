@@ -2,7 +2,7 @@
 //!
 //! | Route | Answer |
 //! |-------|--------|
-//! | `POST /v1/reports` | 202 accepted (durable), 200 duplicate, 409 conflict, 400 invalid (naming the field), 413 too large, 415 not JSON, 429 backlog full, 503 shutting down |
+//! | `POST /v1/reports` | 202 accepted (durable), 200 duplicate, 409 conflict, 400 invalid (naming the field), 413 too large, 415 not JSON, 429 backlog full, 503 shutting down, not stored, or stored or not (a commit that failed midway; retrying is safe) |
 //! | `GET /v1/reports/{id}` | the report's status, and its result or last error; 404 |
 //! | `GET /v1/enrollment` | distinct patients per site and in total |
 //! | `GET /livez` | 200 while the process runs |
@@ -27,7 +27,7 @@ use super::http::{
     Deferred, Handler, Later, Limits, RETRY_AFTER, Request, Response, Server, status_text,
 };
 use super::report::{Report, rfc3339_ms};
-use super::store::{self, CallError, Op, Outcome, StoreHandle};
+use super::store::{self, CallError, Failure, Op, Outcome, StoreHandle};
 
 /// How long a request may wait for the store.
 const STORE_WAIT: Duration = Duration::from_secs(10);
@@ -335,7 +335,7 @@ struct Posted {
 }
 
 impl Posted {
-    fn finish(mut self, outcome: Result<Outcome, String>) {
+    fn finish(mut self, outcome: Result<Outcome, Failure>) {
         let report_id = &self.report_id;
         let response = match outcome {
             Ok(Outcome::Accepted) => Response::json(
@@ -358,9 +358,13 @@ impl Posted {
                 log::error!("insert of {report_id} answered {other:?}");
                 error(500, "unexpected store answer")
             }
-            Err(err) => {
+            Err(Failure::NotStored(err)) => {
                 log::warn!("report {report_id} not stored: {}", CallError::Failed(err));
                 not_stored()
+            }
+            Err(Failure::Unknown(err)) => {
+                log::warn!("report {report_id}: whether it was stored is unknown ({err})");
+                outcome_unknown()
             }
         };
         self.answer(response);
@@ -396,6 +400,17 @@ impl Drop for Posted {
 
 fn not_stored() -> Response {
     error(503, "the report could not be stored; retry").with_header("Retry-After", RETRY_AFTER)
+}
+
+/// The commit's outcome is unknown (store invariant 8): never "not
+/// stored" for a report that may be on disk.
+fn outcome_unknown() -> Response {
+    error(
+        503,
+        "the report may or may not have been stored (the store's commit failed midway); \
+         retrying is safe: the same report is answered as a duplicate if it was stored",
+    )
+    .with_header("Retry-After", RETRY_AFTER)
 }
 
 fn get_report(db: &Connection, id: &str) -> Response {

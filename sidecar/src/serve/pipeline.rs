@@ -469,10 +469,14 @@ impl Pipeline {
             let notify = settled.clone();
             let reply_id = id.clone();
             // Failures are logged by the dispatcher, once per interval (4).
-            let reply: store::Reply = Box::new(move |result: Result<Outcome, String>| {
+            let reply: store::Reply = Box::new(move |result: Result<Outcome, store::Failure>| {
+                // An unknown outcome is treated as not stored: the report
+                // is claimed again after the backoff, and its updates are
+                // conditional on `queued`, so a second outcome changes
+                // nothing if the first one was stored.
                 let how = match result {
                     Ok(_) => Settlement::Stored,
-                    Err(err) => Settlement::NotStored(err),
+                    Err(err) => Settlement::NotStored(err.to_string()),
                 };
                 let _ = notify.send((reply_id, how));
             });

@@ -49,6 +49,12 @@
 //!    `store-sync`), and marked failed by `store-sync` when a flush fails.
 //!    A failure is logged when it starts, then once per [`LOG_EVERY`]
 //!    with a count (a [`Throttle`]), and the recovery once.
+//! 8. A reply's failure says whether the command is certainly not stored
+//!    ([`Failure::NotStored`]: its statement failed, or the transaction
+//!    failed before its commit, or its commit found no room on disk and
+//!    was rolled back) or may be ([`Failure::Unknown`]: any other failure
+//!    of the commit, or of the flush after it). Never "not stored" for a
+//!    command that may be on disk.
 //!
 //! # Files
 //!
@@ -157,9 +163,39 @@ pub enum Outcome {
     Unchanged,
 }
 
+/// Why a command has no outcome (8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Not stored: its transaction failed before its commit, or its commit
+    /// was refused for want of room, and was rolled back.
+    NotStored(String),
+    /// Its commit or the flush after it failed: it may be stored or not.
+    /// Every command is idempotent (an insert by `report_id` and content,
+    /// an update conditional on `queued`), so sending it again is safe.
+    Unknown(String),
+}
+
+impl Failure {
+    /// The error, without the kind.
+    pub fn error(&self) -> &str {
+        match self {
+            Failure::NotStored(err) | Failure::Unknown(err) => err,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::NotStored(err) => write!(f, "not stored: {err}"),
+            Failure::Unknown(err) => write!(f, "outcome unknown: {err}"),
+        }
+    }
+}
+
 /// Called with the outcome once the command's transaction has committed
 /// (or failed).
-pub type Reply = Box<dyn FnOnce(Result<Outcome, String>) + Send + 'static>;
+pub type Reply = Box<dyn FnOnce(Result<Outcome, Failure>) + Send + 'static>;
 
 struct Command {
     op: Op,
@@ -318,7 +354,7 @@ impl StoreHandle {
         )?;
         match reply.join_deadline(deadline) {
             Ok(Ok(outcome)) => Ok(outcome),
-            Ok(Err(err)) => Err(CallError::Failed(err)),
+            Ok(Err(err)) => Err(CallError::Failed(err.to_string())),
             Err(JobError::Timeout) => Err(CallError::Unavailable("no reply in time")),
             Err(_) => Err(CallError::Unavailable("stopped")),
         }

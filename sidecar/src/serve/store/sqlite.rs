@@ -13,7 +13,7 @@ use quiesce::{BoxError, Service, ServiceContext};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 
 use super::sync::{Replies, Syncer};
-use super::{Command, LOG_EVERY, Live, Op, Outcome, StoreHandle, Throttle, now_ms};
+use super::{Command, Failure, LOG_EVERY, Live, Op, Outcome, StoreHandle, Throttle, now_ms};
 
 /// Most commands in one transaction.
 const MAX_BATCH: usize = 512;
@@ -231,9 +231,9 @@ impl Store {
                     .iter()
                     .map(|c| apply(&tx, &c.op, &mut backlog))
                     .collect();
-                tx.commit().map(|()| results).map_err(|e| e.to_string())
+                tx.commit().map(|()| results).map_err(commit_failure)
             }
-            Err(err) => Err(err.to_string()),
+            Err(err) => Err(Failure::NotStored(err.to_string())),
         };
         let metrics = &self.shared.metrics;
         metrics.commit_batch.observe(batch.len() as f64);
@@ -254,7 +254,7 @@ impl Store {
                     .into_iter()
                     .zip(results)
                     .map(|(cmd, result)| {
-                        let outcome = result.map(|effect| {
+                        let outcome = result.map_err(Failure::NotStored).map(|effect| {
                             if effect.outcome == Outcome::Accepted && !woke {
                                 woke = true;
                                 let _ = self.shared.work_added.try_send(());
@@ -269,11 +269,12 @@ impl Store {
             }
             Err(err) => {
                 // (7)
-                self.shared.health.failed(&err);
+                self.shared.health.failed(err.error());
                 if let Some(n) = self.failures.borrow_mut().hit(Instant::now()) {
                     log::error!(
-                        "store commit failed: {err} ({n} failed commit(s) since the last such line; \
-                         /readyz is 503 until a commit succeeds)"
+                        "store commit failed: {} ({n} failed commit(s) since the last such line; \
+                         /readyz is 503 until a commit succeeds)",
+                        err.error()
                     );
                 }
                 batch
@@ -312,6 +313,17 @@ impl Store {
             (Op::Retry { .. }, Outcome::Changed) => metrics.retried.inc(),
             _ => {}
         }
+    }
+}
+
+/// What a failed COMMIT means for the batch (8): not stored when SQLite
+/// found no room (the commit frame, written last, was not written, and
+/// the transaction is rolled back); otherwise unknown (a failed sync may
+/// leave a whole transaction in the WAL, a busy COMMIT leaves it open).
+fn commit_failure(err: rusqlite::Error) -> Failure {
+    match err.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => Failure::NotStored(err.to_string()),
+        _ => Failure::Unknown(err.to_string()),
     }
 }
 
@@ -456,6 +468,37 @@ fn apply_sql(tx: &Transaction<'_>, op: &Op, backlog: &mut i64) -> rusqlite::Resu
             )?
             .execute(params![period_start, period_end, now_ms(), body])?;
             Ok(Outcome::Changed.into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::ffi;
+
+    use super::*;
+
+    fn sqlite_error(code: std::ffi::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn a_commit_refused_for_want_of_room_is_not_stored_any_other_failure_unknown() {
+        assert!(matches!(
+            commit_failure(sqlite_error(ffi::SQLITE_FULL)),
+            Failure::NotStored(_)
+        ));
+        for code in [
+            ffi::SQLITE_BUSY,
+            ffi::SQLITE_IOERR,
+            ffi::SQLITE_IOERR_FSYNC,
+            ffi::SQLITE_CORRUPT,
+        ] {
+            let failure = commit_failure(sqlite_error(code));
+            assert!(
+                matches!(failure, Failure::Unknown(_)),
+                "{code}: {failure:?}"
+            );
         }
     }
 }

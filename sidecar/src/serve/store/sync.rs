@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use quiesce::{Consumer, Panic};
 
-use super::{LOG_EVERY, Live, Outcome, Reply, Throttle};
+use super::{Failure, LOG_EVERY, Live, Outcome, Reply, Throttle};
 
 /// A committed batch's replies, each with its outcome.
-pub(super) type Replies = Vec<(Reply, Result<Outcome, String>)>;
+pub(super) type Replies = Vec<(Reply, Result<Outcome, Failure>)>;
 
 /// Makes commits durable and replies to their callers, on a thread of its own
 /// (`store-sync`), so that the writer can run the next transaction while
@@ -69,11 +69,12 @@ impl Syncer {
                         })
                     }
                 };
-                // (2): flushed (or failed to) before any reply is called.
+                // (2): flushed (or failed to) before any reply is called;
+                // (8): committed, not flushed: it may or may not last.
                 for (reply, outcome) in batches.into_iter().flatten() {
-                    let outcome = match &flushed {
-                        Ok(()) => outcome,
-                        Err(err) => Err(err.clone()),
+                    let outcome = match (&flushed, outcome) {
+                        (Err(err), Ok(_)) => Err(Failure::Unknown(err.clone())),
+                        (_, outcome) => outcome,
                     };
                     give(reply, outcome);
                 }
@@ -85,8 +86,14 @@ impl Syncer {
     pub(super) fn deliver(&self, replies: Replies) {
         if let Err(unsent) = self.thread.send(replies) {
             // The thread is gone: nothing is flushed, say so (2, 3).
-            for (reply, _) in unsent.into_inner() {
-                give(reply, Err("the store cannot flush to disk".to_string()));
+            for (reply, outcome) in unsent.into_inner() {
+                let err = "the store cannot flush to disk".to_string();
+                let failure = match outcome {
+                    // (8): committed, its flush unknown.
+                    Ok(_) => Failure::Unknown(err),
+                    Err(failure) => failure,
+                };
+                give(reply, Err(failure));
             }
         }
     }
@@ -106,7 +113,7 @@ impl Syncer {
 
 /// Calls one reply, catching its panic: one caller's broken reply must not
 /// leave the others uncalled.
-fn give(reply: Reply, outcome: Result<Outcome, String>) {
+fn give(reply: Reply, outcome: Result<Outcome, Failure>) {
     // (6)
     let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reply(outcome)));
     if let Err(payload) = called {
@@ -150,14 +157,40 @@ mod tests {
         ]);
         // A later batch still gets its reply: the thread lived on.
         let later: Reply = Box::new(move |outcome| after_tx.send(outcome).unwrap());
-        syncer.deliver(vec![(later, Err("disk full".to_string()))]);
+        let full = Failure::NotStored("disk full".to_string());
+        syncer.deliver(vec![(later, Err(full.clone()))]);
         let wait = Duration::from_secs(30);
         assert_eq!(got_rx.recv_timeout(wait), Ok(Ok(Outcome::Duplicate)));
-        assert_eq!(
-            after_rx.recv_timeout(wait),
-            Ok(Err("disk full".to_string()))
-        );
+        assert_eq!(after_rx.recv_timeout(wait), Ok(Err(full)));
         assert!(syncer.is_alive());
+        syncer.finish();
+    }
+
+    #[test]
+    fn a_commit_whose_flush_fails_is_told_unknown_not_unstored() {
+        // fdatasync on a pipe fails (EINVAL): a flush that fails.
+        let (read, _write) = std::io::pipe().unwrap();
+        let wal = std::fs::File::from(std::os::fd::OwnedFd::from(read));
+        let shared = shared();
+        let syncer = Syncer::start(Some(wal), shared.clone()).unwrap();
+        let (got_tx, got_rx) = crossbeam_channel::unbounded();
+        let reply = |tx: crossbeam_channel::Sender<_>| -> Reply {
+            Box::new(move |outcome| tx.send(outcome).unwrap())
+        };
+        let full = Failure::NotStored("database or disk is full".to_string());
+        syncer.deliver(vec![
+            (reply(got_tx.clone()), Ok(Outcome::Accepted)),
+            (reply(got_tx), Err(full.clone())),
+        ]);
+        let wait = Duration::from_secs(30);
+        let committed = got_rx.recv_timeout(wait).unwrap();
+        assert!(
+            matches!(&committed, Err(Failure::Unknown(err)) if err.starts_with("flushing to disk failed")),
+            "{committed:?}"
+        );
+        // Not committed stays not stored.
+        assert_eq!(got_rx.recv_timeout(wait).unwrap(), Err(full));
+        assert!(shared.health.failure().is_some());
         syncer.finish();
     }
 }
