@@ -313,3 +313,38 @@ fn a_full_disk_backs_off_turns_readyz_503_and_recovers_by_itself() {
     eprintln!("the store's fault lines:\n{}", faults.join("\n"));
     serve.stop_ok(Duration::from_secs(20));
 }
+
+#[test]
+fn readyz_is_503_while_another_process_holds_the_write_lock() {
+    let dir = TempDir::new("locked");
+    let mut serve = Serve::start(dir.path(), &[]);
+    let holder = rusqlite::Connection::open(dir.join("quiesce.db")).expect("open the database");
+    holder
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    // Its insert waits for the lock (5 s), then gives up: not stored.
+    let body = report("locked-1", "p1", "S1", &[("q1", 1)]);
+    let refused = post_json(serve.addr, &body);
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    let ready = get(serve.addr, "/readyz");
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    let health = get(serve.addr, "/healthz");
+    assert_eq!(health.status, 503, "{}", health.text());
+    let store = health.json()["checks"]["store"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        store.starts_with("last commit failed") && store.contains("locked"),
+        "{}",
+        health.text()
+    );
+    // The lock released, the client's retry is stored and the store ready.
+    holder.execute_batch("ROLLBACK").expect("release the lock");
+    drop(holder);
+    let stored = post_json(serve.addr, &body);
+    assert_eq!(stored.status, 202, "{}", stored.text());
+    let ready = get(serve.addr, "/readyz");
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    serve.stop_ok(Duration::from_secs(20));
+}

@@ -46,7 +46,10 @@
 //!    the other replies from being called (3).
 //! 7. [`Live::health`] tells the outcome of the last commit: set by the
 //!    writer after each transaction (before its replies are handed to
-//!    `store-sync`), and marked failed by `store-sync` when a flush fails.
+//!    `store-sync`): failed when the commit failed or a statement failed
+//!    for a reason of the store's own (busy or locked by another process,
+//!    corrupt, no room, I/O); and marked failed by `store-sync` when a
+//!    flush fails.
 //!    A failure is logged when it starts, then once per [`LOG_EVERY`]
 //!    with a count (a [`Throttle`]), and the recovery once.
 //! 8. A reply's failure says whether the command is certainly not stored

@@ -227,9 +227,9 @@ impl Store {
         let mut backlog = self.shared.backlog.load(Ordering::SeqCst);
         let applied = match conn.transaction() {
             Ok(tx) => {
-                let results: Vec<Result<Effect, String>> = batch
+                let results: Vec<rusqlite::Result<Effect>> = batch
                     .iter()
-                    .map(|c| apply(&tx, &c.op, &mut backlog))
+                    .map(|c| apply_sql(&tx, &c.op, &mut backlog))
                     .collect();
                 tx.commit().map(|()| results).map_err(commit_failure)
             }
@@ -240,48 +240,62 @@ impl Store {
         metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
-        let replies: Replies = match applied {
-            Ok(results) => {
-                // (7)
+        // (7): the store is failing when its commit failed, or when a
+        // statement failed for a reason of the store's own (locked by
+        // another process, corrupt, no room), not of the command's.
+        let fault = match &applied {
+            Err(failure) => Some(failure.error().to_string()),
+            Ok(results) => results.iter().find_map(|r| match r {
+                Err(err) if store_fault(err) => Some(err.to_string()),
+                _ => None,
+            }),
+        };
+        match fault {
+            None => {
                 if self.shared.health.committed() {
                     let held = self.failures.borrow_mut().reset();
                     log::warn!(
-                        "store commits again ({held} failed commit(s) since the last logged one)"
+                        "the store commits again ({held} failure(s) since the last logged one)"
                     );
                 }
+            }
+            Some(err) => {
+                self.shared.health.failed(&err);
+                if let Some(n) = self.failures.borrow_mut().hit(Instant::now()) {
+                    log::error!(
+                        "the store cannot commit: {err} ({n} failure(s) since the last such \
+                         line; /readyz is 503 until a commit succeeds)"
+                    );
+                }
+            }
+        }
+        let replies: Replies = match applied {
+            Ok(results) => {
                 let mut woke = false;
                 batch
                     .into_iter()
                     .zip(results)
                     .map(|(cmd, result)| {
-                        let outcome = result.map_err(Failure::NotStored).map(|effect| {
-                            if effect.outcome == Outcome::Accepted && !woke {
-                                woke = true;
-                                let _ = self.shared.work_added.try_send(());
-                            }
-                            // Here, before the next batch reads the backlog (1).
-                            self.account(&cmd.op, &effect);
-                            effect.outcome
-                        });
+                        let outcome =
+                            result
+                                .map_err(|e| Failure::NotStored(e.to_string()))
+                                .map(|effect| {
+                                    if effect.outcome == Outcome::Accepted && !woke {
+                                        woke = true;
+                                        let _ = self.shared.work_added.try_send(());
+                                    }
+                                    // Here, before the next batch reads the backlog (1).
+                                    self.account(&cmd.op, &effect);
+                                    effect.outcome
+                                });
                         (cmd.reply, outcome)
                     })
                     .collect()
             }
-            Err(err) => {
-                // (7)
-                self.shared.health.failed(err.error());
-                if let Some(n) = self.failures.borrow_mut().hit(Instant::now()) {
-                    log::error!(
-                        "store commit failed: {} ({n} failed commit(s) since the last such line; \
-                         /readyz is 503 until a commit succeeds)",
-                        err.error()
-                    );
-                }
-                batch
-                    .into_iter()
-                    .map(|cmd| (cmd.reply, Err(err.clone())))
-                    .collect()
-            }
+            Err(err) => batch
+                .into_iter()
+                .map(|cmd| (cmd.reply, Err(err.clone())))
+                .collect(),
         };
         syncer.deliver(replies);
     }
@@ -349,8 +363,26 @@ fn changed(rows: usize) -> Outcome {
     }
 }
 
-fn apply(tx: &Transaction<'_>, op: &Op, backlog: &mut i64) -> Result<Effect, String> {
-    apply_sql(tx, op, backlog).map_err(|e| e.to_string())
+/// Whether a statement failed for a reason of the store's own (it cannot
+/// write: locked by another process, corrupt, no room, I/O), which no
+/// command of any batch would escape.
+fn store_fault(err: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode as E;
+    matches!(
+        err.sqlite_error_code(),
+        Some(
+            E::DatabaseBusy
+                | E::DatabaseLocked
+                | E::DiskFull
+                | E::SystemIoFailure
+                | E::DatabaseCorrupt
+                | E::NotADatabase
+                | E::ReadOnly
+                | E::CannotOpen
+                | E::OutOfMemory
+                | E::FileLockingProtocolFailed
+        )
+    )
 }
 
 fn apply_sql(tx: &Transaction<'_>, op: &Op, backlog: &mut i64) -> rusqlite::Result<Effect> {
@@ -500,5 +532,19 @@ mod tests {
                 "{code}: {failure:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_statement_failing_for_the_store_s_own_reason_is_a_store_fault() {
+        for code in [
+            ffi::SQLITE_BUSY,
+            ffi::SQLITE_FULL,
+            ffi::SQLITE_CORRUPT,
+            ffi::SQLITE_IOERR_WRITE,
+        ] {
+            assert!(store_fault(&sqlite_error(code)), "{code}");
+        }
+        assert!(!store_fault(&sqlite_error(ffi::SQLITE_CONSTRAINT)));
+        assert!(!store_fault(&rusqlite::Error::QueryReturnedNoRows));
     }
 }
