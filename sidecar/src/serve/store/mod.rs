@@ -48,8 +48,9 @@
 //!    writer after each transaction (before its replies are handed to
 //!    `store-sync`): failed when the commit failed or a statement failed
 //!    for a reason of the store's own (busy or locked by another process,
-//!    corrupt, no room, I/O); and marked failed by `store-sync` when a
-//!    flush fails.
+//!    corrupt, no room, I/O), after which the rest of that batch is not
+//!    tried (answered not stored: each would wait out the busy timeout
+//!    again); and marked failed by `store-sync` when a flush fails.
 //!    A failure is logged when it starts, then once per [`LOG_EVERY`]
 //!    with a count (a [`Throttle`]), and the recovery once.
 //! 8. A reply's failure says whether the command is certainly not stored

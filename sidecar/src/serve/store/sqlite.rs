@@ -225,11 +225,28 @@ impl Store {
         let started = Instant::now();
         // The backlog as this transaction sees it (its own inserts count; (5)).
         let mut backlog = self.shared.backlog.load(Ordering::SeqCst);
+        // (7): a statement refused for a reason of the store's own (locked
+        // by another process, corrupt, no room), not of the command's.
+        let mut fault: Option<String> = None;
         let applied = match conn.transaction() {
             Ok(tx) => {
-                let results: Vec<rusqlite::Result<Effect>> = batch
+                let results: Vec<Result<Effect, String>> = batch
                     .iter()
-                    .map(|c| apply_sql(&tx, &c.op, &mut backlog))
+                    .map(|c| {
+                        if let Some(err) = &fault {
+                            // The store cannot write: the rest of the batch
+                            // is not tried (each statement would wait out
+                            // the busy timeout again, past its caller's
+                            // deadline).
+                            return Err(format!("not attempted: {err}"));
+                        }
+                        apply_sql(&tx, &c.op, &mut backlog).map_err(|e| {
+                            if store_fault(&e) {
+                                fault = Some(e.to_string());
+                            }
+                            e.to_string()
+                        })
+                    })
                     .collect();
                 tx.commit().map(|()| results).map_err(commit_failure)
             }
@@ -240,15 +257,11 @@ impl Store {
         metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
-        // (7): the store is failing when its commit failed, or when a
-        // statement failed for a reason of the store's own (locked by
-        // another process, corrupt, no room), not of the command's.
+        // (7): the store is failing when its commit failed, or a statement
+        // was refused for a reason of its own.
         let fault = match &applied {
             Err(failure) => Some(failure.error().to_string()),
-            Ok(results) => results.iter().find_map(|r| match r {
-                Err(err) if store_fault(err) => Some(err.to_string()),
-                _ => None,
-            }),
+            Ok(_) => fault,
         };
         match fault {
             None => {
@@ -276,18 +289,15 @@ impl Store {
                     .into_iter()
                     .zip(results)
                     .map(|(cmd, result)| {
-                        let outcome =
-                            result
-                                .map_err(|e| Failure::NotStored(e.to_string()))
-                                .map(|effect| {
-                                    if effect.outcome == Outcome::Accepted && !woke {
-                                        woke = true;
-                                        let _ = self.shared.work_added.try_send(());
-                                    }
-                                    // Here, before the next batch reads the backlog (1).
-                                    self.account(&cmd.op, &effect);
-                                    effect.outcome
-                                });
+                        let outcome = result.map_err(Failure::NotStored).map(|effect| {
+                            if effect.outcome == Outcome::Accepted && !woke {
+                                woke = true;
+                                let _ = self.shared.work_added.try_send(());
+                            }
+                            // Here, before the next batch reads the backlog (1).
+                            self.account(&cmd.op, &effect);
+                            effect.outcome
+                        });
                         (cmd.reply, outcome)
                     })
                     .collect()
@@ -546,5 +556,97 @@ mod tests {
         }
         assert!(!store_fault(&sqlite_error(ffi::SQLITE_CONSTRAINT)));
         assert!(!store_fault(&rusqlite::Error::QueryReturnedNoRows));
+    }
+
+    #[test]
+    fn while_another_process_holds_the_lock_a_batch_tries_once_and_marks_the_store_failing() {
+        use std::sync::atomic::AtomicI64;
+
+        use quiesce::Counters;
+
+        use crate::serve::metrics::Metrics;
+        use crate::serve::report::Report;
+
+        let dir = std::env::temp_dir().join(format!(
+            "quiesce-store-locked-{}-{}",
+            std::process::id(),
+            now_ms()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("quiesce.db");
+        let shared = Arc::new(Live {
+            enrollment: Counters::new(),
+            backlog: AtomicI64::new(0),
+            metrics: Metrics::new(),
+            work_added: crossbeam_channel::unbounded().0,
+            health: Default::default(),
+        });
+        let (store, handle) = new(path.clone(), shared.clone(), 16);
+        let mut conn = open_writer(&path).unwrap();
+        conn.busy_timeout(Duration::from_millis(50)).unwrap();
+        let holder = Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let syncer = Syncer::start(None, shared.clone()).unwrap();
+        let (got_tx, got_rx) = crossbeam_channel::unbounded();
+        for id in ["a", "b", "c"] {
+            let report = Report {
+                report_id: id.to_string(),
+                patient_id: "p".into(),
+                site_id: "S".into(),
+                instrument: "i".into(),
+                submitted_at: "2025-06-01T09:30:00Z".into(),
+                answers: [("q1".to_string(), 1)].into(),
+            };
+            let op = Op::Insert {
+                report,
+                hash: id.to_string(),
+                max_backlog: 100,
+            };
+            let tx = got_tx.clone();
+            let reply: super::super::Reply = Box::new(move |outcome| tx.send(outcome).unwrap());
+            handle
+                .send(op, reply, Instant::now() + Duration::from_secs(5))
+                .unwrap();
+        }
+        let first = store.rx.recv().unwrap();
+        store.commit_batch(&mut conn, first, &syncer);
+        let wait = Duration::from_secs(30);
+        let got: Vec<_> = (0..3).map(|_| got_rx.recv_timeout(wait).unwrap()).collect();
+        assert!(
+            matches!(&got[0], Err(Failure::NotStored(e)) if e.contains("locked")),
+            "{got:?}"
+        );
+        for later in &got[1..] {
+            assert!(
+                matches!(later, Err(Failure::NotStored(e)) if e.starts_with("not attempted")),
+                "{got:?}"
+            );
+        }
+        assert!(
+            shared
+                .health
+                .failure()
+                .is_some_and(|e| e.contains("locked"))
+        );
+        // The lock released, the next batch stores and the store recovers.
+        holder.execute_batch("ROLLBACK").unwrap();
+        let op = Op::Summary {
+            period_start: 0,
+            period_end: 1,
+            body: "{}".into(),
+        };
+        let tx = got_tx.clone();
+        let reply: super::super::Reply = Box::new(move |outcome| tx.send(outcome).unwrap());
+        handle
+            .send(op, reply, Instant::now() + Duration::from_secs(5))
+            .unwrap();
+        let next = store.rx.recv().unwrap();
+        store.commit_batch(&mut conn, next, &syncer);
+        assert_eq!(got_rx.recv_timeout(wait).unwrap(), Ok(Outcome::Changed));
+        assert_eq!(shared.health.failure(), None);
+        assert_eq!(shared.health.recoveries(), 1);
+        syncer.finish();
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
