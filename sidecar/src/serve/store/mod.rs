@@ -51,6 +51,9 @@
 //!    corrupt, no room, I/O), after which the rest of that batch is not
 //!    tried (answered not stored: each would wait out the busy timeout
 //!    again); and marked failed by `store-sync` when a flush fails.
+//!    While it is failed, the writer probes (a one-row write to the
+//!    `probe` table, 1 s then doubling up to 30 s), so it turns healthy
+//!    again by itself even with no work and no traffic.
 //!    A failure is logged when it starts, then once per [`LOG_EVERY`]
 //!    with a count (a [`Throttle`]), and the recovery once.
 //! 8. A reply's failure says whether the command is certainly not stored

@@ -8,15 +8,29 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, select};
-use quiesce::{BoxError, Service, ServiceContext};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+use crossbeam_channel::{Receiver, select, tick};
+use quiesce::{Backoff, BoxError, Service, ServiceContext};
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
+};
 
 use super::sync::{Replies, Syncer};
 use super::{Command, Failure, LOG_EVERY, Live, Op, Outcome, StoreHandle, Throttle, now_ms};
 
 /// Most commands in one transaction.
 const MAX_BATCH: usize = 512;
+
+/// How often the writer looks whether a failing store should be probed.
+const PROBE_TICK: Duration = Duration::from_millis(250);
+
+/// While the store fails, when to try a commit of its own (7): with no
+/// work and no traffic (a load balancer stops sending to an unready
+/// sidecar), nothing else would find out that it can commit again.
+struct Probe {
+    backoff: Backoff,
+    failures: u32,
+    next: Option<Instant>,
+}
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS reports (
@@ -53,6 +67,12 @@ CREATE TABLE IF NOT EXISTS summaries (
     period_end   INTEGER NOT NULL,
     created_at   INTEGER NOT NULL,
     body         TEXT NOT NULL
+);
+-- One row, rewritten by the writer while the store is failing, to find
+-- out when it can commit again (see `Store::probe`).
+CREATE TABLE IF NOT EXISTS probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at INTEGER NOT NULL
 );
 PRAGMA user_version = 1;
 ";
@@ -152,8 +172,15 @@ impl Service for Store {
         let wal = wal_for_flushing(&conn, &self.path);
         let syncer = Syncer::start(wal, self.shared.clone())?;
         ctx.ready();
+        let ticker = tick(PROBE_TICK);
+        let mut probe = Probe {
+            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
+            failures: 0,
+            next: None,
+        };
         loop {
             select! {
+                recv(ticker) -> _ => self.probe(&mut conn, &mut probe),
                 recv(self.rx) -> cmd => match cmd {
                     Ok(cmd) => {
                         self.commit_batch(&mut conn, cmd, &syncer);
@@ -263,25 +290,7 @@ impl Store {
             Err(failure) => Some(failure.error().to_string()),
             Ok(_) => fault,
         };
-        match fault {
-            None => {
-                if self.shared.health.committed() {
-                    let held = self.failures.borrow_mut().reset();
-                    log::warn!(
-                        "the store commits again ({held} failure(s) since the last logged one)"
-                    );
-                }
-            }
-            Some(err) => {
-                self.shared.health.failed(&err);
-                if let Some(n) = self.failures.borrow_mut().hit(Instant::now()) {
-                    log::error!(
-                        "the store cannot commit: {err} ({n} failure(s) since the last such \
-                         line; /readyz is 503 until a commit succeeds)"
-                    );
-                }
-            }
-        }
+        self.note(fault);
         let replies: Replies = match applied {
             Ok(results) => {
                 let mut woke = false;
@@ -308,6 +317,67 @@ impl Store {
                 .collect(),
         };
         syncer.deliver(replies);
+    }
+
+    /// Records in [`Live::health`] how the last transaction went: `None`
+    /// when it stored what it was asked, or why not (7); failures logged
+    /// once per interval, the recovery once.
+    fn note(&self, fault: Option<String>) {
+        match fault {
+            None => {
+                if self.shared.health.committed() {
+                    let held = self.failures.borrow_mut().reset();
+                    log::warn!(
+                        "the store commits again ({held} failure(s) since the last logged one)"
+                    );
+                }
+            }
+            Some(err) => {
+                self.shared.health.failed(&err);
+                if let Some(n) = self.failures.borrow_mut().hit(Instant::now()) {
+                    log::error!(
+                        "the store cannot commit: {err} ({n} failure(s) since the last such \
+                         line; /readyz is 503 until a commit succeeds)"
+                    );
+                }
+            }
+        }
+    }
+
+    /// While the store fails, commits a one-row write now and then (after
+    /// 1 s, doubling up to 30 s), so that it finds out by itself when it
+    /// can commit again (7).
+    fn probe(&self, conn: &mut Connection, probe: &mut Probe) {
+        if self.shared.health.failure().is_none() {
+            probe.failures = 0;
+            probe.next = None;
+            return;
+        }
+        let now = Instant::now();
+        if probe.next.is_some_and(|next| now < next) {
+            return;
+        }
+        let written = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .and_then(|tx| {
+                tx.execute(
+                    "INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?1)",
+                    [now_ms()],
+                )?;
+                tx.commit()
+            });
+        match written {
+            Ok(()) => {
+                probe.failures = 0;
+                probe.next = None;
+                self.note(None);
+            }
+            Err(err) => {
+                probe.failures = probe.failures.saturating_add(1);
+                probe.next = Some(now + probe.backoff.delay(probe.failures - 1));
+                self.note(Some(err.to_string()));
+            }
+        }
     }
 
     /// Updates counters and metrics for a committed command.
