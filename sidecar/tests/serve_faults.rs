@@ -289,6 +289,8 @@ fn a_full_disk_backs_off_turns_readyz_503_and_recovers_by_itself() {
     assert_eq!(body["status"], "unhealthy", "{body}");
     let store = body["checks"]["store"].as_str().unwrap_or_default();
     assert!(store.starts_with("last commit failed"), "{body}");
+    let metrics = get(serve.addr, "/metrics").text();
+    assert!(metrics.contains("\nquiesce_store_healthy 0\n"), "{metrics}");
     for id in ids {
         let got = get(serve.addr, &format!("/v1/reports/{id}"));
         assert_eq!(got.status, 200, "{}", got.text());

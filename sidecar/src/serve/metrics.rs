@@ -32,6 +32,11 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Time of one flush of the WAL to disk (one or more commits).
     pub fsync_seconds: Histogram,
+    /// Store transactions (and probes) that could not store what they
+    /// were asked, and failed flushes.
+    pub store_failures: IntCounter,
+    /// 1 while the store can commit, 0 while its last commit failed.
+    pub store_healthy: IntGauge,
 }
 
 impl Metrics {
@@ -91,6 +96,16 @@ impl Metrics {
             "Time of one flush (fdatasync) of the WAL, which makes one or more commits durable.",
             prometheus::exponential_buckets(0.00005, 2.0, 16).expect("valid buckets"),
         );
+        let store_failures = counter(
+            "quiesce_store_failures_total",
+            "Store transactions that could not store what they were asked (a failed commit, a statement the store refused, a failed probe), and failed flushes.",
+        );
+        let store_healthy = IntGauge::new(
+            "quiesce_store_healthy",
+            "1 while the store can commit, 0 while its last commit failed (then /readyz is 503).",
+        )
+        .expect("valid metric");
+        store_healthy.set(1);
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(accepted.clone()),
@@ -103,6 +118,8 @@ impl Metrics {
             Box::new(commit_batch.clone()),
             Box::new(commit_seconds.clone()),
             Box::new(fsync_seconds.clone()),
+            Box::new(store_failures.clone()),
+            Box::new(store_healthy.clone()),
         ] {
             registry.register(m).expect("unique metric names");
         }
@@ -119,6 +136,8 @@ impl Metrics {
             commit_batch,
             commit_seconds,
             fsync_seconds,
+            store_failures,
+            store_healthy,
         }
     }
 

@@ -54,7 +54,8 @@
 //! 5. While the store fails, the dispatcher claims nothing until the
 //!    global pause has passed: `retry_backoff.delay(n - 1)` after the n-th
 //!    failed round (failures settled within one pause are one round).
-//!    Both holds end on an outcome stored, or a store recovery
+//!    A report's hold ends when its own outcome is stored, the pause when
+//!    any outcome is, and both on a store recovery
 //!    ([`store::Health::recoveries`] changed); both are lost with the
 //!    process, which is safe: the reports are still queued.
 

@@ -325,6 +325,7 @@ impl Store {
     fn note(&self, fault: Option<String>) {
         match fault {
             None => {
+                self.shared.metrics.store_healthy.set(1);
                 if self.shared.health.committed() {
                     let held = self.failures.borrow_mut().reset();
                     log::warn!(
@@ -333,6 +334,8 @@ impl Store {
                 }
             }
             Some(err) => {
+                self.shared.metrics.store_failures.inc();
+                self.shared.metrics.store_healthy.set(0);
                 self.shared.health.failed(&err);
                 if let Some(n) = self.failures.borrow_mut().hit(Instant::now()) {
                     log::error!(

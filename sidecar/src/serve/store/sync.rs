@@ -62,6 +62,8 @@ impl Syncer {
                             let err = format!("flushing to disk failed: {e}");
                             // (7): the store cannot commit durably.
                             shared.health.failed(&err);
+                            shared.metrics.store_failures.inc();
+                            shared.metrics.store_healthy.set(0);
                             if let Some(n) = failures.hit(Instant::now()) {
                                 log::error!("{err} ({n} time(s) since the last such line)");
                             }
