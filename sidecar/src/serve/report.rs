@@ -1,10 +1,25 @@
 //! An ePRO report: what a trial site posts, how it is validated, and how it
 //! is scored.
+//!
+//! The body is read strictly, so that what we store is what any other
+//! reader of the same bytes (a gateway, an audit) sees:
+//!
+//! 1. A key repeated in any object of the body is refused, naming it
+//!    ([`Strict`]): `serde_json::Value` would keep the last one.
+//! 2. Text is checked as it is stored: trimmed (and, for `site_id`,
+//!    upper-cased) first, then measured in characters.
+//! 3. Ids and item names carry no control character (C0, DEL, C1) and no
+//!    bidirectional-formatting character ([`BIDI`]); item names that are
+//!    equal once trimmed are refused.
+//! 4. An error names a field, never a submitted value.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
 use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
@@ -17,6 +32,18 @@ const MAX_ANSWERS: usize = 200;
 const MAX_ANSWER: u64 = 4;
 /// How far in the future `submitted_at` may be (clock skew).
 const MAX_FUTURE: Duration = Duration::minutes(5);
+/// The earliest `submitted_at` accepted: anything before is a client's
+/// broken clock or a default value, not a patient's answer.
+const EARLIEST: OffsetDateTime = time::macros::datetime!(2000-01-01 0:00 UTC);
+/// The bidirectional-formatting characters refused in ids and item names
+/// (marks, embeddings, overrides, isolates): they make text display other
+/// than it compares.
+const BIDI: [char; 11] = [
+    '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}',
+    '\u{2067}', '\u{2068}', '\u{2069}',
+];
+/// A UTF-8 byte order mark, tolerated before the body.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 const FIELDS: [&str; 6] = [
     "report_id",
@@ -67,12 +94,11 @@ impl Report {
     ///
     /// The first problem found, naming its field.
     pub fn parse(body: &[u8], now: OffsetDateTime) -> Result<Report, Invalid> {
+        let body = body.strip_prefix(BOM).unwrap_or(body);
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(invalid("body", "the body is empty; expected a JSON object"));
         }
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| invalid("body", format!("invalid JSON: {e}")))?;
-        let Value::Object(object) = value else {
+        let Value::Object(object) = Strict::parse(body)? else {
             return Err(invalid("body", "expected a JSON object"));
         };
         if let Some(unknown) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
@@ -89,9 +115,13 @@ impl Report {
                 "must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', ':' or '-'",
             ));
         }
-        let patient_id = text(&object, "patient_id")?;
-        let site_id = text(&object, "site_id")?.to_uppercase();
-        let instrument = text(&object, "instrument")?;
+        let patient_id = at_most(MAX_TEXT, "patient_id", text(&object, "patient_id")?)?;
+        let site_id = at_most(
+            MAX_TEXT,
+            "site_id",
+            text(&object, "site_id")?.to_uppercase(),
+        )?;
+        let instrument = at_most(MAX_TEXT, "instrument", text(&object, "instrument")?)?;
         let submitted_at = submitted_at(&object, now)?;
         let answers = answers(&object)?;
         Ok(Report {
@@ -144,6 +174,9 @@ pub struct Score {
     pub alert_items: Vec<String>,
 }
 
+/// The string `field`, trimmed, not empty, and free of control and bidi
+/// characters (invariant 3). Its length is checked by the caller, on the
+/// value it stores (invariant 2).
 fn text(object: &Map<String, Value>, field: &str) -> Result<String, Invalid> {
     match object.get(field) {
         None => Err(invalid(field, "missing")),
@@ -151,14 +184,30 @@ fn text(object: &Map<String, Value>, field: &str) -> Result<String, Invalid> {
             let s = s.trim();
             if s.is_empty() {
                 Err(invalid(field, "must not be empty"))
-            } else if s.chars().count() > MAX_TEXT {
-                Err(invalid(field, format!("longer than {MAX_TEXT} characters")))
+            } else if s.chars().any(forbidden) {
+                Err(invalid(field, FORBIDDEN))
             } else {
                 Ok(s.to_string())
             }
         }
         Some(_) => Err(invalid(field, "must be a string")),
     }
+}
+
+/// `value` (as it will be stored) when it is at most `max` characters.
+fn at_most(max: usize, field: &str, value: String) -> Result<String, Invalid> {
+    if value.chars().count() > max {
+        Err(invalid(field, format!("longer than {max} characters")))
+    } else {
+        Ok(value)
+    }
+}
+
+const FORBIDDEN: &str = "must not contain control or bidirectional-formatting characters";
+
+/// A control (C0, DEL, C1) or bidirectional-formatting character.
+fn forbidden(c: char) -> bool {
+    c.is_control() || BIDI.contains(&c)
 }
 
 fn submitted_at(object: &Map<String, Value>, now: OffsetDateTime) -> Result<String, Invalid> {
@@ -172,6 +221,9 @@ fn submitted_at(object: &Map<String, Value>, now: OffsetDateTime) -> Result<Stri
         .map_err(|e| invalid(field, format!("not an RFC 3339 timestamp ({e})")))?;
     if at > now + MAX_FUTURE {
         return Err(invalid(field, "more than 5 minutes in the future"));
+    }
+    if at < EARLIEST {
+        return Err(invalid(field, "before 2000-01-01T00:00:00Z"));
     }
     Ok(rfc3339(at.to_offset(time::UtcOffset::UTC)))
 }
@@ -191,18 +243,147 @@ fn answers(object: &Map<String, Value>) -> Result<BTreeMap<String, u8>, Invalid>
     }
     let mut answers = BTreeMap::new();
     for (item, value) in items {
+        // The field as sent, so that the client can find it.
         let name = format!("answers.{item}");
-        if item.trim().is_empty() || item.chars().count() > MAX_TEXT {
-            return Err(invalid(name, "item names must be 1 to 128 characters"));
+        let trimmed = item.trim();
+        if trimmed.is_empty() || trimmed.chars().count() > MAX_TEXT {
+            return Err(invalid(
+                name,
+                "item names must be 1 to 128 characters, trimmed",
+            ));
         }
-        match value.as_u64() {
-            Some(n) if n <= MAX_ANSWER => {
-                answers.insert(item.clone(), n as u8);
-            }
+        if trimmed.chars().any(forbidden) {
+            return Err(invalid(name, FORBIDDEN));
+        }
+        let answer = match value.as_u64() {
+            Some(n) if n <= MAX_ANSWER => n as u8,
             _ => return Err(invalid(name, "must be an integer from 0 to 4")),
+        };
+        if answers.insert(trimmed.to_string(), answer).is_some() {
+            return Err(invalid(
+                name,
+                "another item has the same name once whitespace is trimmed",
+            ));
         }
     }
     Ok(answers)
+}
+
+/// Reads a JSON document as `serde_json::Value` does, except that a key
+/// repeated in an object is an error naming the key (invariant 1). The
+/// nesting limit is `serde_json`'s own (128), checked by its deserializer.
+struct Strict<'a> {
+    /// Set to the repeated key when one is found; each enclosing object or
+    /// array prefixes its own key or index as the error unwinds, so the
+    /// path is built only on that error.
+    repeated: &'a Cell<Option<String>>,
+}
+
+impl Strict<'_> {
+    fn parse(body: &[u8]) -> Result<Value, Invalid> {
+        let repeated = Cell::new(None);
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let parsed = Strict {
+            repeated: &repeated,
+        }
+        .deserialize(&mut de)
+        .and_then(|value| de.end().map(|()| value));
+        parsed.map_err(|e| match repeated.take() {
+            Some(path) => invalid(path, "duplicate key"),
+            None => invalid("body", format!("invalid JSON: {e}")),
+        })
+    }
+
+    /// Prefixes the repeated key's path (if that is the error) with `at`.
+    fn within(&self, at: impl fmt::Display) {
+        if let Some(path) = self.repeated.take() {
+            self.repeated.set(Some(format!("{at}.{path}")));
+        }
+    }
+
+    fn child(&self) -> Strict<'_> {
+        Strict {
+            repeated: self.repeated,
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Value, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(n).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_string()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        loop {
+            match seq.next_element_seed(self.child()) {
+                Ok(Some(item)) => items.push(item),
+                Ok(None) => return Ok(Value::Array(items)),
+                Err(e) => {
+                    self.within(items.len());
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                self.repeated.set(Some(key));
+                return Err(A::Error::custom("duplicate key"));
+            }
+            match map.next_value_seed(self.child()) {
+                Ok(value) => {
+                    object.insert(key, value);
+                }
+                Err(e) => {
+                    self.within(&key);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Value::Object(object))
+    }
 }
 
 /// `t` as RFC 3339 text.
@@ -311,6 +492,97 @@ mod tests {
         let mut c = a.clone();
         c.answers.insert("q1".into(), 1);
         assert_ne!(a.content_hash(), c.content_hash());
+    }
+
+    #[test]
+    fn a_repeated_key_is_refused_naming_its_path() {
+        let cases = [
+            (r#","answers":{"q1":1}"#, "answers"),
+            (r#","report_id":"r-2""#, "report_id"),
+        ];
+        for (extra, field) in cases {
+            let err = Report::parse(&body(extra), now()).unwrap_err();
+            assert_eq!(
+                (err.field.as_str(), err.message.as_str()),
+                (field, "duplicate key")
+            );
+        }
+        let nested = String::from_utf8(body(""))
+            .unwrap()
+            .replace(r#""q1":0"#, r#""q1":0,"q\u0031":1"#);
+        assert_eq!(
+            Report::parse(nested.as_bytes(), now()).unwrap_err().field,
+            "answers.q1"
+        );
+        let deep = String::from_utf8(body(r#","x":[{},[{"a":1,"b":{"c":1,"c":2}}]]"#)).unwrap();
+        let err = Report::parse(deep.as_bytes(), now()).unwrap_err();
+        assert_eq!(err.field, "x.1.0.b.c");
+        // Other errors inside nested values are still about the body.
+        let broken = String::from_utf8(body(r#","x":[{"a":1,"b":}]"#)).unwrap();
+        assert_eq!(
+            Report::parse(broken.as_bytes(), now()).unwrap_err().field,
+            "body"
+        );
+    }
+
+    #[test]
+    fn text_is_checked_as_stored() {
+        let mut v: serde_json::Value = serde_json::from_slice(&body("")).unwrap();
+        let check = |v: &serde_json::Value| Report::parse(v.to_string().as_bytes(), now());
+        v["site_id"] = "ß".repeat(64).into();
+        assert_eq!(check(&v).unwrap().site_id, "SS".repeat(64));
+        v["site_id"] = "ß".repeat(65).into();
+        assert_eq!(check(&v).unwrap_err().field, "site_id");
+        v["site_id"] = "s".into();
+        for bad in [
+            '\0', '\u{1f}', '\u{7f}', '\u{80}', '\u{9f}', '\u{200e}', '\u{202e}', '\u{2069}',
+        ] {
+            for field in ["report_id", "patient_id", "site_id", "instrument"] {
+                let mut w = v.clone();
+                w[field] = format!("a{bad}b").into();
+                assert_eq!(check(&w).unwrap_err().field, field, "{bad:?}");
+            }
+            let mut w = v.clone();
+            w["answers"] = serde_json::json!({ format!("q{bad}"): 1 });
+            assert_eq!(check(&w).unwrap_err().field, format!("answers.q{bad}"));
+        }
+        v["answers"] = serde_json::json!({"q1": 1, " q1\t": 2});
+        // Either name is the field at fault; the later one (in key order) is named.
+        assert_eq!(check(&v).unwrap_err().field, "answers.q1");
+        v["answers"] = serde_json::json!({" q1 ": 2});
+        assert_eq!(
+            check(&v).unwrap().answers,
+            BTreeMap::from([("q1".into(), 2)])
+        );
+    }
+
+    #[test]
+    fn submitted_at_is_not_before_2000() {
+        let mut v: serde_json::Value = serde_json::from_slice(&body("")).unwrap();
+        for early in [
+            "0000-01-01T00:00:00Z",
+            "1969-12-31T23:59:59Z",
+            "2000-01-01T00:59:59+01:00",
+        ] {
+            v["submitted_at"] = early.into();
+            let err = Report::parse(v.to_string().as_bytes(), now()).unwrap_err();
+            assert_eq!(err.field, "submitted_at", "{early}");
+        }
+        v["submitted_at"] = "2000-01-01T01:00:00+01:00".into();
+        let r = Report::parse(v.to_string().as_bytes(), now()).unwrap();
+        assert_eq!(r.submitted_at, "2000-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn a_leading_bom_is_tolerated() {
+        let with_bom = [BOM, &body("")].concat();
+        assert_eq!(
+            Report::parse(&with_bom, now()).unwrap(),
+            Report::parse(&body(""), now()).unwrap()
+        );
+        assert_eq!(Report::parse(BOM, now()).unwrap_err().field, "body");
+        let twice = [BOM, BOM, &body("")].concat();
+        assert_eq!(Report::parse(&twice, now()).unwrap_err().field, "body");
     }
 
     #[test]
