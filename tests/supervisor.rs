@@ -655,3 +655,115 @@ fn a_service_whose_drop_blocks_is_stuck_at_its_stop_deadline() {
     release.send(()).unwrap();
     leaks.assert_none();
 }
+
+/// Issue 17: a stuck service with a long stop timeout used to take the
+/// whole shutdown budget, and the healthy service below it was cancelled
+/// with no wait at all and reported `Stuck`. Each service keeps its share:
+/// here min(60 s, 4 s / (2 * 2)) = 1 s, so the stuck one may take 3 s.
+#[test]
+fn a_stuck_service_cannot_take_the_share_of_the_healthy_one_below_it() {
+    let leaks = leak::track();
+    let log: Log = Arc::default();
+    let (release_tx, release_rx) = bounded::<()>(0);
+    let mut sup = Supervisor::new()
+        .shutdown_timeout(Duration::from_secs(4))
+        .stop_timeout(LONG);
+    polite(&mut sup, "store", &log);
+    sup.add_fn("stubborn", move |ctx| {
+        ctx.ready();
+        let _ = release_rx.recv_timeout(LONG); // ignores its context
+        Ok(())
+    });
+    let (stop, readiness, runner) = start(sup);
+    wait_ready(&readiness);
+    drop(stop);
+    let report = runner.join().unwrap();
+    assert_eq!(report.stop_order, ["stubborn", "store"]);
+    let (store, stubborn) = (&report.services[0], &report.services[1]);
+    assert_eq!(store.outcome, Outcome::Clean, "{report}");
+    assert!(store.stop_time.is_some(), "{report}");
+    assert_eq!(log.lock().unwrap().last().unwrap(), "stop store");
+    assert!(matches!(stubborn.outcome, Outcome::Stuck(_)), "{report}");
+    assert!(stubborn.waited.is_some(), "it was waited for: {report}");
+    assert_eq!(stubborn.stop_time, None);
+    let stuck: Vec<&str> = report.stuck.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(stuck, ["stubborn"]);
+    assert_eq!(report.exit_code(), exit::DEADLINE_EXCEEDED);
+    let line = report.to_string();
+    assert!(line.contains(" store=stopped cleanly"), "{line}");
+    assert!(line.contains("; stubborn=still running after "), "{line}");
+    assert!(line.contains(" of the shutdown budget)"), "{line}");
+    release_tx.send(()).unwrap();
+    leaks.assert_none();
+}
+
+/// A service whose turn comes when the budget is spent (its share is zero:
+/// a zero stop timeout) is cancelled but not waited for, and says so; it
+/// is not reported as stuck at a deadline it never had.
+#[test]
+fn a_service_never_waited_for_is_reported_not_waited_not_stuck() {
+    let leaks = leak::track();
+    let (release_tx, release_rx) = bounded::<()>(0);
+    let mut sup = Supervisor::new()
+        .shutdown_timeout(Duration::from_millis(100))
+        .stop_timeout(LONG);
+    let rx = release_rx.clone();
+    sup.add_fn("no-share", move |ctx| {
+        ctx.ready();
+        let _ = rx.recv_timeout(LONG);
+        Ok(())
+    })
+    .stop_timeout(Duration::ZERO);
+    sup.add_fn("stubborn", move |ctx| {
+        ctx.ready();
+        let _ = release_rx.recv_timeout(LONG);
+        Ok(())
+    });
+    let (stop, readiness, runner) = start(sup);
+    wait_ready(&readiness);
+    drop(stop);
+    let report = runner.join().unwrap();
+    // stubborn took the whole budget (no-share keeps nothing of it).
+    assert!(
+        matches!(report.services[1].outcome, Outcome::Stuck(_)),
+        "{report}"
+    );
+    assert!(report.services[1].waited.is_some());
+    let no_share = &report.services[0];
+    assert_eq!(no_share.outcome, Outcome::NotWaited, "{report}");
+    assert_eq!((no_share.waited, no_share.stop_time), (None, None));
+    // Cancelled, in that order, and left running like a stuck one.
+    assert_eq!(report.stop_order, ["stubborn", "no-share"]);
+    let mut stuck: Vec<&str> = report.stuck.iter().map(|r| r.name.as_str()).collect();
+    stuck.sort();
+    assert_eq!(stuck, ["no-share", "stubborn"]);
+    assert_eq!(report.exit_code(), exit::DEADLINE_EXCEEDED);
+    assert!(
+        report
+            .to_string()
+            .contains("no-share=not waited for (the shutdown budget was spent)"),
+        "{report}"
+    );
+    drop(release_tx);
+    leaks.assert_none();
+}
+
+/// The drain delay counts against the shutdown budget but cannot take the
+/// services' shares: here min(60 s, 2 s / 2) = 1 s is left for the stop.
+#[test]
+fn the_drain_delay_cannot_take_the_share_of_the_services() {
+    let leaks = leak::track();
+    let log: Log = Arc::default();
+    let mut sup = Supervisor::new()
+        .shutdown_timeout(Duration::from_secs(2))
+        .stop_timeout(LONG)
+        .drain_delay(LONG);
+    polite(&mut sup, "intake", &log);
+    let (stop, readiness, runner) = start(sup);
+    wait_ready(&readiness);
+    drop(stop);
+    let report = runner.join().unwrap();
+    assert_eq!(report.services[0].outcome, Outcome::Clean, "{report}");
+    assert_eq!(report.exit_code(), exit::OK);
+    leaks.assert_none();
+}

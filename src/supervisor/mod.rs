@@ -71,14 +71,23 @@
 //!    stopped (1), the one being started when the start failed included (it
 //!    may be half set up); one that has exited already is not cancelled and
 //!    not in `stop_order`.
-//! 7. **Deadlines nest.** The overall shutdown deadline starts when the
-//!    shutdown begins; the drain delay and each service's stop deadline end
-//!    at the latest with it.
+//! 7. **Deadlines nest, and each service keeps its share.** The overall
+//!    shutdown deadline starts when the shutdown begins; the drain delay
+//!    and each service's stop deadline end at the latest with it. Each
+//!    started service still running when the shutdown begins has a minimum
+//!    share, `min(its stop timeout, shutdown timeout / (2 * those
+//!    services))`; the drain and each stop end early enough to leave the
+//!    shares of the services still to stop after them (those that have
+//!    ended need none). The shares come to at most half the budget.
 //! 8. **A service still running at its deadline is left running**: its
-//!    thread's handle is dropped, it is reported `Stuck` and the exit code
-//!    is [`exit::DEADLINE_EXCEEDED`]. It is the library's one detached
-//!    thread (the process is about to exit); every other service thread
-//!    has been joined when `run` returns.
+//!    thread's handle is dropped, it is reported `Stuck` (with how long the
+//!    shutdown waited for it, `ServiceReport::waited`) and the exit code is
+//!    [`exit::DEADLINE_EXCEEDED`]. A service whose turn comes when what is
+//!    left of the budget for it is spent (its share was zero) is cancelled
+//!    but not waited for, reported `NotWaited`, never `Stuck`, and left
+//!    running the same way; both are in `stuck` and `stop_order`. These are
+//!    the library's one detached threads (the process is about to exit);
+//!    every other service thread has been joined when `run` returns.
 //! 9. **A forced shutdown returns at once.** When the force context is
 //!    done (the second signal under `run_until_signal`), every wait of the
 //!    shutdown ends, no further service is cancelled, and the report names
@@ -123,12 +132,13 @@ use service::FnService;
 ///   group.
 /// - **Stop** in reverse order, one layer at a time: cancel a service's
 ///   context, wait for its `run` to return within its stop timeout, then the
-///   next — all within the overall shutdown timeout. A service still running
-///   at its deadline is named in the report and the shutdown moves on; its
-///   thread is left running, detached (the process is expected to exit with
-///   [`exit::DEADLINE_EXCEEDED`]). (go-zero stops everything at once;
-///   stopping in layers lets an intake service stop before the store it
-///   writes to.)
+///   next — all within the overall shutdown timeout, of which each service
+///   keeps a minimum share (see [below](#the-shutdown-budget)). A service
+///   still running at its deadline is named in the report and the shutdown
+///   moves on; its thread is left running, detached (the process is
+///   expected to exit with [`exit::DEADLINE_EXCEEDED`]). (go-zero stops
+///   everything at once; stopping in layers lets an intake service stop
+///   before the store it writes to.)
 /// - [`Readiness`] is true once every service is up and false from the first
 ///   moment of shutdown (and while a service restarts): serve it on
 ///   `/readyz`. Under systemd (`NOTIFY_SOCKET`, feature `systemd`) the
@@ -167,6 +177,54 @@ use service::FnService;
 /// assert_eq!(report.exit_code(), 0);
 /// let order: Vec<&str> = report.stop_order.iter().map(String::as_str).collect();
 /// assert_eq!(order, ["intake", "store"]);
+/// ```
+///
+/// # The shutdown budget
+///
+/// The [shutdown timeout](Supervisor::shutdown_timeout) is the budget of
+/// the whole shutdown: the drain delay, then each service's stop, in turn.
+/// A stuck service must not spend it all and leave nothing for the
+/// well-behaved services below it, so each service running when the
+/// shutdown begins keeps a minimum share:
+///
+/// `share = min(its stop timeout, shutdown timeout / (2 * services to stop))`
+///
+/// The drain and each service's wait end early enough to leave the shares
+/// of the services still to stop after them. With the defaults (25 s, four
+/// services) each keeps about 3.1 s: a stuck intake service can take at
+/// most 25 − 3 × 3.1 s, and the store below it still has its 3.1 s to
+/// flush. The shares come to at most half the budget, so the first service
+/// stopped always has at least half of it (less the drain). How long the
+/// shutdown waited for each service is in [`ServiceReport::waited`]; a
+/// service whose turn comes when its part of the budget is spent (a share
+/// of zero: a zero shutdown or stop timeout) is reported
+/// [`Outcome::NotWaited`], never [`Outcome::Stuck`].
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use quiesce::{exit, Context, Supervisor, supervisor::Outcome};
+///
+/// let (release, hold) = crossbeam_channel::bounded::<()>(0);
+/// let mut sup = Supervisor::new()
+///     .shutdown_timeout(Duration::from_secs(1))
+///     .stop_timeout(Duration::from_secs(60));
+/// sup.add_fn("store", |ctx| { ctx.ready(); let _ = ctx.done().recv(); Ok(()) });
+/// sup.add_fn("stubborn", move |ctx| { ctx.ready(); let _ = hold.recv(); Ok(()) });
+/// let readiness = sup.readiness();
+/// let (stop, stop_now) = Context::background().with_cancel();
+/// let runner = std::thread::spawn(move || sup.run(&stop));
+/// let give_up = Instant::now() + Duration::from_secs(10);
+/// while !readiness.is_ready() && Instant::now() < give_up {
+///     std::thread::sleep(Duration::from_millis(1));
+/// }
+/// drop(stop_now);
+/// let report = runner.join().unwrap();
+/// // stubborn took its part (up to 1 s - 250 ms), the store kept its 250 ms:
+/// assert!(matches!(report.services[1].outcome, Outcome::Stuck(_)));
+/// assert!(report.services[1].waited.is_some()); // how long: in the report's line
+/// assert_eq!(report.services[0].outcome, Outcome::Clean);
+/// assert_eq!(report.exit_code(), exit::DEADLINE_EXCEEDED);
+/// drop(release); // lets the detached thread end
 /// ```
 pub struct Supervisor {
     specs: Vec<ServiceSpec>,

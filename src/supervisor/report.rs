@@ -75,8 +75,17 @@ pub enum Outcome {
     Panicked(Panic),
     /// Returned `Ok` on its own, before being asked to stop.
     ExitedEarly,
-    /// Still running at its stop deadline (it was left running).
+    /// Still running at its stop deadline (it was left running); how long
+    /// its thread had run. How long the shutdown waited for it is in
+    /// [`ServiceReport::waited`].
     Stuck(Duration),
+    /// Cancelled but never waited for: the shutdown budget was spent before
+    /// its turn (it was left running, like a stuck one, and is named in
+    /// [`SupervisorReport::stuck`]). Each service keeps a minimum share of
+    /// the budget (see [`Supervisor`](crate::Supervisor#the-shutdown-budget)),
+    /// so this happens only when that share is zero: a zero shutdown or
+    /// stop timeout, or a drain delay and stops that ran past their share.
+    NotWaited,
     /// Never started (an earlier service failed to come up).
     NotStarted,
 }
@@ -93,6 +102,10 @@ pub enum Outcome {
 /// assert_eq!(Outcome::Failed("disk full".into()).to_string(), "failed: disk full");
 /// assert_eq!(Outcome::ExitedEarly.to_string(), "exited on its own");
 /// assert_eq!(Outcome::NotStarted.to_string(), "not started");
+/// assert_eq!(
+///     Outcome::NotWaited.to_string(),
+///     "not waited for (the shutdown budget was spent)"
+/// );
 /// ```
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -103,6 +116,7 @@ impl fmt::Display for Outcome {
             Outcome::ExitedEarly => f.write_str("exited on its own"),
             Outcome::Stuck(age) => write!(f, "still running after {age:.1?}"),
             Outcome::NotStarted => f.write_str("not started"),
+            Outcome::NotWaited => f.write_str("not waited for (the shutdown budget was spent)"),
         }
     }
 }
@@ -123,6 +137,7 @@ impl fmt::Display for Outcome {
 /// assert_eq!((store.name.as_str(), store.restarts), ("store", 0));
 /// assert_eq!(store.outcome, Outcome::Clean);
 /// assert!(store.stop_time.is_some()); // it was stopped, and returned
+/// assert_eq!(store.waited, store.stop_time); // the wait ended with its return
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceReport {
@@ -135,6 +150,12 @@ pub struct ServiceReport {
     /// How long its stop took (from its cancel to its return), if it was
     /// stopped.
     pub stop_time: Option<Duration>,
+    /// How long the shutdown waited for it once cancelled, whether or not
+    /// it returned: for a [stuck](Outcome::Stuck) service, the part of the
+    /// shutdown budget it took. `None` when the shutdown did not wait for
+    /// it (it had ended already, was never started, or was
+    /// [not waited for](Outcome::NotWaited)).
+    pub waited: Option<Duration>,
 }
 
 /// Why the group stopped.
@@ -287,6 +308,9 @@ impl fmt::Display for SupervisorReport {
         for (i, s) in self.services.iter().enumerate() {
             f.write_str(if i == 0 { " " } else { "; " })?;
             write!(f, "{}={}", s.name, s.outcome)?;
+            if let (Outcome::Stuck(_), Some(waited)) = (&s.outcome, s.waited) {
+                write!(f, " (waited {waited:.1?} of the shutdown budget)")?;
+            }
             if s.restarts > 0 {
                 write!(f, " ({} restarts)", s.restarts)?;
             }

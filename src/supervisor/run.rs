@@ -1,6 +1,6 @@
 //! One run of a [`Supervisor`]: start in order, serve, stop in reverse, and
 //! the report; the state the phases share lives in [`Run`]. What it owns,
-//! which thread touches what and the invariants cited here as (1)–(8) are
+//! which thread touches what and the invariants cited here as (1)–(9) are
 //! at the top of the [`supervisor`](super) module.
 
 use std::thread::JoinHandle;
@@ -45,6 +45,13 @@ struct Slot {
     restarting: bool,
     report: Option<(Outcome, u32)>,
     stop_time: Option<Duration>,
+    /// How long the shutdown waited for it after cancelling it, whether or
+    /// not it returned; `None` until then, and for good when it was not
+    /// waited for.
+    waited: Option<Duration>,
+    /// Cancelled but not waited for: the shutdown budget was spent before
+    /// its turn (7, 8).
+    not_waited: bool,
 }
 
 /// One run of a supervisor: the state the phases share.
@@ -208,6 +215,8 @@ impl Run {
             restarting: false,
             report: None,
             stop_time: None,
+            waited: None,
+            not_waited: false,
         });
     }
 
@@ -296,7 +305,8 @@ impl Run {
     }
 
     /// Stops the started services in reverse order, each within its own
-    /// deadline and all within the shutdown timeout.
+    /// deadline and all within the shutdown timeout, each keeping its
+    /// minimum share of it (7).
     fn shutdown(mut self, cause: StopCause) -> SupervisorReport {
         let began = Instant::now();
         // False from the first moment, and for the rest of the run (5).
@@ -306,9 +316,13 @@ impl Run {
         log::info!("shutting down: {cause}");
         // Every wait below ends at the latest with this one (7).
         let overall = crate::deadline::after(self.shutdown_timeout);
+        let running = self.slots.iter().filter(|s| s.report.is_none()).count();
+        let share = min_share(self.shutdown_timeout, running);
         if !self.drain_delay.is_zero() && !self.slots.is_empty() {
             log::info!("draining for {:.1?} before stopping", self.drain_delay);
-            let until = crate::deadline::min(crate::deadline::after(self.drain_delay), overall);
+            // Not into the shares of the services to stop (7).
+            let budget = self.budget_end(overall, self.slots.len(), share);
+            let until = crate::deadline::min(crate::deadline::after(self.drain_delay), budget);
             // Services that end meanwhile are recorded as they go.
             self.wait_events_until(until, None);
         }
@@ -325,20 +339,52 @@ impl Run {
             self.notify.status(&format!("stopping {name}"));
             let cancelled = Instant::now();
             self.slots[i].cancel.cancel();
-            let own = crate::deadline::after(self.slots[i].stop_timeout);
-            let deadline = crate::deadline::min(own, overall);
-            self.wait_events_until(deadline, Some(i));
             stop_order.push(name.clone());
+            // What is left of the budget once the shares of those below
+            // it are put aside (7).
+            let budget = self.budget_end(overall, i, share);
+            if budget.is_some_and(|end| cancelled >= end) {
+                // Cancelled, so that it may still end, but not waited for (8).
+                self.slots[i].not_waited = true;
+                log::error!("service {name} not waited for: the shutdown budget is spent");
+                continue;
+            }
+            let own = crate::deadline::after(self.slots[i].stop_timeout);
+            let deadline = crate::deadline::min(own, budget);
+            self.wait_events_until(deadline, Some(i));
+            let waited = cancelled.elapsed();
+            self.slots[i].waited = Some(waited);
             if self.slots[i].report.is_some() {
-                self.slots[i].stop_time = Some(cancelled.elapsed());
-                log::info!("service {name} stopped in {:.1?}", cancelled.elapsed());
+                self.slots[i].stop_time = Some(waited);
+                log::info!("service {name} stopped in {waited:.1?}");
             } else {
-                log::error!("service {name} is still running at its stop deadline; moving on");
+                log::error!(
+                    "service {name} is still running at its stop deadline \
+                     (waited {waited:.1?}); moving on"
+                );
             }
         }
         let report = self.report(cause, stop_order, began);
         log::info!("{report}");
         report
+    }
+
+    /// The end of the shutdown budget for what happens before the services
+    /// `slots[..below]` are stopped: the overall deadline less the minimum
+    /// share of each of them still running (7). `None` is "never".
+    fn budget_end(
+        &self,
+        overall: Option<Instant>,
+        below: usize,
+        share: Duration,
+    ) -> Option<Instant> {
+        // At most half the budget in all (see `min_share`): no overflow.
+        let reserved: Duration = self.slots[..below]
+            .iter()
+            .filter(|s| s.report.is_none())
+            .map(|s| s.stop_timeout.min(share))
+            .sum();
+        overall.map(|end| end.checked_sub(reserved).unwrap_or(end))
     }
 
     /// Records events until `deadline`, or until service `until_exited` has
@@ -407,7 +453,12 @@ impl Run {
                         // its guard would do; the process is about to exit.
                         std::mem::forget(slot.cancel);
                     }
-                    (Outcome::Stuck(age), 0)
+                    let outcome = if slot.not_waited {
+                        Outcome::NotWaited
+                    } else {
+                        Outcome::Stuck(age)
+                    };
+                    (outcome, 0)
                 }
             };
             services.push(ServiceReport {
@@ -415,6 +466,7 @@ impl Run {
                 outcome,
                 restarts,
                 stop_time: slot.stop_time,
+                waited: slot.waited,
             });
         }
         for spec in &self.specs {
@@ -423,6 +475,7 @@ impl Run {
                 outcome: Outcome::NotStarted,
                 restarts: 0,
                 stop_time: None,
+                waited: None,
             });
         }
         if !stuck.is_empty() {
@@ -443,6 +496,15 @@ impl Run {
             shutdown_time: began.elapsed(),
         }
     }
+}
+
+/// The minimum share of the shutdown budget each of `services` keeps
+/// (capped by its own stop timeout) whatever those stopped before it take:
+/// `budget / (2 * services)`, so that the shares come to at most half the
+/// budget (7).
+fn min_share(budget: Duration, services: usize) -> Duration {
+    let services = u32::try_from(services).unwrap_or(u32::MAX).max(1);
+    budget / services.saturating_mul(2)
 }
 
 fn requested(stop: &Context) -> StopCause {
