@@ -473,7 +473,10 @@ fn cancelling_the_parent_cancels_jobs_and_refuses_submits() {
     eventually("the job runs", || pool.running() == 1);
     drop(guard);
     assert_eq!(handle.join(), Ok(Err(ContextError::Canceled)));
-    assert_eq!(pool.submit(|_| {}).unwrap_err().reason, Refused::Closed);
+    assert_eq!(
+        pool.submit(|_| {}).unwrap_err().reason,
+        Refused::ParentDone(ContextError::Canceled)
+    );
     let report = pool.shutdown_deadline(Instant::now() + LONG);
     assert_eq!(report.cancelled, 1);
     drop(pool);
@@ -601,13 +604,54 @@ fn a_submit_waiting_for_room_is_refused_when_the_parent_is_cancelled() {
         thread::spawn(move || pool.submit(|_| {}).map_err(|e| e.reason))
     };
     drop(guard);
-    assert_eq!(waiting.join().unwrap(), Err(Refused::Closed));
+    assert_eq!(
+        waiting.join().unwrap(),
+        Err(Refused::ParentDone(ContextError::Canceled))
+    );
     drop(gate_tx);
     let report = pool.shutdown_deadline(Instant::now() + LONG);
     assert_eq!(
         report.never_started.len(),
         1,
         "the queued job is handed back"
+    );
+    drop(pool);
+    leaks.assert_none();
+}
+
+/// Issue 17: a pool built under a parent that is done already used to
+/// refuse its jobs with "the pool is shutting down" (`Closed`); it says why
+/// now, and a shutdown still says `Closed`.
+#[test]
+fn a_pool_under_a_done_parent_refuses_jobs_saying_so() {
+    let leaks = leak::track();
+    let (cancelled, guard) = Context::background().with_cancel();
+    drop(guard);
+    let pool = Pool::builder()
+        .workers(1)
+        .context(&cancelled)
+        .build()
+        .unwrap();
+    let err = pool.try_submit(|_| {}).unwrap_err();
+    assert_eq!(err.reason, Refused::ParentDone(ContextError::Canceled));
+    assert_eq!(
+        err.reason.to_string(),
+        "the pool's parent context is done: context canceled"
+    );
+    let report = pool.shutdown(Instant::now() + LONG);
+    assert!(report.never_started.is_empty());
+    assert_eq!(pool.submit(|_| {}).unwrap_err().reason, Refused::Closed);
+    drop(pool);
+
+    let (expired, _guard) = Context::background().with_timeout(Duration::ZERO);
+    let pool = Pool::builder()
+        .workers(1)
+        .context(&expired)
+        .build()
+        .unwrap();
+    assert_eq!(
+        pool.submit(|_| {}).unwrap_err().reason,
+        Refused::ParentDone(ContextError::DeadlineExceeded)
     );
     drop(pool);
     leaks.assert_none();

@@ -218,19 +218,24 @@ impl PoolBuilder {
     /// The parent of the pool's context. Cancelling it acts like
     /// [`Pool::abort`] without the report: running jobs see the
     /// cancellation, workers stop, submits — also those already waiting
-    /// for room in a full queue — are refused as [`Refused::Closed`](super::Refused::Closed), and
-    /// jobs still queued wait to be handed back by [`Pool::shutdown`].
-    /// Default: the background context.
+    /// for room in a full queue — are refused as
+    /// [`Refused::ParentDone`](super::Refused::ParentDone) (with how the
+    /// parent ended; [`Refused::Closed`](super::Refused::Closed) once a
+    /// shutdown has begun), and jobs still queued wait to be handed back by
+    /// [`Pool::shutdown`]. A pool built under a parent that is done already
+    /// refuses its first job the same way. Default: the background context.
     ///
     /// # Examples
     ///
     /// ```
-    /// use quiesce::{Context, Pool, pool::Refused};
+    /// use quiesce::{Context, ContextError, Pool, pool::Refused};
     ///
     /// let (app, stop_app) = Context::background().with_cancel();
     /// let pool = Pool::builder().workers(1).context(&app).build().unwrap();
     /// drop(stop_app); // Ctrl-C, say
-    /// assert_eq!(pool.submit(|_ctx| {}).unwrap_err().reason, Refused::Closed);
+    /// let err = pool.submit(|_ctx| {}).unwrap_err();
+    /// assert_eq!(err.reason, Refused::ParentDone(ContextError::Canceled));
+    /// assert_eq!(err.reason.to_string(), "the pool's parent context is done: context canceled");
     /// ```
     pub fn context(mut self, parent: &Context) -> Self {
         self.parent = parent.clone();

@@ -112,6 +112,12 @@ pub enum Refused {
     Done(ContextError),
     /// The pool is shutting down or shut down.
     Closed,
+    /// The parent context the pool was built under
+    /// ([`PoolBuilder::context`](super::PoolBuilder::context)) is done (how:
+    /// cancelled or past its deadline), and no shutdown has begun: the pool
+    /// runs no more jobs. Once a shutdown has begun, submits are refused as
+    /// [`Closed`](Refused::Closed).
+    ParentDone(ContextError),
 }
 
 /// A refused submit: why, and the job, handed back.
@@ -212,6 +218,10 @@ impl std::error::Error for SubmitError {}
 /// use quiesce::pool::Refused;
 ///
 /// assert_eq!(Refused::Closed.to_string(), "the pool is shutting down");
+/// assert_eq!(
+///     Refused::ParentDone(quiesce::ContextError::Canceled).to_string(),
+///     "the pool's parent context is done: context canceled"
+/// );
 /// let err: Box<dyn std::error::Error + Send + Sync> = Refused::Full.into();
 /// assert_eq!(err.to_string(), "the pool's queue is full");
 /// ```
@@ -222,6 +232,7 @@ impl fmt::Display for Refused {
             Refused::Timeout => f.write_str("the pool's queue stayed full until the deadline"),
             Refused::Done(err) => write!(f, "{err}"),
             Refused::Closed => f.write_str("the pool is shutting down"),
+            Refused::ParentDone(err) => write!(f, "the pool's parent context is done: {err}"),
         }
     }
 }

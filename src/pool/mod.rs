@@ -87,6 +87,10 @@
 //!    whole by one read-modify-write, so concurrent `resize` calls apply
 //!    one after the other and no reader sees half of one. "Elastic" is
 //!    `min < max` of the same read, not stored apart.
+//! 9. A refused submit says why: [`Refused::Closed`] when `closed` is set;
+//!    otherwise a done pool context means the parent is done
+//!    ([`Refused::ParentDone`]), because a stop cancels the context only
+//!    after it has closed intake and taken the `intake` lock (1, 2).
 //!
 //! # Locks
 //!

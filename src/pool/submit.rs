@@ -18,7 +18,8 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// [`Refused::Closed`] once shutdown has begun, with the job.
+    /// [`Refused::Closed`] once shutdown has begun, [`Refused::ParentDone`]
+    /// when the pool's parent context is done; with the job.
     ///
     /// # Examples
     ///
@@ -213,8 +214,13 @@ impl Pool {
         // Invariant 2: held until the job is queued or handed back.
         let _intake = shared.intake.read();
         // `Relaxed` is enough only because the intake lock is held (invariant 2).
-        if shared.closed.load(Ordering::Relaxed) || shared.ctx.is_done() {
+        if shared.closed.load(Ordering::Relaxed) {
             return refuse(Refused::Closed, job);
+        }
+        // Not closed, so no stop has cancelled the context (a stop closes
+        // intake first, invariant 1): the parent did.
+        if let Some(err) = shared.ctx.err() {
+            return refuse(Refused::ParentDone(err), job);
         }
         if let Until::Context(ctx) = until {
             if let Err(err) = ctx.check() {
@@ -273,6 +279,13 @@ impl Pool {
         }
         if index == pool_done {
             let _ = oper.recv(shared.ctx.done());
+            // This submit holds the intake lock, so no stop has got past
+            // closing intake and to its cancel (invariants 1, 2): unless
+            // intake is closed meanwhile, the parent is done.
+            if !shared.closed.load(Ordering::Relaxed) {
+                let err = shared.ctx.err().unwrap_or(ContextError::Canceled);
+                return refuse(Refused::ParentDone(err), job);
+            }
         } else {
             debug_assert_eq!(index, closed);
             let _ = oper.recv(shared.closed_bell.channel());
