@@ -14,11 +14,16 @@
 //! 3. A context-bound waiter registers a cancel callback that takes the same
 //!    lock before notifying, so a cancellation between the waiter's check
 //!    and its wait is not lost either.
+//! 4. A thread started by [`WaitGroup::spawn`] holds its guard for the whole
+//!    of its code and drops it last, after its result or panic is in its
+//!    [`JobHandle`]: once a wait on the group returns, every such handle of
+//!    the group's has its result.
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::context::{Context, ContextError};
+use crate::handle::JobHandle;
 use crate::sync::{Arc, AtomicUsize, Condvar, Mutex, Ordering};
 
 /// Counts outstanding work; [`wait`](WaitGroup::wait) blocks until it is
@@ -29,6 +34,7 @@ use crate::sync::{Arc, AtomicUsize, Condvar, Mutex, Ordering};
 /// | Go | quiesce |
 /// |----|---------|
 /// | `wg.Add(1)` … `defer wg.Done()` | `let guard = wg.add();` (moved into the work, dropped at its end) |
+/// | `wg.Go(func() { … })` (Go 1.25) | [`wg.spawn("name", \|\| …)`](WaitGroup::spawn) |
 /// | `wg.Wait()` | [`wg.wait()`](WaitGroup::wait), or with a bound: [`wait_timeout`](WaitGroup::wait_timeout), [`wait_deadline`](WaitGroup::wait_deadline), [`wait_ctx`](WaitGroup::wait_ctx) |
 ///
 /// # Examples
@@ -113,6 +119,56 @@ impl WaitGroup {
         WaitGuard {
             inner: self.inner.clone(),
         }
+    }
+
+    /// Starts `f` on a new thread named `name`, counted by the group for as
+    /// long as `f` runs: Go 1.25's `wg.Go`. The thread is registered with
+    /// the [leak checker](crate::leak) like the library's own.
+    ///
+    /// The returned [`JobHandle`] has `f`'s value, or its panic as
+    /// [`JobError::Panicked`](crate::JobError::Panicked): a panic is caught
+    /// on the thread (it still counts the work done) and never re-raised.
+    /// The thread itself is detached (there is no `JoinHandle`): the group
+    /// is how to wait for it, and the guard is dropped only after the result
+    /// is in the handle, so once [`wait`](WaitGroup::wait) returns, every
+    /// handle from this group's `spawn` joins at once. Dropping the handle
+    /// discards the result; the thread runs on and is still counted.
+    ///
+    /// # Errors
+    ///
+    /// When the thread cannot be started (then nothing is counted).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use quiesce::{JobError, WaitGroup};
+    ///
+    /// let wg = WaitGroup::new();
+    /// let sizes: Vec<_> = ["part-a.csv", "part-b.csv"]
+    ///     .into_iter()
+    ///     .map(|file| wg.spawn(format!("export-{file}"), move || file.len()).unwrap())
+    ///     .collect();
+    /// let broken = wg.spawn("export-broken", || -> usize { panic!("bad row") }).unwrap();
+    /// wg.wait(); // every thread's code has returned (or panicked)
+    /// assert_eq!(wg.count(), 0);
+    /// let sizes: Vec<usize> = sizes.into_iter().map(|h| h.join().unwrap()).collect();
+    /// assert_eq!(sizes, [10, 10]);
+    /// assert!(matches!(broken.join(), Err(JobError::Panicked(p)) if p.message() == "bad row"));
+    /// ```
+    pub fn spawn<F, T>(&self, name: impl Into<String>, f: F) -> std::io::Result<JobHandle<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let guard = self.add();
+        let (completer, handle) = crate::handle::pair();
+        // Not started: the closure is dropped, and its guard with it.
+        crate::leak::spawn(name.into(), move || {
+            let result = crate::panic::catch(f);
+            completer.finish(result);
+            drop(guard); // last (4)
+        })?;
+        Ok(handle)
     }
 
     /// How much work is outstanding now.

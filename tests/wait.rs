@@ -292,3 +292,57 @@ fn stress_many_threads_joined_in_batches() {
     }
     leaks.assert_none();
 }
+
+/// Issue 17: `WaitGroup::spawn`, Go 1.25's `wg.Go`: a named thread,
+/// counted by the group and seen by the leak checker until its code ends.
+#[test]
+fn a_spawned_thread_is_named_counted_and_tracked_until_it_ends() {
+    let leaks = leak::track();
+    let wg = WaitGroup::new();
+    let (release, gate) = bounded::<()>(0);
+    let handle = wg
+        .spawn("export-1", move || {
+            let _ = gate.recv_timeout(LONG);
+            thread::current().name().map(str::to_string)
+        })
+        .unwrap();
+    assert_eq!(wg.count(), 1);
+    assert!(!wg.wait_timeout(Duration::from_millis(5)), "still counted");
+    assert!(!handle.is_finished());
+    let running = leaks.check(Duration::ZERO).unwrap_err();
+    assert!(running.to_string().contains("export-1"), "{running}");
+    drop(release);
+    wg.wait();
+    assert!(
+        handle.is_finished(),
+        "the result is in before the count drops"
+    );
+    assert_eq!(handle.join(), Ok(Some("export-1".to_string())));
+    leaks.assert_none();
+}
+
+#[test]
+fn a_spawned_thread_that_panics_counts_done_and_hands_back_the_panic() {
+    let leaks = leak::track();
+    let wg = WaitGroup::new();
+    let handles: Vec<_> = (0..4u32)
+        .map(|i| {
+            wg.spawn(format!("part-{i}"), move || {
+                assert!(i != 2, "part {i} is corrupt");
+                i * 10
+            })
+            .unwrap()
+        })
+        .collect();
+    assert!(wg.wait_timeout(LONG));
+    // Every handle has its result once the wait returns.
+    assert!(handles.iter().all(quiesce::JobHandle::is_finished));
+    let results: Vec<_> = handles.into_iter().map(quiesce::JobHandle::join).collect();
+    assert_eq!(results[0], Ok(0));
+    assert_eq!(results[3], Ok(30));
+    match &results[2] {
+        Err(quiesce::JobError::Panicked(p)) => assert_eq!(p.message(), "part 2 is corrupt"),
+        other => panic!("{other:?}"),
+    }
+    leaks.assert_none();
+}
