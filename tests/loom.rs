@@ -31,7 +31,10 @@
 //!   only with no worker thread to join (its joins return at once).
 //! - A job accepted by these models is never run (no worker takes it), so
 //!   "run or handed back" is checked as "refused, or handed back in the
-//!   stop's report": exactly one of the two.
+//!   stop's report": exactly one of the two. The count of jobs not yet
+//!   over (`busy`, invariant 10) is zero after each such stop, as
+//!   `wait_idle_deadline` sees it (a lost decrement would have the model
+//!   wait for a notification that never comes: a deadlock loom reports).
 //! - The elastic handshake (invariant 6 in `pool/mod.rs`) goes partly through the
 //!   queue. loom sees the counts, not the channel's atomics, which in its
 //!   one-thread-at-a-time runs behave as sequentially consistent. So the
@@ -281,6 +284,9 @@ fn a_job_submitted_during_a_shutdown_is_refused_or_handed_back_once() {
             }
         }
         assert_eq!(pool.queued(), 0, "a job entered the queue after the report");
+        // Every accepted job is over, the refused one never counted (pool
+        // invariant 10).
+        assert!(pool.wait_idle_deadline(std::time::Instant::now()));
         assert_eq!(ran.load(Ordering::SeqCst), 0);
     });
 }
@@ -307,6 +313,7 @@ fn a_job_submitted_during_an_abort_is_refused_or_handed_back_once() {
         }
         assert_eq!(pool.queued(), 0, "a job entered the queue after the report");
         assert!(pool.is_closed());
+        assert!(pool.wait_idle_deadline(std::time::Instant::now())); // invariant 10
     });
 }
 

@@ -656,3 +656,61 @@ fn a_pool_under_a_done_parent_refuses_jobs_saying_so() {
     drop(pool);
     leaks.assert_none();
 }
+
+/// Issue 17: waiting until the pool is idle (nothing queued, nothing
+/// running) without shutting it down.
+#[test]
+fn wait_idle_waits_for_queued_and_running_jobs_and_keeps_the_pool_open() {
+    let leaks = leak::track();
+    let pool = Pool::builder().workers(1).queue(8).build().unwrap();
+    assert!(
+        pool.wait_idle_deadline(Instant::now()),
+        "idle from the start"
+    );
+    let (gate_tx, gate) = bounded::<()>(0);
+    pool.submit(blocker(gate)).unwrap();
+    let count = submit_counted(&pool, 3);
+    assert!(
+        !pool.wait_idle_timeout(Duration::from_millis(5)),
+        "a job runs"
+    );
+    assert!(!pool.wait_idle_deadline(Instant::now()));
+    drop(gate_tx);
+    assert!(pool.wait_idle_timeout(LONG));
+    // Idle means every accepted job is over, not only taken from the queue.
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+    assert_eq!((pool.completed(), pool.queued(), pool.running()), (4, 0, 0));
+    assert!(!pool.is_closed());
+    let again = submit_counted(&pool, 5);
+    assert!(pool.wait_idle_timeout(LONG));
+    assert_eq!(again.load(Ordering::SeqCst), 5);
+    let report = pool.shutdown(Instant::now() + LONG);
+    assert_eq!(report.completed, 9);
+    leaks.assert_none();
+}
+
+/// Jobs a stop hands back, and a refused submit, do not keep the pool busy.
+#[test]
+fn jobs_handed_back_or_refused_do_not_keep_the_pool_busy() {
+    let leaks = leak::track();
+    let pool = Pool::builder()
+        .workers(1)
+        .queue(2)
+        .stop_grace(LONG)
+        .build()
+        .unwrap();
+    pool.submit(|ctx| {
+        let _ = ctx.done().recv_timeout(LONG); // until the abort cancels it
+    })
+    .unwrap();
+    eventually("the worker is busy", || pool.running() == 1);
+    submit_counted(&pool, 2); // fills the queue
+    assert_eq!(pool.try_submit(|_| {}).unwrap_err().reason, Refused::Full);
+    assert!(!pool.wait_idle_deadline(Instant::now()));
+    let report = pool.abort();
+    // Cancelled, it returned; the queued ones never started.
+    assert_eq!((report.cancelled, report.never_started.len()), (1, 2));
+    assert!(pool.wait_idle_timeout(LONG), "busy after the stop");
+    drop(pool);
+    leaks.assert_none();
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::context::Context;
 use crate::panic::Panic;
-use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, Ordering, RwLock};
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering, RwLock};
 use crate::threads::Threads;
 
 use super::elastic::Limits;
@@ -349,6 +349,9 @@ impl PoolBuilder {
             draining: AtomicBool::new(false),
             threads: Mutex::new(Some(threads)),
             returned: Mutex::new(Vec::new()),
+            busy: Padded(AtomicUsize::new(0)),
+            idle_lock: Mutex::new(()),
+            idle_bell: Condvar::new(),
             limits: Limits::new(self.min, self.max),
             workers: Padded(AtomicUsize::new(0)),
             idle: Padded(AtomicUsize::new(0)),

@@ -2,9 +2,9 @@
 //! The public docs, with the Go pattern it replaces, are on [`Pool`]; this
 //! module holds the handle and the state it shares with its workers
 //! (`Shared`), and the rest lives in one file per idea: `job` (the
-//! values handed back), `builder`, `submit`, `elastic` (sizing),
-//! `stop` (the stop protocol), `worker` (the worker loop) and
-//! `stats` (per-worker counts). Under `--cfg quiesce_loom`, `model.rs`
+//! values handed back), `builder`, `submit`, `elastic` (sizing), `idle`
+//! (waiting until no job is queued or running), `stop` (the stop
+//! protocol), `worker` (the worker loop) and `stats` (per-worker counts). Under `--cfg quiesce_loom`, `model.rs`
 //! adds the hooks `tests/loom.rs` uses: there no worker thread starts (see
 //! `worker::start`), and the models play the worker's part.
 //!
@@ -18,6 +18,8 @@
 //!   announces it; the drain state: `draining`;
 //! - the sizing state: `limits` (`min` and `max` in one word), and the
 //!   counts `workers` and `idle`;
+//! - `busy`, the jobs accepted and not yet over, with `idle_lock` and
+//!   `idle_bell` for those waiting for it to reach zero (`idle`);
 //! - `returned`: jobs a worker took but did not start, the context being
 //!   cancelled; and the pool's [`Context`] with the guard that cancels it.
 //!
@@ -87,6 +89,15 @@
 //!    whole by one read-modify-write, so concurrent `resize` calls apply
 //!    one after the other and no reader sees half of one. "Elastic" is
 //!    `min < max` of the same read, not stored apart.
+//! 10. `busy` counts each accepted job once, from before it enters the
+//!     queue until it is over: a submit adds one before its send (and takes
+//!     it back if the send fails), so no worker can count the job over
+//!     first; a worker takes one away when the job has run or is handed
+//!     back into `returned`; a stop, for each job it collects from the
+//!     queue (7). A waiter in `wait_idle_*` looks at `busy` with
+//!     `idle_lock` held before each wait, and whoever brings it to zero
+//!     takes `idle_lock` before notifying `idle_bell`, so no wake-up is
+//!     lost (the `WaitGroup`'s rule).
 //! 9. A refused submit says why: [`Refused::Closed`] when `closed` is set;
 //!    otherwise a done pool context means the parent is done
 //!    ([`Refused::ParentDone`]), because a stop cancels the context only
@@ -95,8 +106,8 @@
 //! # Locks
 //!
 //! Lock order: `intake` (shared, in a submit) → `threads` (in
-//! `spawn_worker`). The bell's lock, `returned` and the stats lock are
-//! leaves: nothing is taken under them. No user code (jobs, hooks, the
+//! `spawn_worker`). The bell's lock, `returned`, `idle_lock` and the stats
+//! lock are leaves: nothing is taken under them. No user code (jobs, hooks, the
 //! panic handler) runs under a pool lock.
 
 use std::fmt;
@@ -105,11 +116,12 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::context::{CancelGuard, Context};
-use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, Ordering, RwLock};
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering, RwLock};
 use crate::threads::Threads;
 
 mod builder;
 mod elastic;
+mod idle;
 mod job;
 #[cfg(quiesce_loom)]
 mod model;
@@ -219,6 +231,14 @@ struct Shared {
     /// Jobs a worker took from the queue but did not start because the
     /// pool's context was already cancelled.
     returned: Mutex<Vec<Job>>,
+    /// Jobs accepted and not yet over: queued, or taken by a worker and
+    /// not yet run or handed back (invariant 10). Padded: every submit and
+    /// every job writes it.
+    busy: Padded<AtomicUsize>,
+    /// Taken by `wait_idle_*` and by the one that brings `busy` to zero,
+    /// before it rings `idle_bell` (invariant 10).
+    idle_lock: Mutex<()>,
+    idle_bell: Condvar,
     /// `min` and `max`, in one atomic word (invariant 8).
     limits: Limits,
     /// Written when workers come and go and go idle: kept off the lines the

@@ -199,7 +199,11 @@ impl Shared {
         // `returned` first, then the queue: a job is in one or the other
         // once its worker is joined (invariant 7).
         let mut never_started = std::mem::take(&mut *self.returned.lock());
+        let returned = never_started.len();
         never_started.extend(self.queue_rx.try_iter());
+        // Those from the queue are over now; `returned` ones were counted
+        // over by their worker (invariant 10).
+        self.jobs_over(never_started.len() - returned);
         if !stuck.is_empty() {
             let names: Vec<&str> = stuck.iter().map(|r| r.name.as_str()).collect();
             log::warn!(

@@ -227,12 +227,17 @@ impl Pool {
                 return refuse(Refused::Done(err), job);
             }
         }
+        // Counted before it can be taken (invariant 10).
+        shared.job_accepted();
         let job = match shared.queue_tx.try_send(job) {
             Ok(()) => {
                 Shared::grow_if_needed(shared);
                 return Ok(());
             }
-            Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => job,
+            Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => {
+                shared.jobs_over(1);
+                job
+            }
         };
         Shared::grow_if_needed(shared);
         let deadline = match until {
@@ -260,12 +265,16 @@ impl Pool {
         };
         let index = oper.index();
         if index == send {
+            shared.job_accepted(); // invariant 10
             return match oper.send(&shared.queue_tx, job) {
                 Ok(()) => {
                     Shared::grow_if_needed(shared);
                     Ok(())
                 }
-                Err(err) => refuse(Refused::Closed, err.into_inner()),
+                Err(err) => {
+                    shared.jobs_over(1);
+                    refuse(Refused::Closed, err.into_inner())
+                }
             };
         }
         if Some(index) == done {

@@ -46,6 +46,7 @@ impl Shared {
             // Cancelled (abort, deadline, parent): hand it back, unstarted,
             // for the stop's report (invariant 7).
             self.returned.lock().push(job);
+            self.jobs_over(1); // invariant 10
             return;
         }
         stats.started();
@@ -63,6 +64,7 @@ impl Shared {
             None if ctx.is_done() => stats.ended(Ended::Cancelled),
             None => stats.ended(Ended::Completed),
         }
+        self.jobs_over(1); // invariant 10
     }
 }
 
