@@ -638,7 +638,7 @@ fn a_pool_under_a_done_parent_refuses_jobs_saying_so() {
         err.reason.to_string(),
         "the pool's parent context is done: context canceled"
     );
-    let report = pool.shutdown(Instant::now() + LONG);
+    let report = pool.shutdown_deadline(Instant::now() + LONG);
     assert!(report.never_started.is_empty());
     assert_eq!(pool.submit(|_| {}).unwrap_err().reason, Refused::Closed);
     drop(pool);
@@ -684,7 +684,7 @@ fn wait_idle_waits_for_queued_and_running_jobs_and_keeps_the_pool_open() {
     let again = submit_counted(&pool, 5);
     assert!(pool.wait_idle_timeout(LONG));
     assert_eq!(again.load(Ordering::SeqCst), 5);
-    let report = pool.shutdown(Instant::now() + LONG);
+    let report = pool.shutdown_deadline(Instant::now() + LONG);
     assert_eq!(report.completed, 9);
     leaks.assert_none();
 }

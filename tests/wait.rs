@@ -337,7 +337,7 @@ fn a_spawned_thread_that_panics_counts_done_and_hands_back_the_panic() {
     assert!(wg.wait_timeout(LONG));
     // Every handle has its result once the wait returns.
     assert!(handles.iter().all(quiesce::JobHandle::is_finished));
-    let results: Vec<_> = handles.into_iter().map(quiesce::JobHandle::join).collect();
+    let results: Vec<_> = handles.iter().map(quiesce::JobHandle::join).collect();
     assert_eq!(results[0], Ok(0));
     assert_eq!(results[3], Ok(30));
     match &results[2] {
