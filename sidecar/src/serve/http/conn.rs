@@ -11,7 +11,7 @@ use crossbeam_channel::Receiver;
 
 use super::deferred::{Later, Outbox};
 use super::server::{OpenConn, ServerState};
-use super::wire::write_response;
+use super::wire::{write_head_only, write_response};
 use super::{Handler, Request, Response};
 
 /// How long a handler thread waits for an outstanding answer before going
@@ -139,8 +139,8 @@ impl ServedConn<'_> {
 
     fn serve_requests<S, H: Handler<S>>(&mut self, state: &mut S, handler: &H) {
         loop {
-            let request = match self.read_request(handler) {
-                Ok(request) => request,
+            let (request, asks_close, keep_alive_10) = match self.read_request(handler) {
+                Ok(read) => read,
                 Err(ReadError::Closed) => return,
                 Err(ReadError::Reject(status, why)) => {
                     handler.refused(status, why);
@@ -162,15 +162,27 @@ impl ServedConn<'_> {
             }
             let stopping = self.shared.stopping.load(Ordering::SeqCst);
             // Invariant 6: after the stop begins, the last answer, closing.
-            let close = stopping || wants_close(&request);
+            let close = stopping || asks_close;
+            let head_only = request.method == "HEAD";
             let later = Later {
                 outbox: &self.outbox,
                 close,
             };
             let written = match handler.handle(state, &request, stopping, &later) {
-                Some(response) => self
-                    .settle(handler)
-                    .and_then(|()| write_response(&mut self.stream, &response, close)),
+                Some(mut response) => {
+                    if keep_alive_10 && !close {
+                        response.headers.push(("Connection", "keep-alive".into()));
+                    }
+                    // A HEAD answer: GET's head, Content-Length included,
+                    // without its body (RFC 9110 §9.3.2).
+                    let write = if head_only {
+                        write_head_only
+                    } else {
+                        write_response
+                    };
+                    self.settle(handler)
+                        .and_then(|()| write(&mut self.stream, &response, close))
+                }
                 // Answered by another thread; when it is the last one, wait for it.
                 None if close => self.settle(handler),
                 None => Ok(()),
@@ -208,7 +220,12 @@ impl ServedConn<'_> {
 
     /// Reads the next request: waits (idle) for its first byte, then reads
     /// its head and body under their deadlines.
-    fn read_request<S>(&mut self, handler: &impl Handler<S>) -> Result<Request, ReadError> {
+    /// Also whether the client wants this to be the connection's last
+    /// request, and whether it is HTTP/1.0 asking for keep-alive.
+    fn read_request<S>(
+        &mut self,
+        handler: &impl Handler<S>,
+    ) -> Result<(Request, bool, bool), ReadError> {
         let limits = &self.shared.limits;
         if self.buf.is_empty() {
             // Idle only until a request starts: a stop closes idle
@@ -219,7 +236,7 @@ impl ServedConn<'_> {
             first?;
         }
         let head_deadline = Instant::now() + limits.header_timeout;
-        let (head_len, mut request, framing) = loop {
+        let head = loop {
             if let Some(parsed) = parse_head(&self.buf, limits.max_head)? {
                 break parsed;
             }
@@ -228,7 +245,14 @@ impl ServedConn<'_> {
             }
             self.read_more(head_deadline, 408, "request head not received in time")?;
         };
-        self.buf.drain(..head_len);
+        self.buf.drain(..head.len);
+        let Head {
+            mut request,
+            framing,
+            close,
+            keep_alive_10,
+            ..
+        } = head;
         request.body = match framing {
             Framing::None => Vec::new(),
             Framing::Length(n) if n > limits.max_body => {
@@ -243,7 +267,7 @@ impl ServedConn<'_> {
                 self.read_chunked_body(Instant::now() + limits.body_timeout)?
             }
         };
-        Ok(request)
+        Ok((request, close, keep_alive_10))
     }
 
     /// Waits for the first byte of a request: up to the idle timeout, and,
@@ -379,9 +403,26 @@ enum Framing {
     Chunked,
 }
 
+/// A request head as read: the request (without its body), how its body
+/// is framed, and whether this is the connection's last request by the
+/// client's wish (`Connection: close` on HTTP/1.1; on HTTP/1.0, anything
+/// but `Connection: keep-alive`).
+struct Head {
+    len: usize,
+    request: Request,
+    framing: Framing,
+    close: bool,
+    /// HTTP/1.0 asking for keep-alive: its answers say `keep-alive`.
+    keep_alive_10: bool,
+}
+
 /// Parses a complete head at the start of `buf`; `None` when more bytes
-/// are needed.
-fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(usize, Request, Framing)>, ReadError> {
+/// are needed. Strict about what decides where a request ends (RFC 9112
+/// §6): one `Transfer-Encoding` at most and it says exactly `chunked`, one
+/// `Content-Length` at most and it is `1*DIGIT`, never both; on HTTP/1.1
+/// exactly one `Host`. Anything else is `400` (and the connection closes),
+/// so that no proxy in front of us can read the request's end elsewhere.
+fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<Head>, ReadError> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -395,9 +436,9 @@ fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(usize, Request, Fra
     if head_len > max_head {
         return Err(ReadError::Reject(431, "request head too large"));
     }
+    let http10 = req.version == Some(0);
     let method = req.method.unwrap_or_default().to_string();
-    let target = req.path.unwrap_or("/");
-    let path = target.split('?').next().unwrap_or("/").to_string();
+    let path = origin_path(req.path.unwrap_or("/"))?;
     let mut list = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
         let Ok(value) = std::str::from_utf8(h.value) else {
@@ -411,42 +452,101 @@ fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(usize, Request, Fra
         headers: list,
         body: Vec::new(),
     };
-    let chunked = request
-        .header("transfer-encoding")
-        .map(|te| te.to_ascii_lowercase());
-    let lengths: Vec<&str> = request
-        .headers
-        .iter()
-        .filter(|(n, _)| n == "content-length")
-        .map(|(_, v)| v.as_str())
-        .collect();
-    let framing = match (chunked.as_deref(), lengths.as_slice()) {
-        (Some(_), [_, ..]) => {
-            return Err(ReadError::Reject(
-                400,
-                "both Content-Length and Transfer-Encoding",
-            ));
-        }
-        (Some("chunked"), []) => Framing::Chunked,
-        (Some(_), []) => return Err(ReadError::Reject(501, "unsupported transfer encoding")),
-        (None, []) => Framing::None,
-        (None, [first, rest @ ..]) => {
-            if rest.iter().any(|v| v != first) {
-                return Err(ReadError::Reject(400, "conflicting Content-Length headers"));
-            }
-            match first.parse::<usize>() {
-                Ok(n) => Framing::Length(n),
-                Err(_) => return Err(ReadError::Reject(400, "invalid Content-Length")),
-            }
-        }
+    let framing = framing(&request, http10)?;
+    if !http10 && request.headers.iter().filter(|(n, _)| n == "host").count() != 1 {
+        return Err(ReadError::Reject(
+            400,
+            "exactly one Host header is required",
+        ));
+    }
+    let tokens = |token: &str| {
+        request
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "connection")
+            .flat_map(|(_, v)| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
-    Ok(Some((head_len, request, framing)))
+    let (close, keep_alive_10) = if http10 {
+        let keep = tokens("keep-alive") && !tokens("close");
+        (!keep, keep)
+    } else {
+        (tokens("close"), false)
+    };
+    Ok(Some(Head {
+        len: head_len,
+        request,
+        framing,
+        close,
+        keep_alive_10,
+    }))
 }
 
-fn wants_close(request: &Request) -> bool {
-    request
-        .header("connection")
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+/// The path of a request target, without its query: the origin form
+/// (`/path?query`) as it is, the absolute form (`http://host/path`) as its
+/// path (RFC 9112 §3.2.2; the authority is not checked: this server
+/// answers for whatever name it was reached by). Anything else is kept as
+/// it is and matches no route.
+fn origin_path(target: &str) -> Result<String, ReadError> {
+    let lower = target.get(..8).unwrap_or(target).to_ascii_lowercase();
+    let rest = if lower.starts_with("http://") {
+        &target[7..]
+    } else if lower.starts_with("https://") {
+        &target[8..]
+    } else {
+        return Ok(target.split('?').next().unwrap_or("/").to_string());
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if end == 0 {
+        return Err(ReadError::Reject(400, "absolute target without a host"));
+    }
+    let path = rest[end..].split(['?', '#']).next().unwrap_or("");
+    Ok(if path.is_empty() { "/" } else { path }.to_string())
+}
+
+/// Where the request's body ends (RFC 9112 §6.1 to §6.3).
+fn framing(request: &Request, http10: bool) -> Result<Framing, ReadError> {
+    let values = |name: &str| -> Vec<&str> {
+        request
+            .headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    let codings = values("transfer-encoding");
+    let lengths = values("content-length");
+    match (codings.as_slice(), lengths.as_slice()) {
+        ([], []) => Ok(Framing::None),
+        ([_, ..], [_, ..]) => Err(ReadError::Reject(
+            400,
+            "both Content-Length and Transfer-Encoding",
+        )),
+        ([_, _, ..], []) => Err(ReadError::Reject(400, "repeated Transfer-Encoding")),
+        ([_], []) if http10 => Err(ReadError::Reject(
+            400,
+            "Transfer-Encoding in an HTTP/1.0 request",
+        )),
+        ([coding], []) if coding.eq_ignore_ascii_case("chunked") => Ok(Framing::Chunked),
+        // A list: chunked not alone (or not last), or codings we do not
+        // decode; either way the body's end is not ours to guess.
+        ([coding], []) if coding.contains(',') => {
+            Err(ReadError::Reject(400, "unsupported transfer coding list"))
+        }
+        ([_], []) => Err(ReadError::Reject(501, "unsupported transfer encoding")),
+        // Repeated Content-Length, even with equal values, is refused
+        // (RFC 9110 §8.6 allows either; refusing leaves no two readings).
+        ([], [_, _, ..]) => Err(ReadError::Reject(400, "repeated Content-Length")),
+        ([], [length]) => {
+            if length.is_empty() || !length.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ReadError::Reject(400, "invalid Content-Length"));
+            }
+            length
+                .parse::<usize>()
+                .map(Framing::Length)
+                .map_err(|_| ReadError::Reject(400, "invalid Content-Length"))
+        }
+    }
 }
 
 fn is_timeout(err: &io::Error) -> bool {

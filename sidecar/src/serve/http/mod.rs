@@ -11,7 +11,12 @@
 //!   included), and answered before reading on `Content-Length` /
 //!   `Expect: 100-continue`;
 //! - a cap on open connections: past it, new connections get `503` at once;
-//! - keep-alive, with an idle timeout;
+//! - strict framing (RFC 9112): one `Transfer-Encoding` at most, exactly
+//!   `chunked`; one `Content-Length` at most, `1*DIGIT`; never both; one
+//!   `Host` on HTTP/1.1; anything else `400` and closed, so that a proxy in
+//!   front cannot read a request's end elsewhere than we do;
+//! - keep-alive, with an idle timeout (HTTP/1.0 only when it asks for it);
+//!   `HEAD` answered with GET's head (its `Content-Length` too), no body;
 //! - answers that wait on another thread ([`Later`], [`Deferred`]): the
 //!   handler thread goes back to its connection and the answer is written,
 //!   in request order, by the thread that has it (the store's, once the

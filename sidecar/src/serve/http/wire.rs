@@ -67,6 +67,20 @@ pub(super) fn write_response(
     stream.flush()
 }
 
+/// Writes a response's head only, as the answer to `HEAD`: its
+/// `Content-Length` is the length of the body it would have.
+pub(super) fn write_head_only(
+    stream: &mut TcpStream,
+    response: &Response,
+    close: bool,
+) -> io::Result<()> {
+    let mut bytes = encode(response, close);
+    bytes.truncate(bytes.len() - response.body.len());
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+    stream.write_all(&bytes)?;
+    stream.flush()
+}
+
 /// A response's bytes on the wire.
 pub(super) fn encode(response: &Response, close: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(160 + response.body.len());
