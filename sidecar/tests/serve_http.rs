@@ -283,3 +283,73 @@ fn http_1_0_closes_unless_it_asked_for_keep_alive() {
     assert!(answer.closed, "the second HTTP/1.0 request did not close");
     serve.stop_ok(Duration::from_secs(40));
 }
+
+/// Reads what comes until the server closes (or `wait` passes): the bytes
+/// and whether it closed.
+fn read_to_close(stream: &mut TcpStream, wait: Duration) -> (Vec<u8>, bool) {
+    stream.set_read_timeout(Some(wait)).expect("read timeout");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (got, true),
+            Err(_) => return (got, false),
+        }
+    }
+}
+
+#[test]
+fn slow_clients_at_the_stop_are_closed_or_answered_503_and_the_stop_exits_0() {
+    let (_dir, mut serve) = server("http-slow-stop");
+    let addr = serve.addr;
+    // Half a head, never finished.
+    let mut half_head = TcpStream::connect(addr).expect("connect");
+    half_head
+        .write_all(b"POST /v1/reports HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        .expect("write half a head");
+    // A whole head and part of its body: the 100 Continue shows that the
+    // server has read the head and waits for the body.
+    let mut half_body = TcpStream::connect(addr).expect("connect");
+    half_body
+        .write_all(
+            b"POST /v1/reports HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Expect: 100-continue\r\nContent-Length: 100\r\n\r\n",
+        )
+        .expect("write a head");
+    half_body
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .expect("read timeout");
+    let mut interim = [0u8; 25];
+    half_body
+        .read_exact(&mut interim)
+        .expect("read the interim answer");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    half_body
+        .write_all(b"{\"report_id\":")
+        .expect("write part of a body");
+    // Both wait in the server's handler threads now (the head one at
+    // least in its queue); the stop must not wait for them.
+    let exit = serve.stop_ok(Duration::from_secs(40));
+    assert!(
+        !exit.log.contains("still busy"),
+        "threads outlived the stop:\n{}",
+        exit.log
+    );
+    let (got, closed) = read_to_close(&mut half_head, WAIT);
+    assert!(closed, "the half-head connection stayed open");
+    assert!(
+        got.is_empty(),
+        "a half head got an answer: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let (got, closed) = read_to_close(&mut half_body, WAIT);
+    let text = String::from_utf8_lossy(&got);
+    assert!(closed, "the half-body connection stayed open");
+    assert!(
+        text.starts_with("HTTP/1.1 503 "),
+        "a body in progress at the stop: {text:?}"
+    );
+    assert!(text.contains("\r\nConnection: close\r\n"), "{text:?}");
+}

@@ -18,6 +18,29 @@ use super::{Handler, Request, Response};
 /// on (the answer's own deadline usually ends the wait first).
 const SETTLE_WAIT: Duration = Duration::from_secs(15);
 
+/// The `408` of a body too slow.
+const BODY_LATE: &str = "request body not received in time";
+
+/// How long before the stop's deadline a body still being read is given
+/// up and answered `503`: time to write that answer, linger
+/// [`STOP_LINGER`] and return before the stop shuts the sockets down.
+const BODY_STOP_MARGIN: Duration = Duration::from_millis(300);
+
+/// The lingering close after an answer during a stop.
+const STOP_LINGER: Duration = Duration::from_millis(100);
+
+/// Until when a body under way at a stop ending at `stop` is read.
+fn body_stop_end(stop: Instant) -> Instant {
+    stop.checked_sub(BODY_STOP_MARGIN).unwrap_or(stop)
+}
+
+/// What is being read: a request's head or its body.
+#[derive(Clone, Copy)]
+enum Phase {
+    Head,
+    Body,
+}
+
 /// Answers a connection a handler will not serve, without reading its
 /// request.
 fn refuse(mut stream: TcpStream, message: &str) {
@@ -147,10 +170,21 @@ impl ServedConn<'_> {
                     if self.settle(handler).is_err() {
                         return;
                     }
-                    let response = Response::json(status, &serde_json::json!({ "error": why }));
+                    let response = if status == 503 {
+                        Response::unavailable(why)
+                    } else {
+                        Response::json(status, &serde_json::json!({ "error": why }))
+                    };
+                    // During a stop the linger is short: the thread must
+                    // return before the stop's deadline (invariant 7).
+                    let linger = if self.shared.stopping.load(Ordering::SeqCst) {
+                        STOP_LINGER
+                    } else {
+                        Duration::from_millis(500)
+                    };
                     let _ = write_response(&mut self.stream, &response, true);
                     if let Ok(stream) = self.stream.try_clone() {
-                        linger_close(stream, Duration::from_millis(500));
+                        linger_close(stream, linger);
                     }
                     return;
                 }
@@ -243,7 +277,12 @@ impl ServedConn<'_> {
             if self.buf.len() >= limits.max_head {
                 return Err(ReadError::Reject(431, "request head too large"));
             }
-            self.read_more(head_deadline, 408, "request head not received in time")?;
+            self.read_more(
+                head_deadline,
+                Phase::Head,
+                408,
+                "request head not received in time",
+            )?;
         };
         self.buf.drain(..head.len);
         let Head {
@@ -306,18 +345,39 @@ impl ServedConn<'_> {
         }
     }
 
-    /// Reads more bytes into the buffer before `deadline`.
+    /// Reads more bytes into the buffer before `deadline`. Wakes up now and
+    /// then to notice a stop: a head not yet complete is then closed at
+    /// once, a body gets until [`body_stop_end`] and is answered `503`
+    /// (invariant 7).
     fn read_more(
         &mut self,
         deadline: Instant,
+        phase: Phase,
         status: u16,
         why: &'static str,
     ) -> Result<(), ReadError> {
-        match self.read_some(deadline) {
-            Ok(0) => Err(ReadError::Closed),
-            Ok(_) => Ok(()),
-            Err(err) if is_timeout(&err) => Err(ReadError::Reject(status, why)),
-            Err(_) => Err(ReadError::Closed),
+        loop {
+            let now = Instant::now();
+            let mut slice = deadline.min(now + Duration::from_millis(50));
+            if let Some(&stop) = self.shared.stop_deadline.get() {
+                let end = match phase {
+                    Phase::Head => return Err(ReadError::Closed),
+                    Phase::Body => body_stop_end(stop),
+                };
+                if now >= end {
+                    return Err(ReadError::Reject(503, "shutting down"));
+                }
+                slice = slice.min(end);
+            }
+            if now >= deadline {
+                return Err(ReadError::Reject(status, why));
+            }
+            match self.read_some(slice) {
+                Ok(0) => return Err(ReadError::Closed),
+                Ok(_) => return Ok(()),
+                Err(err) if is_timeout(&err) => continue,
+                Err(_) => return Err(ReadError::Closed),
+            }
         }
     }
 
@@ -357,7 +417,7 @@ impl ServedConn<'_> {
 
     fn read_exact_body(&mut self, len: usize, deadline: Instant) -> Result<Vec<u8>, ReadError> {
         while self.buf.len() < len {
-            self.read_more(deadline, 408, "request body not received in time")?;
+            self.read_more(deadline, Phase::Body, 408, BODY_LATE)?;
         }
         Ok(self.buf.drain(..len).collect())
     }
@@ -370,7 +430,7 @@ impl ServedConn<'_> {
                 match httparse::parse_chunk_size(&self.buf) {
                     Ok(httparse::Status::Complete((start, size))) => break (start, size),
                     Ok(httparse::Status::Partial) if self.buf.len() < 1024 => {
-                        self.read_more(deadline, 408, "request body not received in time")?;
+                        self.read_more(deadline, Phase::Body, 408, BODY_LATE)?;
                     }
                     _ => return Err(ReadError::Reject(400, "malformed chunked body")),
                 }
@@ -383,7 +443,7 @@ impl ServedConn<'_> {
             // trailers are not supported).
             let need = start + size + 2;
             while self.buf.len() < need {
-                self.read_more(deadline, 408, "request body not received in time")?;
+                self.read_more(deadline, Phase::Body, 408, BODY_LATE)?;
             }
             if &self.buf[start + size..need] != b"\r\n" {
                 return Err(ReadError::Reject(400, "malformed chunked body"));

@@ -22,10 +22,12 @@
 //!   in request order, by the thread that has it (the store's, once the
 //!   report is on disk), with a deadline after which the client gets `503`;
 //! - a graceful stop like Go's `http.Server.Shutdown`: stop accepting
-//!   (connections already queued in the kernel are answered `503`), let
-//!   requests in progress finish, answer `Connection: close` from then on,
-//!   and close idle connections after a short grace in which a request that
-//!   arrives still gets an answer rather than a reset.
+//!   (connections already queued in the kernel are answered `503`), close
+//!   heads not yet complete, give bodies being read until just before the
+//!   deadline (then `503`), let requests read finish, answer
+//!   `Connection: close` from then on, and close idle connections after a
+//!   short grace in which a request that arrives still gets an answer
+//!   rather than a reset.
 //!
 //! # What it owns
 //!
@@ -101,9 +103,14 @@
 //!    their client nothing: idle means its handler thread waits for the
 //!    first byte of a request with nothing buffered; owing nothing, that no
 //!    deferred answer is pending and none of one is left unsent or being
-//!    written from that wait. A request under way, or its answer, is never
-//!    cut. At the deadline every socket in `open` is shut down, so
-//!    that the threads return.
+//!    written from that wait. A request whose head has been read, or its
+//!    answer, is never cut; but a head not yet complete is closed as soon
+//!    as its handler thread sees the stop (within 50 ms: reads wake up to
+//!    look), and a body still being read gets until a moment before the
+//!    deadline (`BODY_STOP_MARGIN`, set with `stopping`) and is then
+//!    answered `503`, closing, with a short linger: slow clients cannot
+//!    hold a thread past the deadline. At the deadline every socket in
+//!    `open` is shut down, so that the threads return.
 //!
 //! Lock rule: there are two kinds of lock, `open` and each outbox's state.
 //! `open` may be held while an outbox's lock is taken (the stop's

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
@@ -22,6 +22,10 @@ pub(super) struct ServerState {
     /// Set once, when the stop begins: answer `Connection: close` from now
     /// on (invariant 6).
     pub(super) stopping: AtomicBool,
+    /// The stop's deadline, set once just before `stopping`: a body under
+    /// way is read until a moment before it, a head not yet complete is
+    /// closed at once (invariant 7).
+    pub(super) stop_deadline: OnceLock<Instant>,
     /// Open connections by id, to close idle ones at the stop (invariant
     /// 7). Taken before an outbox's lock, never after (the lock rule).
     pub(super) open: Mutex<HashMap<u64, OpenConn>>,
@@ -65,6 +69,7 @@ impl Server {
         let shared = Arc::new(ServerState {
             limits: limits.clone(),
             stopping: AtomicBool::new(false),
+            stop_deadline: OnceLock::new(),
             open: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
         });
@@ -110,7 +115,9 @@ impl Server {
     /// finish, idle keep-alive connections are closed after the grace.
     /// Returns the names of threads still running at the deadline.
     pub fn stop(mut self, deadline: Instant) -> Vec<String> {
-        // Invariant 6: set before anything else of the stop.
+        // Invariant 6: set before anything else of the stop (the deadline
+        // with it, for the connections still reading, invariant 7).
+        let _ = self.shared.stop_deadline.set(deadline);
         self.shared.stopping.store(true, Ordering::SeqCst);
         // Wake the accept thread, blocked in accept(), with a connection of
         // our own; it sees `stopping` and ends.
