@@ -144,66 +144,154 @@ impl Analyzer {
         stream.write_all(body).map_err(|e| io("write", e))?;
         let mut response = Vec::new();
         let mut chunk = [0u8; 8192];
-        loop {
+        let (status, body) = loop {
             stream
                 .set_read_timeout(timeout())
                 .map_err(|e| io("socket", e))?;
             match stream.read(&mut chunk) {
-                Ok(0) => break,
+                Ok(0) => match read_answer(&response, true)? {
+                    Some(answer) => break answer,
+                    None => return Err("analyzer closed the connection mid-answer".to_string()),
+                },
                 Ok(n) => {
                     response.extend_from_slice(&chunk[..n]);
                     if response.len() > MAX_RESPONSE {
                         return Err("analyzer answer larger than 1 MiB".to_string());
                     }
-                    if complete(&response) {
-                        break;
+                    if let Some(answer) = read_answer(&response, false)? {
+                        break answer;
                     }
                 }
                 Err(e) => return Err(io("read", e)),
             }
-        }
-        parse_response(&response)
+        };
+        judge(status, &body)
     }
 }
 
-/// Whether `buf` holds a whole response (head and `Content-Length` body).
-fn complete(buf: &[u8]) -> bool {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(buf) {
-        Ok(httparse::Status::Complete(head)) => {
-            content_length(resp.headers).is_some_and(|len| buf.len() >= head + len)
+/// The final answer in `buf` — its status and its body, de-chunked — once
+/// it is all there: interim `1xx` answers (`100 Continue`, `103 Early
+/// Hints`) before it are skipped, and the body is framed by
+/// `Transfer-Encoding: chunked`, by `Content-Length`, or by the end of the
+/// connection (`eof`: nothing more will come). `None`: not all there yet.
+///
+/// # Errors
+///
+/// A malformed answer, or (at `eof`) one cut short.
+fn read_answer(buf: &[u8], eof: bool) -> Result<Option<(u16, Vec<u8>)>, String> {
+    let cut_short = || {
+        if eof {
+            Err("analyzer closed the connection mid-answer".to_string())
+        } else {
+            Ok(None)
         }
-        _ => false,
+    };
+    let mut at = 0;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        let head = match resp.parse(&buf[at..]) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return cut_short(),
+            Err(e) => return Err(format!("analyzer sent a malformed answer: {e}")),
+        };
+        let status = resp.code.unwrap_or(0);
+        if (100..200).contains(&status) {
+            at += head; // an interim answer has no body; the real one follows
+            continue;
+        }
+        let rest = &buf[at + head..];
+        if chunked(resp.headers) {
+            return match dechunk(rest)? {
+                Some(body) => Ok(Some((status, body))),
+                None => cut_short(),
+            };
+        }
+        return match content_length(resp.headers)? {
+            Some(len) if rest.len() >= len => Ok(Some((status, rest[..len].to_vec()))),
+            Some(_) => cut_short(),
+            // Neither: the body is what comes until the connection closes
+            // (we asked for `Connection: close`).
+            None if eof => Ok(Some((status, rest.to_vec()))),
+            None => Ok(None),
+        };
     }
 }
 
-fn content_length(headers: &[httparse::Header<'_>]) -> Option<usize> {
+/// Whether the answer's last transfer coding is `chunked`.
+fn chunked(headers: &[httparse::Header<'_>]) -> bool {
     headers
         .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| std::str::from_utf8(h.value).ok())
-        .and_then(|v| v.trim().parse().ok())
+        .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .flat_map(|v| v.split(','))
+        .last()
+        .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
 }
 
-fn parse_response(buf: &[u8]) -> Result<serde_json::Value, String> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return Err("analyzer closed the connection mid-answer".to_string());
+/// The body of a chunked answer, once its last chunk and trailers are in
+/// `data`; `None` before.
+///
+/// # Errors
+///
+/// A malformed chunk size or chunk.
+fn dechunk(mut data: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let mut body = Vec::new();
+    loop {
+        let (used, size) = match httparse::parse_chunk_size(data) {
+            Ok(httparse::Status::Complete(found)) => found,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err("analyzer sent a malformed chunk size".to_string()),
+        };
+        data = &data[used..];
+        if size == 0 {
+            // Trailer fields, if any, end with an empty line.
+            let ended = data.starts_with(b"\r\n") || data.windows(4).any(|w| w == b"\r\n\r\n");
+            return Ok(ended.then_some(body));
         }
-        Err(e) => return Err(format!("analyzer sent a malformed answer: {e}")),
-    };
-    let status = resp.code.unwrap_or(0);
-    let mut body = &buf[head..];
-    if let Some(len) = content_length(resp.headers) {
-        body = &body[..len.min(body.len())];
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|&n| n <= MAX_RESPONSE)
+            .ok_or_else(|| "analyzer answer larger than 1 MiB".to_string())?;
+        if data.len() < size + 2 {
+            return Ok(None);
+        }
+        if &data[size..size + 2] != b"\r\n" {
+            return Err("analyzer sent a malformed chunk".to_string());
+        }
+        body.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
     }
+}
+
+/// The answer's `Content-Length`, if it has one.
+///
+/// # Errors
+///
+/// One that is not a plain number.
+fn content_length(headers: &[httparse::Header<'_>]) -> Result<Option<usize>, String> {
+    let Some(header) = headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+    else {
+        return Ok(None);
+    };
+    std::str::from_utf8(header.value)
+        .ok()
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse().ok())
+        .map(Some)
+        .ok_or_else(|| "analyzer sent a malformed Content-Length".to_string())
+}
+
+/// The analysis in a final answer: its JSON body when the status is 2xx.
+/// Another status is an error that names the status only: what the peer
+/// sent is not repeated (it may echo the report, and errors are shown to
+/// API callers).
+fn judge(status: u16, body: &[u8]) -> Result<serde_json::Value, String> {
     if !(200..300).contains(&status) {
-        let text = String::from_utf8_lossy(&body[..body.len().min(200)]).to_string();
-        return Err(format!("analyzer answered {status}: {}", text.trim()));
+        return Err(format!("analyzer answered {status}"));
     }
     serde_json::from_slice(body).map_err(|e| format!("analyzer answer is not JSON: {e}"))
 }
@@ -239,22 +327,78 @@ mod tests {
         assert!(Analyzer::parse("http:///x").is_err());
     }
 
+    /// Reads `raw` as it would arrive in pieces of `step` bytes, then the
+    /// end of the connection.
+    fn read_in_steps(raw: &[u8], step: usize) -> Result<serde_json::Value, String> {
+        let mut buf = Vec::new();
+        for piece in raw.chunks(step) {
+            buf.extend_from_slice(piece);
+            if let Some((status, body)) = read_answer(&buf, false)? {
+                return judge(status, &body);
+            }
+        }
+        match read_answer(&buf, true)? {
+            Some((status, body)) => judge(status, &body),
+            None => Err("closed mid-answer".to_string()),
+        }
+    }
+
     #[test]
     fn responses_are_checked() {
         let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n{\"risk\":0.2}";
-        assert!(complete(ok));
-        assert_eq!(
-            parse_response(ok).unwrap(),
-            serde_json::json!({"risk": 0.2})
-        );
+        assert_eq!(read_in_steps(ok, 5), Ok(serde_json::json!({"risk": 0.2})));
         let err = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy";
+        // The status, never the peer's words.
         assert_eq!(
-            parse_response(err).unwrap_err(),
-            "analyzer answered 503: busy"
+            read_in_steps(err, 64),
+            Err("analyzer answered 503".to_string())
         );
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nnot").is_err());
-        assert!(!complete(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}"
-        ));
+        assert!(read_in_steps(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nnot", 64).is_err());
+        // Cut short: not complete until the end, then an error.
+        let short = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}";
+        assert_eq!(read_answer(short, false), Ok(None));
+        assert!(read_answer(short, true).is_err());
+        let bad_length = b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\n{}";
+        assert!(read_answer(bad_length, false).is_err());
+    }
+
+    #[test]
+    fn chunked_answers_are_read_whole_in_any_pieces() {
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+            5\r\n{\"ris\r\n7;ext=1\r\nk\":0.5}\r\n0\r\nX-Trailer: t\r\n\r\n";
+        for step in [1, 2, 3, 7, 64] {
+            assert_eq!(
+                read_in_steps(raw, step),
+                Ok(serde_json::json!({"risk": 0.5})),
+                "step {step}"
+            );
+        }
+        let bad_size = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+        assert!(read_answer(bad_size, false).is_err());
+        let bad_chunk = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}XX0\r\n\r\n";
+        assert!(read_answer(bad_chunk, false).is_err());
+        let unfinished = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n";
+        assert_eq!(read_answer(unfinished, false), Ok(None));
+        assert!(read_answer(unfinished, true).is_err());
+    }
+
+    #[test]
+    fn interim_answers_are_skipped() {
+        let raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n\
+            HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+        for step in [1, 10, 200] {
+            assert_eq!(
+                read_in_steps(raw, step),
+                Ok(serde_json::json!({})),
+                "step {step}"
+            );
+        }
+        // Neither length nor chunks: the body runs to the end of the connection.
+        let until_close = b"HTTP/1.1 200 OK\r\n\r\n{\"a\":1}";
+        assert_eq!(read_answer(until_close, false), Ok(None));
+        assert_eq!(
+            read_in_steps(until_close, 4),
+            Ok(serde_json::json!({"a": 1}))
+        );
     }
 }

@@ -90,6 +90,21 @@ pub struct ScriptedAnalyzer {
 impl ScriptedAnalyzer {
     /// `script`: (status, JSON body) answers, in order.
     pub fn start(script: Vec<(u16, String)>) -> ScriptedAnalyzer {
+        let raw = script
+            .into_iter()
+            .map(|(status, answer)| {
+                format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                )
+                .into_bytes()
+            })
+            .collect();
+        ScriptedAnalyzer::start_raw(raw)
+    }
+
+    /// `script`: whole answers, bytes on the wire, in order.
+    pub fn start_raw(script: Vec<Vec<u8>>) -> ScriptedAnalyzer {
         assert!(!script.is_empty());
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the analyzer");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -116,13 +131,9 @@ impl ScriptedAnalyzer {
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .push((head, body));
-                        let (status, answer) = &script[next.min(script.len() - 1)];
+                        let out = &script[next.min(script.len() - 1)];
                         next += 1;
-                        let out = format!(
-                            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-                            answer.len()
-                        );
-                        let _ = stream.write_all(out.as_bytes());
+                        let _ = stream.write_all(out);
                         let _ = stream.shutdown(Shutdown::Write);
                     }
                 })
