@@ -159,6 +159,17 @@ fn size(s: &str) -> Result<usize, String> {
 
 impl Args {
     fn check(&self) -> anyhow::Result<()> {
+        // Before anything is created: a bad address must not leave a data
+        // directory and a database behind, or start three services first.
+        use std::net::ToSocketAddrs as _;
+        match self.listen.to_socket_addrs().map(|addrs| addrs.count()) {
+            Ok(0) => bail!("--listen {:?}: the name has no address", self.listen),
+            Ok(_) => {}
+            Err(err) => bail!(
+                "--listen {:?} is not an address to listen on ({err}); examples: 127.0.0.1:8080, 0.0.0.0:8080, [::1]:8080",
+                self.listen
+            ),
+        }
         if self.workers == Some(0) {
             bail!("--workers must be at least 1");
         }
@@ -325,9 +336,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         shared.backlog.load(Ordering::SeqCst),
         report.exit_code()
     );
-    Ok(ExitCode::from(
-        u8::try_from(report.exit_code()).unwrap_or(1),
-    ))
+    let code = report.exit_code();
+    if code != 0 {
+        // Why the process exits non-zero, once, in plain words, and seen
+        // even when RUST_LOG hides errors.
+        let why = format!("quiesce serve exits with code {code}: {report}");
+        if log::log_enabled!(log::Level::Error) {
+            log::error!("{why}");
+        } else {
+            eprintln!("quiesce: {why}");
+        }
+    }
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
 /// Makes everything `serve` creates private to its user: the process's

@@ -1,0 +1,71 @@
+//! Black-box tests of `quiesce serve` failing to start (issue 12, finding
+//! 10): the reason is said once, in plain words, on stderr whatever the
+//! log level, and a bad flag creates nothing.
+
+mod support;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use support::*;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs `serve` with `RUST_LOG=<level>` to its end.
+fn serve_with_log(level: &str, args: &[&str]) -> Exit {
+    let mut cmd = quiesce(&[&["serve"], args].concat());
+    cmd.env("RUST_LOG", level);
+    Process::start(cmd).wait_exit(LIMIT)
+}
+
+#[test]
+fn a_bad_listen_address_is_refused_before_anything_is_created() {
+    let dir = TempDir::new("bad-listen");
+    let data = dir.join("data");
+    let data_arg = data.to_str().unwrap().to_string();
+    let exit = serve_with_log("info", &["--listen", "nonsense", "--data-dir", &data_arg]);
+    assert_eq!(exit.code(), Some(1), "{}", exit.log);
+    assert!(
+        exit.log.contains("--listen \"nonsense\" is not an address"),
+        "{}",
+        exit.log
+    );
+    assert!(
+        !data.exists(),
+        "a data directory was created for a run that could not start"
+    );
+    assert!(
+        !exit.log.contains("is up"),
+        "services were started:\n{}",
+        exit.log
+    );
+}
+
+#[test]
+fn a_taken_port_is_one_plain_error_at_every_log_level() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    for level in ["off", "error", "warn", "info"] {
+        let dir = TempDir::new("taken-port");
+        let data = dir.path().to_str().unwrap().to_string();
+        let exit = serve_with_log(level, &["--listen", &addr, "--data-dir", &data]);
+        assert_eq!(exit.code(), Some(1), "RUST_LOG={level}:\n{}", exit.log);
+        let said: Vec<&str> = exit
+            .log
+            .lines()
+            .filter(|l| l.contains("exits with code 1"))
+            .collect();
+        assert_eq!(said.len(), 1, "RUST_LOG={level}: said once:\n{}", exit.log);
+        assert!(
+            said[0].contains("Address already in use"),
+            "RUST_LOG={level}: {}",
+            said[0]
+        );
+        assert!(
+            !said[0].contains("StartFailed {"),
+            "debug formatting: {}",
+            said[0]
+        );
+    }
+    drop(taken);
+}
