@@ -69,3 +69,19 @@ fn a_taken_port_is_one_plain_error_at_every_log_level() {
     }
     drop(taken);
 }
+
+#[test]
+fn a_corrupt_database_is_one_plain_error() {
+    let dir = TempDir::new("corrupt-db");
+    dir.write("quiesce.db", &[0x5a; 8192]);
+    let data = dir.path().to_str().unwrap().to_string();
+    let exit = serve_with_log("warn", &["--listen", "127.0.0.1:0", "--data-dir", &data]);
+    assert_eq!(exit.code(), Some(1), "{}", exit.log);
+    let said: Vec<&str> = exit
+        .log
+        .lines()
+        .filter(|l| l.contains("exits with code 1"))
+        .collect();
+    assert_eq!(said.len(), 1, "said once:\n{}", exit.log);
+    assert!(said[0].contains("file is not a database"), "{}", said[0]);
+}

@@ -196,6 +196,10 @@ fn read_answer(buf: &[u8], eof: bool) -> Result<Option<(u16, Vec<u8>)>, String> 
             Err(e) => return Err(format!("analyzer sent a malformed answer: {e}")),
         };
         let status = resp.code.unwrap_or(0);
+        if status == 101 {
+            // Not an interim answer: the connection would leave HTTP.
+            return Err("analyzer answered 101 (switching protocols)".to_string());
+        }
         if (100..200).contains(&status) {
             at += head; // an interim answer has no body; the real one follows
             continue;
@@ -393,6 +397,8 @@ mod tests {
                 "step {step}"
             );
         }
+        let switching = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n";
+        assert!(read_answer(switching, false).is_err());
         // Neither length nor chunks: the body runs to the end of the connection.
         let until_close = b"HTTP/1.1 200 OK\r\n\r\n{\"a\":1}";
         assert_eq!(read_answer(until_close, false), Ok(None));
