@@ -196,9 +196,12 @@ impl Deferred {
     }
 }
 
-/// The answer for a request that got no answer in time.
+/// The answer for a request that got no answer in time. The work behind
+/// it goes on (a commit may still land), so the answer does not say it
+/// failed: its outcome is unknown, and the client retries an idempotent
+/// request (a report is, by its id).
 fn no_answer_in_time() -> Response {
-    Response::unavailable("no answer in time; retry")
+    Response::unavailable("no answer in time: the outcome is unknown; retrying is safe")
 }
 
 impl Drop for Deferred {
