@@ -18,6 +18,11 @@
 //!    of its code and drops it last, after its result or panic is in its
 //!    [`JobHandle`]: once a wait on the group returns, every such handle of
 //!    the group's has its result.
+//! 5. Every thread [`WaitGroup::spawn`] starts is joined: its `JoinHandle`
+//!    is kept in `spawned` and joined by a wait that saw the count at zero
+//!    (by (4) its code is over, so the join waits only for the thread to
+//!    exit), or by a later `spawn` once it has finished. Joins happen
+//!    outside every lock, and never on the thread being joined.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -64,6 +69,8 @@ struct Inner {
     count: AtomicUsize,
     lock: Mutex<()>,
     zero: Condvar,
+    /// The threads of [`WaitGroup::spawn`] not joined yet (invariant 5).
+    spawned: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 /// One unit of outstanding work in a [`WaitGroup`]; dropping it (also while
@@ -128,11 +135,12 @@ impl WaitGroup {
     /// The returned [`JobHandle`] has `f`'s value, or its panic as
     /// [`JobError::Panicked`](crate::JobError::Panicked): a panic is caught
     /// on the thread (it still counts the work done) and never re-raised.
-    /// The thread itself is detached (there is no `JoinHandle`): the group
-    /// is how to wait for it, and the guard is dropped only after the result
-    /// is in the handle, so once [`wait`](WaitGroup::wait) returns, every
-    /// handle from this group's `spawn` joins at once. Dropping the handle
-    /// discards the result; the thread runs on and is still counted.
+    /// The group is how to wait for the thread: its guard is dropped only
+    /// after the result is in the handle, so once [`wait`](WaitGroup::wait)
+    /// returns, every handle from this group's `spawn` joins at once, and
+    /// the wait has joined the threads themselves (nothing is detached).
+    /// Dropping the handle discards the result; the thread runs on and is
+    /// still counted.
     ///
     /// # Errors
     ///
@@ -163,12 +171,41 @@ impl WaitGroup {
         let guard = self.add();
         let (completer, handle) = crate::handle::pair();
         // Not started: the closure is dropped, and its guard with it.
-        crate::leak::spawn(name.into(), move || {
+        let thread = crate::leak::spawn(name.into(), move || {
             let result = crate::panic::catch(f);
             completer.finish(result);
             drop(guard); // last (4)
         })?;
+        self.join_spawned(false);
+        self.spawned().push(thread);
         Ok(handle)
+    }
+
+    fn spawned(&self) -> std::sync::MutexGuard<'_, Vec<std::thread::JoinHandle<()>>> {
+        self.inner
+            .spawned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Joins the spawned threads that have finished, or (`all`, after a
+    /// wait saw zero) every one (invariant 5).
+    fn join_spawned(&self, all: bool) {
+        let finished: Vec<_> = {
+            let mut spawned = self.spawned();
+            let (finished, running) = spawned
+                .drain(..)
+                .partition(|thread| all || thread.is_finished());
+            *spawned = running;
+            finished
+        };
+        for thread in finished {
+            // Its code catches panics: the join cannot fail but for a bug of
+            // ours, which must not be silent.
+            if thread.join().is_err() {
+                log::error!("a WaitGroup::spawn thread ended abnormally");
+            }
+        }
     }
 
     /// How much work is outstanding now.
@@ -210,6 +247,8 @@ impl WaitGroup {
         while self.count() > 0 {
             self.inner.zero.wait(&mut lock);
         }
+        drop(lock);
+        self.join_spawned(true);
     }
 
     /// Blocks until no work is outstanding or `timeout` passes; `true` if
@@ -252,12 +291,18 @@ impl WaitGroup {
     /// ```
     pub fn wait_deadline(&self, deadline: Instant) -> bool {
         let mut lock = self.inner.lock.lock();
+        let mut zero = true;
         while self.count() > 0 {
             if self.inner.zero.wait_until(&mut lock, deadline) {
-                return self.count() == 0;
+                zero = self.count() == 0;
+                break;
             }
         }
-        true
+        drop(lock);
+        if zero {
+            self.join_spawned(true);
+        }
+        zero
     }
 
     /// Blocks until no work is outstanding or `ctx` is done.
@@ -286,6 +331,8 @@ impl WaitGroup {
         let mut lock = self.inner.lock.lock();
         loop {
             if self.count() == 0 {
+                drop(lock);
+                self.join_spawned(true);
                 return Ok(());
             }
             ctx.check()?;

@@ -346,3 +346,25 @@ fn a_spawned_thread_that_panics_counts_done_and_hands_back_the_panic() {
     }
     leaks.assert_none();
 }
+
+/// Invariant 5: `WaitGroup::spawn` detaches nothing. Once a wait saw the
+/// count at zero, the group's threads have been joined: the leak checker
+/// sees none of them, with no grace period.
+#[test]
+fn a_wait_joins_the_threads_the_group_spawned() {
+    let leaks = leak::track();
+    let wg = WaitGroup::new();
+    let handles: Vec<_> = (0..32)
+        .map(|i| wg.spawn(format!("joined-{i}"), move || i * 2).unwrap())
+        .collect();
+    wg.wait();
+    assert_eq!(leaks.check(Duration::ZERO), Ok(()));
+    let sum: u32 = handles.iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(sum, (0..32).map(|i| i * 2).sum::<u32>());
+    // The bounded forms join too.
+    let more = wg.spawn("joined-late", || ()).unwrap();
+    assert!(wg.wait_timeout(Duration::from_secs(30)));
+    assert_eq!(leaks.check(Duration::ZERO), Ok(()));
+    assert_eq!(more.join(), Ok(()));
+    leaks.assert_none();
+}
