@@ -171,13 +171,16 @@ impl WaitGroup {
         let guard = self.add();
         let (completer, handle) = crate::handle::pair();
         // Not started: the closure is dropped, and its guard with it.
+        self.join_spawned(false);
+        // The list stays locked until the handle is in it: a wait that sees
+        // the count drop to zero for this thread finds it there (5).
+        let mut spawned = self.spawned();
         let thread = crate::leak::spawn(name.into(), move || {
             let result = crate::panic::catch(f);
             completer.finish(result);
             drop(guard); // last (4)
         })?;
-        self.join_spawned(false);
-        self.spawned().push(thread);
+        spawned.push(thread);
         Ok(handle)
     }
 
