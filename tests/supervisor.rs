@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::bounded;
+use crossbeam_channel::{Receiver, bounded};
 use quiesce::{
     Context, Readiness, RestartPolicy, StopCause, Supervisor, SupervisorReport, exit, leak,
     supervisor::Outcome,
@@ -32,6 +32,22 @@ fn polite(sup: &mut Supervisor, name: &str, log: &Log) {
         log_line(&log, format!("stop {name}"));
         Ok(())
     });
+}
+
+/// Adds a service that comes up and then ignores its context: it ends only
+/// when `release` sends or is dropped (or after [`LONG`]). Returns its spec
+/// for `stop_timeout`.
+fn stubborn<'a>(
+    sup: &'a mut Supervisor,
+    name: &str,
+    release: &Receiver<()>,
+) -> &'a mut quiesce::ServiceSpec {
+    let release = release.clone();
+    sup.add_fn(name.to_string(), move |ctx| {
+        ctx.ready();
+        let _ = release.recv_timeout(LONG);
+        Ok(())
+    })
 }
 
 /// Runs `sup` on a thread; returns the stop guard, the readiness and the
@@ -265,13 +281,7 @@ fn a_stuck_service_is_named_and_the_deadline_holds() {
     let (release_tx, release_rx) = bounded::<()>(0);
     let mut sup = Supervisor::new().shutdown_timeout(LONG);
     polite(&mut sup, "store", &log);
-    sup.add_fn("analyzer-call", move |ctx| {
-        ctx.ready();
-        // Ignores its context entirely.
-        let _ = release_rx.recv_timeout(LONG);
-        Ok(())
-    })
-    .stop_timeout(Duration::from_millis(30));
+    stubborn(&mut sup, "analyzer-call", &release_rx).stop_timeout(Duration::from_millis(30));
     polite(&mut sup, "intake", &log);
     let (stop, readiness, runner) = start(sup);
     wait_ready(&readiness);
@@ -302,12 +312,7 @@ fn the_overall_shutdown_timeout_bounds_every_stop() {
         .shutdown_timeout(Duration::from_millis(50))
         .stop_timeout(LONG);
     for name in ["a", "b", "c"] {
-        let rx = release_rx.clone();
-        sup.add_fn(name, move |ctx| {
-            ctx.ready();
-            let _ = rx.recv_timeout(LONG);
-            Ok(())
-        });
+        stubborn(&mut sup, name, &release_rx);
     }
     let (stop, readiness, runner) = start(sup);
     wait_ready(&readiness);
@@ -669,11 +674,7 @@ fn a_stuck_service_cannot_take_the_share_of_the_healthy_one_below_it() {
         .shutdown_timeout(Duration::from_secs(4))
         .stop_timeout(LONG);
     polite(&mut sup, "store", &log);
-    sup.add_fn("stubborn", move |ctx| {
-        ctx.ready();
-        let _ = release_rx.recv_timeout(LONG); // ignores its context
-        Ok(())
-    });
+    stubborn(&mut sup, "stubborn", &release_rx);
     let (stop, readiness, runner) = start(sup);
     wait_ready(&readiness);
     drop(stop);
@@ -707,18 +708,8 @@ fn a_service_never_waited_for_is_reported_not_waited_not_stuck() {
     let mut sup = Supervisor::new()
         .shutdown_timeout(Duration::from_millis(100))
         .stop_timeout(LONG);
-    let rx = release_rx.clone();
-    sup.add_fn("no-share", move |ctx| {
-        ctx.ready();
-        let _ = rx.recv_timeout(LONG);
-        Ok(())
-    })
-    .stop_timeout(Duration::ZERO);
-    sup.add_fn("stubborn", move |ctx| {
-        ctx.ready();
-        let _ = release_rx.recv_timeout(LONG);
-        Ok(())
-    });
+    stubborn(&mut sup, "no-share", &release_rx).stop_timeout(Duration::ZERO);
+    stubborn(&mut sup, "stubborn", &release_rx);
     let (stop, readiness, runner) = start(sup);
     wait_ready(&readiness);
     drop(stop);
