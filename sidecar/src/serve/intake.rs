@@ -20,14 +20,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quiesce::{BoxError, Readiness, Service, ServiceContext};
-use rusqlite::{Connection, OptionalExtension};
 use serde_json::{Value, json};
 
 use super::http::{
     Deferred, Handler, Later, Limits, RETRY_AFTER, Request, Response, Server, status_text,
 };
 use super::report::{Report, rfc3339_ms};
-use super::store::{self, CallError, Failure, Op, Outcome, StoreHandle};
+use super::store::{self, CallError, Failure, Op, Outcome, Reader, ReaderFactory, StoreHandle};
 
 /// How long a request may wait for the store.
 const STORE_WAIT: Duration = Duration::from_secs(10);
@@ -38,8 +37,8 @@ pub struct Intake {
     pub listen: String,
     /// Where to write the bound address.
     pub addr_file: PathBuf,
-    /// The database, for reads.
-    pub db_path: PathBuf,
+    /// The store's readers.
+    pub readers: ReaderFactory,
     /// Server limits.
     pub limits: Limits,
     /// The most reports waiting to be processed before 429.
@@ -69,13 +68,8 @@ impl Service for Intake {
             readiness: self.readiness.clone(),
             max_backlog: self.max_backlog,
         };
-        let db = self.db_path.clone();
-        let server = Server::start(
-            listener,
-            self.limits.clone(),
-            move || store::open_reader(&db).map_err(std::io::Error::other),
-            api,
-        )?;
+        let readers = self.readers.clone();
+        let server = Server::start(listener, self.limits.clone(), move || readers.reader(), api)?;
         let bound = server.local_addr();
         crate::atomic_file::write(&self.addr_file, format!("{bound}\n").as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", self.addr_file.display()))?;
@@ -111,10 +105,10 @@ struct Api {
     max_backlog: i64,
 }
 
-impl Handler<Connection> for Api {
+impl Handler<Reader> for Api {
     fn handle(
         &self,
-        db: &mut Connection,
+        db: &mut Reader,
         request: &Request,
         stopping: bool,
         later: &Later<'_>,
@@ -162,7 +156,7 @@ fn not_allowed(allow: &'static str) -> Response {
 impl Api {
     fn route(
         &self,
-        db: &Connection,
+        db: &mut Reader,
         request: &Request,
         stopping: bool,
     ) -> (&'static str, Response) {
@@ -413,42 +407,31 @@ fn outcome_unknown() -> Response {
     .with_header("Retry-After", RETRY_AFTER)
 }
 
-fn get_report(db: &Connection, id: &str) -> Response {
-    let found = db
-        .prepare_cached(
-            "SELECT report_id, status, site_id, patient_id, instrument, submitted_at, received_at,
-                    attempts, last_error, result, processed_at
-             FROM reports WHERE report_id = ?1",
-        )
-        .and_then(|mut stmt| {
-            stmt.query_row([id], |r| {
-                let ms = |t: Option<i64>| t.and_then(rfc3339_ms);
-                let result: Option<String> = r.get(9)?;
-                let mut body = json!({
-                    "report_id": r.get::<_, String>(0)?,
-                    "status": r.get::<_, String>(1)?,
-                    "site_id": r.get::<_, String>(2)?,
-                    "patient_id": r.get::<_, String>(3)?,
-                    "instrument": r.get::<_, String>(4)?,
-                    "submitted_at": r.get::<_, String>(5)?,
-                    "received_at": ms(r.get(6)?),
-                    "attempts": r.get::<_, i64>(7)?,
-                });
-                if let Some(err) = r.get::<_, Option<String>>(8)? {
-                    body["last_error"] = json!(err);
-                }
-                if let Some(result) = result {
-                    body["result"] = serde_json::from_str(&result).unwrap_or(Value::Null);
-                }
-                if let Some(at) = ms(r.get(10)?) {
-                    body["processed_at"] = json!(at);
-                }
-                Ok(body)
-            })
-            .optional()
-        });
-    match found {
-        Ok(Some(body)) => Response::json(200, &body),
+fn get_report(db: &mut Reader, id: &str) -> Response {
+    match db.report(id) {
+        Ok(Some(r)) => {
+            let ms = |t: Option<i64>| t.and_then(rfc3339_ms);
+            let mut body = json!({
+                "report_id": r.report_id,
+                "status": r.status,
+                "site_id": r.site_id,
+                "patient_id": r.patient_id,
+                "instrument": r.instrument,
+                "submitted_at": r.submitted_at,
+                "received_at": ms(Some(r.received_at)),
+                "attempts": r.attempts,
+            });
+            if let Some(err) = r.last_error {
+                body["last_error"] = json!(err);
+            }
+            if let Some(result) = r.result {
+                body["result"] = serde_json::from_str(&result).unwrap_or(Value::Null);
+            }
+            if let Some(at) = ms(r.processed_at) {
+                body["processed_at"] = json!(at);
+            }
+            Response::json(200, &body)
+        }
         Ok(None) => error(404, "no such report"),
         Err(err) => {
             log::error!("reading report {id}: {err}");

@@ -37,6 +37,15 @@ pub struct Metrics {
     pub store_failures: IntCounter,
     /// 1 while the store can commit, 0 while its last commit failed.
     pub store_healthy: IntGauge,
+    /// Claims whose lease ran out (their replica stopped renewing them),
+    /// returned to the queue by this replica's reaper.
+    pub leases_reclaimed: IntCounter,
+    /// Results not stored because the report was no longer claimed by
+    /// this replica (its lease ran out and it was reclaimed), or was
+    /// settled already.
+    pub results_discarded: IntCounter,
+    /// Claims released unfinished at a stop, for other replicas to take.
+    pub claims_released: IntCounter,
 }
 
 impl Metrics {
@@ -106,6 +115,18 @@ impl Metrics {
         )
         .expect("valid metric");
         store_healthy.set(1);
+        let leases_reclaimed = counter(
+            "quiesce_leases_reclaimed_total",
+            "Claims whose lease ran out, returned to the queue by this replica's reaper.",
+        );
+        let results_discarded = counter(
+            "quiesce_results_discarded_total",
+            "Results not stored: the report was no longer claimed by this replica, or was settled already.",
+        );
+        let claims_released = counter(
+            "quiesce_claims_released_total",
+            "Claims released unfinished at a stop, for other replicas to take.",
+        );
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(accepted.clone()),
@@ -120,6 +141,9 @@ impl Metrics {
             Box::new(fsync_seconds.clone()),
             Box::new(store_failures.clone()),
             Box::new(store_healthy.clone()),
+            Box::new(leases_reclaimed.clone()),
+            Box::new(results_discarded.clone()),
+            Box::new(claims_released.clone()),
         ] {
             registry.register(m).expect("unique metric names");
         }
@@ -138,6 +162,9 @@ impl Metrics {
             fsync_seconds,
             store_failures,
             store_healthy,
+            leases_reclaimed,
+            results_discarded,
+            claims_released,
         }
     }
 

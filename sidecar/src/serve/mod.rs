@@ -52,10 +52,31 @@ pub struct Args {
     #[arg(long, env = "QUIESCE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
 
-    /// Directory for the database, summaries and listen.addr (created if
-    /// missing).
+    /// Directory for the database (SQLite), summaries and listen.addr
+    /// (created if missing). One process per directory.
     #[arg(long, env = "QUIESCE_DATA_DIR", default_value = "./quiesce-data")]
     pub data_dir: PathBuf,
+
+    /// Keep the reports in this PostgreSQL database, shared with every
+    /// replica pointed at it, instead of SQLite in the data directory: a
+    /// libpq connection string (postgres://user@host:5432/db?sslmode=require,
+    /// postgresql:///db?host=/run/postgresql, or host=... dbname=...). Put
+    /// a password in the environment variable or a ~/.pgpass file, not on
+    /// the command line.
+    #[arg(long, env = "QUIESCE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// This replica's id, stored with each report it claims; unique per
+    /// replica (a pod name). Default: hostname-pid.
+    #[arg(long, env = "QUIESCE_REPLICA_ID")]
+    pub replica_id: Option<String>,
+
+    /// How long a claimed report stays this replica's without being
+    /// renewed (renewed every third of it while the replica lives): after
+    /// a replica dies, its reports are taken by the others within the
+    /// lease plus one reaper round (half a lease).
+    #[arg(long, env = "QUIESCE_LEASE", default_value = "30s", value_parser = duration)]
+    pub lease: Duration,
 
     /// Analysis workers. Default: the number of CPUs.
     #[arg(long, env = "QUIESCE_WORKERS")]
@@ -191,6 +212,14 @@ impl Args {
         if self.max_body == 0 {
             bail!("--max-body must be more than zero");
         }
+        if self.lease < Duration::from_secs(1) {
+            bail!("--lease must be at least 1s");
+        }
+        if let Some(id) = &self.replica_id
+            && (id.is_empty() || id.len() > 200 || id.chars().any(char::is_control))
+        {
+            bail!("--replica-id must be 1 to 200 printable characters");
+        }
         Ok(())
     }
 }
@@ -214,7 +243,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     make_private(&args.data_dir)?;
     // Held until `run` returns: one process per data dir.
     let _lock = lock_data_dir(&args.data_dir)?;
-    let db_path = args.data_dir.join("quiesce.db");
+    let backend = match &args.database_url {
+        Some(url) => store::Backend::Postgres(url.clone()),
+        None => store::Backend::Sqlite(args.data_dir.join("quiesce.db")),
+    };
+    let replica = args.replica_id.clone().unwrap_or_else(default_replica_id);
     let addr_file = args.data_dir.join("listen.addr");
     // A stale address must not mislead a script waiting for this run's.
     match std::fs::remove_file(&addr_file) {
@@ -245,7 +278,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         work_added: work_added_tx,
         health: store::Health::default(),
     });
-    let (store_service, store) = store::new(db_path.clone(), shared.clone(), 4096);
+    let claiming = store::Claiming {
+        replica: replica.clone(),
+        lease: args.lease,
+    };
+    let (store_service, store, readers) =
+        store::new(&backend, claiming.clone(), shared.clone(), 4096)
+            .map_err(anyhow::Error::msg)
+            .context("--database-url")?;
 
     let mut sup = Supervisor::new()
         .shutdown_timeout(args.shutdown_timeout)
@@ -254,7 +294,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let readiness = sup.readiness();
     sup.add(store_service).stop_timeout(store_stop);
     sup.add(Pipeline::new(
-        db_path.clone(),
+        claiming,
         store.clone(),
         work_added_rx,
         pipeline::Settings {
@@ -272,7 +312,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     ))
     .stop_timeout(pipeline_stop);
     sup.add(Scheduler::new(
-        db_path.clone(),
+        readers.clone(),
         args.data_dir.join("summaries"),
         store.clone(),
         args.summary_interval,
@@ -282,7 +322,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     sup.add(Intake {
         listen: args.listen.clone(),
         addr_file,
-        db_path,
+        readers,
         limits: Limits {
             handlers: args.http_threads,
             max_connections: args.max_connections,
@@ -302,8 +342,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     .stop_timeout(intake_stop);
 
     log::info!(
-        "quiesce serve: data in {}, {workers} worker(s), shutdown timeout {:?}",
-        args.data_dir.display(),
+        "quiesce serve {replica}: reports in {}, {workers} worker(s), shutdown timeout {:?}",
+        match &backend {
+            store::Backend::Sqlite(path) => path.display().to_string(),
+            store::Backend::Postgres(_) => "PostgreSQL (--database-url)".to_string(),
+        },
         args.shutdown_timeout
     );
     // SIGHUP and the others that would kill the process at once: logged
@@ -348,6 +391,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// This replica's default id: the host's name and the process id, unique
+/// on a network of hosts with unique names.
+fn default_replica_id() -> String {
+    let host = rustix::system::uname();
+    let host = host.nodename().to_string_lossy();
+    let host = if host.is_empty() { "quiesce" } else { &host };
+    format!("{host}-{}", std::process::id())
 }
 
 /// Makes everything `serve` creates private to its user: the process's
@@ -432,7 +484,8 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
             let owner = owner.trim();
             bail!(
                 "the data directory {} is in use by another quiesce serve{} (it holds {}); \
-                 with SQLite only one process may use a data directory",
+                 only one process may use a data directory (replicas sharing a PostgreSQL \
+                 database each have their own)",
                 dir.display(),
                 if owner.is_empty() {
                     String::new()

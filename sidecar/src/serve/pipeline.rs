@@ -1,5 +1,13 @@
 //! The `pipeline` service: a dispatcher that claims due reports from the
-//! database and hands them to a [`quiesce::Pool`] of analysis workers.
+//! store ([`Op::Claim`]: each claim is this replica's for a lease) and
+//! hands them to a [`quiesce::Pool`] of analysis workers.
+//!
+//! While it runs it renews its claims' lease every third of it
+//! ([`Op::Heartbeat`]) and, every half lease, returns to the queue the
+//! claims of replicas that stopped renewing theirs ([`Op::Reap`]): a
+//! replica killed mid-job loses its reports to the others within a lease
+//! and a half. At its stop it releases the claims it did not finish
+//! ([`Op::Release`]), so the others take them at once.
 //!
 //! A job scores the report and, when an analyzer is configured, posts it
 //! there under the job's deadline. Its outcome goes to the store without
@@ -20,11 +28,12 @@
 //!
 //! On stop the dispatcher stops claiming work and the pool shuts down with
 //! a deadline: running jobs finish, or are cancelled and their reports stay
-//! queued for the next start (a cancelled attempt is not counted).
+//! queued (a cancelled attempt is not counted), released for another
+//! replica or the next start.
 //!
 //! # What it owns, and who touches what
 //!
-//! - `pipeline` (the dispatcher thread): the read connection, the `Pool`,
+//! - `pipeline` (the dispatcher thread): the `Pool`,
 //!   `in_flight`, the ids of reports submitted and not yet settled, and
 //!   the [`StoreBackoff`] (the reports held back after a failed store, the
 //!   global pause, the throttled log). Nothing else touches them, so they
@@ -42,7 +51,9 @@
 //!    its store reply. (A reply is only lost if the store stops first,
 //!    which the stop order rules out: the pipeline stops before the store.)
 //! 2. The dispatcher never submits an id that is in `in_flight`, so one
-//!    report is never worked on by two jobs at once in this process.
+//!    report is never worked on by two jobs at once in this process; nor
+//!    one it has not claimed, so never by two replicas at once while its
+//!    lease is renewed (a claim skips reports claimed by others).
 //! 3. An attempt is counted only with its outcome (`Op::Retry`, `Fail`,
 //!    `Complete`): a job cancelled by the stop, or never started, writes
 //!    nothing, and its report stays `queued` as it was.
@@ -60,17 +71,16 @@
 //!    process, which is safe: the reports are still queued.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, select, tick};
-use quiesce::{Backoff, BoxError, Context, Pool, Service, ServiceContext};
-use rusqlite::Connection;
-
 use super::analyzer::Analyzer;
 use super::report::Report;
-use super::store::{self, LOG_EVERY, Op, Outcome, StoreHandle, Throttle, now_ms};
+use super::store::{
+    self, CallError, Claiming, LOG_EVERY, Op, Outcome, StoreHandle, Throttle, now_ms,
+};
+use crossbeam_channel::{Receiver, Sender, select, tick};
+use quiesce::{Backoff, BoxError, Context, Pool, Service, ServiceContext};
 
 /// How the pipeline works.
 #[derive(Clone, Debug)]
@@ -94,7 +104,7 @@ pub struct Settings {
 
 /// The dispatcher service.
 pub struct Pipeline {
-    db_path: PathBuf,
+    claiming: Claiming,
     store: StoreHandle,
     work_added: Receiver<()>,
     settings: Arc<Settings>,
@@ -219,17 +229,17 @@ impl StoreBackoff {
 }
 
 impl Pipeline {
-    /// A pipeline reading `db_path`, writing through `store`, woken by
-    /// `work_added`.
+    /// A pipeline claiming work as `claiming` says through `store`, woken
+    /// by `work_added`.
     pub fn new(
-        db_path: PathBuf,
+        claiming: Claiming,
         store: StoreHandle,
         work_added: Receiver<()>,
         settings: Settings,
         shared: &Arc<store::Live>,
     ) -> Pipeline {
         Pipeline {
-            db_path,
+            claiming,
             store,
             work_added,
             settings: Arc::new(settings),
@@ -245,7 +255,6 @@ impl Service for Pipeline {
     }
 
     fn run(&mut self, ctx: &ServiceContext) -> Result<(), BoxError> {
-        let reader = store::open_reader(&self.db_path)?;
         let workers = self.settings.workers.max(1);
         // Claimed at most: running plus waiting in the pool's queue.
         let capacity = (8 * workers).max(64);
@@ -261,6 +270,9 @@ impl Service for Pipeline {
             StoreBackoff::new(self.settings.retry_backoff, self.shared.health.recoveries());
         ctx.ready();
         let ticker = tick(Duration::from_millis(250));
+        let heartbeat = tick(self.claiming.lease / 3);
+        let reaper = tick(self.claiming.lease / 2);
+        let mut claim_failures = Throttle::new(LOG_EVERY);
         let mut refill = true;
         loop {
             for settled in settled_rx.try_iter() {
@@ -273,15 +285,19 @@ impl Service for Pipeline {
             // the store fails (5): `refill` stays set, the ticker comes back.
             if refill && in_flight.len() <= capacity / 2 && backoff.may_claim(Instant::now()) {
                 refill = false;
-                if let Err(err) = self.dispatch(
-                    &reader,
-                    &pool,
-                    &mut in_flight,
-                    &backoff,
-                    capacity,
-                    &settled_tx,
-                ) {
-                    log::error!("dispatcher: cannot read the queue: {err}");
+                match self.dispatch(&pool, &mut in_flight, &backoff, capacity, &settled_tx) {
+                    Ok(()) => {
+                        if let n @ 1.. = claim_failures.reset() {
+                            log::info!("dispatcher: claims work again ({n} failed claim(s))");
+                        }
+                    }
+                    Err(err) => {
+                        if let Some(n) = claim_failures.hit(Instant::now()) {
+                            log::error!(
+                                "dispatcher: cannot claim work: {err} ({n} time(s) since the last such line)"
+                            );
+                        }
+                    }
                 }
             }
             select! {
@@ -293,6 +309,17 @@ impl Service for Pipeline {
                     }
                 }
                 recv(ticker) -> _ => refill = true,
+                recv(heartbeat) -> _ => {
+                    self.lease_call(Op::Heartbeat);
+                }
+                recv(reaper) -> _ => {
+                    if let Some(n @ 1..) = self.lease_call(Op::Reap) {
+                        log::warn!(
+                            "returned {n} report(s) to the queue: their replica stopped renewing its claim"
+                        );
+                        refill = true;
+                    }
+                }
                 recv(ctx.done()) -> _ => break,
             }
         }
@@ -314,8 +341,21 @@ impl Service for Pipeline {
             }
         );
         // The handed-back jobs are dropped on purpose: their reports are
-        // still queued in the database (3).
+        // still queued in the database (3), and released now for another
+        // replica to take at once (or the next start).
         drop(report);
+        match self
+            .store
+            .call(Op::Release, Instant::now() + Duration::from_secs(5))
+        {
+            Ok(Outcome::Rows(n)) if n > 0 => {
+                log::info!("pipeline: released {n} unfinished claim(s)");
+            }
+            Ok(_) => {}
+            Err(err) => log::warn!(
+                "pipeline: cannot release the unfinished claims ({err}); they return to the queue when their lease runs out"
+            ),
+        }
         Ok(())
     }
 }
@@ -332,63 +372,84 @@ fn settle(in_flight: &mut HashSet<String>, backoff: &mut StoreBackoff, (id, how)
 }
 
 impl Pipeline {
+    /// Renews or reaps leases (`op`): the rows changed, `None` when the
+    /// store could not (logged; the next round tries again).
+    fn lease_call(&self, op: Op) -> Option<u64> {
+        let what = match op {
+            Op::Heartbeat => "renew this replica's claims",
+            _ => "return expired claims to the queue",
+        };
+        match self
+            .store
+            .call(op, Instant::now() + self.claiming.lease / 4)
+        {
+            Ok(Outcome::Rows(n)) => Some(n),
+            Ok(other) => {
+                log::error!("pipeline: the store answered {other:?} to a lease command");
+                None
+            }
+            Err(err) => {
+                log::warn!("pipeline: cannot {what}: {err}");
+                None
+            }
+        }
+    }
+
     /// Claims due reports neither in flight nor held back, up to
     /// `capacity`, and submits them.
     fn dispatch(
         &self,
-        reader: &Connection,
         pool: &Pool,
         in_flight: &mut HashSet<String>,
         backoff: &StoreBackoff,
         capacity: usize,
         settled: &Sender<Settled>,
-    ) -> rusqlite::Result<()> {
+    ) -> Result<(), CallError> {
         if in_flight.len() >= capacity {
             return Ok(());
         }
-        // The claims in flight and the reports held back are still queued,
-        // so the first `capacity` + held due rows cover them and every free
-        // place. The limit is written into the SQL: a bound LIMIT makes
-        // SQLite re-plan the statement on every run (the held count changes
-        // only while the store fails).
+        // The claims in flight and the reports held back are still queued
+        // and this replica's, so the first `capacity` + held due rows it
+        // may claim cover them and every free place.
         let limit = capacity + backoff.held.len();
-        let mut stmt = reader.prepare_cached(&format!(
-            "SELECT report_id, patient_id, site_id, instrument, submitted_at, answers, attempts
-             FROM reports WHERE status = 'queued' AND next_attempt_at <= ?1
-             ORDER BY next_attempt_at, rowid LIMIT {limit}"
-        ))?;
-        let now = Instant::now();
-        let rows = stmt.query_map(rusqlite::params![now_ms()], |r| {
-            let report_id: String = r.get(0)?;
-            if in_flight.contains(&report_id) || backoff.holds(&report_id, now) {
-                // (2), (4)
-                return Ok(None);
+        let claimed = match self.store.call(
+            Op::Claim { limit },
+            Instant::now() + Duration::from_secs(10),
+        )? {
+            Outcome::Claimed(claimed) => claimed,
+            other => {
+                return Err(CallError::Failed(format!(
+                    "the store answered {other:?} to a claim"
+                )));
             }
-            let answers: String = r.get(5)?;
-            let (answers, unreadable) = match serde_json::from_str(&answers) {
+        };
+        let now = Instant::now();
+        let claims = claimed.into_iter().filter_map(|row| {
+            if in_flight.contains(&row.report_id) || backoff.holds(&row.report_id, now) {
+                // (2), (4)
+                return None;
+            }
+            let (answers, unreadable) = match serde_json::from_str(&row.answers) {
                 Ok(answers) => (answers, None),
                 Err(err) => (
                     Default::default(),
                     Some(format!("stored answers unreadable: {err}")),
                 ),
             };
-            Ok(Some(Claim {
+            Some(Claim {
                 report: Report {
-                    report_id,
-                    patient_id: r.get(1)?,
-                    site_id: r.get(2)?,
-                    instrument: r.get(3)?,
-                    submitted_at: r.get(4)?,
+                    report_id: row.report_id,
+                    patient_id: row.patient_id,
+                    site_id: row.site_id,
+                    instrument: row.instrument,
+                    submitted_at: row.submitted_at,
                     answers,
                 },
-                attempts: r.get(6)?,
+                attempts: row.attempts,
                 unreadable,
-            }))
-        })?;
-        let mut claims = Vec::new();
-        for claim in rows {
-            claims.extend(claim?);
-        }
+            })
+        });
+        let claims: Vec<Claim> = claims.collect();
         for claim in claims {
             let id = claim.report.report_id.clone();
             let job = self.job(claim, settled.clone());
@@ -476,6 +537,14 @@ impl Pipeline {
                 // conditional on `queued`, so a second outcome changes
                 // nothing if the first one was stored.
                 let how = match result {
+                    Ok(Outcome::Unchanged) => {
+                        // (4) of the store: no longer this replica's.
+                        log::warn!(
+                            "report {reply_id}: outcome discarded: the report was no longer \
+                             claimed by this replica (its lease ran out) or already settled"
+                        );
+                        Settlement::Stored
+                    }
                     Ok(_) => Settlement::Stored,
                     Err(err) => Settlement::NotStored(err.to_string()),
                 };

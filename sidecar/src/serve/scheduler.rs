@@ -6,22 +6,27 @@
 //! renamed, and the directory fsynced). The first summary covers the time
 //! since the first report (or since the service started, with none); only
 //! the newest `--summary-keep` files are kept.
+//!
+//! A summary is due one interval after the end of the last one stored,
+//! whichever replica stored it: with several replicas on one PostgreSQL
+//! database each wakes when one is due, and the store keeps only the first
+//! (it refuses a summary whose period another one already covers); the
+//! replica whose summary was stored writes the file.
 
 use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use quiesce::{BoxError, Service, ServiceContext};
-use rusqlite::Connection;
 use serde_json::json;
 
 use super::report::rfc3339_ms;
-use super::store::{self, Op, StoreHandle, now_ms};
+use super::store::{Op, Outcome, Reader, ReaderFactory, StoreHandle, now_ms};
 use crate::atomic_file;
 
 /// The summary service.
 pub struct Scheduler {
-    db_path: PathBuf,
+    readers: ReaderFactory,
     dir: PathBuf,
     store: StoreHandle,
     interval: Duration,
@@ -32,17 +37,17 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Summaries of `db_path` every `interval`, written to `dir`, which
-    /// keeps the newest `keep` files.
+    /// Summaries read through `readers` every `interval`, written to
+    /// `dir`, which keeps the newest `keep` files.
     pub fn new(
-        db_path: PathBuf,
+        readers: ReaderFactory,
         dir: PathBuf,
         store: StoreHandle,
         interval: Duration,
         keep: usize,
     ) -> Scheduler {
         Scheduler {
-            db_path,
+            readers,
             dir,
             store,
             interval,
@@ -60,60 +65,68 @@ impl Service for Scheduler {
     fn run(&mut self, ctx: &ServiceContext) -> Result<(), BoxError> {
         fs::create_dir_all(&self.dir)
             .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
-        let reader = store::open_reader(&self.db_path)?;
+        let mut reader = self.readers.reader()?;
         ctx.ready();
-        while ctx.sleep(self.interval).is_ok() {
-            match self.summarise(&reader) {
-                Ok(path) => {
+        let interval = i64::try_from(self.interval.as_millis()).unwrap_or(i64::MAX);
+        // The first one interval after the start (not at once, even when
+        // the last summary is older: a restart loop must not write one per
+        // start).
+        let mut due = now_ms().saturating_add(interval);
+        loop {
+            let wait = u64::try_from(due.saturating_sub(now_ms())).unwrap_or(0);
+            if ctx.sleep(Duration::from_millis(wait)).is_err() {
+                break;
+            }
+            match self.summarise(&mut reader, interval) {
+                Ok(Summarised::Written(path)) => {
                     log::info!("summary written to {}", path.display());
                     self.prune();
+                    due = now_ms().saturating_add(interval);
                 }
+                // Another replica wrote it, or it is not due yet: next
+                // one interval after the last one's end.
+                Ok(Summarised::NotDue(last_end)) => due = last_end.saturating_add(interval),
                 // A summary that fails is logged and tried again next time;
                 // it does not take the sidecar down.
-                Err(err) => log::error!("summary failed: {err}"),
+                Err(err) => {
+                    log::error!("summary failed: {err}");
+                    due = now_ms().saturating_add(interval);
+                }
             }
         }
         Ok(())
     }
 }
 
+/// What a round of the scheduler did.
+enum Summarised {
+    /// This replica's summary was stored and written to this file.
+    Written(PathBuf),
+    /// None was due: the last one (maybe another replica's) ends here.
+    NotDue(i64),
+}
+
 impl Scheduler {
-    fn summarise(&self, reader: &Connection) -> Result<PathBuf, BoxError> {
+    fn summarise(&self, reader: &mut Reader, interval: i64) -> Result<Summarised, BoxError> {
         // Since the last summary; the first one since the first report
         // (not since 1970), or since the start when there is none yet.
-        let start: i64 = reader.query_row(
-            "SELECT COALESCE((SELECT MAX(period_end) FROM summaries),
-                             (SELECT MIN(received_at) FROM reports),
-                             ?1)",
-            [self.started_ms],
-            |r| r.get(0),
-        )?;
+        let start = reader.summary_start(self.started_ms)?;
         let end = now_ms();
-        let mut stmt = reader.prepare_cached(
-            // Reports and patients by when they arrived; alerts by when they
-            // were raised (processed), so each is counted in one period.
-            "SELECT site_id,
-                    SUM(received_at >= ?1 AND received_at < ?2),
-                    SUM(alert = 1 AND processed_at >= ?1 AND processed_at < ?2),
-                    COUNT(DISTINCT CASE WHEN received_at >= ?1 AND received_at < ?2 THEN patient_id END)
-             FROM reports
-             WHERE (received_at >= ?1 AND received_at < ?2) OR (processed_at >= ?1 AND processed_at < ?2)
-             GROUP BY site_id ORDER BY site_id",
-        )?;
+        if start > self.started_ms && end < start.saturating_add(interval) {
+            // A summary ended less than an interval ago (another replica's).
+            return Ok(Summarised::NotDue(start));
+        }
         let mut sites = Vec::new();
         let (mut reports, mut alerts) = (0i64, 0i64);
-        for row in stmt.query_map([start, end], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-            ))
-        })? {
-            let (site, n, a, patients) = row?;
-            reports += n;
-            alerts += a;
-            sites.push(json!({ "site_id": site, "reports": n, "alerts": a, "patients": patients }));
+        for site in reader.summary(start, end)? {
+            reports += site.reports;
+            alerts += site.alerts;
+            sites.push(json!({
+                "site_id": site.site_id,
+                "reports": site.reports,
+                "alerts": site.alerts,
+                "patients": site.patients,
+            }));
         }
         let ms = |t: i64| rfc3339_ms(t).unwrap_or_default();
         let body = json!({
@@ -124,7 +137,7 @@ impl Scheduler {
             "sites": sites,
         })
         .to_string();
-        self.store.call(
+        let stored = self.store.call(
             Op::Summary {
                 period_start: start,
                 period_end: end,
@@ -132,9 +145,14 @@ impl Scheduler {
             },
             Instant::now() + Duration::from_secs(30),
         )?;
+        if stored != Outcome::Changed {
+            // Another replica's summary covers this period already.
+            let last_end = reader.summary_start(self.started_ms)?;
+            return Ok(Summarised::NotDue(last_end));
+        }
         let path = self.dir.join(format!("summary-{end}.json"));
         atomic_file::write(&path, body.as_bytes())?;
-        Ok(path)
+        Ok(Summarised::Written(path))
     }
 }
 

@@ -1,9 +1,11 @@
-//! The SQLite store: one writer thread (the `store` service) owns the write
-//! connection and commits whatever is waiting in one transaction — many
-//! inserts, results and retries — and the `store-sync` thread flushes the
-//! WAL to disk (one fsync for one or more transactions) before it replies
-//! to each caller (see [`Syncer`](sync::Syncer)). Readers open their own
-//! connections.
+//! The store: the reports (archive and work queue), enrollment and the
+//! summaries, in SQLite (embedded, the default) or PostgreSQL (shared by
+//! several replicas). One writer thread (the `store` service) owns the
+//! write connection and commits whatever is waiting in one transaction —
+//! many inserts, claims, results and retries — and the `store-sync` thread
+//! replies to each caller once the commit is durable (with SQLite it
+//! flushes the WAL first, one fsync for one or more transactions; see
+//! [`Syncer`](sync::Syncer)). Readers open their own connections.
 //!
 //! The `reports` table is both the archive and the work queue: a report is
 //! `queued` until a result (`processed`) or its last failed attempt
@@ -11,17 +13,31 @@
 //! every update is conditional on `status = 'queued'`, so processing a
 //! report twice (after a crash) stores it once.
 //!
+//! # Claims and leases
+//!
+//! Work is claimed, whatever the backend: a claim ([`Op::Claim`]) marks
+//! due reports `claimed_by` this replica until `lease_until`; the claims a
+//! replica holds are renewed ([`Op::Heartbeat`]) while it lives, released
+//! at its stop ([`Op::Release`]), and returned to the queue by any
+//! replica's reaper ([`Op::Reap`]) once their lease has run out (the
+//! replica died). A report's outcome is stored only while it is still
+//! claimed by the replica that worked on it. With SQLite there is one
+//! replica (the data directory's lock); with PostgreSQL, as many as share
+//! the database, and the claim skips rows other replicas are claiming
+//! (`FOR UPDATE SKIP LOCKED`).
+//!
 //! # What it owns, and who touches what
 //!
-//! - `store` (the service thread): the write connection, the command
+//! - `store` (the service thread, [`Writer`](writer::Writer)): the write
+//!   connection (inside its [`Engine`](writer::Engine)), the command
 //!   channel's receiving end, and every change to [`Live`]'s backlog and
 //!   enrollment counters.
-//! - `store-sync` (a [`quiesce::Consumer`]): the WAL file handle, and the
-//!   calling of every [`Reply`].
-//! - Callers (HTTP handlers, analysis workers, the scheduler) hold a
-//!   [`StoreHandle`]: they send commands and wait on their reply, nothing
-//!   else. Readers (GET handlers, the dispatcher, the scheduler's summary)
-//!   use read-only connections of their own.
+//! - `store-sync` (a [`quiesce::Consumer`]): the WAL file handle (SQLite),
+//!   and the calling of every [`Reply`].
+//! - Callers (HTTP handlers, analysis workers, the dispatcher, the
+//!   scheduler) hold a [`StoreHandle`]: they send commands and wait on
+//!   their reply, nothing else. Readers (GET handlers, the scheduler's
+//!   summary) use a [`Reader`] of their own.
 //!
 //! # Invariants
 //!
@@ -29,18 +45,26 @@
 //!    of commands; a batch's accounting ([`Live`]'s backlog and counters)
 //!    is done after its commit, in command order, before the next batch
 //!    starts (the next batch's backlog check sees it).
-//! 2. No reply tells of a commit before its WAL frames are on disk:
-//!    `store-sync` flushes, then replies (or each commit flushes itself,
-//!    `synchronous = FULL`, when the WAL file could not be opened).
+//! 2. No reply tells of a commit before it is durable: `store-sync`
+//!    flushes the SQLite WAL, then replies (or each commit flushes itself,
+//!    `synchronous = FULL`, when the WAL file could not be opened);
+//!    PostgreSQL's COMMIT returns once durable (`synchronous_commit = on`,
+//!    and on a synchronous standby too when one is configured).
 //! 3. Every command gets exactly one reply: its outcome or its failure; a
 //!    command dropped unanswered (the store stopped) drops its reply, which
 //!    [`StoreHandle::call`] reports as "stopped".
-//! 4. A report's status moves only `queued` → `processed` or `failed`,
-//!    by updates conditional on `queued`: a second result for a report
-//!    changes nothing (`Outcome::Unchanged`).
+//! 4. A report's status moves only `queued` → `processed` or `failed`, by
+//!    updates conditional on `queued` and on the report being claimed by
+//!    this replica: a second result for a report, or a late one after its
+//!    lease ran out and another replica claimed it, changes nothing
+//!    (`Outcome::Unchanged`, counted as discarded).
 //! 5. At every batch boundary, [`Live::backlog`] is the number of `queued`
-//!    rows: counted at start, +1 per accepted insert, −1 per report
-//!    processed or failed.
+//!    rows as this replica knows it: with SQLite, counted at start, +1 per
+//!    accepted insert, −1 per report processed or failed (exact: nobody
+//!    else writes); with PostgreSQL, the shared `counts` row, which every
+//!    committing transaction of every replica updates with its own
+//!    changes, read back at each tick (so it converges within one tick);
+//!    a batch with inserts reads it afresh inside its transaction.
 //! 6. Replies run on `store-sync`, never on the writer, each under
 //!    `catch_unwind`: one broken reply neither delays a commit nor keeps
 //!    the other replies from being called (3).
@@ -48,35 +72,44 @@
 //!    writer after each transaction (before its replies are handed to
 //!    `store-sync`): failed when the commit failed or a statement failed
 //!    for a reason of the store's own (busy or locked by another process,
-//!    corrupt, no room, I/O), after which the rest of that batch is not
-//!    tried (answered not stored: each would wait out the busy timeout
-//!    again); and marked failed by `store-sync` when a flush fails.
-//!    While it is failed, the writer probes (a one-row write to the
-//!    `probe` table, 1 s then doubling up to 30 s), so it turns healthy
-//!    again by itself even with no work and no traffic.
-//!    A failure is logged when it starts, then once per [`LOG_EVERY`]
-//!    with a count (a [`Throttle`]), and the recovery once.
+//!    corrupt, no room, I/O, the server gone), after which the rest of
+//!    that batch is not tried (answered not stored: each would wait out
+//!    the busy timeout again); and marked failed by `store-sync` when a
+//!    flush fails. While it is failed, the writer probes (a one-row write
+//!    to the `probe` table, 1 s then doubling up to 30 s; with PostgreSQL
+//!    a new connection first), so it turns healthy again by itself even
+//!    with no work and no traffic. A failure is logged when it starts,
+//!    then once per [`LOG_EVERY`] with a count (a [`Throttle`]), and the
+//!    recovery once.
 //! 8. A reply's failure says whether the command is certainly not stored
 //!    ([`Failure::NotStored`]: its statement failed, or the transaction
-//!    failed before its commit, or its commit found no room on disk and
-//!    was rolled back) or may be ([`Failure::Unknown`]: any other failure
-//!    of the commit, or of the flush after it). Never "not stored" for a
-//!    command that may be on disk.
+//!    failed before its commit, or its commit was refused and rolled
+//!    back) or may be ([`Failure::Unknown`]: any other failure of the
+//!    commit — the connection lost while committing — or of the flush
+//!    after it). Never "not stored" for a command that may be on disk.
 //!
 //! # Files
 //!
 //! - this file: the commands ([`Op`]), their outcomes, the handle callers
-//!   send them through ([`StoreHandle`]), and the live state ([`Live`]);
-//! - `sqlite`: the schema, the connections and the writer service
-//!   ([`Store`](sqlite::Store)) that applies commands in batches;
+//!   send them through ([`StoreHandle`]), the live state ([`Live`]), and
+//!   the choice of backend ([`Backend`], [`new`]);
+//! - `writer`: the writer service, common to both backends: batching,
+//!   health and probes, accounting;
+//! - `sqlite` and `postgres`: each backend's schema and migrations, its
+//!   [`Engine`](writer::Engine) (one transaction of commands) and its
+//!   reads;
+//! - `read`: the [`Reader`] the GET handlers and the scheduler use;
 //! - `sync`: the `store-sync` thread ([`Syncer`](sync::Syncer)) that flushes
 //!   the WAL and calls the replies.
 
+mod postgres;
+mod read;
 mod sqlite;
 mod sync;
+mod writer;
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -85,7 +118,57 @@ use quiesce::{Counters, JobError, JobHandle};
 use super::metrics::Metrics;
 use super::report::Report;
 
-pub use sqlite::{new, open_reader};
+pub use read::{Reader, ReaderFactory};
+pub use writer::Writer;
+
+/// Where the reports are kept.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// An embedded SQLite file (one process).
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL database shared by every replica: a libpq connection
+    /// string (`postgres://…`, `postgresql://…`, or `key=value` pairs).
+    Postgres(String),
+}
+
+/// How this replica claims work.
+#[derive(Clone, Debug)]
+pub struct Claiming {
+    /// This replica's id, stored as `claimed_by` (unique per replica).
+    pub replica: String,
+    /// How long a claim stays this replica's without being renewed.
+    pub lease: Duration,
+}
+
+/// The store's writer service, the handle to reach it, and the factory of
+/// readers, for `backend`.
+///
+/// # Errors
+///
+/// When the PostgreSQL connection string is not usable (the database
+/// itself is reached when the service starts).
+pub fn new(
+    backend: &Backend,
+    claiming: Claiming,
+    shared: Arc<Live>,
+    capacity: usize,
+) -> Result<(Writer, StoreHandle, ReaderFactory), String> {
+    let (tx, rx) = crossbeam_channel::bounded(capacity);
+    let (engine, readers): (Box<dyn writer::Engine>, ReaderFactory) = match backend {
+        Backend::Sqlite(path) => (
+            Box::new(sqlite::Engine::new(path.clone(), claiming)),
+            ReaderFactory::sqlite(path.clone()),
+        ),
+        Backend::Postgres(url) => {
+            let url = postgres::with_defaults(url)?;
+            (
+                Box::new(postgres::Engine::new(url.clone(), claiming)),
+                ReaderFactory::postgres(url),
+            )
+        }
+    };
+    Ok((Writer::new(engine, rx, shared), StoreHandle { tx }, readers))
+}
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -142,7 +225,24 @@ pub enum Op {
         /// The last error.
         error: String,
     },
-    /// Store a periodic summary.
+    /// Claim up to `limit` due reports not claimed by another replica
+    /// (this replica's own claims included), for the lease: answered
+    /// [`Outcome::Claimed`].
+    Claim {
+        /// The most reports to claim.
+        limit: usize,
+    },
+    /// Renew the lease of every claim this replica holds: [`Outcome::Rows`].
+    Heartbeat,
+    /// Return to the queue every claim whose lease has run out (its
+    /// replica stopped renewing it): [`Outcome::Rows`].
+    Reap,
+    /// Release every claim this replica holds (at its stop), for the
+    /// others to take at once: [`Outcome::Rows`].
+    Release,
+    /// Store a periodic summary, unless one was stored for a period that
+    /// ends after `period_start` (another replica's): [`Outcome::Changed`]
+    /// when stored, [`Outcome::Unchanged`] when not.
     Summary {
         /// Its period, ms since the epoch.
         period_start: i64,
@@ -154,7 +254,7 @@ pub enum Op {
 }
 
 /// How a command went, once committed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// A new report, now durable.
     Accepted,
@@ -166,8 +266,32 @@ pub enum Outcome {
     BacklogFull,
     /// An update that changed a row.
     Changed,
-    /// An update that found nothing to change (already processed).
+    /// An update that found nothing to change (already processed, or no
+    /// longer claimed by this replica).
     Unchanged,
+    /// The reports claimed.
+    Claimed(Vec<Claimed>),
+    /// How many rows an update changed.
+    Rows(u64),
+}
+
+/// A report claimed for processing, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimed {
+    /// The report's fields.
+    pub report_id: String,
+    /// Its patient.
+    pub patient_id: String,
+    /// Its site.
+    pub site_id: String,
+    /// Its instrument.
+    pub instrument: String,
+    /// When it was submitted (RFC 3339, as sent).
+    pub submitted_at: String,
+    /// Its answers, as stored (JSON text).
+    pub answers: String,
+    /// Attempts made so far.
+    pub attempts: u32,
 }
 
 /// Why a command has no outcome (8).

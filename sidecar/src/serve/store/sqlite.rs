@@ -1,38 +1,29 @@
-//! The SQLite side of the store: the schema, the connections, and the
-//! writer service ([`Store`]) that applies commands in batches (invariants
-//! 1, 4 and 5 of the [store](super)).
+//! The SQLite backend: the schema and its migrations, the writer's
+//! [`Engine`](super::writer::Engine) (one transaction of commands on the
+//! write connection; invariants 4 and 5 of the [store](super)), and the
+//! read-only connections.
+//!
+//! One process per database (the data directory's lock): its claims need
+//! no `SKIP LOCKED`, and whatever an earlier process had claimed when it
+//! died is released when the store opens.
 
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, select, tick};
-use quiesce::{Backoff, BoxError, Service, ServiceContext};
+use quiesce::BoxError;
 use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
 };
 
-use super::sync::{Replies, Syncer};
-use super::{Command, Failure, LOG_EVERY, Live, Op, Outcome, StoreHandle, Throttle, now_ms};
+use super::writer::{Applied, Counts, Effect, changed};
+use super::{Claimed, Claiming, Failure, Op, Outcome, now_ms};
 
-/// Most commands in one transaction.
-const MAX_BATCH: usize = 512;
-
-/// How often the writer looks whether a failing store should be probed.
-const PROBE_TICK: Duration = Duration::from_millis(250);
-
-/// While the store fails, when to try a commit of its own (7): with no
-/// work and no traffic (a load balancer stops sending to an unready
-/// sidecar), nothing else would find out that it can commit again.
-struct Probe {
-    backoff: Backoff,
-    failures: u32,
-    next: Option<Instant>,
-}
-
-const SCHEMA: &str = "
+/// The schema, one migration per version (`PRAGMA user_version`); each is
+/// applied in a transaction of its own, with the version it brings.
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "
 CREATE TABLE IF NOT EXISTS reports (
     report_id       TEXT PRIMARY KEY,
     patient_id      TEXT NOT NULL,
@@ -69,31 +60,75 @@ CREATE TABLE IF NOT EXISTS summaries (
     body         TEXT NOT NULL
 );
 -- One row, rewritten by the writer while the store is failing, to find
--- out when it can commit again (see `Store::probe`).
+-- out when it can commit again (see `Engine::probe`).
 CREATE TABLE IF NOT EXISTS probe (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     at INTEGER NOT NULL
 );
-PRAGMA user_version = 1;
-";
+",
+    ),
+    (
+        2,
+        "
+-- Claims: which replica works on a queued report, and until when.
+ALTER TABLE reports ADD COLUMN claimed_by TEXT;
+ALTER TABLE reports ADD COLUMN lease_until INTEGER;
+-- Only the claimed rows (a few per worker): cheap to keep, and what the
+-- heartbeat, the reaper and the release look up.
+CREATE INDEX reports_claimed ON reports (claimed_by) WHERE claimed_by IS NOT NULL;
+",
+    ),
+];
+
+/// The newest schema version this binary knows.
+pub(super) const SCHEMA_VERSION: i64 = 2;
+
+/// Brings the schema of `conn` to [`SCHEMA_VERSION`].
+///
+/// # Errors
+///
+/// When a migration fails, or the database is newer than this binary.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), BoxError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(format!(
+            "{} has schema version {version}, newer than this quiesce knows ({SCHEMA_VERSION}): \
+             it was written by a newer release; run that release (or newer) on it",
+            path.display()
+        )
+        .into());
+    }
+    for (to, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > version) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)
+            .map_err(|e| format!("schema migration to version {to} failed: {e}"))?;
+        tx.pragma_update(None, "user_version", to)?;
+        tx.commit()?;
+        if version > 0 {
+            log::info!("{}: schema migrated to version {to}", path.display());
+        }
+    }
+    Ok(())
+}
 
 /// Opens (creating if needed) the database for writing: WAL,
 /// `synchronous = FULL` (each commit flushes itself), schema in place. The
-/// store service then hands the flushing to its `store-sync` thread and
-/// switches to `NORMAL` (see [`Syncer`]): as durable, fewer flushes.
+/// writer then hands the flushing to its `store-sync` thread and switches
+/// to `NORMAL` (see [`Syncer`](super::sync::Syncer)): as durable, fewer
+/// flushes.
 ///
 /// # Errors
 ///
 /// When the file cannot be opened or the schema applied.
-pub fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
+pub fn open_writer(path: &Path) -> Result<Connection, BoxError> {
+    let mut conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         log::warn!("SQLite refused WAL mode (got {mode}); commits stay durable, readers may wait");
     }
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
-    conn.execute_batch(SCHEMA)?;
+    migrate(&mut conn, path)?;
     Ok(conn)
 }
 
@@ -112,8 +147,8 @@ pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 /// Opens the WAL file of `db` for flushing and switches the writer to
-/// `synchronous = NORMAL` (see [`Syncer`]); `None`, and `FULL` stays, when
-/// the WAL file cannot be opened.
+/// `synchronous = NORMAL` (see [`Syncer`](super::sync::Syncer)); `None`,
+/// and `FULL` stays, when the WAL file cannot be opened.
 fn wal_for_flushing(conn: &Connection, db: &Path) -> Option<std::fs::File> {
     let mut name = db.as_os_str().to_owned();
     name.push("-wal");
@@ -136,97 +171,45 @@ fn wal_for_flushing(conn: &Connection, db: &Path) -> Option<std::fs::File> {
     }
 }
 
-/// The writer service.
-pub struct Store {
+/// The SQLite engine: the write connection, once open.
+pub(super) struct Engine {
     path: PathBuf,
-    rx: Receiver<Command>,
-    shared: Arc<Live>,
-    /// Failed commits, logged once per interval (7).
-    failures: RefCell<Throttle>,
+    claiming: Claiming,
+    conn: Option<Connection>,
 }
 
-/// A store service and the handle to reach it.
-pub fn new(path: PathBuf, shared: Arc<Live>, capacity: usize) -> (Store, StoreHandle) {
-    let (tx, rx) = crossbeam_channel::bounded(capacity);
-    let failures = RefCell::new(Throttle::new(LOG_EVERY));
-    (
-        Store {
+impl Engine {
+    pub(super) fn new(path: PathBuf, claiming: Claiming) -> Engine {
+        Engine {
             path,
-            rx,
-            shared,
-            failures,
-        },
-        StoreHandle { tx },
-    )
-}
-
-impl Service for Store {
-    fn name(&self) -> &str {
-        "store"
+            claiming,
+            conn: None,
+        }
     }
 
-    fn run(&mut self, ctx: &ServiceContext) -> Result<(), BoxError> {
-        let mut conn = open_writer(&self.path)
+    fn conn(&mut self) -> &mut Connection {
+        self.conn.as_mut().expect("the store is open")
+    }
+}
+
+impl super::writer::Engine for Engine {
+    fn open(&mut self) -> Result<Counts, BoxError> {
+        let conn = open_writer(&self.path)
             .map_err(|e| format!("cannot open {}: {e}", self.path.display()))?;
-        self.recover(&conn)?;
-        let wal = wal_for_flushing(&conn, &self.path);
-        let syncer = Syncer::start(wal, self.shared.clone())?;
-        ctx.ready();
-        let ticker = tick(PROBE_TICK);
-        let mut probe = Probe {
-            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
-            failures: 0,
-            next: None,
-        };
-        loop {
-            select! {
-                recv(ticker) -> _ => self.probe(&mut conn, &mut probe),
-                recv(self.rx) -> cmd => match cmd {
-                    Ok(cmd) => {
-                        self.commit_batch(&mut conn, cmd, &syncer);
-                        if !syncer.is_alive() {
-                            syncer.finish();
-                            return Err("the store-sync thread died: commits can no longer be confirmed".into());
-                        }
-                    }
-                    // Every producer has gone (the services above stopped
-                    // first): nothing more can come, but the store stops
-                    // when it is told to, not on its own.
-                    Err(_) => {
-                        let _ = ctx.done().recv();
-                        break;
-                    }
-                },
-                recv(ctx.done()) -> _ => break,
-            }
+        // This process holds the data directory's lock: claims left by an
+        // earlier one (it died) are nobody's now.
+        let released = conn.execute(
+            "UPDATE reports SET claimed_by = NULL, lease_until = NULL WHERE claimed_by IS NOT NULL",
+            [],
+        )?;
+        if released > 0 {
+            log::info!("{released} report(s) claimed by an earlier run returned to the queue");
         }
-        // Stopped last: every producer has stopped, but commands may still
-        // be waiting. Commit them, then fold the WAL into the database.
-        while let Ok(cmd) = self.rx.try_recv() {
-            self.commit_batch(&mut conn, cmd, &syncer);
-        }
-        syncer.finish();
-        if let Err(err) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
-            log::warn!("final WAL checkpoint failed: {err}");
-        }
-        conn.close()
-            .map_err(|(_, e)| format!("closing the database: {e}"))?;
-        log::info!("store closed cleanly");
-        Ok(())
-    }
-}
-
-impl Store {
-    /// Rebuilds the in-memory state from the database: the backlog and the
-    /// enrollment counters.
-    fn recover(&self, conn: &Connection) -> Result<(), BoxError> {
         let backlog: i64 = conn.query_row(
             "SELECT COUNT(*) FROM reports WHERE status = 'queued'",
             [],
             |r| r.get(0),
         )?;
-        self.shared.backlog.store(backlog, Ordering::SeqCst);
-        self.shared.metrics.backlog.set(backlog);
         let mut stmt = conn.prepare("SELECT site_id, COUNT(*) FROM enrollment GROUP BY site_id")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
         let mut sites = Vec::new();
@@ -234,32 +217,26 @@ impl Store {
             let (site, n) = row?;
             sites.push((site, u64::try_from(n).unwrap_or(0)));
         }
-        self.shared.enrollment.add_all(sites);
-        log::info!(
-            "store open: {backlog} report(s) queued, {} patient(s) enrolled",
-            self.shared.enrollment.total()
-        );
-        if backlog > 0 {
-            let _ = self.shared.work_added.try_send(());
-        }
-        Ok(())
+        drop(stmt);
+        self.conn = Some(conn);
+        Ok(Counts { backlog, sites })
     }
 
-    /// Commits `first` and whatever else is waiting, in one transaction.
-    fn commit_batch(&self, conn: &mut Connection, first: Command, syncer: &Syncer) {
-        let mut batch = vec![first];
-        batch.extend(self.rx.try_iter().take(MAX_BATCH - 1));
-        let started = Instant::now();
-        // The backlog as this transaction sees it (its own inserts count; (5)).
-        let mut backlog = self.shared.backlog.load(Ordering::SeqCst);
+    fn flush_file(&mut self) -> Option<std::fs::File> {
+        let path = self.path.clone();
+        wal_for_flushing(self.conn(), &path)
+    }
+
+    fn apply(&mut self, ops: &[&Op], mut backlog: i64) -> Applied {
+        let claiming = self.claiming.clone();
         // (7): a statement refused for a reason of the store's own (locked
         // by another process, corrupt, no room), not of the command's.
         let mut fault: Option<String> = None;
-        let applied = match conn.transaction() {
+        let results = match self.conn().transaction() {
             Ok(tx) => {
-                let results: Vec<Result<Effect, String>> = batch
+                let results: Vec<Result<Effect, String>> = ops
                     .iter()
-                    .map(|c| {
+                    .map(|op| {
                         if let Some(err) = &fault {
                             // The store cannot write: the rest of the batch
                             // is not tried (each statement would wait out
@@ -267,7 +244,7 @@ impl Store {
                             // deadline).
                             return Err(format!("not attempted: {err}"));
                         }
-                        apply_sql(&tx, &c.op, &mut backlog).map_err(|e| {
+                        apply_sql(&tx, op, &mut backlog, &claiming).map_err(|e| {
                             if store_fault(&e) {
                                 fault = Some(e.to_string());
                             }
@@ -279,88 +256,11 @@ impl Store {
             }
             Err(err) => Err(Failure::NotStored(err.to_string())),
         };
-        let metrics = &self.shared.metrics;
-        metrics.commit_batch.observe(batch.len() as f64);
-        metrics
-            .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
-        // (7): the store is failing when its commit failed, or a statement
-        // was refused for a reason of its own.
-        let fault = match &applied {
-            Err(failure) => Some(failure.error().to_string()),
-            Ok(_) => fault,
-        };
-        self.note(fault);
-        let replies: Replies = match applied {
-            Ok(results) => {
-                let mut woke = false;
-                batch
-                    .into_iter()
-                    .zip(results)
-                    .map(|(cmd, result)| {
-                        let outcome = result.map_err(Failure::NotStored).map(|effect| {
-                            if effect.outcome == Outcome::Accepted && !woke {
-                                woke = true;
-                                let _ = self.shared.work_added.try_send(());
-                            }
-                            // Here, before the next batch reads the backlog (1).
-                            self.account(&cmd.op, &effect);
-                            effect.outcome
-                        });
-                        (cmd.reply, outcome)
-                    })
-                    .collect()
-            }
-            Err(err) => batch
-                .into_iter()
-                .map(|cmd| (cmd.reply, Err(err.clone())))
-                .collect(),
-        };
-        syncer.deliver(replies);
+        Applied { results, fault }
     }
 
-    /// Records in [`Live::health`] how the last transaction went: `None`
-    /// when it stored what it was asked, or why not (7); failures logged
-    /// once per interval, the recovery once.
-    fn note(&self, fault: Option<String>) {
-        match fault {
-            None => {
-                self.shared.metrics.store_healthy.set(1);
-                if self.shared.health.committed() {
-                    let held = self.failures.borrow_mut().reset();
-                    log::warn!(
-                        "the store commits again ({held} failure(s) since the last logged one)"
-                    );
-                }
-            }
-            Some(err) => {
-                self.shared.metrics.store_failures.inc();
-                self.shared.metrics.store_healthy.set(0);
-                self.shared.health.failed(&err);
-                if let Some(n) = self.failures.borrow_mut().hit(Instant::now()) {
-                    log::error!(
-                        "the store cannot commit: {err} ({n} failure(s) since the last such \
-                         line; /readyz is 503 until a commit succeeds)"
-                    );
-                }
-            }
-        }
-    }
-
-    /// While the store fails, commits a one-row write now and then (after
-    /// 1 s, doubling up to 30 s), so that it finds out by itself when it
-    /// can commit again (7).
-    fn probe(&self, conn: &mut Connection, probe: &mut Probe) {
-        if self.shared.health.failure().is_none() {
-            probe.failures = 0;
-            probe.next = None;
-            return;
-        }
-        let now = Instant::now();
-        if probe.next.is_some_and(|next| now < next) {
-            return;
-        }
-        let written = conn
+    fn probe(&mut self) -> Result<(), String> {
+        self.conn()
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .and_then(|tx| {
                 tx.execute(
@@ -368,48 +268,25 @@ impl Store {
                     [now_ms()],
                 )?;
                 tx.commit()
-            });
-        match written {
-            Ok(()) => {
-                probe.failures = 0;
-                probe.next = None;
-                self.note(None);
-            }
-            Err(err) => {
-                probe.failures = probe.failures.saturating_add(1);
-                probe.next = Some(now + probe.backoff.delay(probe.failures - 1));
-                self.note(Some(err.to_string()));
-            }
-        }
+            })
+            .map_err(|e| e.to_string())
     }
 
-    /// Updates counters and metrics for a committed command.
-    fn account(&self, op: &Op, effect: &Effect) {
-        let shared = &self.shared;
-        let metrics = &shared.metrics;
-        let backlog = |delta: i64| {
-            let now = shared.backlog.fetch_add(delta, Ordering::SeqCst) + delta;
-            metrics.backlog.set(now);
+    fn refresh(&mut self) -> Option<Result<Counts, String>> {
+        // The only writer: the counts in memory are exact (5).
+        None
+    }
+
+    fn close(&mut self) -> Result<(), String> {
+        let Some(conn) = self.conn.take() else {
+            return Ok(());
         };
-        match (op, effect.outcome) {
-            (Op::Insert { .. }, Outcome::Accepted) => {
-                metrics.accepted.inc();
-                backlog(1);
-            }
-            (Op::Complete { site_id, .. }, Outcome::Changed) => {
-                metrics.processed.inc();
-                backlog(-1);
-                if effect.new_enrollment {
-                    shared.enrollment.add(site_id.clone(), 1);
-                }
-            }
-            (Op::Fail { .. }, Outcome::Changed) => {
-                metrics.failed.inc();
-                backlog(-1);
-            }
-            (Op::Retry { .. }, Outcome::Changed) => metrics.retried.inc(),
-            _ => {}
+        // Fold the WAL into the database.
+        if let Err(err) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+            log::warn!("final WAL checkpoint failed: {err}");
         }
+        conn.close()
+            .map_err(|(_, e)| format!("closing the database: {e}"))
     }
 }
 
@@ -421,28 +298,6 @@ fn commit_failure(err: rusqlite::Error) -> Failure {
     match err.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DiskFull) => Failure::NotStored(err.to_string()),
         _ => Failure::Unknown(err.to_string()),
-    }
-}
-
-struct Effect {
-    outcome: Outcome,
-    new_enrollment: bool,
-}
-
-impl From<Outcome> for Effect {
-    fn from(outcome: Outcome) -> Effect {
-        Effect {
-            outcome,
-            new_enrollment: false,
-        }
-    }
-}
-
-fn changed(rows: usize) -> Outcome {
-    if rows == 0 {
-        Outcome::Unchanged
-    } else {
-        Outcome::Changed
     }
 }
 
@@ -468,7 +323,18 @@ fn store_fault(err: &rusqlite::Error) -> bool {
     )
 }
 
-fn apply_sql(tx: &Transaction<'_>, op: &Op, backlog: &mut i64) -> rusqlite::Result<Effect> {
+/// Milliseconds as SQLite stores them.
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn apply_sql(
+    tx: &Transaction<'_>,
+    op: &Op,
+    backlog: &mut i64,
+    claiming: &Claiming,
+) -> rusqlite::Result<Effect> {
+    let me = claiming.replica.as_str();
     match op {
         Op::Insert {
             report,
@@ -526,15 +392,17 @@ fn apply_sql(tx: &Transaction<'_>, op: &Op, backlog: &mut i64) -> rusqlite::Resu
             alert,
             attempts,
         } => {
-            // (4): every update below is conditional on `queued`.
+            // (4): every update below is conditional on `queued` and on
+            // this replica's claim, which it gives up.
             let now = now_ms();
             let rows = tx
                 .prepare_cached(
                     "UPDATE reports SET status = 'processed', result = ?2, alert = ?3, attempts = ?4,
-                                        processed_at = ?5, last_error = NULL
-                     WHERE report_id = ?1 AND status = 'queued'",
+                                        processed_at = ?5, last_error = NULL,
+                                        claimed_by = NULL, lease_until = NULL
+                     WHERE report_id = ?1 AND status = 'queued' AND claimed_by = ?6",
                 )?
-                .execute(params![report_id, result, alert, attempts, now])?;
+                .execute(params![report_id, result, alert, attempts, now, me])?;
             let mut effect = Effect::from(changed(rows));
             if rows > 0 {
                 let enrolled = tx
@@ -554,10 +422,11 @@ fn apply_sql(tx: &Transaction<'_>, op: &Op, backlog: &mut i64) -> rusqlite::Resu
         } => {
             let rows = tx
                 .prepare_cached(
-                    "UPDATE reports SET attempts = ?2, last_error = ?3, next_attempt_at = ?4
-                     WHERE report_id = ?1 AND status = 'queued'",
+                    "UPDATE reports SET attempts = ?2, last_error = ?3, next_attempt_at = ?4,
+                                        claimed_by = NULL, lease_until = NULL
+                     WHERE report_id = ?1 AND status = 'queued' AND claimed_by = ?5",
                 )?
-                .execute(params![report_id, attempts, error, next_at_ms])?;
+                .execute(params![report_id, attempts, error, next_at_ms, me])?;
             Ok(changed(rows).into())
         }
         Op::Fail {
@@ -567,26 +436,80 @@ fn apply_sql(tx: &Transaction<'_>, op: &Op, backlog: &mut i64) -> rusqlite::Resu
         } => {
             let rows = tx
                 .prepare_cached(
-                    "UPDATE reports SET status = 'failed', attempts = ?2, last_error = ?3, processed_at = ?4
-                     WHERE report_id = ?1 AND status = 'queued'",
+                    "UPDATE reports SET status = 'failed', attempts = ?2, last_error = ?3, processed_at = ?4,
+                                        claimed_by = NULL, lease_until = NULL
+                     WHERE report_id = ?1 AND status = 'queued' AND claimed_by = ?5",
                 )?
-                .execute(params![report_id, attempts, error, now_ms()])?;
+                .execute(params![report_id, attempts, error, now_ms(), me])?;
             Ok(changed(rows).into())
+        }
+        Op::Claim { limit } => {
+            // The limit is written into the SQL: a bound LIMIT makes SQLite
+            // re-plan the statement on every run.
+            let now = now_ms();
+            let mut stmt = tx.prepare_cached(&format!(
+                "UPDATE reports SET claimed_by = ?1, lease_until = ?2 + ?3
+                 WHERE report_id IN (
+                     SELECT report_id FROM reports
+                     WHERE status = 'queued' AND next_attempt_at <= ?2
+                       AND (claimed_by IS NULL OR claimed_by = ?1)
+                     ORDER BY next_attempt_at, rowid LIMIT {limit})
+                 RETURNING report_id, patient_id, site_id, instrument, submitted_at, answers, attempts"
+            ))?;
+            let rows = stmt.query_map(params![me, now, ms(claiming.lease)], |r| {
+                Ok(Claimed {
+                    report_id: r.get(0)?,
+                    patient_id: r.get(1)?,
+                    site_id: r.get(2)?,
+                    instrument: r.get(3)?,
+                    submitted_at: r.get(4)?,
+                    answers: r.get(5)?,
+                    attempts: r.get(6)?,
+                })
+            })?;
+            let claimed = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Outcome::Claimed(claimed).into())
+        }
+        Op::Heartbeat => {
+            let rows = tx
+                .prepare_cached("UPDATE reports SET lease_until = ?2 WHERE claimed_by = ?1")?
+                .execute(params![me, now_ms() + ms(claiming.lease)])?;
+            Ok(Outcome::Rows(rows as u64).into())
+        }
+        Op::Reap => {
+            let rows = tx
+                .prepare_cached(
+                    "UPDATE reports SET claimed_by = NULL, lease_until = NULL
+                     WHERE claimed_by IS NOT NULL AND lease_until < ?1",
+                )?
+                .execute(params![now_ms()])?;
+            Ok(Outcome::Rows(rows as u64).into())
+        }
+        Op::Release => {
+            let rows = tx
+                .prepare_cached(
+                    "UPDATE reports SET claimed_by = NULL, lease_until = NULL WHERE claimed_by = ?1",
+                )?
+                .execute(params![me])?;
+            Ok(Outcome::Rows(rows as u64).into())
         }
         Op::Summary {
             period_start,
             period_end,
             body,
         } => {
-            tx.prepare_cached(
-                "INSERT INTO summaries (period_start, period_end, created_at, body) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![period_start, period_end, now_ms(), body])?;
-            Ok(Outcome::Changed.into())
+            // Not when a summary ending after this one's start is stored.
+            let rows = tx
+                .prepare_cached(
+                    "INSERT INTO summaries (period_start, period_end, created_at, body)
+                     SELECT ?1, ?2, ?3, ?4
+                     WHERE NOT EXISTS (SELECT 1 FROM summaries WHERE period_end > ?1)",
+                )?
+                .execute(params![period_start, period_end, now_ms(), body])?;
+            Ok(changed(rows).into())
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use rusqlite::ffi;
@@ -633,10 +556,14 @@ mod tests {
 
     #[test]
     fn while_another_process_holds_the_lock_a_batch_tries_once_and_marks_the_store_failing() {
+        use std::sync::Arc;
         use std::sync::atomic::AtomicI64;
 
         use quiesce::Counters;
 
+        use super::super::sync::Syncer;
+        use super::super::writer::{Engine as _, Writer};
+        use super::super::{Command, Live, Reply};
         use crate::serve::metrics::Metrics;
         use crate::serve::report::Report;
 
@@ -654,35 +581,47 @@ mod tests {
             work_added: crossbeam_channel::unbounded().0,
             health: Default::default(),
         });
-        let (store, handle) = new(path.clone(), shared.clone(), 16);
-        let mut conn = open_writer(&path).unwrap();
-        conn.busy_timeout(Duration::from_millis(50)).unwrap();
+        let claiming = Claiming {
+            replica: "test".into(),
+            lease: Duration::from_secs(30),
+        };
+        let mut engine = Engine::new(path.clone(), claiming);
+        engine.open().unwrap();
+        engine
+            .conn()
+            .busy_timeout(Duration::from_millis(50))
+            .unwrap();
+        let (_tx, rx) = crossbeam_channel::bounded::<Command>(16);
+        let mut writer = Writer::new(Box::new(engine), rx, shared.clone());
         let holder = Connection::open(&path).unwrap();
         holder.execute_batch("BEGIN IMMEDIATE").unwrap();
         let syncer = Syncer::start(None, shared.clone()).unwrap();
         let (got_tx, got_rx) = crossbeam_channel::unbounded();
-        for id in ["a", "b", "c"] {
-            let report = Report {
+        let command = |op: Op| {
+            let tx = got_tx.clone();
+            let reply: Reply = Box::new(move |outcome| tx.send(outcome).unwrap());
+            Command { op, reply }
+        };
+        let insert = |id: &str| Op::Insert {
+            report: Report {
                 report_id: id.to_string(),
                 patient_id: "p".into(),
                 site_id: "S".into(),
                 instrument: "i".into(),
                 submitted_at: "2025-06-01T09:30:00Z".into(),
                 answers: [("q1".to_string(), 1)].into(),
-            };
-            let op = Op::Insert {
-                report,
-                hash: id.to_string(),
-                max_backlog: 100,
-            };
-            let tx = got_tx.clone();
-            let reply: super::super::Reply = Box::new(move |outcome| tx.send(outcome).unwrap());
-            handle
-                .send(op, reply, Instant::now() + Duration::from_secs(5))
-                .unwrap();
-        }
-        let first = store.rx.recv().unwrap();
-        store.commit_batch(&mut conn, first, &syncer);
+            },
+            hash: id.to_string(),
+            max_backlog: 100,
+        };
+        writer.commit_batch_of(
+            vec![
+                command(insert("a")),
+                command(insert("b")),
+                command(insert("c")),
+            ],
+            &syncer,
+        );
         let wait = Duration::from_secs(30);
         let got: Vec<_> = (0..3).map(|_| got_rx.recv_timeout(wait).unwrap()).collect();
         assert!(
@@ -708,18 +647,12 @@ mod tests {
             period_end: 1,
             body: "{}".into(),
         };
-        let tx = got_tx.clone();
-        let reply: super::super::Reply = Box::new(move |outcome| tx.send(outcome).unwrap());
-        handle
-            .send(op, reply, Instant::now() + Duration::from_secs(5))
-            .unwrap();
-        let next = store.rx.recv().unwrap();
-        store.commit_batch(&mut conn, next, &syncer);
+        writer.commit_batch_of(vec![command(op)], &syncer);
         assert_eq!(got_rx.recv_timeout(wait).unwrap(), Ok(Outcome::Changed));
         assert_eq!(shared.health.failure(), None);
         assert_eq!(shared.health.recoveries(), 1);
         syncer.finish();
-        drop(conn);
+        drop(writer);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

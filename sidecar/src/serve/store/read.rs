@@ -1,0 +1,189 @@
+//! Reads: a report for `GET /v1/reports/{id}`, and the rows of a periodic
+//! summary. With SQLite each reader has a read-only connection of its own
+//! (opened by its thread, kept for its life); with PostgreSQL the readers
+//! of one process share a few connections ([`postgres::Readers`]), so that
+//! sixty-four HTTP threads on three replicas do not take 192 of the
+//! server's connections.
+
+use std::path::PathBuf;
+
+use rusqlite::{Connection, OptionalExtension};
+
+use super::postgres;
+use super::sqlite::open_reader;
+
+/// A report as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredReport {
+    /// Its id.
+    pub report_id: String,
+    /// `queued`, `processed` or `failed`.
+    pub status: String,
+    /// Its site.
+    pub site_id: String,
+    /// Its patient.
+    pub patient_id: String,
+    /// Its instrument.
+    pub instrument: String,
+    /// When it was submitted, as sent.
+    pub submitted_at: String,
+    /// When it was received (ms since the epoch).
+    pub received_at: i64,
+    /// Attempts made.
+    pub attempts: i64,
+    /// The last attempt's error, if any.
+    pub last_error: Option<String>,
+    /// The result (JSON text), once processed.
+    pub result: Option<String>,
+    /// When it was processed (ms since the epoch), once processed.
+    pub processed_at: Option<i64>,
+}
+
+/// One site's line of a summary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteSummary {
+    /// The site.
+    pub site_id: String,
+    /// Reports received in the period.
+    pub reports: i64,
+    /// Alerts raised (reports processed with an alert) in the period.
+    pub alerts: i64,
+    /// Distinct patients among the reports received in the period.
+    pub patients: i64,
+}
+
+/// Makes a [`Reader`] for each thread that reads.
+#[derive(Clone)]
+pub enum ReaderFactory {
+    /// Opens a read-only SQLite connection.
+    Sqlite(PathBuf),
+    /// Hands out the shared PostgreSQL connections.
+    Postgres(postgres::Readers),
+}
+
+impl ReaderFactory {
+    pub(super) fn sqlite(path: PathBuf) -> ReaderFactory {
+        ReaderFactory::Sqlite(path)
+    }
+
+    pub(super) fn postgres(url: String) -> ReaderFactory {
+        ReaderFactory::Postgres(postgres::Readers::new(url))
+    }
+
+    /// A reader for one thread.
+    ///
+    /// # Errors
+    ///
+    /// When the SQLite file cannot be opened (PostgreSQL connects lazily).
+    pub fn reader(&self) -> std::io::Result<Reader> {
+        match self {
+            ReaderFactory::Sqlite(path) => open_reader(path)
+                .map(Reader::Sqlite)
+                .map_err(std::io::Error::other),
+            ReaderFactory::Postgres(readers) => Ok(Reader::Postgres(readers.clone())),
+        }
+    }
+}
+
+/// One thread's way to read the store.
+pub enum Reader {
+    /// A read-only SQLite connection.
+    Sqlite(Connection),
+    /// The shared PostgreSQL connections.
+    Postgres(postgres::Readers),
+}
+
+impl Reader {
+    /// The report `id`, if stored.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be read.
+    pub fn report(&mut self, id: &str) -> Result<Option<StoredReport>, String> {
+        match self {
+            Reader::Sqlite(db) => sqlite_report(db, id).map_err(|e| e.to_string()),
+            Reader::Postgres(readers) => readers.report(id),
+        }
+    }
+
+    /// Where the next summary's period starts: the end of the last one,
+    /// else the first report's arrival, else `fallback` (ms since the
+    /// epoch).
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be read.
+    pub fn summary_start(&mut self, fallback: i64) -> Result<i64, String> {
+        match self {
+            Reader::Sqlite(db) => db
+                .query_row(
+                    "SELECT COALESCE((SELECT MAX(period_end) FROM summaries),
+                                     (SELECT MIN(received_at) FROM reports),
+                                     ?1)",
+                    [fallback],
+                    |r| r.get(0),
+                )
+                .map_err(|e| e.to_string()),
+            Reader::Postgres(readers) => readers.summary_start(fallback),
+        }
+    }
+
+    /// Per site, what arrived and what raised an alert in `[start, end)`.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be read.
+    pub fn summary(&mut self, start: i64, end: i64) -> Result<Vec<SiteSummary>, String> {
+        match self {
+            Reader::Sqlite(db) => sqlite_summary(db, start, end).map_err(|e| e.to_string()),
+            Reader::Postgres(readers) => readers.summary(start, end),
+        }
+    }
+}
+
+fn sqlite_report(db: &Connection, id: &str) -> rusqlite::Result<Option<StoredReport>> {
+    db.prepare_cached(
+        "SELECT report_id, status, site_id, patient_id, instrument, submitted_at, received_at,
+                attempts, last_error, result, processed_at
+         FROM reports WHERE report_id = ?1",
+    )?
+    .query_row([id], |r| {
+        Ok(StoredReport {
+            report_id: r.get(0)?,
+            status: r.get(1)?,
+            site_id: r.get(2)?,
+            patient_id: r.get(3)?,
+            instrument: r.get(4)?,
+            submitted_at: r.get(5)?,
+            received_at: r.get(6)?,
+            attempts: r.get(7)?,
+            last_error: r.get(8)?,
+            result: r.get(9)?,
+            processed_at: r.get(10)?,
+        })
+    })
+    .optional()
+}
+
+fn sqlite_summary(db: &Connection, start: i64, end: i64) -> rusqlite::Result<Vec<SiteSummary>> {
+    let mut stmt = db.prepare_cached(
+        // Reports and patients by when they arrived; alerts by when they
+        // were raised (processed), so each is counted in one period.
+        "SELECT site_id,
+                SUM(received_at >= ?1 AND received_at < ?2),
+                SUM(alert = 1 AND processed_at >= ?1 AND processed_at < ?2),
+                COUNT(DISTINCT CASE WHEN received_at >= ?1 AND received_at < ?2 THEN patient_id END)
+         FROM reports
+         WHERE (received_at >= ?1 AND received_at < ?2) OR (processed_at >= ?1 AND processed_at < ?2)
+         GROUP BY site_id ORDER BY site_id",
+    )?;
+    stmt.query_map([start, end], |r| {
+        Ok(SiteSummary {
+            site_id: r.get(0)?,
+            reports: r.get(1)?,
+            alerts: r.get(2)?,
+            patients: r.get(3)?,
+        })
+    })?
+    .collect()
+}
