@@ -105,6 +105,34 @@ impl ScriptedAnalyzer {
 
     /// `script`: whole answers, bytes on the wire, in order.
     pub fn start_raw(script: Vec<Vec<u8>>) -> ScriptedAnalyzer {
+        ScriptedAnalyzer::start_delayed(script, Duration::ZERO)
+    }
+
+    /// An analyzer that answers every request `200 {}` after `delay`, one
+    /// request at a time: a slow external service.
+    pub fn slow(delay: Duration) -> ScriptedAnalyzer {
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}".to_vec();
+        ScriptedAnalyzer::start_delayed(vec![ok], delay)
+    }
+
+    /// The report ids of the requests received, in order.
+    pub fn report_ids(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .map(|(_, body)| {
+                let body: serde_json::Value =
+                    serde_json::from_slice(body).expect("the analyzer request is JSON");
+                body["report"]["report_id"]
+                    .as_str()
+                    .expect("the request names its report")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// `script` as [`start_raw`](Self::start_raw), each answer sent `delay`
+    /// after its request was read.
+    pub fn start_delayed(script: Vec<Vec<u8>>, delay: Duration) -> ScriptedAnalyzer {
         assert!(!script.is_empty());
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the analyzer");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -131,6 +159,7 @@ impl ScriptedAnalyzer {
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .push((head, body));
+                        thread::sleep(delay);
                         let out = &script[next.min(script.len() - 1)];
                         next += 1;
                         let _ = stream.write_all(out);
