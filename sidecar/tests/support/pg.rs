@@ -41,6 +41,9 @@
 //! 3. The server's state (`server`) is only changed under its lock, so a
 //!    `stop` and a `start` of one cluster never interleave.
 //!
+//! The one gap: a test process killed while `initdb` runs (before the
+//! wrapper exists) leaves that directory behind (no process).
+//!
 //! Self-contained (std and rustix only).
 
 use std::io::{BufRead, BufReader, Write};
@@ -63,9 +66,12 @@ pub const PG_START_LIMIT: Duration = Duration::from_secs(60);
 /// <socket dir> <port> <log> <root>`. It prints the server's pid, then
 /// waits on stdin: a line (`stop`) stops the server and keeps the
 /// directory; end-of-file stops it and removes the directory. What the
-/// wrapper and the server write goes to the server's log.
+/// wrapper and the server write goes to the server's log. SIGPIPE is
+/// ignored: a test process gone before it read the pid must not kill the
+/// wrapper and orphan the server.
 const WRAPPER: &str = r#"
 exec 2>>"$5"
+trap '' PIPE
 "$1" -D "$2" -k "$3" -p "$4" -c listen_addresses=127.0.0.1 -c max_connections=200 \
     </dev/null >>"$5" 2>&1 &
 pid=$!
@@ -542,6 +548,8 @@ pub fn psql(url: &str, sql: &str) -> Vec<Vec<String>> {
         .args(["-d", url, "-c", sql])
         .stdin(Stdio::null());
     prepare(&mut command, None, &std::env::temp_dir());
+    // A server that does not answer fails the test rather than hang it.
+    command.env("PGCONNECT_TIMEOUT", "15");
     let out = command
         .output()
         .unwrap_or_else(|e| panic!("cannot run psql: {e}"));
