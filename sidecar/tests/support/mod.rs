@@ -4,15 +4,17 @@
 //! read its log as it comes; send it real signals with `kill`; talk
 //! HTTP/1.1 to `serve` with a small client of our own on
 //! `std::net::TcpStream` that says precisely how a request ended; read its
-//! SQLite file; stand in for the external analyzer. Each test binary uses
-//! part of it; the benches include `temp.rs` and `process.rs` with
-//! `#[path]`.
+//! SQLite file; run a real PostgreSQL; stand in for the external
+//! analyzer. Each test binary uses part of it; the benches include
+//! `temp.rs` and `process.rs` with `#[path]`.
 //!
 //! One idea per file: `temp` (temporary directories), `process` (a child
 //! process under a watchdog, signals, how it ended), `serve` (a running
 //! `quiesce serve`), `http` (the client), `api` (the sidecar's API as the
-//! tests speak it), `db` (its SQLite file), `analyzer` (stand-ins for the
-//! external analyzer), `rng` (a seeded generator), `load` (load clients).
+//! tests speak it), `db` (its SQLite file), `pg` (a real PostgreSQL
+//! cluster started by the tests, a database per test, `psql`), `analyzer`
+//! (stand-ins for the external analyzer), `rng` (a seeded generator),
+//! `load` (load clients).
 #![allow(dead_code)]
 
 use std::sync::{Mutex, MutexGuard};
@@ -23,6 +25,7 @@ mod api;
 mod db;
 mod http;
 mod load;
+mod pg;
 mod process;
 mod rng;
 mod serve;
@@ -31,7 +34,7 @@ mod temp;
 // Each test binary uses part of it.
 #[allow(unused_imports)]
 pub use self::{
-    analyzer::*, api::*, db::*, http::*, load::*, process::*, rng::*, serve::*, temp::*,
+    analyzer::*, api::*, db::*, http::*, load::*, pg::*, process::*, rng::*, serve::*, temp::*,
 };
 
 /// The read and write timeout of the test client's sockets: far longer
