@@ -516,3 +516,98 @@ fn the_database_restarted_under_load() {
     assert!(copies.values().all(|&n| n == 1));
     serve.stop_ok(Duration::from_secs(15));
 }
+
+/// Issue 11, item 2: duplicates (200) and conflicts (409) are decided by
+/// the database's key, whichever replica is asked; of two replicas raced
+/// on the same ids, exactly one answers 202 per id.
+#[test]
+fn duplicates_and_conflicts_are_decided_across_replicas() {
+    let Some(cluster) = pg_cluster() else { return };
+    let db = cluster.database();
+    let dir = TempDir::new("replicas-dup");
+    let mut r1 = replica(&dir, &db, "r1", &[]);
+    let mut r2 = replica(&dir, &db, "r2", &[]);
+    let first = post_json(r1.addr, &report("dup-1", "p1", "S0", &[("q1", 2)]));
+    assert_eq!(first.status, 202, "{}", first.text());
+    let same = post_json(r2.addr, &report("dup-1", "p1", "S0", &[("q1", 2)]));
+    assert_eq!(same.status, 200, "{}", same.text());
+    assert_eq!(same.json()["status"], "duplicate");
+    let other = post_json(r2.addr, &report("dup-1", "p1", "S0", &[("q1", 3)]));
+    assert_eq!(other.status, 409, "{}", other.text());
+    // Races: each id posted to both replicas at once.
+    let (a1, a2) = (r1.addr, r2.addr);
+    let racers: Vec<_> = [a1, a2]
+        .into_iter()
+        .map(|addr| {
+            thread::spawn(move || {
+                (0..40)
+                    .map(|i| {
+                        let body = report(&format!("race-{i}"), "p", "S1", &[("q1", 1)]);
+                        post_json(addr, &body).status
+                    })
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    let answers: Vec<Vec<u16>> = racers
+        .into_iter()
+        .map(|h| h.join().expect("a racer"))
+        .collect();
+    for i in 0..40 {
+        let mut pair = [answers[0][i], answers[1][i]];
+        pair.sort_unstable();
+        assert_eq!(pair, [200, 202], "race-{i}");
+    }
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM reports WHERE report_id LIKE 'race-%'"),
+        "40"
+    );
+    r1.stop_ok(Duration::from_secs(15));
+    r2.stop_ok(Duration::from_secs(15));
+}
+
+/// Issue 11, item 4: one summary per period, whatever the number of
+/// replicas: the stored periods follow one another without overlap, and
+/// there are no more of them than intervals elapsed.
+#[test]
+fn two_replicas_write_one_summary_per_period() {
+    let Some(cluster) = pg_cluster() else { return };
+    let db = cluster.database();
+    let dir = TempDir::new("replicas-summary");
+    let extra = ["--summary-interval", "1s"];
+    let mut r1 = replica(&dir, &db, "r1", &extra);
+    let started = Instant::now();
+    let mut r2 = replica(&dir, &db, "r2", &extra);
+    post_some(&r1, "s", 6, 3);
+    thread::sleep(Duration::from_millis(4500));
+    r1.stop_ok(Duration::from_secs(15));
+    r2.stop_ok(Duration::from_secs(15));
+    let elapsed = started.elapsed().as_secs_f64();
+    let periods: Vec<(i64, i64)> = db
+        .query("SELECT period_start, period_end FROM summaries ORDER BY period_start")
+        .into_iter()
+        .map(|r| (r[0].parse().expect("ms"), r[1].parse().expect("ms")))
+        .collect();
+    assert!(periods.len() >= 2, "{periods:?}");
+    assert!(
+        periods.len() as f64 <= elapsed + 1.0,
+        "{} summaries in {elapsed:.1} s: {periods:?}",
+        periods.len()
+    );
+    for pair in periods.windows(2) {
+        assert_eq!(
+            pair[1].0, pair[0].1,
+            "periods overlap or leave a gap: {periods:?}"
+        );
+    }
+    // Each written as a file by the replica that stored it: one file per row.
+    let files: usize = ["r1", "r2"]
+        .iter()
+        .map(|id| {
+            std::fs::read_dir(dir.join(id).join("summaries"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(files, periods.len());
+}
