@@ -553,8 +553,8 @@ fn duplicates_and_conflicts_are_decided_across_replicas() {
         .into_iter()
         .map(|h| h.join().expect("a racer"))
         .collect();
-    for i in 0..40 {
-        let mut pair = [answers[0][i], answers[1][i]];
+    for (i, (a, b)) in answers[0].iter().zip(&answers[1]).enumerate() {
+        let mut pair = [*a, *b];
         pair.sort_unstable();
         assert_eq!(pair, [200, 202], "race-{i}");
     }
