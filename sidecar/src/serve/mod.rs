@@ -433,8 +433,28 @@ fn make_private(dir: &std::path::Path) -> anyhow::Result<()> {
                 "{} was readable by others ({now:o}); making it {mode:o}",
                 path.display()
             );
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                .with_context(|| format!("cannot make {} private", path.display()))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(
+                || {
+                    use std::os::unix::fs::MetadataExt as _;
+                    let me = rustix::process::geteuid().as_raw();
+                    if meta.uid() == me {
+                        format!("cannot make {} private", path.display())
+                    } else {
+                        // A volume's mount point (an emptyDir, a claim with
+                        // fsGroup) belongs to root: the process cannot
+                        // tighten it, but can create a private directory
+                        // inside it.
+                        format!(
+                            "cannot make {} private: it belongs to uid {}, and this process runs \
+                             as uid {me}; point --data-dir at a directory inside it (created \
+                             private), e.g. {}",
+                            path.display(),
+                            meta.uid(),
+                            path.join("data").display()
+                        )
+                    }
+                },
+            )?;
         }
         Ok(())
     };
