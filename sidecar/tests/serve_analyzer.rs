@@ -52,3 +52,32 @@ fn an_error_answer_is_named_by_its_status_without_the_peer_s_words() {
     assert_eq!(got["status"], "failed", "{got}");
     assert_eq!(got["last_error"], "analyzer answered 500", "{got}");
 }
+
+/// A sidecar stopped and continued (SIGSTOP, SIGCONT: a debugger, a
+/// frozen container, a paused VM) while it waits for the analyzer: the
+/// read interrupted by the stop signal is read again, not counted as a
+/// failed attempt.
+#[test]
+fn a_stop_and_continue_during_an_analyzer_call_is_not_a_failed_attempt() {
+    let analyzer = ScriptedAnalyzer::slow(Duration::from_millis(800));
+    let dir = TempDir::new("analyzer-sigstop");
+    let mut serve = Serve::start(dir.path(), &["--analyzer-url", &analyzer.url()]);
+    let posted = post_json(serve.addr, &report("stop-1", "p", "S", &[("q1", 1)]));
+    assert_eq!(posted.status, 202, "{}", posted.text());
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    while analyzer.report_ids().is_empty() {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the analyzer was never called"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    serve.signal("STOP");
+    std::thread::sleep(Duration::from_millis(200));
+    serve.signal("CONT");
+    let body = wait_settled(serve.addr, "stop-1", Duration::from_secs(20));
+    assert_eq!(body["status"], "processed", "{body}");
+    assert_eq!(body["attempts"], 1, "{body}");
+    assert_eq!(analyzer.report_ids(), vec!["stop-1"]);
+    serve.stop_ok(Duration::from_secs(15));
+}

@@ -162,6 +162,9 @@ impl Analyzer {
                         break answer;
                     }
                 }
+                // A stop signal (SIGSTOP, then SIGCONT) interrupts a read
+                // with a timeout even under SA_RESTART: read again.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(io("read", e)),
             }
         };

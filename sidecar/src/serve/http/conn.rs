@@ -65,6 +65,7 @@ fn linger_close(mut stream: TcpStream, linger: Duration) {
             break;
         }
         match stream.read(&mut sink) {
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Ok(0) | Err(_) => break,
             Ok(n) => discarded += n,
         }
@@ -397,7 +398,14 @@ impl ServedConn<'_> {
             self.read_timeout = Some(left);
         }
         let mut chunk = [0u8; 8192];
-        let n = self.stream.read(&mut chunk)?;
+        let n = loop {
+            match self.stream.read(&mut chunk) {
+                // A stop signal interrupts a read with a timeout even under
+                // SA_RESTART (signal(7)): not the client's doing.
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                other => break other?,
+            }
+        };
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(n)
     }
