@@ -611,3 +611,72 @@ fn two_replicas_write_one_summary_per_period() {
         .sum();
     assert_eq!(files, periods.len());
 }
+
+/// Issue 11, item 3: a late result is discarded, never stored twice. A
+/// replica frozen (SIGSTOP) mid-job stops renewing its lease; another
+/// replica reclaims the report and processes it; when the first one
+/// wakes (SIGCONT) and finishes the same job, its result is not stored
+/// and is counted as discarded. Also: a replica reached over PostgreSQL's
+/// unix socket.
+#[test]
+fn a_late_result_after_the_lease_ran_out_is_discarded() {
+    let Some(cluster) = pg_cluster() else { return };
+    let db = cluster.database();
+    let dir = TempDir::new("replicas-late");
+    let analyzer = ScriptedAnalyzer::slow(Duration::from_millis(1500));
+    let url = analyzer.url();
+    let extra = ["--lease", "1s", "--workers", "1", "--analyzer-url", &url];
+    let mut r1 = replica(&dir, &db, "r1", &extra);
+    let posted = post_json(r1.addr, &report("late-1", "p", "S0", &[("q1", 1)]));
+    assert_eq!(posted.status, 202, "{}", posted.text());
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while analyzer.report_ids().is_empty() {
+        assert!(Instant::now() < give_up, "r1 never called the analyzer");
+        thread::sleep(Duration::from_millis(5));
+    }
+    r1.signal("STOP");
+    let socket = db.socket_url();
+    let mut r2 = Serve::start(
+        &dir.sub("r2"),
+        &[
+            &["--database-url", &socket, "--replica-id", "r2"][..],
+            &extra,
+        ]
+        .concat(),
+    );
+    // r2 reclaims it once r1's lease has run out; r1 wakes while r2 is
+    // still working on it (r2's analyzer call takes 1.5 s), with its own
+    // answer waiting in its socket: its result comes first, and must not
+    // be stored, the report being r2's now.
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while db.scalar("SELECT COALESCE(claimed_by, '-') FROM reports WHERE report_id = 'late-1'")
+        != "r2"
+    {
+        assert!(Instant::now() < give_up, "r2 never reclaimed the report");
+        thread::sleep(Duration::from_millis(10));
+    }
+    r1.signal("CONT");
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while metric(&r1, "quiesce_results_discarded_total") == 0 {
+        assert!(
+            Instant::now() < give_up,
+            "r1's late result was not discarded"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    while db.scalar("SELECT status FROM reports WHERE report_id = 'late-1'") != "processed" {
+        assert!(Instant::now() < give_up, "r2 never processed the report");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(metric(&r1, "quiesce_results_discarded_total"), 1);
+    assert_eq!(metric(&r1, "quiesce_reports_processed_total"), 0);
+    assert_eq!(metric(&r2, "quiesce_reports_processed_total"), 1);
+    assert_eq!(metric(&r2, "quiesce_leases_reclaimed_total"), 1);
+    assert_eq!(
+        db.query("SELECT status, attempts FROM reports WHERE report_id = 'late-1'"),
+        vec![vec!["processed".to_string(), "1".to_string()]]
+    );
+    assert_eq!(analyzer.report_ids(), vec!["late-1", "late-1"]);
+    r1.stop_ok(Duration::from_secs(15));
+    r2.stop_ok(Duration::from_secs(15));
+}
