@@ -27,6 +27,9 @@ enum Command {
     /// durably, process them on a bounded pool, stop on SIGTERM without
     /// losing one.
     Serve(Box<serve::Args>),
+    /// List the reports a store holds (the failed ones, say), and put
+    /// failed reports back in the queue, without a running server.
+    Reports(serve::operate::Args),
     /// Replace identifier columns of CSV exports by keyed pseudonyms, many
     /// files at once.
     Anonymize(anonymize::Args),
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::Anonymize(args) => anonymize::run(args),
+        Command::Reports(args) => serve::operate::run(args),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,8 @@
 //! |-------|--------|
 //! | `POST /v1/reports` | 202 accepted (durable), 200 duplicate, 409 conflict, 400 invalid (naming the field), 413 too large, 415 not JSON, 429 backlog full, 503 shutting down, not stored, or stored or not (a commit that failed midway; retrying is safe) |
 //! | `GET /v1/reports/{id}` | the report's status, and its result or last error; 404 |
+//! | `GET /v1/reports?status=&site=&since=&limit=&after=` | a page of reports by id (no patient ids), and `next`, the `after` of the next page; 400 naming a bad parameter |
+//! | `POST /v1/reports/{id}/retry` | 202: a failed report back in the queue, attempts from zero; 409 when it is not failed; 404 |
 //! | `GET /v1/enrollment` | distinct patients per site and in total |
 //! | `GET /livez` | 200 while the process runs |
 //! | `GET /healthz` | 200 `{"status":"healthy","checks":{...}}`; 503 `unhealthy`, each failing check saying why (the store's last commit failed, services not ready or stopping) |
@@ -25,6 +27,7 @@ use serde_json::{Value, json};
 use super::http::{
     Deferred, Handler, Later, Limits, RETRY_AFTER, Request, Response, Server, status_text,
 };
+use super::operate;
 use super::report::{Report, rfc3339_ms};
 use super::store::{self, CallError, Failure, Op, Outcome, Reader, ReaderFactory, StoreHandle};
 
@@ -162,7 +165,17 @@ impl Api {
     ) -> (&'static str, Response) {
         let method = request.method.as_str();
         match request.path.as_str() {
-            "/v1/reports" => ("/v1/reports", not_allowed("POST")),
+            "/v1/reports" => match method {
+                "GET" => ("GET /v1/reports", list_reports(db, request)),
+                _ => ("/v1/reports", not_allowed("GET, POST")),
+            },
+            path if path.starts_with("/v1/reports/") && path.ends_with("/retry") => {
+                let id = &path["/v1/reports/".len()..path.len() - "/retry".len()];
+                match method {
+                    "POST" => ("POST /v1/reports/{id}/retry", self.retry(db, id)),
+                    _ => ("/v1/reports/{id}/retry", not_allowed("POST")),
+                }
+            }
             path if path.starts_with("/v1/reports/") => match method {
                 "GET" => (
                     "GET /v1/reports/{id}",
@@ -304,6 +317,40 @@ impl Api {
         )
     }
 
+    /// `POST /v1/reports/{id}/retry`: a failed report back in the queue.
+    fn retry(&self, db: &mut Reader, id: &str) -> Response {
+        let op = Op::Redrive {
+            report_id: id.to_string(),
+        };
+        match self.store.call(op, Instant::now() + operate::STORE_WAIT) {
+            Ok(Outcome::Changed) => {
+                log::info!("report {id} re-driven: back in the queue, attempts from zero");
+                Response::json(202, &json!({ "report_id": id, "status": "queued" }))
+            }
+            Ok(_) => match db.report(id) {
+                Ok(None) => error(404, "no such report"),
+                Ok(Some(report)) => Response::json(
+                    409,
+                    &json!({
+                        "error": format!(
+                            "only a failed report can be retried; this one is {}",
+                            report.status
+                        ),
+                        "status": report.status,
+                    }),
+                ),
+                Err(err) => {
+                    log::error!("reading report {id}: {err}");
+                    error(500, "cannot read the report")
+                }
+            },
+            Err(err) => {
+                log::warn!("re-drive of report {id} not stored: {err}");
+                not_stored()
+            }
+        }
+    }
+
     fn enrollment(&self) -> Response {
         let snapshot = self.shared.enrollment.snapshot();
         let sites: serde_json::Map<String, Value> = snapshot
@@ -405,6 +452,23 @@ fn outcome_unknown() -> Response {
          retrying is safe: the same report is answered as a duplicate if it was stored",
     )
     .with_header("Retry-After", RETRY_AFTER)
+}
+
+/// `GET /v1/reports?status=…&site=…&since=…&limit=…&after=…`.
+fn list_reports(db: &mut Reader, request: &Request) -> Response {
+    let filter = match operate::filter(&request.params()) {
+        Ok(filter) => filter,
+        Err(bad) => {
+            return Response::json(400, &json!({ "error": bad.why, "field": bad.field }));
+        }
+    };
+    match db.list(&filter) {
+        Ok(reports) => Response::json(200, &operate::page(&reports, &filter)),
+        Err(err) => {
+            log::error!("listing reports: {err}");
+            error(500, "cannot list the reports")
+        }
+    }
 }
 
 fn get_report(db: &mut Reader, id: &str) -> Response {

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub results_discarded: IntCounter,
     /// Claims released unfinished at a stop, for other replicas to take.
     pub claims_released: IntCounter,
+    /// Failed reports put back in the queue by an operator.
+    pub redriven: IntCounter,
 }
 
 impl Metrics {
@@ -123,6 +125,10 @@ impl Metrics {
             "quiesce_results_discarded_total",
             "Results not stored: the report was no longer claimed by this replica, or was settled already.",
         );
+        let redriven = counter(
+            "quiesce_reports_redriven_total",
+            "Failed reports put back in the queue by an operator (POST /v1/reports/{id}/retry).",
+        );
         let claims_released = counter(
             "quiesce_claims_released_total",
             "Claims released unfinished at a stop, for other replicas to take.",
@@ -144,6 +150,7 @@ impl Metrics {
             Box::new(leases_reclaimed.clone()),
             Box::new(results_discarded.clone()),
             Box::new(claims_released.clone()),
+            Box::new(redriven.clone()),
         ] {
             registry.register(m).expect("unique metric names");
         }
@@ -165,6 +172,7 @@ impl Metrics {
             leases_reclaimed,
             results_discarded,
             claims_released,
+            redriven,
         }
     }
 

@@ -17,6 +17,7 @@ mod analyzer;
 mod http;
 mod intake;
 mod metrics;
+pub mod operate;
 mod pipeline;
 mod report;
 mod scheduler;
@@ -484,7 +485,7 @@ const LOCK_FILE: &str = "quiesce.lock";
 /// # Errors
 ///
 /// When another process holds the lock, or the file cannot be opened.
-fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+pub(crate) fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
 

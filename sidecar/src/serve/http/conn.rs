@@ -506,7 +506,13 @@ fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<Head>, ReadError> {
     }
     let http10 = req.version == Some(0);
     let method = req.method.unwrap_or_default().to_string();
-    let path = origin_path(req.path.unwrap_or("/"))?;
+    let target = req.path.unwrap_or("/");
+    let path = origin_path(target)?;
+    let query = target
+        .split_once('?')
+        .map(|(_, q)| q.split('#').next().unwrap_or(""))
+        .unwrap_or("")
+        .to_string();
     let mut list = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
         let Ok(value) = std::str::from_utf8(h.value) else {
@@ -517,6 +523,7 @@ fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<Head>, ReadError> {
     let request = Request {
         method,
         path,
+        query,
         headers: list,
         body: Vec::new(),
     };

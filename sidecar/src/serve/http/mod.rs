@@ -170,6 +170,8 @@ pub struct Request {
     pub method: String,
     /// The path, without the query string.
     pub path: String,
+    /// The query string, without its `?` (empty when there is none).
+    pub query: String,
     /// Header names (lower-cased) and values.
     pub headers: Vec<(String, String)>,
     /// The body (decoded when chunked).
@@ -177,6 +179,13 @@ pub struct Request {
 }
 
 impl Request {
+    /// The query's parameters, decoded (`application/x-www-form-urlencoded`).
+    pub fn params(&self) -> Vec<(String, String)> {
+        form_urlencoded::parse(self.query.as_bytes())
+            .into_owned()
+            .collect()
+    }
+
     /// The first header called `name` (lower-case).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

@@ -118,7 +118,7 @@ use quiesce::{Counters, JobError, JobHandle};
 use super::metrics::Metrics;
 use super::report::Report;
 
-pub use read::{Reader, ReaderFactory};
+pub use read::{ListFilter, ListedReport, Reader, ReaderFactory};
 pub use writer::Writer;
 
 /// Where the reports are kept.
@@ -168,6 +168,50 @@ pub fn new(
         }
     };
     Ok((Writer::new(engine, rx, shared), StoreHandle { tx }, readers))
+}
+
+/// Opens the store without a server (the command line's `quiesce reports
+/// retry`), applies `ops` in one transaction, and closes it: each
+/// command's outcome, or why it was not stored. With SQLite the caller
+/// must hold the data directory's lock (no server may run on it).
+///
+/// # Errors
+///
+/// When the store cannot be opened, or the transaction failed.
+pub fn apply_offline(
+    backend: &Backend,
+    ops: Vec<Op>,
+) -> Result<Vec<Result<Outcome, String>>, String> {
+    let claiming = Claiming {
+        replica: format!("cli-{}", std::process::id()),
+        lease: Duration::from_secs(30),
+    };
+    let mut engine: Box<dyn writer::Engine> = match backend {
+        Backend::Sqlite(path) => Box::new(sqlite::Engine::new(path.clone(), claiming)),
+        Backend::Postgres(url) => Box::new(postgres::Engine::new(
+            postgres::with_defaults(url)?,
+            claiming,
+        )),
+    };
+    let counts = engine.open().map_err(|e| e.to_string())?;
+    let refs: Vec<&Op> = ops.iter().collect();
+    let applied = engine.apply(&refs, counts.backlog);
+    let closed = engine.close();
+    let results = applied.results.map_err(|f| f.to_string())?;
+    closed?;
+    Ok(results
+        .into_iter()
+        .map(|r| r.map(|effect| effect.outcome))
+        .collect())
+}
+
+/// The shared PostgreSQL readers for `url` (the command line's reads).
+///
+/// # Errors
+///
+/// When `url` is not a PostgreSQL connection string.
+pub fn postgres_readers(url: &str) -> Result<postgres::Readers, String> {
+    Ok(postgres::Readers::new(postgres::with_defaults(url)?))
 }
 
 /// Milliseconds since the Unix epoch.
@@ -240,6 +284,14 @@ pub enum Op {
     /// Release every claim this replica holds (at its stop), for the
     /// others to take at once: [`Outcome::Rows`].
     Release,
+    /// Put a failed report back in the queue (an operator's re-drive, once
+    /// the analyzer is fixed): attempts start again from zero.
+    /// [`Outcome::Changed`], or [`Outcome::Unchanged`] when there is no
+    /// such report or it is not `failed`.
+    Redrive {
+        /// Which report.
+        report_id: String,
+    },
     /// Store a periodic summary, unless one was stored for a period that
     /// ends after `period_start` (another replica's): [`Outcome::Changed`]
     /// when stored, [`Outcome::Unchanged`] when not.

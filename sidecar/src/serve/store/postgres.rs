@@ -34,7 +34,7 @@ use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text};
 use diesel::{Connection, QueryableByName, RunQueryDsl, sql_query};
 use quiesce::BoxError;
 
-use super::read::{SiteSummary, StoredReport};
+use super::read::{ListFilter, ListedReport, SiteSummary, StoredReport};
 use super::writer::{Applied, Counts, Effect, changed};
 use super::{Claimed, Claiming, Failure, Op, Outcome, now_ms};
 
@@ -631,18 +631,30 @@ impl Tx<'_> {
                 error,
             } => {
                 let rows = sql_query(
-                    "UPDATE reports SET status = 'failed', attempts = $2, last_error = $3, processed_at = $4,
+                    "UPDATE reports SET status = 'failed', attempts = $2, last_error = $3,
                                         claimed_by = NULL, lease_until = NULL
-                     WHERE report_id = $1 AND status = 'queued' AND claimed_by = $5",
+                     WHERE report_id = $1 AND status = 'queued' AND claimed_by = $4",
                 )
                 .bind::<Text, _>(report_id)
                 .bind::<Integer, _>(i32::try_from(*attempts).unwrap_or(i32::MAX))
                 .bind::<Text, _>(error)
-                .bind::<BigInt, _>(now_ms())
                 .bind::<Text, _>(me)
                 .execute(self.conn)?;
                 if rows > 0 {
                     self.backlog_delta -= 1;
+                }
+                Ok(changed(rows).into())
+            }
+            Op::Redrive { report_id } => {
+                let rows = sql_query(
+                    "UPDATE reports SET status = 'queued', attempts = 0, next_attempt_at = 0,
+                                        claimed_by = NULL, lease_until = NULL
+                     WHERE report_id = $1 AND status = 'failed'",
+                )
+                .bind::<Text, _>(report_id)
+                .execute(self.conn)?;
+                if rows > 0 {
+                    self.backlog_delta += 1;
                 }
                 Ok(changed(rows).into())
             }
@@ -795,6 +807,24 @@ struct ReportRow {
 }
 
 #[derive(QueryableByName)]
+struct ListRow {
+    #[diesel(sql_type = Text)]
+    report_id: String,
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = Text)]
+    site_id: String,
+    #[diesel(sql_type = Text)]
+    instrument: String,
+    #[diesel(sql_type = BigInt)]
+    received_at: i64,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    last_error: Option<String>,
+}
+
+#[derive(QueryableByName)]
 struct SummaryRow {
     #[diesel(sql_type = Text)]
     site_id: String,
@@ -875,6 +905,36 @@ impl Readers {
             result: r.result,
             processed_at: r.processed_at,
         }))
+    }
+
+    pub(super) fn list(&self, filter: &ListFilter) -> Result<Vec<ListedReport>, String> {
+        let rows = self.with(|c| {
+            sql_query(
+                "SELECT report_id, status, site_id, instrument, received_at, attempts, last_error
+                 FROM reports
+                 WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR site_id = $2)
+                   AND ($3::bigint IS NULL OR received_at >= $3) AND report_id > $4
+                 ORDER BY report_id LIMIT $5",
+            )
+            .bind::<Nullable<Text>, _>(filter.status.as_deref())
+            .bind::<Nullable<Text>, _>(filter.site.as_deref())
+            .bind::<Nullable<BigInt>, _>(filter.since_ms)
+            .bind::<Text, _>(filter.after.as_deref().unwrap_or(""))
+            .bind::<BigInt, _>(i64::try_from(filter.limit).unwrap_or(i64::MAX))
+            .load::<ListRow>(c)
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ListedReport {
+                report_id: r.report_id,
+                status: r.status,
+                site_id: r.site_id,
+                instrument: r.instrument,
+                received_at: r.received_at,
+                attempts: i64::from(r.attempts),
+                last_error: r.last_error,
+            })
+            .collect())
     }
 
     pub(super) fn summary_start(&self, fallback: i64) -> Result<i64, String> {

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use rusqlite::{Connection, OptionalExtension};
 
 use super::postgres;
+
 use super::sqlite::open_reader;
 
 /// A report as stored.
@@ -37,6 +38,42 @@ pub struct StoredReport {
     pub result: Option<String>,
     /// When it was processed (ms since the epoch), once processed.
     pub processed_at: Option<i64>,
+}
+
+/// Which reports to list, a page at a time, by `report_id` (keyset
+/// pagination: the next page starts after the last id of this one).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Only reports with this status.
+    pub status: Option<String>,
+    /// Only reports of this site.
+    pub site: Option<String>,
+    /// Only reports received at or after this time (ms since the epoch).
+    pub since_ms: Option<i64>,
+    /// Only reports whose id sorts after this one.
+    pub after: Option<String>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// A report as listed: what an operator needs to find and re-drive it;
+/// no patient id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedReport {
+    /// Its id.
+    pub report_id: String,
+    /// `queued`, `processed` or `failed`.
+    pub status: String,
+    /// Its site.
+    pub site_id: String,
+    /// Its instrument.
+    pub instrument: String,
+    /// When it was received (ms since the epoch).
+    pub received_at: i64,
+    /// Attempts made.
+    pub attempts: i64,
+    /// The last attempt's error, if any.
+    pub last_error: Option<String>,
 }
 
 /// One site's line of a summary.
@@ -106,6 +143,18 @@ impl Reader {
         }
     }
 
+    /// The reports `filter` selects, in `report_id` order.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be read.
+    pub fn list(&mut self, filter: &ListFilter) -> Result<Vec<ListedReport>, String> {
+        match self {
+            Reader::Sqlite(db) => sqlite_list(db, filter).map_err(|e| e.to_string()),
+            Reader::Postgres(readers) => readers.list(filter),
+        }
+    }
+
     /// Where the next summary's period starts: the end of the last one,
     /// else the first report's arrival, else `fallback` (ms since the
     /// epoch).
@@ -163,6 +212,37 @@ fn sqlite_report(db: &Connection, id: &str) -> rusqlite::Result<Option<StoredRep
         })
     })
     .optional()
+}
+
+fn sqlite_list(db: &Connection, filter: &ListFilter) -> rusqlite::Result<Vec<ListedReport>> {
+    db.prepare_cached(
+        "SELECT report_id, status, site_id, instrument, received_at, attempts, last_error
+         FROM reports
+         WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR site_id = ?2)
+           AND (?3 IS NULL OR received_at >= ?3) AND report_id > ?4
+         ORDER BY report_id LIMIT ?5",
+    )?
+    .query_map(
+        rusqlite::params![
+            filter.status,
+            filter.site,
+            filter.since_ms,
+            filter.after.as_deref().unwrap_or(""),
+            i64::try_from(filter.limit).unwrap_or(i64::MAX)
+        ],
+        |r| {
+            Ok(ListedReport {
+                report_id: r.get(0)?,
+                status: r.get(1)?,
+                site_id: r.get(2)?,
+                instrument: r.get(3)?,
+                received_at: r.get(4)?,
+                attempts: r.get(5)?,
+                last_error: r.get(6)?,
+            })
+        },
+    )?
+    .collect()
 }
 
 fn sqlite_summary(db: &Connection, start: i64, end: i64) -> rusqlite::Result<Vec<SiteSummary>> {

@@ -70,6 +70,8 @@ CREATE TABLE IF NOT EXISTS probe (
     (
         2,
         "
+-- A failed report was never processed.
+UPDATE reports SET processed_at = NULL WHERE status = 'failed';
 -- Claims: which replica works on a queued report, and until when.
 ALTER TABLE reports ADD COLUMN claimed_by TEXT;
 ALTER TABLE reports ADD COLUMN lease_until INTEGER;
@@ -436,11 +438,24 @@ fn apply_sql(
         } => {
             let rows = tx
                 .prepare_cached(
-                    "UPDATE reports SET status = 'failed', attempts = ?2, last_error = ?3, processed_at = ?4,
+                    "UPDATE reports SET status = 'failed', attempts = ?2, last_error = ?3,
                                         claimed_by = NULL, lease_until = NULL
-                     WHERE report_id = ?1 AND status = 'queued' AND claimed_by = ?5",
+                     WHERE report_id = ?1 AND status = 'queued' AND claimed_by = ?4",
                 )?
-                .execute(params![report_id, attempts, error, now_ms(), me])?;
+                .execute(params![report_id, attempts, error, me])?;
+            Ok(changed(rows).into())
+        }
+        Op::Redrive { report_id } => {
+            let rows = tx
+                .prepare_cached(
+                    "UPDATE reports SET status = 'queued', attempts = 0, next_attempt_at = 0,
+                                        claimed_by = NULL, lease_until = NULL
+                     WHERE report_id = ?1 AND status = 'failed'",
+                )?
+                .execute(params![report_id])?;
+            if rows > 0 {
+                *backlog += 1;
+            }
             Ok(changed(rows).into())
         }
         Op::Claim { limit } => {

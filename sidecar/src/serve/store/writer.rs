@@ -362,6 +362,11 @@ impl Writer {
                 backlog(-1);
             }
             (Op::Retry { .. }, Outcome::Changed) => metrics.retried.inc(),
+            (Op::Redrive { .. }, Outcome::Changed) => {
+                metrics.redriven.inc();
+                backlog(1);
+                let _ = shared.work_added.try_send(());
+            }
             (Op::Complete { .. } | Op::Retry { .. } | Op::Fail { .. }, Outcome::Unchanged) => {
                 metrics.results_discarded.inc();
             }
