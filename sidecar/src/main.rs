@@ -30,6 +30,9 @@ enum Command {
     /// List the reports a store holds (the failed ones, say), and put
     /// failed reports back in the queue, without a running server.
     Reports(serve::operate::Args),
+    /// Export the audit trail (who sent, read, processed or re-drove which
+    /// report, and when) as JSON lines, without a running server.
+    Audit(serve::operate::AuditArgs),
     /// Replace identifier columns of CSV exports by keyed pseudonyms, many
     /// files at once.
     Anonymize(anonymize::Args),
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(*args),
         Command::Anonymize(args) => anonymize::run(args),
         Command::Reports(args) => serve::operate::run(args),
+        Command::Audit(args) => serve::operate::run_audit(args),
     };
     match result {
         Ok(code) => code,

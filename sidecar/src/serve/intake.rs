@@ -29,7 +29,9 @@ use super::http::{
 };
 use super::operate;
 use super::report::{Report, rfc3339_ms};
-use super::store::{self, CallError, Failure, Op, Outcome, Reader, ReaderFactory, StoreHandle};
+use super::store::{
+    self, AuditEvent, CallError, Failure, Op, Outcome, Reader, ReaderFactory, StoreHandle, Who,
+};
 
 /// How long a request may wait for the store.
 const STORE_WAIT: Duration = Duration::from_secs(10);
@@ -166,20 +168,20 @@ impl Api {
         let method = request.method.as_str();
         match request.path.as_str() {
             "/v1/reports" => match method {
-                "GET" => ("GET /v1/reports", list_reports(db, request)),
+                "GET" => ("GET /v1/reports", self.list_reports(db, request)),
                 _ => ("/v1/reports", not_allowed("GET, POST")),
             },
             path if path.starts_with("/v1/reports/") && path.ends_with("/retry") => {
                 let id = &path["/v1/reports/".len()..path.len() - "/retry".len()];
                 match method {
-                    "POST" => ("POST /v1/reports/{id}/retry", self.retry(db, id)),
+                    "POST" => ("POST /v1/reports/{id}/retry", self.retry(db, request, id)),
                     _ => ("/v1/reports/{id}/retry", not_allowed("POST")),
                 }
             }
             path if path.starts_with("/v1/reports/") => match method {
                 "GET" => (
                     "GET /v1/reports/{id}",
-                    get_report(db, &path["/v1/reports/".len()..]),
+                    self.get_report(db, request, &path["/v1/reports/".len()..]),
                 ),
                 _ => ("/v1/reports/{id}", not_allowed("GET")),
             },
@@ -252,6 +254,8 @@ impl Api {
             report,
             hash,
             max_backlog: self.max_backlog,
+            who: who(request),
+            body_sha256: sha256_hex(&request.body),
         };
         let deadline = Instant::now() + STORE_WAIT;
         let posted = Posted {
@@ -318,9 +322,10 @@ impl Api {
     }
 
     /// `POST /v1/reports/{id}/retry`: a failed report back in the queue.
-    fn retry(&self, db: &mut Reader, id: &str) -> Response {
+    fn retry(&self, db: &mut Reader, request: &Request, id: &str) -> Response {
         let op = Op::Redrive {
             report_id: id.to_string(),
+            who: who(request),
         };
         match self.store.call(op, Instant::now() + operate::STORE_WAIT) {
             Ok(Outcome::Changed) => {
@@ -349,6 +354,67 @@ impl Api {
                 not_stored()
             }
         }
+    }
+
+    /// Records a read in the audit trail before it is answered: a read
+    /// that cannot be recorded is not served (503).
+    fn audited(&self, event: AuditEvent, response: Response) -> Response {
+        match self
+            .store
+            .call(Op::Audit(event), Instant::now() + STORE_WAIT)
+        {
+            Ok(_) => response,
+            Err(err) => {
+                log::warn!("a read not served: the audit trail cannot record it ({err})");
+                error(
+                    503,
+                    "the read could not be recorded in the audit trail; retry",
+                )
+                .with_header("Retry-After", RETRY_AFTER)
+            }
+        }
+    }
+
+    /// `GET /v1/reports?status=…&site=…&since=…&limit=…&after=…`.
+    fn list_reports(&self, db: &mut Reader, request: &Request) -> Response {
+        let filter = match operate::filter(&request.params()) {
+            Ok(filter) => filter,
+            Err(bad) => {
+                return Response::json(400, &json!({ "error": bad.why, "field": bad.field }));
+            }
+        };
+        let response = match db.list(&filter) {
+            Ok(reports) => Response::json(200, &operate::page(&reports, &filter)),
+            Err(err) => {
+                log::error!("listing reports: {err}");
+                return error(500, "cannot list the reports");
+            }
+        };
+        let mut event = AuditEvent::new("reports.listed", who(request));
+        event.outcome = Some(response.status.to_string());
+        event.detail = Some(
+            json!({
+                "status": filter.status,
+                "site": filter.site,
+                "since_ms": filter.since_ms,
+                "after": filter.after,
+                "limit": filter.limit,
+            })
+            .to_string(),
+        );
+        self.audited(event, response)
+    }
+
+    /// `GET /v1/reports/{id}`.
+    fn get_report(&self, db: &mut Reader, request: &Request, id: &str) -> Response {
+        let response = report_response(db, id);
+        if response.status == 500 {
+            return response;
+        }
+        let mut event = AuditEvent::new("report.read", who(request));
+        event.report_id = Some(id.to_string());
+        event.outcome = Some(response.status.to_string());
+        self.audited(event, response)
     }
 
     fn enrollment(&self) -> Response {
@@ -454,24 +520,7 @@ fn outcome_unknown() -> Response {
     .with_header("Retry-After", RETRY_AFTER)
 }
 
-/// `GET /v1/reports?status=…&site=…&since=…&limit=…&after=…`.
-fn list_reports(db: &mut Reader, request: &Request) -> Response {
-    let filter = match operate::filter(&request.params()) {
-        Ok(filter) => filter,
-        Err(bad) => {
-            return Response::json(400, &json!({ "error": bad.why, "field": bad.field }));
-        }
-    };
-    match db.list(&filter) {
-        Ok(reports) => Response::json(200, &operate::page(&reports, &filter)),
-        Err(err) => {
-            log::error!("listing reports: {err}");
-            error(500, "cannot list the reports")
-        }
-    }
-}
-
-fn get_report(db: &mut Reader, id: &str) -> Response {
+fn report_response(db: &mut Reader, id: &str) -> Response {
     match db.report(id) {
         Ok(Some(r)) => {
             let ms = |t: Option<i64>| t.and_then(rfc3339_ms);
@@ -502,4 +551,46 @@ fn get_report(db: &mut Reader, id: &str) -> Response {
             error(500, "cannot read the report")
         }
     }
+}
+
+/// Who sent `request`, for the audit trail: its request id (the client's
+/// `X-Request-Id` when it is a sensible one, else one made here).
+fn who(request: &Request) -> Who {
+    Who {
+        caller: None,
+        remote: None,
+        request_id: Some(request_id(request)),
+    }
+}
+
+/// The request's id: the client's `X-Request-Id` (1 to 64 characters of
+/// `A-Z a-z 0-9 . _ -`), or this process's next one.
+fn request_id(request: &Request) -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    if let Some(id) = request.header("x-request-id")
+        && !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return id.to_string();
+    }
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        let seed = format!("{}-{}", std::process::id(), store::now_ms());
+        sha256_hex(seed.as_bytes())[..12].to_string()
+    });
+    format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// SHA-256 of `bytes`, in hex.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

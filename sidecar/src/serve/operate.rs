@@ -170,6 +170,95 @@ pub enum ReportsCommand {
     },
 }
 
+/// Options of `quiesce audit`.
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// The data directory of the SQLite store (as `serve --data-dir`).
+    #[arg(long, env = "QUIESCE_DATA_DIR", default_value = "./quiesce-data")]
+    pub data_dir: PathBuf,
+
+    /// The PostgreSQL store (as `serve --database-url`) instead of SQLite.
+    #[arg(long, env = "QUIESCE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Rows at or after this time (RFC 3339).
+    #[arg(long, value_parser = rfc3339_arg)]
+    pub since: Option<i64>,
+
+    /// Rows before this time (RFC 3339).
+    #[arg(long, value_parser = rfc3339_arg)]
+    pub until: Option<i64>,
+
+    /// Rows about this report.
+    #[arg(long)]
+    pub report_id: Option<String>,
+
+    /// Rows of this caller (a token's name, `pipeline`, `cli (uid N)` …).
+    #[arg(long)]
+    pub caller: Option<String>,
+}
+
+/// An RFC 3339 time as ms since the epoch.
+fn rfc3339_arg(s: &str) -> Result<i64, String> {
+    let at = OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|_| "must be an RFC 3339 time, e.g. 2026-11-28T00:00:00Z".to_string())?;
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).map_err(|_| "out of range".to_string())
+}
+
+/// Runs `quiesce audit`: the audit trail as JSON lines on stdout, oldest
+/// first, read from the store without a server.
+///
+/// # Errors
+///
+/// A store that cannot be opened or read.
+pub fn run_audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let backend = match &args.database_url {
+        Some(url) => Backend::Postgres(url.clone()),
+        None => Backend::Sqlite(args.data_dir.join("quiesce.db")),
+    };
+    if let Backend::Sqlite(path) = &backend
+        && !path.exists()
+    {
+        bail!("no database in {}", args.data_dir.display());
+    }
+    let mut reader = reader(&backend)?;
+    let mut filter = store::AuditFilter {
+        since_ms: args.since,
+        until_ms: args.until,
+        report_id: args.report_id,
+        caller: args.caller,
+        after_id: 0,
+        limit: 1000,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    loop {
+        let rows = reader.audit(&filter).map_err(anyhow::Error::msg)?;
+        for row in &rows {
+            let line = json!({
+                "id": row.id,
+                "at": rfc3339_ms(row.at),
+                "action": row.action,
+                "caller": row.caller,
+                "remote": row.remote,
+                "request_id": row.request_id,
+                "report_id": row.report_id,
+                "body_sha256": row.body_sha256,
+                "outcome": row.outcome,
+                "detail": row.detail.as_deref().map(|d| serde_json::from_str::<Value>(d).unwrap_or(Value::Null)),
+            });
+            writeln!(out, "{line}").context("writing to stdout")?;
+        }
+        match rows.last() {
+            Some(last) if rows.len() == filter.limit => filter.after_id = last.id,
+            _ => break,
+        }
+    }
+    out.flush().context("writing to stdout")?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A reader of `backend`, for the command line.
 fn reader(backend: &Backend) -> anyhow::Result<store::Reader> {
     let factory = match backend {
@@ -244,6 +333,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|id| Op::Redrive {
                     report_id: id.clone(),
+                    who: store::Who {
+                        caller: Some(format!("cli (uid {})", rustix::process::getuid().as_raw())),
+                        remote: None,
+                        request_id: None,
+                    },
                 })
                 .collect();
             let outcomes = store::apply_offline(&backend, ops).map_err(anyhow::Error::msg)?;

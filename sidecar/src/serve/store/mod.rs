@@ -118,7 +118,7 @@ use quiesce::{Counters, JobError, JobHandle};
 use super::metrics::Metrics;
 use super::report::Report;
 
-pub use read::{ListFilter, ListedReport, Reader, ReaderFactory};
+pub use read::{AuditFilter, ListFilter, ListedReport, Reader, ReaderFactory};
 pub use writer::Writer;
 
 /// Where the reports are kept.
@@ -154,6 +154,7 @@ pub fn new(
     capacity: usize,
 ) -> Result<(Writer, StoreHandle, ReaderFactory), String> {
     let (tx, rx) = crossbeam_channel::bounded(capacity);
+    let replica = claiming.replica.clone();
     let (engine, readers): (Box<dyn writer::Engine>, ReaderFactory) = match backend {
         Backend::Sqlite(path) => (
             Box::new(sqlite::Engine::new(path.clone(), claiming)),
@@ -167,7 +168,11 @@ pub fn new(
             )
         }
     };
-    Ok((Writer::new(engine, rx, shared), StoreHandle { tx }, readers))
+    Ok((
+        Writer::new(engine, replica, rx, shared),
+        StoreHandle { tx },
+        readers,
+    ))
 }
 
 /// Opens the store without a server (the command line's `quiesce reports
@@ -233,6 +238,11 @@ pub enum Op {
         /// Refuse a new report ([`Outcome::BacklogFull`]) when this many
         /// are queued; a duplicate is still recognised.
         max_backlog: i64,
+        /// Who sent it, for the audit trail.
+        who: Who,
+        /// SHA-256 of the request's body (hex), for the audit trail: it
+        /// ties the row to what was sent without holding it.
+        body_sha256: String,
     },
     /// Store a report's result and mark it processed.
     Complete {
@@ -291,7 +301,12 @@ pub enum Op {
     Redrive {
         /// Which report.
         report_id: String,
+        /// Who asked, for the audit trail.
+        who: Who,
     },
+    /// Append a row to the audit trail (a read, a start or a stop…: what
+    /// changes nothing else): [`Outcome::Changed`].
+    Audit(AuditEvent),
     /// Store a periodic summary, unless one was stored for a period that
     /// ends after `period_start` (another replica's): [`Outcome::Changed`]
     /// when stored, [`Outcome::Unchanged`] when not.
@@ -325,6 +340,183 @@ pub enum Outcome {
     Claimed(Vec<Claimed>),
     /// How many rows an update changed.
     Rows(u64),
+}
+
+/// Who asked for a change or a read, as the audit trail records it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Who {
+    /// The caller's name (its token's), or what acted (`pipeline`, `cli`).
+    pub caller: Option<String>,
+    /// The peer's address, or the replica that acted.
+    pub remote: Option<String>,
+    /// The request's id.
+    pub request_id: Option<String>,
+}
+
+/// One row of the audit trail: what happened, to which report, for whom,
+/// with what outcome. Never an answer or a patient id (the report id and
+/// the body's hash tie a row to its record).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// What happened: `report.received`, `report.read`, `attempt` …
+    pub action: &'static str,
+    /// For whom.
+    pub who: Who,
+    /// Which report, if one.
+    pub report_id: Option<String>,
+    /// SHA-256 of what was sent, if anything.
+    pub body_sha256: Option<String>,
+    /// How it ended (an HTTP status, `processed`, `retry` …).
+    pub outcome: Option<String>,
+    /// More, as a JSON object (no patient data).
+    pub detail: Option<String>,
+}
+
+impl AuditEvent {
+    /// An event with only its action and who.
+    pub fn new(action: &'static str, who: Who) -> AuditEvent {
+        AuditEvent {
+            action,
+            who,
+            report_id: None,
+            body_sha256: None,
+            outcome: None,
+            detail: None,
+        }
+    }
+}
+
+/// The audit rows a committed command adds, in the same transaction
+/// (apart from [`Op::Audit`] itself): what the backends write.
+pub(crate) fn audit_rows(op: &Op, outcome: &Outcome, replica: &str) -> Vec<AuditEvent> {
+    let pipeline = || Who {
+        caller: Some("pipeline".into()),
+        remote: Some(replica.to_string()),
+        request_id: None,
+    };
+    let event =
+        |action, who: Who, report_id: &str, outcome: &str, detail: serde_json::Value| AuditEvent {
+            action,
+            who,
+            report_id: Some(report_id.to_string()),
+            body_sha256: None,
+            outcome: Some(outcome.to_string()),
+            detail: (!detail.is_null()).then(|| detail.to_string()),
+        };
+    match (op, outcome) {
+        (
+            Op::Insert {
+                report,
+                who,
+                body_sha256,
+                ..
+            },
+            outcome,
+        ) => {
+            let status = match outcome {
+                Outcome::Accepted => "202 accepted",
+                Outcome::Duplicate => "200 duplicate",
+                Outcome::Conflict => "409 conflict",
+                Outcome::BacklogFull => "429 backlog full",
+                _ => "500",
+            };
+            let mut row = event(
+                "report.received",
+                who.clone(),
+                &report.report_id,
+                status,
+                serde_json::Value::Null,
+            );
+            row.body_sha256 = Some(body_sha256.clone());
+            vec![row]
+        }
+        (
+            Op::Complete {
+                report_id,
+                alert,
+                attempts,
+                ..
+            },
+            outcome,
+        ) => {
+            if *outcome != Outcome::Changed {
+                return vec![event(
+                    "attempt",
+                    pipeline(),
+                    report_id,
+                    "discarded",
+                    serde_json::json!({ "attempts": attempts, "why": "no longer claimed by this replica, or settled" }),
+                )];
+            }
+            let mut rows = vec![event(
+                "attempt",
+                pipeline(),
+                report_id,
+                "processed",
+                serde_json::json!({ "attempts": attempts }),
+            )];
+            if *alert {
+                rows.push(event(
+                    "alert.raised",
+                    pipeline(),
+                    report_id,
+                    "alert",
+                    serde_json::Value::Null,
+                ));
+            }
+            rows
+        }
+        (
+            Op::Retry {
+                report_id,
+                attempts,
+                error,
+                ..
+            },
+            outcome,
+        ) => vec![event(
+            "attempt",
+            pipeline(),
+            report_id,
+            if *outcome == Outcome::Changed {
+                "retry"
+            } else {
+                "discarded"
+            },
+            serde_json::json!({ "attempts": attempts, "error": error }),
+        )],
+        (
+            Op::Fail {
+                report_id,
+                attempts,
+                error,
+            },
+            outcome,
+        ) => vec![event(
+            "attempt",
+            pipeline(),
+            report_id,
+            if *outcome == Outcome::Changed {
+                "failed"
+            } else {
+                "discarded"
+            },
+            serde_json::json!({ "attempts": attempts, "error": error }),
+        )],
+        (Op::Redrive { report_id, who }, outcome) => vec![event(
+            "report.redriven",
+            who.clone(),
+            report_id,
+            if *outcome == Outcome::Changed {
+                "queued"
+            } else {
+                "refused: not failed"
+            },
+            serde_json::Value::Null,
+        )],
+        (Op::Audit(event), _) => vec![event.clone()],
+        _ => Vec::new(),
+    }
 }
 
 /// A report claimed for processing, as stored.

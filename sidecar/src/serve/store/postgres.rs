@@ -34,9 +34,9 @@ use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text};
 use diesel::{Connection, QueryableByName, RunQueryDsl, sql_query};
 use quiesce::BoxError;
 
-use super::read::{ListFilter, ListedReport, SiteSummary, StoredReport};
+use super::read::{AuditFilter, AuditRow, ListFilter, ListedReport, SiteSummary, StoredReport};
 use super::writer::{Applied, Counts, Effect, changed};
-use super::{Claimed, Claiming, Failure, Op, Outcome, now_ms};
+use super::{AuditEvent, Claimed, Claiming, Failure, Op, Outcome, audit_rows, now_ms};
 
 /// The schema, one migration per version (the same versions as SQLite's);
 /// each applied in a transaction of its own with its row in
@@ -99,10 +99,36 @@ CREATE TABLE site_counts (
 INSERT INTO site_counts (site_id, patients) SELECT site_id, COUNT(*) FROM enrollment GROUP BY site_id;
 ",
     ),
+    (
+        3,
+        "
+CREATE TABLE audit (
+    id          BIGSERIAL PRIMARY KEY,
+    at          BIGINT NOT NULL,
+    action      TEXT NOT NULL,
+    caller      TEXT,
+    remote      TEXT,
+    request_id  TEXT,
+    report_id   TEXT,
+    body_sha256 TEXT,
+    outcome     TEXT,
+    detail      TEXT
+);
+CREATE FUNCTION quiesce_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the audit trail is append-only';
+END
+$$;
+CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit
+    FOR EACH ROW EXECUTE FUNCTION quiesce_audit_append_only();
+CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+    FOR EACH STATEMENT EXECUTE FUNCTION quiesce_audit_append_only();
+",
+    ),
 ];
 
 /// The newest schema version this binary knows.
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 
 /// Advisory lock keys (`pg_advisory_lock`): the migrations, and the
 /// summary of a period.
@@ -323,8 +349,14 @@ impl Engine {
             }
             let effects = ops
                 .iter()
-                .map(|op| tx.apply(op))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|op| {
+                    let effect = tx.apply(op)?;
+                    for row in audit_rows(op, &effect.outcome, &claiming.replica) {
+                        tx.audit(&row)?;
+                    }
+                    Ok(effect)
+                })
+                .collect::<Result<Vec<_>, DbError>>()?;
             tx.update_counts()?;
             body_done = true;
             Ok(effects)
@@ -528,6 +560,25 @@ impl Tx<'_> {
         }))
     }
 
+    /// Appends `row` to the audit trail.
+    fn audit(&mut self, row: &AuditEvent) -> Result<(), DbError> {
+        sql_query(
+            "INSERT INTO audit (at, action, caller, remote, request_id, report_id, body_sha256, outcome, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind::<BigInt, _>(now_ms())
+        .bind::<Text, _>(row.action)
+        .bind::<Nullable<Text>, _>(row.who.caller.as_deref())
+        .bind::<Nullable<Text>, _>(row.who.remote.as_deref())
+        .bind::<Nullable<Text>, _>(row.who.request_id.as_deref())
+        .bind::<Nullable<Text>, _>(row.report_id.as_deref())
+        .bind::<Nullable<Text>, _>(row.body_sha256.as_deref())
+        .bind::<Nullable<Text>, _>(row.outcome.as_deref())
+        .bind::<Nullable<Text>, _>(row.detail.as_deref())
+        .execute(self.conn)?;
+        Ok(())
+    }
+
     fn apply(&mut self, op: &Op) -> Result<Effect, DbError> {
         let me = self.claiming.replica.as_str();
         match op {
@@ -535,6 +586,7 @@ impl Tx<'_> {
                 report,
                 hash,
                 max_backlog,
+                ..
             } => {
                 if self.backlog + self.backlog_delta >= *max_backlog {
                     let seen = self.seen(&report.report_id, hash)?;
@@ -645,7 +697,9 @@ impl Tx<'_> {
                 }
                 Ok(changed(rows).into())
             }
-            Op::Redrive { report_id } => {
+            // The row itself is written with every command's.
+            Op::Audit(_) => Ok(Outcome::Changed.into()),
+            Op::Redrive { report_id, .. } => {
                 let rows = sql_query(
                     "UPDATE reports SET status = 'queued', attempts = 0, next_attempt_at = 0,
                                         claimed_by = NULL, lease_until = NULL
@@ -807,6 +861,30 @@ struct ReportRow {
 }
 
 #[derive(QueryableByName)]
+struct AuditDbRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = BigInt)]
+    at: i64,
+    #[diesel(sql_type = Text)]
+    action: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    caller: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    remote: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    request_id: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    report_id: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    body_sha256: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    outcome: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    detail: Option<String>,
+}
+
+#[derive(QueryableByName)]
 struct ListRow {
     #[diesel(sql_type = Text)]
     report_id: String,
@@ -933,6 +1011,40 @@ impl Readers {
                 received_at: r.received_at,
                 attempts: i64::from(r.attempts),
                 last_error: r.last_error,
+            })
+            .collect())
+    }
+
+    pub(super) fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>, String> {
+        let rows = self.with(|c| {
+            sql_query(
+                "SELECT id, at, action, caller, remote, request_id, report_id, body_sha256, outcome, detail
+                 FROM audit
+                 WHERE id > $1 AND ($2::bigint IS NULL OR at >= $2) AND ($3::bigint IS NULL OR at < $3)
+                   AND ($4::text IS NULL OR report_id = $4) AND ($5::text IS NULL OR caller = $5)
+                 ORDER BY id LIMIT $6",
+            )
+            .bind::<BigInt, _>(filter.after_id)
+            .bind::<Nullable<BigInt>, _>(filter.since_ms)
+            .bind::<Nullable<BigInt>, _>(filter.until_ms)
+            .bind::<Nullable<Text>, _>(filter.report_id.as_deref())
+            .bind::<Nullable<Text>, _>(filter.caller.as_deref())
+            .bind::<BigInt, _>(i64::try_from(filter.limit).unwrap_or(i64::MAX))
+            .load::<AuditDbRow>(c)
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AuditRow {
+                id: r.id,
+                at: r.at,
+                action: r.action,
+                caller: r.caller,
+                remote: r.remote,
+                request_id: r.request_id,
+                report_id: r.report_id,
+                body_sha256: r.body_sha256,
+                outcome: r.outcome,
+                detail: r.detail,
             })
             .collect())
     }

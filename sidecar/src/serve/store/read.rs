@@ -76,6 +76,48 @@ pub struct ListedReport {
     pub last_error: Option<String>,
 }
 
+/// Which audit rows to export, a page at a time by id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Rows at or after this time (ms since the epoch).
+    pub since_ms: Option<i64>,
+    /// Rows before this time (ms since the epoch).
+    pub until_ms: Option<i64>,
+    /// Rows about this report.
+    pub report_id: Option<String>,
+    /// Rows of this caller.
+    pub caller: Option<String>,
+    /// Rows after this id.
+    pub after_id: i64,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// One row of the audit trail, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRow {
+    /// Its place in the trail.
+    pub id: i64,
+    /// When (ms since the epoch, UTC).
+    pub at: i64,
+    /// What happened.
+    pub action: String,
+    /// For whom.
+    pub caller: Option<String>,
+    /// From where.
+    pub remote: Option<String>,
+    /// The request's id.
+    pub request_id: Option<String>,
+    /// Which report.
+    pub report_id: Option<String>,
+    /// SHA-256 of what was sent.
+    pub body_sha256: Option<String>,
+    /// How it ended.
+    pub outcome: Option<String>,
+    /// More, as JSON text.
+    pub detail: Option<String>,
+}
+
 /// One site's line of a summary.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SiteSummary {
@@ -152,6 +194,18 @@ impl Reader {
         match self {
             Reader::Sqlite(db) => sqlite_list(db, filter).map_err(|e| e.to_string()),
             Reader::Postgres(readers) => readers.list(filter),
+        }
+    }
+
+    /// The audit rows `filter` selects, in id order.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be read.
+    pub fn audit(&mut self, filter: &AuditFilter) -> Result<Vec<AuditRow>, String> {
+        match self {
+            Reader::Sqlite(db) => sqlite_audit(db, filter).map_err(|e| e.to_string()),
+            Reader::Postgres(readers) => readers.audit(filter),
         }
     }
 
@@ -239,6 +293,41 @@ fn sqlite_list(db: &Connection, filter: &ListFilter) -> rusqlite::Result<Vec<Lis
                 received_at: r.get(4)?,
                 attempts: r.get(5)?,
                 last_error: r.get(6)?,
+            })
+        },
+    )?
+    .collect()
+}
+
+fn sqlite_audit(db: &Connection, filter: &AuditFilter) -> rusqlite::Result<Vec<AuditRow>> {
+    db.prepare_cached(
+        "SELECT id, at, action, caller, remote, request_id, report_id, body_sha256, outcome, detail
+         FROM audit
+         WHERE id > ?1 AND (?2 IS NULL OR at >= ?2) AND (?3 IS NULL OR at < ?3)
+           AND (?4 IS NULL OR report_id = ?4) AND (?5 IS NULL OR caller = ?5)
+         ORDER BY id LIMIT ?6",
+    )?
+    .query_map(
+        rusqlite::params![
+            filter.after_id,
+            filter.since_ms,
+            filter.until_ms,
+            filter.report_id,
+            filter.caller,
+            i64::try_from(filter.limit).unwrap_or(i64::MAX)
+        ],
+        |r| {
+            Ok(AuditRow {
+                id: r.get(0)?,
+                at: r.get(1)?,
+                action: r.get(2)?,
+                caller: r.get(3)?,
+                remote: r.get(4)?,
+                request_id: r.get(5)?,
+                report_id: r.get(6)?,
+                body_sha256: r.get(7)?,
+                outcome: r.get(8)?,
+                detail: r.get(9)?,
             })
         },
     )?

@@ -16,7 +16,7 @@ use rusqlite::{
 };
 
 use super::writer::{Applied, Counts, Effect, changed};
-use super::{Claimed, Claiming, Failure, Op, Outcome, now_ms};
+use super::{AuditEvent, Claimed, Claiming, Failure, Op, Outcome, audit_rows, now_ms};
 
 /// The schema, one migration per version (`PRAGMA user_version`); each is
 /// applied in a transaction of its own, with the version it brings.
@@ -80,10 +80,33 @@ ALTER TABLE reports ADD COLUMN lease_until INTEGER;
 CREATE INDEX reports_claimed ON reports (claimed_by) WHERE claimed_by IS NOT NULL;
 ",
     ),
+    (
+        3,
+        "
+-- The audit trail: append-only (the triggers refuse any change), written
+-- in the transaction of the change it records. No answers, no patient ids.
+CREATE TABLE audit (
+    id          INTEGER PRIMARY KEY,
+    at          INTEGER NOT NULL,
+    action      TEXT NOT NULL,
+    caller      TEXT,
+    remote      TEXT,
+    request_id  TEXT,
+    report_id   TEXT,
+    body_sha256 TEXT,
+    outcome     TEXT,
+    detail      TEXT
+);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+",
+    ),
 ];
 
 /// The newest schema version this binary knows.
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// Brings the schema of `conn` to [`SCHEMA_VERSION`].
 ///
@@ -129,7 +152,11 @@ pub fn open_writer(path: &Path) -> Result<Connection, BoxError> {
     if !mode.eq_ignore_ascii_case("wal") {
         log::warn!("SQLite refused WAL mode (got {mode}); commits stay durable, readers may wait");
     }
-    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    // secure_delete: freed pages are zeroed, so deleted patient data does
+    // not linger in the file.
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;",
+    )?;
     migrate(&mut conn, path)?;
     Ok(conn)
 }
@@ -246,12 +273,19 @@ impl super::writer::Engine for Engine {
                             // deadline).
                             return Err(format!("not attempted: {err}"));
                         }
-                        apply_sql(&tx, op, &mut backlog, &claiming).map_err(|e| {
-                            if store_fault(&e) {
-                                fault = Some(e.to_string());
-                            }
-                            e.to_string()
-                        })
+                        apply_sql(&tx, op, &mut backlog, &claiming)
+                            .and_then(|effect| {
+                                for row in audit_rows(op, &effect.outcome, &claiming.replica) {
+                                    insert_audit(&tx, &row)?;
+                                }
+                                Ok(effect)
+                            })
+                            .map_err(|e| {
+                                if store_fault(&e) {
+                                    fault = Some(e.to_string());
+                                }
+                                e.to_string()
+                            })
                     })
                     .collect();
                 tx.commit().map(|()| results).map_err(commit_failure)
@@ -325,6 +359,26 @@ fn store_fault(err: &rusqlite::Error) -> bool {
     )
 }
 
+/// Appends `row` to the audit trail.
+fn insert_audit(tx: &Transaction<'_>, row: &AuditEvent) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO audit (at, action, caller, remote, request_id, report_id, body_sha256, outcome, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        now_ms(),
+        row.action,
+        row.who.caller,
+        row.who.remote,
+        row.who.request_id,
+        row.report_id,
+        row.body_sha256,
+        row.outcome,
+        row.detail
+    ])?;
+    Ok(())
+}
+
 /// Milliseconds as SQLite stores them.
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -342,6 +396,7 @@ fn apply_sql(
             report,
             hash,
             max_backlog,
+            ..
         } => {
             // A retry of the same report, or another one with its id?
             let seen = |tx: &Transaction<'_>| -> rusqlite::Result<Option<Outcome>> {
@@ -445,7 +500,9 @@ fn apply_sql(
                 .execute(params![report_id, attempts, error, me])?;
             Ok(changed(rows).into())
         }
-        Op::Redrive { report_id } => {
+        // The row itself is written with every command's (see `apply`).
+        Op::Audit(_) => Ok(Outcome::Changed.into()),
+        Op::Redrive { report_id, .. } => {
             let rows = tx
                 .prepare_cached(
                     "UPDATE reports SET status = 'queued', attempts = 0, next_attempt_at = 0,
@@ -607,7 +664,7 @@ mod tests {
             .busy_timeout(Duration::from_millis(50))
             .unwrap();
         let (_tx, rx) = crossbeam_channel::bounded::<Command>(16);
-        let mut writer = Writer::new(Box::new(engine), rx, shared.clone());
+        let mut writer = Writer::new(Box::new(engine), "test".into(), rx, shared.clone());
         let holder = Connection::open(&path).unwrap();
         holder.execute_batch("BEGIN IMMEDIATE").unwrap();
         let syncer = Syncer::start(None, shared.clone()).unwrap();
@@ -628,6 +685,8 @@ mod tests {
             },
             hash: id.to_string(),
             max_backlog: 100,
+            who: Default::default(),
+            body_sha256: String::new(),
         };
         writer.commit_batch_of(
             vec![

@@ -13,7 +13,9 @@ use crossbeam_channel::{Receiver, select, tick};
 use quiesce::{Backoff, BoxError, Service, ServiceContext};
 
 use super::sync::{Replies, Syncer};
-use super::{Command, Failure, LOG_EVERY, Live, Op, Outcome, Throttle};
+use serde_json::json;
+
+use super::{AuditEvent, Command, Failure, LOG_EVERY, Live, Op, Outcome, Throttle, Who};
 
 /// Most commands in one transaction.
 pub(super) const MAX_BATCH: usize = 512;
@@ -109,6 +111,8 @@ struct Probe {
 /// The writer service (`store`).
 pub struct Writer {
     engine: Box<dyn Engine>,
+    /// This replica's id, for its audit rows.
+    replica: String,
     rx: Receiver<Command>,
     shared: Arc<Live>,
     /// Failed commits, logged once per interval (7).
@@ -116,9 +120,15 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub(super) fn new(engine: Box<dyn Engine>, rx: Receiver<Command>, shared: Arc<Live>) -> Writer {
+    pub(super) fn new(
+        engine: Box<dyn Engine>,
+        replica: String,
+        rx: Receiver<Command>,
+        shared: Arc<Live>,
+    ) -> Writer {
         Writer {
             engine,
+            replica,
             rx,
             shared,
             failures: RefCell::new(Throttle::new(LOG_EVERY)),
@@ -133,7 +143,12 @@ impl Service for Writer {
 
     fn run(&mut self, ctx: &ServiceContext) -> Result<(), BoxError> {
         let counts = self.engine.open()?;
+        let backlog = counts.backlog;
         self.recover(counts);
+        self.audit_now(
+            "server.started",
+            json!({ "version": env!("CARGO_PKG_VERSION"), "backlog": backlog }),
+        );
         let flush = self.engine.flush_file();
         let syncer = Syncer::start(flush, self.shared.clone())?;
         ctx.ready();
@@ -174,6 +189,16 @@ impl Service for Writer {
             self.commit_batch(cmd, &syncer);
         }
         syncer.finish();
+        let metrics = &self.shared.metrics;
+        self.audit_now(
+            "server.stopped",
+            json!({
+                "accepted": metrics.accepted.get(),
+                "processed": metrics.processed.get(),
+                "failed": metrics.failed.get(),
+                "backlog": self.shared.backlog.load(Ordering::SeqCst),
+            }),
+        );
         self.engine.close()?;
         log::info!("store closed cleanly");
         Ok(())
@@ -181,6 +206,31 @@ impl Service for Writer {
 }
 
 impl Writer {
+    /// Appends a row about this process (its start, its stop) to the
+    /// audit trail, at once; a failure is logged (the store's health
+    /// tells the rest).
+    fn audit_now(&mut self, action: &'static str, detail: serde_json::Value) {
+        let mut event = AuditEvent::new(
+            action,
+            Who {
+                caller: Some("quiesce serve".into()),
+                remote: Some(self.replica.clone()),
+                request_id: None,
+            },
+        );
+        event.detail = Some(detail.to_string());
+        let op = Op::Audit(event);
+        let backlog = self.shared.backlog.load(Ordering::SeqCst);
+        let applied = self.engine.apply(&[&op], backlog);
+        let failed = match applied.results {
+            Err(failure) => Some(failure.to_string()),
+            Ok(results) => results.into_iter().find_map(Result::err),
+        };
+        if let Some(err) = failed {
+            log::error!("cannot record {action} in the audit trail: {err}");
+        }
+    }
+
     /// Rebuilds the in-memory state from the database's counts.
     fn recover(&self, counts: Counts) {
         let backlog = counts.backlog;
