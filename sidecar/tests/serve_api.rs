@@ -635,6 +635,16 @@ fn a_full_backlog_is_429_with_retry_after(backend: Backend) {
             response.headers
         );
     }
+    // A full backlog still knows its reports: the same one again is a
+    // duplicate, another under its id a conflict.
+    let response = post_json(addr, &report("b-0", "P-1", "s", &[("q1", 1)]));
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        response.json(),
+        json!({"report_id": "b-0", "status": "duplicate"})
+    );
+    let other = report("b-1", "P-2", "s", &[("q1", 1)]);
+    assert_error(&post_json(addr, &other), 409, Some("report_id"), "b-1");
     for i in 0..3 {
         let got = get(addr, &format!("/v1/reports/b-{i}")).json();
         assert_eq!(got["status"], "queued", "{got}");
@@ -642,6 +652,15 @@ fn a_full_backlog_is_429_with_retry_after(backend: Backend) {
         assert!(got.get("result").is_none(), "{got}");
     }
     assert_eq!(get(addr, "/v1/reports/b-3").status, 404);
+    // A report in work (the analyzer holds its call) is claimed by the
+    // server.
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while analyzer.connections.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < give_up, "the analyzer was never called");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let claimed = backend.claimed(dir.path());
+    assert!(!claimed.is_empty(), "a report in work is claimed");
     // A stuck analyzer call does not hold up the stop.
     let exit = serve.stop_ok(Duration::from_secs(10 + 20));
     let (rows, _) = backend.rows(dir.path());
@@ -650,6 +669,14 @@ fn a_full_backlog_is_429_with_retry_after(backend: Backend) {
         assert_eq!(row.status, "queued", "a cancelled job stays queued");
         assert_eq!(row.attempts, 0, "a cancelled attempt does not count");
     }
+    // Released at the stop, for the next start (or another replica) to
+    // take at once.
+    assert_eq!(
+        backend.claimed(dir.path()),
+        Vec::<String>::new(),
+        "claims left after a graceful stop (in work before it: {claimed:?})\n{}",
+        exit.log
+    );
 }
 
 both_backends!(unknown_reports_and_routes_are_404_and_wrong_methods_405_with_allow);
