@@ -690,6 +690,10 @@ fn unknown_reports_and_routes_are_404_and_wrong_methods_405_with_allow(backend: 
         "unknown report",
     );
     assert_error(&get(addr, "/v1/reports/a%2Fb"), 404, None, "unknown report");
+    assert_error(&get(addr, "/v1/reports/a%00b"), 404, None, "unknown report");
+    assert_error(&get(addr, "/v1/reports/"), 404, None, "an empty id");
+    let long = format!("/v1/reports/{}", "x".repeat(5000));
+    assert_error(&get(addr, &long), 404, None, "an id of 5000");
     for path in [
         "/",
         "/nope",
