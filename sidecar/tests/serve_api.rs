@@ -1,7 +1,11 @@
 //! Black-box tests of `quiesce serve`'s HTTP API: the real binary on
-//! 127.0.0.1, real HTTP from a client of our own, the real SQLite file.
+//! 127.0.0.1, real HTTP from a client of our own, the real database.
 //! Every status code with its error body, every validation rule, hostile
 //! bodies, body limits, slow and flooding clients.
+//!
+//! Part of the conformance suite: each test runs on both store backends,
+//! embedded SQLite and PostgreSQL (`name::sqlite`, `name::postgres`; see
+//! `both_backends!`), with the same assertions.
 
 mod support;
 
@@ -14,10 +18,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::*;
 
-/// A server with a fresh data directory, removed at the end.
-fn server(tag: &str, extra: &[&str]) -> (TempDir, Serve) {
-    let dir = TempDir::new(tag);
-    let serve = Serve::start(dir.path(), extra);
+/// A server on `backend` with a fresh data directory, removed at the end.
+fn server(backend: &Backend, tag: &str, extra: &[&str]) -> (TempDir, Serve) {
+    let dir = TempDir::new(&format!("{tag}-{}", backend.name()));
+    let serve = backend.serve(dir.path(), extra);
     (dir, serve)
 }
 
@@ -27,9 +31,9 @@ fn rfc3339_in(minutes: i64) -> String {
         .expect("format a timestamp")
 }
 
-#[test]
-fn an_accepted_report_is_202_then_processed_with_its_score() {
-    let (dir, mut serve) = server("accepted", &[]);
+both_backends!(an_accepted_report_is_202_then_processed_with_its_score);
+fn an_accepted_report_is_202_then_processed_with_its_score(backend: Backend) {
+    let (dir, mut serve) = server(&backend, "accepted", &[]);
     let addr = serve.addr;
 
     let body = json!({
@@ -46,8 +50,8 @@ fn an_accepted_report_is_202_then_processed_with_its_score() {
         response.json(),
         json!({"report_id": "site12-2026-11-23-0001", "status": "accepted"})
     );
-    // 202 means durable: the row is in the file already.
-    let (rows, _) = rows(dir.path());
+    // 202 means durable: the row is in the database already.
+    let (rows, _) = backend.rows(dir.path());
     assert!(rows.contains_key("site12-2026-11-23-0001"), "{rows:?}");
 
     let got = wait_settled(addr, "site12-2026-11-23-0001", Duration::from_secs(20));
@@ -95,9 +99,9 @@ fn an_accepted_report_is_202_then_processed_with_its_score() {
     serve.stop_ok(Duration::from_secs(40));
 }
 
-#[test]
-fn the_same_report_again_is_a_200_duplicate_and_another_one_a_409() {
-    let (dir, mut serve) = server("duplicate", &[]);
+both_backends!(the_same_report_again_is_a_200_duplicate_and_another_one_a_409);
+fn the_same_report_again_is_a_200_duplicate_and_another_one_a_409(backend: Backend) {
+    let (dir, mut serve) = server(&backend, "duplicate", &[]);
     let addr = serve.addr;
     let original = br#"{"report_id":"dup-1","patient_id":"P-7","site_id":"site-a","instrument":"PHQ-9","submitted_at":"2025-06-01T09:30:00Z","answers":{"q1":0,"q2":4}}"#;
     let response = post(addr, original);
@@ -147,15 +151,15 @@ fn the_same_report_again_is_a_200_duplicate_and_another_one_a_409() {
     assert_eq!(got["status"], "processed", "{got}");
     assert_eq!(got["result"]["score"]["total"], 4, "{got}");
     assert_eq!(got["attempts"], 1, "{got}");
-    assert_eq!(copies(dir.path()).get("dup-1"), Some(&1));
+    assert_eq!(backend.copies(dir.path()).get("dup-1"), Some(&1));
     // A duplicate of a processed report is still a duplicate.
     assert_eq!(post(addr, original).status, 200);
     serve.stop_ok(Duration::from_secs(40));
 }
 
-#[test]
-fn each_validation_rule_is_a_400_naming_its_field() {
-    let (dir, mut serve) = server("validation", &[]);
+both_backends!(each_validation_rule_is_a_400_naming_its_field);
+fn each_validation_rule_is_a_400_naming_its_field(backend: Backend) {
+    let (dir, mut serve) = server(&backend, "validation", &[]);
     let addr = serve.addr;
     let base = report("v-base", "P-1", "site-a", &[("q1", 1)]);
     let with = |field: &str, value: Value| {
@@ -334,7 +338,11 @@ fn each_validation_rule_is_a_400_naming_its_field() {
         assert_error(&post_json(addr, body), 400, Some(field), what);
     }
     // None of them was stored.
-    assert_eq!(rows(dir.path()).1, 0, "an invalid report was stored");
+    assert_eq!(
+        backend.rows(dir.path()).1,
+        0,
+        "an invalid report was stored"
+    );
 
     // The limits themselves are fine.
     let fine: Vec<(&str, Value)> = vec![
@@ -372,10 +380,10 @@ fn each_validation_rule_is_a_400_naming_its_field() {
     serve.stop_ok(Duration::from_secs(40));
 }
 
-#[test]
-fn hostile_and_malformed_bodies_are_400() {
+both_backends!(hostile_and_malformed_bodies_are_400);
+fn hostile_and_malformed_bodies_are_400(backend: Backend) {
     // A body limit large enough for the 100k-deep body to be parsed.
-    let (dir, mut serve) = server("malformed", &["--max-body", "1MiB"]);
+    let (dir, mut serve) = server(&backend, "malformed", &["--max-body", "1MiB"]);
     let addr = serve.addr;
     let valid = report("m-1", "P-1", "site-a", &[("q1", 1)]).to_string();
 
@@ -426,7 +434,11 @@ fn hostile_and_malformed_bodies_are_400() {
     // A huge but well-formed report (900 KB of patient id).
     let huge = report(&"h".repeat(10), &"p".repeat(900_000), "s", &[("q1", 1)]);
     assert_error(&post_json(addr, &huge), 400, Some("patient_id"), "huge");
-    assert_eq!(rows(dir.path()).1, 0, "a malformed report was stored");
+    assert_eq!(
+        backend.rows(dir.path()).1,
+        0,
+        "a malformed report was stored"
+    );
     // The server took all that in its stride.
     assert_eq!(get(addr, "/livez").status, 200);
     assert_eq!(post(addr, valid.as_bytes()).status, 202);
@@ -459,9 +471,9 @@ fn chunked_post(body: &[u8], chunk: usize) -> Vec<u8> {
     raw
 }
 
-#[test]
-fn bodies_over_the_limit_are_413_with_content_length_or_chunked() {
-    let (dir, mut serve) = server("limits", &["--max-body", "1KiB"]);
+both_backends!(bodies_over_the_limit_are_413_with_content_length_or_chunked);
+fn bodies_over_the_limit_are_413_with_content_length_or_chunked(backend: Backend) {
+    let (dir, mut serve) = server(&backend, "limits", &["--max-body", "1KiB"]);
     let addr = serve.addr;
     // A valid report just over the limit, padded with whitespace.
     let small = report("l-ok", "P-1", "site-a", &[("q1", 1)]).to_string();
@@ -536,16 +548,16 @@ fn bodies_over_the_limit_are_413_with_content_length_or_chunked() {
         "exactly the limit: {}",
         response.text()
     );
-    let (rows, _) = rows(dir.path());
+    let (rows, _) = backend.rows(dir.path());
     let mut ids: Vec<&String> = rows.keys().collect();
     ids.sort();
     assert_eq!(ids, ["l-ex", "l-ok"]);
     serve.stop_ok(Duration::from_secs(40));
 }
 
-#[test]
-fn a_body_that_is_not_json_is_415() {
-    let (dir, mut serve) = server("content-type", &[]);
+both_backends!(a_body_that_is_not_json_is_415);
+fn a_body_that_is_not_json_is_415(backend: Backend) {
+    let (dir, mut serve) = server(&backend, "content-type", &[]);
     let addr = serve.addr;
     let body = report("ct-1", "P-1", "site-a", &[("q1", 1)]).to_string();
     for content_type in [
@@ -570,7 +582,7 @@ fn a_body_that_is_not_json_is_415() {
         );
         assert_error(&response, 415, None, &format!("{content_type:?}"));
     }
-    assert_eq!(rows(dir.path()).1, 0);
+    assert_eq!(backend.rows(dir.path()).1, 0);
     // Parameters and case do not matter.
     let response = exchange(
         addr,
@@ -586,13 +598,14 @@ fn a_body_that_is_not_json_is_415() {
     serve.stop_ok(Duration::from_secs(40));
 }
 
-#[test]
-fn a_full_backlog_is_429_with_retry_after() {
+both_backends!(a_full_backlog_is_429_with_retry_after);
+fn a_full_backlog_is_429_with_retry_after(backend: Backend) {
     // An analyzer that never answers and a long job deadline keep the
     // reports queued.
     let analyzer = SilentAnalyzer::start();
     let url = analyzer.url();
     let (dir, mut serve) = server(
+        &backend,
         "backlog",
         &[
             "--max-backlog",
@@ -622,6 +635,16 @@ fn a_full_backlog_is_429_with_retry_after() {
             response.headers
         );
     }
+    // A full backlog still knows its reports: the same one again is a
+    // duplicate, another under its id a conflict.
+    let response = post_json(addr, &report("b-0", "P-1", "s", &[("q1", 1)]));
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        response.json(),
+        json!({"report_id": "b-0", "status": "duplicate"})
+    );
+    let other = report("b-1", "P-2", "s", &[("q1", 1)]);
+    assert_error(&post_json(addr, &other), 409, Some("report_id"), "b-1");
     for i in 0..3 {
         let got = get(addr, &format!("/v1/reports/b-{i}")).json();
         assert_eq!(got["status"], "queued", "{got}");
@@ -629,19 +652,36 @@ fn a_full_backlog_is_429_with_retry_after() {
         assert!(got.get("result").is_none(), "{got}");
     }
     assert_eq!(get(addr, "/v1/reports/b-3").status, 404);
+    // A report in work (the analyzer holds its call) is claimed by the
+    // server.
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while analyzer.connections.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < give_up, "the analyzer was never called");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let claimed = backend.claimed(dir.path());
+    assert!(!claimed.is_empty(), "a report in work is claimed");
     // A stuck analyzer call does not hold up the stop.
     let exit = serve.stop_ok(Duration::from_secs(10 + 20));
-    let (rows, _) = rows(dir.path());
+    let (rows, _) = backend.rows(dir.path());
     assert_eq!(rows.len(), 3, "{rows:?}\n{}", exit.log);
     for row in rows.values() {
         assert_eq!(row.status, "queued", "a cancelled job stays queued");
         assert_eq!(row.attempts, 0, "a cancelled attempt does not count");
     }
+    // Released at the stop, for the next start (or another replica) to
+    // take at once.
+    assert_eq!(
+        backend.claimed(dir.path()),
+        Vec::<String>::new(),
+        "claims left after a graceful stop (in work before it: {claimed:?})\n{}",
+        exit.log
+    );
 }
 
-#[test]
-fn unknown_reports_and_routes_are_404_and_wrong_methods_405_with_allow() {
-    let (_dir, mut serve) = server("routes", &[]);
+both_backends!(unknown_reports_and_routes_are_404_and_wrong_methods_405_with_allow);
+fn unknown_reports_and_routes_are_404_and_wrong_methods_405_with_allow(backend: Backend) {
+    let (_dir, mut serve) = server(&backend, "routes", &[]);
     let addr = serve.addr;
     assert_error(
         &get(addr, "/v1/reports/nobody"),
@@ -650,6 +690,10 @@ fn unknown_reports_and_routes_are_404_and_wrong_methods_405_with_allow() {
         "unknown report",
     );
     assert_error(&get(addr, "/v1/reports/a%2Fb"), 404, None, "unknown report");
+    assert_error(&get(addr, "/v1/reports/a%00b"), 404, None, "unknown report");
+    assert_error(&get(addr, "/v1/reports/"), 404, None, "an empty id");
+    let long = format!("/v1/reports/{}", "x".repeat(5000));
+    assert_error(&get(addr, &long), 404, None, "an id of 5000");
     for path in [
         "/",
         "/nope",
@@ -679,9 +723,9 @@ fn unknown_reports_and_routes_are_404_and_wrong_methods_405_with_allow() {
     serve.stop_ok(Duration::from_secs(40));
 }
 
-#[test]
-fn health_readiness_and_metrics() {
-    let (_dir, mut serve) = server("health", &[]);
+both_backends!(health_readiness_and_metrics);
+fn health_readiness_and_metrics(backend: Backend) {
+    let (_dir, mut serve) = server(&backend, "health", &[]);
     let addr = serve.addr;
     for path in ["/livez", "/healthz", "/readyz", "/livez?verbose=1"] {
         let response = get(addr, path);
@@ -756,9 +800,9 @@ fn health_readiness_and_metrics() {
     serve.stop_ok(Duration::from_secs(40));
 }
 
-#[test]
-fn malformed_framing_is_refused_with_a_status() {
-    let (_dir, mut serve) = server("framing", &[]);
+both_backends!(malformed_framing_is_refused_with_a_status);
+fn malformed_framing_is_refused_with_a_status(backend: Backend) {
+    let (_dir, mut serve) = server(&backend, "framing", &[]);
     let addr = serve.addr;
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("garbage request line", b"HELLO\r\n\r\n".to_vec(), 400),
@@ -801,9 +845,9 @@ fn malformed_framing_is_refused_with_a_status() {
     serve.stop_ok(Duration::from_secs(40));
 }
 
-#[test]
-fn keep_alive_serves_many_requests_on_one_connection() {
-    let (_dir, mut serve) = server("keepalive", &[]);
+both_backends!(keep_alive_serves_many_requests_on_one_connection);
+fn keep_alive_serves_many_requests_on_one_connection(backend: Backend) {
+    let (_dir, mut serve) = server(&backend, "keepalive", &[]);
     let addr = serve.addr;
     let mut conn = Conn::open(addr).expect("connect");
     for i in 0..20 {
@@ -874,9 +918,10 @@ fn trickle(addr: SocketAddr, stop: Arc<AtomicBool>) -> (usize, usize, Result<Res
     (sent, head.len(), outcome)
 }
 
-#[test]
-fn a_client_trickling_its_head_is_cut_off_without_holding_up_others() {
+both_backends!(a_client_trickling_its_head_is_cut_off_without_holding_up_others);
+fn a_client_trickling_its_head_is_cut_off_without_holding_up_others(backend: Backend) {
     let (_dir, mut serve) = server(
+        &backend,
         "slowloris",
         &[
             "--header-timeout",
@@ -928,9 +973,13 @@ fn a_client_trickling_its_head_is_cut_off_without_holding_up_others() {
     serve.stop_ok(Duration::from_secs(40));
 }
 
-#[test]
-fn a_connection_flood_past_the_limit_gets_immediate_503s() {
-    let (_dir, mut serve) = server("flood", &["--http-threads", "2", "--max-connections", "4"]);
+both_backends!(a_connection_flood_past_the_limit_gets_immediate_503s);
+fn a_connection_flood_past_the_limit_gets_immediate_503s(backend: Backend) {
+    let (_dir, mut serve) = server(
+        &backend,
+        "flood",
+        &["--http-threads", "2", "--max-connections", "4"],
+    );
     let addr = serve.addr;
     // Two keep-alive connections hold the two handler threads...
     let mut held = hold_handlers(addr, 2);

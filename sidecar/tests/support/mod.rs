@@ -11,7 +11,9 @@
 //! One idea per file: `temp` (temporary directories), `process` (a child
 //! process under a watchdog, signals, how it ended), `serve` (a running
 //! `quiesce serve`), `http` (the client), `api` (the sidecar's API as the
-//! tests speak it), `db` (its SQLite file), `pg` (a real PostgreSQL
+//! tests speak it), `db` (its SQLite file), `backend` (the store backend
+//! a test runs on, its database read the same way for both, and
+//! `both_backends!`: one test per backend), `pg` (a real PostgreSQL
 //! cluster started by the tests, a database per test, `psql`), `analyzer`
 //! (stand-ins for the external analyzer), `rng` (a seeded generator),
 //! `load` (load clients).
@@ -22,6 +24,7 @@ use std::time::Duration;
 
 mod analyzer;
 mod api;
+mod backend;
 mod db;
 mod http;
 mod load;
@@ -34,7 +37,8 @@ mod temp;
 // Each test binary uses part of it.
 #[allow(unused_imports)]
 pub use self::{
-    analyzer::*, api::*, db::*, http::*, load::*, pg::*, process::*, rng::*, serve::*, temp::*,
+    analyzer::*, api::*, backend::*, db::*, http::*, load::*, pg::*, process::*, rng::*, serve::*,
+    temp::*,
 };
 
 /// The read and write timeout of the test client's sockets: far longer

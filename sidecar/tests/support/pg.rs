@@ -475,6 +475,14 @@ impl Cluster {
     /// A fresh, empty database of its own (`t_<n>`).
     #[track_caller]
     pub fn database(&self) -> Database {
+        self.database_with("")
+    }
+
+    /// A fresh, empty database of its own (`t_<n>`), made with `options`
+    /// added to its `CREATE DATABASE` (a template, a locale: `TEMPLATE
+    /// template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'`).
+    #[track_caller]
+    pub fn database_with(&self, options: &str) -> Database {
         let n = self.next_database.fetch_add(1, Ordering::Relaxed);
         let admin = Database {
             name: "postgres".into(),
@@ -482,7 +490,7 @@ impl Cluster {
             socket_dir: self.socket_dir.clone(),
         };
         let name = format!("t_{n}");
-        admin.query(&format!("CREATE DATABASE {name}"));
+        admin.query(&format!("CREATE DATABASE {name} {options}"));
         Database { name, ..admin }
     }
 }
