@@ -310,12 +310,7 @@ fn the_summary_file_and_row_match_what_was_posted(backend: Backend) {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
-both_backends!(
-    the_summary_lists_its_sites_in_byte_order_whatever_the_database_collation;
-    postgres: ignore = "PostgreSQL backend bug: Readers::summary orders by site_id in the \
-        database's collation (ORDER BY site_id), not by bytes as SQLite does; fix: ORDER BY \
-        site_id COLLATE \"C\""
-);
+both_backends!(the_summary_lists_its_sites_in_byte_order_whatever_the_database_collation);
 fn the_summary_lists_its_sites_in_byte_order_whatever_the_database_collation(backend: Backend) {
     // A database made with a language's locale, as most are (not `C`):
     // in en-US, punctuation weighs less than letters and digits, so

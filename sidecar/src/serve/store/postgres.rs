@@ -1073,7 +1073,7 @@ impl Readers {
                         COUNT(DISTINCT patient_id) FILTER (WHERE received_at >= $1 AND received_at < $2) AS patients
                  FROM reports
                  WHERE (received_at >= $1 AND received_at < $2) OR (processed_at >= $1 AND processed_at < $2)
-                 GROUP BY site_id ORDER BY site_id",
+                 GROUP BY site_id ORDER BY site_id COLLATE \"C\"",
             )
             .bind::<BigInt, _>(start)
             .bind::<BigInt, _>(end)
