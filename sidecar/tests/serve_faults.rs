@@ -291,10 +291,14 @@ fn a_full_disk_backs_off_turns_readyz_503_and_recovers_by_itself() {
     assert!(store.starts_with("last commit failed"), "{body}");
     let metrics = get(serve.addr, "/metrics").text();
     assert!(metrics.contains("\nquiesce_store_healthy 0\n"), "{metrics}");
+    // Reads fail closed: every read of a report is recorded in the audit
+    // trail (issue 13), and with no room nothing can be recorded, so none
+    // is served (503, retry later) rather than served unrecorded.
     for id in ids {
         let got = get(serve.addr, &format!("/v1/reports/{id}"));
-        assert_eq!(got.status, 200, "{}", got.text());
-        assert_eq!(got.json()["status"], "queued", "{}", got.text());
+        assert_eq!(got.status, 503, "{}", got.text());
+        assert!(got.text().contains("audit trail"), "{}", got.text());
+        assert!(got.header("retry-after").is_some(), "{:?}", got.headers);
     }
 
     // Room again: ready by itself, and the queued work gets done.
