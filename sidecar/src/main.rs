@@ -51,6 +51,13 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // A bad command line: as clap says it (usage, exit 2).
+        Err(err) if err.downcast_ref::<serve::Usage>().is_some() => {
+            use clap::CommandFactory as _;
+            Cli::command()
+                .error(clap::error::ErrorKind::ValueValidation, format!("{err:#}"))
+                .exit()
+        }
         Err(err) => {
             eprintln!("quiesce: {err:#}");
             ExitCode::FAILURE

@@ -24,7 +24,7 @@ fn a_bad_listen_address_is_refused_before_anything_is_created() {
     let data = dir.join("data");
     let data_arg = data.to_str().unwrap().to_string();
     let exit = serve_with_log("info", &["--listen", "nonsense", "--data-dir", &data_arg]);
-    assert_eq!(exit.code(), Some(1), "{}", exit.log);
+    assert_eq!(exit.code(), Some(2), "a usage error: {}", exit.log);
     assert!(
         exit.log.contains("--listen \"nonsense\" is not an address"),
         "{}",
@@ -84,4 +84,56 @@ fn a_corrupt_database_is_one_plain_error() {
         .collect();
     assert_eq!(said.len(), 1, "said once:\n{}", exit.log);
     assert!(said[0].contains("file is not a database"), "{}", said[0]);
+}
+
+/// Issue 16, item 6: every invalid value is a usage error (exit 2, as
+/// clap's own), says which flag and why, and creates nothing.
+#[test]
+fn invalid_values_are_usage_errors_that_name_the_flag() {
+    let dir = TempDir::new("usage");
+    let file = dir.write("a-file", b"not a directory");
+    let file_arg = file.to_str().unwrap().to_string();
+    let data = dir.join("data");
+    let data_arg = data.to_str().unwrap().to_string();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--workers", "0"], "--workers must be at least 1"),
+        (&["--max-body", "0"], "--max-body must be more than zero"),
+        (
+            &["--job-timeout", "0s"],
+            "--job-timeout must be more than zero",
+        ),
+        (
+            &["--max-attempts", "0"],
+            "--max-attempts must be at least 1",
+        ),
+        (
+            &["--http-threads", "0"],
+            "--http-threads must be at least 1",
+        ),
+        (
+            &["--shutdown-timeout", "0s"],
+            "--shutdown-timeout (0s) must be longer than --drain-delay (0s)",
+        ),
+        (&["--lease", "10ms"], "--lease must be at least 1s"),
+        (&["--analyzer-url", "ftp://x/"], "--analyzer-url"),
+        (&["--database-url", "mysql://db/x"], "--database-url"),
+        (&["--summary-keep", "0"], "--summary-keep"),
+    ];
+    for (args, says) in cases {
+        let args = [
+            &["--listen", "127.0.0.1:0", "--data-dir", &data_arg][..],
+            args,
+        ]
+        .concat();
+        let exit = serve_with_log("info", &args);
+        assert_eq!(exit.code(), Some(2), "{args:?}: {}", exit.log);
+        assert!(exit.log.contains(says), "{args:?}: {}", exit.log);
+        assert!(!data.exists(), "{args:?}: a data directory was created");
+    }
+    let exit = serve_with_log(
+        "info",
+        &["--listen", "127.0.0.1:0", "--data-dir", &file_arg],
+    );
+    assert_eq!(exit.code(), Some(2), "{}", exit.log);
+    assert!(exit.log.contains("not a directory"), "{}", exit.log);
 }

@@ -156,6 +156,24 @@ pub struct Args {
     pub idle_timeout: Duration,
 }
 
+/// A bad command line: reported like clap's own errors (usage, exit 2).
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// A [`Usage`] error, formatted.
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        anyhow::Error::new(Usage(format!($($arg)*)))
+    };
+}
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 25s, 24h)"))
 }
@@ -180,46 +198,66 @@ fn size(s: &str) -> Result<usize, String> {
 }
 
 impl Args {
+    /// Checks what clap cannot check alone (values against each other,
+    /// the listen address): a [`Usage`] error, exit 2.
     fn check(&self) -> anyhow::Result<()> {
         // Before anything is created: a bad address must not leave a data
         // directory and a database behind, or start three services first.
         use std::net::ToSocketAddrs as _;
         match self.listen.to_socket_addrs().map(|addrs| addrs.count()) {
-            Ok(0) => bail!("--listen {:?}: the name has no address", self.listen),
+            Ok(0) => {
+                return Err(usage!(
+                    "--listen {:?}: the name has no address",
+                    self.listen
+                ));
+            }
             Ok(_) => {}
-            Err(err) => bail!(
-                "--listen {:?} is not an address to listen on ({err}); examples: 127.0.0.1:8080, 0.0.0.0:8080, [::1]:8080",
-                self.listen
-            ),
+            Err(err) => {
+                return Err(usage!(
+                    "--listen {:?} is not an address to listen on ({err}); examples: 127.0.0.1:8080, 0.0.0.0:8080, [::1]:8080",
+                    self.listen
+                ));
+            }
         }
         if self.workers == Some(0) {
-            bail!("--workers must be at least 1");
+            return Err(usage!("--workers must be at least 1"));
         }
         if self.max_attempts == 0 {
-            bail!("--max-attempts must be at least 1");
+            return Err(usage!("--max-attempts must be at least 1"));
         }
         if self.job_timeout.is_zero() {
-            bail!("--job-timeout must be more than zero");
+            return Err(usage!("--job-timeout must be more than zero"));
         }
         if self.summary_interval.is_zero() {
-            bail!("--summary-interval must be more than zero");
+            return Err(usage!("--summary-interval must be more than zero"));
         }
         if self.shutdown_timeout <= self.drain_delay {
-            bail!("--shutdown-timeout must be longer than --drain-delay");
+            return Err(usage!(
+                "--shutdown-timeout ({}) must be longer than --drain-delay ({})",
+                humantime::format_duration(self.shutdown_timeout),
+                humantime::format_duration(self.drain_delay)
+            ));
         }
-        if self.http_threads == 0 || self.max_connections < self.http_threads {
-            bail!("--http-threads must be at least 1 and at most --max-connections");
+        if self.http_threads == 0 {
+            return Err(usage!("--http-threads must be at least 1"));
+        }
+        if self.max_connections < self.http_threads {
+            return Err(usage!(
+                "--http-threads ({}) must be at most --max-connections ({})",
+                self.http_threads,
+                self.max_connections
+            ));
         }
         if self.max_body == 0 {
-            bail!("--max-body must be more than zero");
+            return Err(usage!("--max-body must be more than zero"));
         }
         if self.lease < Duration::from_secs(1) {
-            bail!("--lease must be at least 1s");
+            return Err(usage!("--lease must be at least 1s"));
         }
         if let Some(id) = &self.replica_id
             && (id.is_empty() || id.len() > 200 || id.chars().any(char::is_control))
         {
-            bail!("--replica-id must be 1 to 200 printable characters");
+            return Err(usage!("--replica-id must be 1 to 200 printable characters"));
         }
         Ok(())
     }
@@ -239,8 +277,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(Analyzer::parse)
         .transpose()
-        .map_err(anyhow::Error::msg)
-        .context("--analyzer-url")?;
+        .map_err(|e| usage!("--analyzer-url: {e}"))?;
+    if let Some(url) = &args.database_url {
+        store::check_database_url(url).map_err(|e| usage!("--database-url: {e}"))?;
+    }
+    if args.data_dir.exists() && !args.data_dir.is_dir() {
+        return Err(usage!(
+            "--data-dir {}: not a directory",
+            args.data_dir.display()
+        ));
+    }
     make_private(&args.data_dir)?;
     // Held until `run` returns: one process per data dir.
     let _lock = lock_data_dir(&args.data_dir)?;
@@ -285,8 +331,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let (store_service, store, readers) =
         store::new(&backend, claiming.clone(), shared.clone(), 4096)
-            .map_err(anyhow::Error::msg)
-            .context("--database-url")?;
+            .map_err(|e| usage!("--database-url: {e}"))?;
 
     let mut sup = Supervisor::new()
         .shutdown_timeout(args.shutdown_timeout)

@@ -210,6 +210,15 @@ pub fn apply_offline(
         .collect())
 }
 
+/// Whether `url` is a PostgreSQL connection string (nothing is reached).
+///
+/// # Errors
+///
+/// Why it is not.
+pub fn check_database_url(url: &str) -> Result<(), String> {
+    postgres::with_defaults(url).map(drop)
+}
+
 /// The shared PostgreSQL readers for `url` (the command line's reads).
 ///
 /// # Errors
