@@ -17,8 +17,23 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "quiesce", version, about, propagate_version = true)]
 struct Cli {
+    /// How log lines look on stderr: `text` for people, `json` (one object
+    /// per line: time, level, target, message) for log pipelines. RUST_LOG
+    /// sets the levels (default info).
+    #[arg(long, global = true, env = "QUIESCE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// The log's format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// `[time LEVEL target] message`.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -40,9 +55,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    init_logging(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::Anonymize(args) => anonymize::run(args),
@@ -62,5 +75,89 @@ fn main() -> ExitCode {
             eprintln!("quiesce: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The levels `RUST_LOG` may name.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// The directives of a `RUST_LOG` value that env_logger understands
+/// (`level`, `target`, `target=level`), and the ones it does not: an
+/// unknown level would otherwise make env_logger drop the whole value's
+/// meaning (`quiesce=bogus` silenced everything).
+fn log_directives(spec: &str) -> (Vec<String>, Vec<String>) {
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = match directive.split_once('=') {
+            Some((target, level)) if !target.is_empty() => Some(level),
+            Some(_) => None,
+            None => LEVELS
+                .contains(&directive.to_ascii_lowercase().as_str())
+                .then_some(directive),
+        };
+        let valid = match (directive.split_once('='), level) {
+            (Some(_), Some(level)) => LEVELS.contains(&level.to_ascii_lowercase().as_str()),
+            (Some(_), None) => false,
+            // A bare word is a level or a target (all levels for it).
+            (None, _) => !directive.contains(char::is_whitespace),
+        };
+        if valid {
+            good.push(directive.to_string());
+        } else {
+            bad.push(directive.to_string());
+        }
+    }
+    (good, bad)
+}
+
+/// Logging on stderr, as `format` says, at the levels `RUST_LOG` sets
+/// (default info); its directives that cannot be understood are reported
+/// and left out, the rest still apply.
+fn init_logging(format: LogFormat) {
+    use std::io::Write as _;
+    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let (good, bad) = log_directives(&spec);
+    let mut builder = env_logger::Builder::new();
+    if good.is_empty() {
+        builder.parse_filters("info");
+    } else {
+        builder.parse_filters(&good.join(","));
+    }
+    match format {
+        LogFormat::Text => {
+            builder.format_timestamp_millis();
+        }
+        LogFormat::Json => {
+            builder.format(|buf, record| {
+                let line = serde_json::json!({
+                    "time": buf.timestamp_millis().to_string(),
+                    "level": record.level().as_str(),
+                    "target": record.target(),
+                    "message": record.args().to_string(),
+                });
+                writeln!(buf, "{line}")
+            });
+        }
+    }
+    builder.init();
+    for directive in bad {
+        log::warn!(
+            "RUST_LOG: ignored {directive:?}: not a level ({}) or target[=level]",
+            LEVELS.join(", ")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_directives;
+
+    #[test]
+    fn rust_log_directives_that_cannot_be_understood_are_set_apart() {
+        let (good, bad) = log_directives("quiesce=bogus, warn ,quiesce::serve=debug,=info,hyper");
+        assert_eq!(good, ["warn", "quiesce::serve=debug", "hyper"]);
+        assert_eq!(bad, ["quiesce=bogus", "=info"]);
+        assert_eq!(log_directives(""), (vec![], vec![]));
     }
 }
