@@ -238,3 +238,33 @@ fn old_summary_files_are_removed_and_the_first_period_starts_at_the_first_report
     );
     assert!(first_start <= first_end);
 }
+
+/// Issue 13, item 4: a database that others could read is not tightened in
+/// silence: `serve` refuses to start and prints the `chmod` that fixes it;
+/// after the fix it starts.
+#[test]
+fn a_database_readable_by_others_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TempDir::new("exposed");
+    let data = dir.join("data");
+    let mut serve = Serve::start(&data, &[]);
+    serve.stop_ok(Duration::from_secs(30));
+    let db = data.join("quiesce.db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let data_arg = data.to_str().unwrap();
+    let (status, log) = run_to_exit(
+        &["serve", "--listen", "127.0.0.1:0", "--data-dir", data_arg],
+        Duration::from_secs(30),
+    );
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("readable by group or others"), "{log}");
+    assert!(log.contains("(mode 644)"), "{log}");
+    assert!(
+        log.contains(&format!("chmod 600 {}*", db.display())),
+        "{log}"
+    );
+    assert_eq!(mode(&db), 0o644, "left as it was, for a person to look at");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut serve = Serve::start(&data, &[]);
+    serve.stop_ok(Duration::from_secs(30));
+}

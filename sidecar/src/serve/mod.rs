@@ -451,9 +451,10 @@ fn default_replica_id() -> String {
 /// Makes everything `serve` creates private to its user: the process's
 /// umask becomes 077 (SQLite's database, WAL and shared-memory files, the
 /// summaries, `listen.addr` and the lock come out 0600, directories 0700),
-/// the data directory is created 0700, and a data directory or database
-/// file left looser by an earlier version is tightened, with a warning.
-/// They hold patient data.
+/// and the data directory is created 0700. A database that group or
+/// others can read (or whose directory they can) is refused, with the
+/// `chmod` that fixes it; a looser directory without a database, or
+/// another file, is tightened with a warning. They hold patient data.
 ///
 /// # Errors
 ///
@@ -464,6 +465,38 @@ fn make_private(dir: &std::path::Path) -> anyhow::Result<()> {
 
     // Before any thread starts (none has yet): the umask is process-wide.
     rustix::process::umask(Mode::from_raw_mode(0o077));
+    // A database someone else could read: patient data may have been
+    // exposed. Not tightened in silence: refused, for a person to look at
+    // who could read it, with the commands that fix it. (A directory with
+    // no database yet holds nothing to expose: it is tightened below.)
+    let db = dir.join("quiesce.db");
+    if db.exists() {
+        let loose: Vec<(std::path::PathBuf, u32)> = [
+            dir.to_path_buf(),
+            db.clone(),
+            dir.join("quiesce.db-wal"),
+            dir.join("quiesce.db-shm"),
+        ]
+        .into_iter()
+        .filter_map(|path| {
+            let mode = std::fs::metadata(&path).ok()?.permissions().mode() & 0o777;
+            (mode & 0o077 != 0).then_some((path, mode))
+        })
+        .collect();
+        if !loose.is_empty() {
+            let list: Vec<String> = loose
+                .iter()
+                .map(|(path, mode)| format!("{} (mode {mode:o})", path.display()))
+                .collect();
+            bail!(
+                "refusing to start: patient data is readable by group or others: {}; check who \
+                 could read it, then: chmod 700 {} && chmod 600 {}*",
+                list.join(", "),
+                dir.display(),
+                db.display()
+            );
+        }
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
