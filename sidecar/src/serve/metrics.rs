@@ -133,6 +133,27 @@ impl Metrics {
             "quiesce_claims_released_total",
             "Claims released unfinished at a stop, for other replicas to take.",
         );
+        // The process's CPU, memory, file descriptors and start time
+        // (`process_*`), read from /proc at each scrape.
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric names");
+        let build_info = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "quiesce_build_info",
+                "Always 1; its labels tell the version of the running binary.",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry
+            .register(Box::new(build_info))
+            .expect("unique metric names");
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(accepted.clone()),
