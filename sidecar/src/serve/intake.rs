@@ -10,9 +10,17 @@
 //! | `GET /readyz` | 200 while serving; 503 while the store cannot commit (its last commit failed; 200 again after one succeeds) and from the first moment of shutdown |
 //! | `GET /metrics` | Prometheus text format |
 //!
+//! With a tokens file, `/v1/*` needs a bearer token with the scope of its
+//! method (`auth.rs`): 401 without one or with a wrong one, 403 without the
+//! scope; the probes stay open, and `/metrics` too unless
+//! `--metrics-token-required`.
+//!
 //! It starts last (after the store and the pipeline are up) and stops
 //! first. It binds its listener when it starts, and writes the bound
-//! address to `<data-dir>/listen.addr`.
+//! address to `<data-dir>/listen.addr`. With `--admin-listen`, a second
+//! listener serves the probes and `/metrics` only (404 for anything else:
+//! never patient data), with its address in `<data-dir>/admin.addr`
+//! (written before `listen.addr`); it stops after the API's.
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::PathBuf;
@@ -22,6 +30,7 @@ use std::time::{Duration, Instant};
 use quiesce::{BoxError, Readiness, Service, ServiceContext};
 use serde_json::{Value, json};
 
+use super::auth::{Auth, Caller};
 use super::http::{
     Deferred, Handler, Later, Limits, RETRY_AFTER, Request, Response, Server, status_text,
 };
@@ -51,6 +60,12 @@ pub struct Intake {
     pub shared: Arc<store::Live>,
     /// The group's readiness, for `/readyz`.
     pub readiness: Readiness,
+    /// Who may call the API.
+    pub auth: Arc<Auth>,
+    /// Where the admin listener listens, if there is one.
+    pub admin_listen: Option<String>,
+    /// Where to write its bound address.
+    pub admin_addr_file: PathBuf,
 }
 
 impl Service for Intake {
@@ -62,21 +77,77 @@ impl Service for Intake {
         let addr = resolve(&self.listen)?;
         let listener =
             TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        let api = Api {
-            store: self.store.clone(),
+        let admin_listener = match &self.admin_listen {
+            Some(listen) => {
+                let addr = resolve(listen)?;
+                Some(
+                    TcpListener::bind(addr)
+                        .map_err(|e| format!("cannot listen on {addr} (--admin-listen): {e}"))?,
+                )
+            }
+            None => None,
+        };
+        let probes = Probes {
             shared: self.shared.clone(),
             readiness: self.readiness.clone(),
+            auth: self.auth.clone(),
+        };
+        let api = Api {
+            store: self.store.clone(),
+            probes: probes.clone(),
             max_backlog: self.max_backlog,
         };
         let readers = self.readers.clone();
         let server = Server::start(listener, self.limits.clone(), move || readers.reader(), api)?;
         let bound = server.local_addr();
+        let admin = match admin_listener {
+            Some(listener) => {
+                // Probes and scrapes: a few at once, each quick.
+                let limits = Limits {
+                    handlers: 4,
+                    max_connections: 32,
+                    ..self.limits.clone()
+                };
+                let admin = Server::start(listener, limits, || Ok(()), Admin { probes });
+                let admin = match admin {
+                    Ok(admin) => admin,
+                    Err(err) => {
+                        server.stop(Instant::now() + self.stop_budget);
+                        return Err(err.into());
+                    }
+                };
+                let admin_bound = admin.local_addr();
+                // Before listen.addr: whoever sees that one finds this too.
+                crate::atomic_file::write(
+                    &self.admin_addr_file,
+                    format!("{admin_bound}\n").as_bytes(),
+                )
+                .map_err(|e| format!("cannot write {}: {e}", self.admin_addr_file.display()))?;
+                log::info!("admin listener (probes and metrics only) on http://{admin_bound}");
+                Some(admin)
+            }
+            None => None,
+        };
         crate::atomic_file::write(&self.addr_file, format!("{bound}\n").as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", self.addr_file.display()))?;
         log::info!("listening on http://{bound}");
+        if !self.auth.enabled() {
+            log::warn!("no --tokens-file: anyone who can reach {bound} can read and write reports");
+        }
         ctx.ready();
         let _ = ctx.done().recv();
-        let stuck = server.stop(Instant::now() + self.stop_budget);
+        let deadline = Instant::now() + self.stop_budget;
+        let mut stuck = server.stop(deadline);
+        // After the API's: probes keep being answered (503 for /readyz)
+        // while its last requests finish.
+        if let Some(admin) = admin {
+            stuck.extend(
+                admin
+                    .stop(deadline)
+                    .into_iter()
+                    .map(|t| format!("admin {t}")),
+            );
+        }
         if stuck.is_empty() {
             log::info!("intake stopped");
             Ok(())
@@ -98,11 +169,61 @@ fn resolve(listen: &str) -> Result<SocketAddr, BoxError> {
         .ok_or_else(|| format!("listen address {listen:?} resolves to nothing").into())
 }
 
+/// The intake's handler: the API, with the probes.
 struct Api {
     store: StoreHandle,
+    probes: Probes,
+    max_backlog: i64,
+}
+
+/// What both listeners serve: the probes and the metrics.
+#[derive(Clone)]
+struct Probes {
     shared: Arc<store::Live>,
     readiness: Readiness,
-    max_backlog: i64,
+    auth: Arc<Auth>,
+}
+
+/// The admin listener's handler: the probes and the metrics, 404 for
+/// anything else.
+struct Admin {
+    probes: Probes,
+}
+
+impl Handler<()> for Admin {
+    fn handle(
+        &self,
+        _state: &mut (),
+        request: &Request,
+        stopping: bool,
+        _later: &Later<'_>,
+    ) -> Option<Response> {
+        let shared = &self.probes.shared;
+        let served = matches!(
+            request.path.as_str(),
+            "/livez" | "/healthz" | "/readyz" | "/metrics"
+        );
+        if !served {
+            count(shared, "admin: unknown", 404);
+            return Some(error(
+                404,
+                "the admin listener serves /livez, /healthz, /readyz and /metrics only",
+            ));
+        }
+        // `/metrics` may need a token.
+        if let Err(refused) = self.probes.auth.check(request) {
+            count(shared, "auth", refused.status);
+            return Some(refused);
+        }
+        let (route, response) = self.probes.route(request, stopping)?;
+        count(shared, route, response.status);
+        Some(response)
+    }
+
+    fn refused(&self, status: u16, why: &str) {
+        log::debug!("admin listener refused a request: {status} {why}");
+        count(&self.probes.shared, "refused", status);
+    }
 }
 
 impl Handler<Reader> for Api {
@@ -113,18 +234,30 @@ impl Handler<Reader> for Api {
         stopping: bool,
         later: &Later<'_>,
     ) -> Option<Response> {
+        let shared = &self.probes.shared;
+        // Who calls: the token's name, for the logs and the audit trail.
+        let caller = match self.probes.auth.check(request) {
+            Ok(caller) => caller,
+            Err(refused) => {
+                count(shared, "auth", refused.status);
+                return Some(refused);
+            }
+        };
         if request.path == "/v1/reports" && request.method == "POST" {
             // Answered when the store has committed it (see `Posted`).
-            return self.post_report(request, stopping, later);
+            return self.post_report(request, &caller, stopping, later);
         }
-        let (route, response) = self.route(db, request, stopping);
-        count(&self.shared, route, response.status);
+        let (route, response) = match self.probes.route(request, stopping) {
+            Some(routed) => routed,
+            None => self.route(db, request),
+        };
+        count(shared, route, response.status);
         Some(response)
     }
 
     fn refused(&self, status: u16, why: &str) {
         log::debug!("refused a request: {status} {why}");
-        count(&self.shared, "refused", status);
+        count(&self.probes.shared, "refused", status);
     }
 }
 
@@ -153,27 +286,11 @@ fn not_allowed(allow: &'static str) -> Response {
     error(405, "method not allowed").with_header("Allow", allow)
 }
 
-impl Api {
-    fn route(
-        &self,
-        db: &mut Reader,
-        request: &Request,
-        stopping: bool,
-    ) -> (&'static str, Response) {
+impl Probes {
+    /// The probes and `/metrics`; `None` for any other path.
+    fn route(&self, request: &Request, stopping: bool) -> Option<(&'static str, Response)> {
         let method = request.method.as_str();
-        match request.path.as_str() {
-            "/v1/reports" => ("/v1/reports", not_allowed("POST")),
-            path if path.starts_with("/v1/reports/") => match method {
-                "GET" => (
-                    "GET /v1/reports/{id}",
-                    get_report(db, &path["/v1/reports/".len()..]),
-                ),
-                _ => ("/v1/reports/{id}", not_allowed("GET")),
-            },
-            "/v1/enrollment" => match method {
-                "GET" => ("GET /v1/enrollment", self.enrollment()),
-                _ => ("/v1/enrollment", not_allowed("GET")),
-            },
+        Some(match request.path.as_str() {
             "/livez" | "/healthz" | "/readyz" | "/metrics"
                 if method != "GET" && method != "HEAD" =>
             {
@@ -204,7 +321,8 @@ impl Api {
                 }
             }
             "/metrics" => {
-                let (body, content_type) = self.shared.metrics.render();
+                let (mut body, content_type) = self.shared.metrics.render();
+                self.auth.render_metrics(&mut body);
                 let response = Response {
                     status: 200,
                     content_type,
@@ -213,6 +331,53 @@ impl Api {
                 };
                 ("GET /metrics", response)
             }
+            _ => return None,
+        })
+    }
+
+    /// `GET /healthz`: each check, `"ok"` or why it fails (no patient
+    /// data: the store's check is its last commit's SQLite error); 200
+    /// when all pass, 503 otherwise.
+    fn health(&self, stopping: bool) -> Response {
+        let store = match self.shared.health.failure() {
+            None => "ok".to_string(),
+            Some(err) => format!("last commit failed: {err}"),
+        };
+        let services = if stopping {
+            "stopping"
+        } else if self.readiness.is_ready() {
+            "ok"
+        } else {
+            "not all services are ready"
+        };
+        let healthy = store == "ok" && services == "ok";
+        Response::json(
+            if healthy { 200 } else { 503 },
+            &json!({
+                "status": if healthy { "healthy" } else { "unhealthy" },
+                "checks": { "store": store, "services": services },
+            }),
+        )
+    }
+}
+
+impl Api {
+    /// The API's own routes (the caller authenticated).
+    fn route(&self, db: &mut Reader, request: &Request) -> (&'static str, Response) {
+        let method = request.method.as_str();
+        match request.path.as_str() {
+            "/v1/reports" => ("/v1/reports", not_allowed("POST")),
+            path if path.starts_with("/v1/reports/") => match method {
+                "GET" => (
+                    "GET /v1/reports/{id}",
+                    get_report(db, &path["/v1/reports/".len()..]),
+                ),
+                _ => ("/v1/reports/{id}", not_allowed("GET")),
+            },
+            "/v1/enrollment" => match method {
+                "GET" => ("GET /v1/enrollment", self.enrollment()),
+                _ => ("/v1/enrollment", not_allowed("GET")),
+            },
             _ => ("unknown", error(404, "no such route")),
         }
     }
@@ -222,11 +387,12 @@ impl Api {
     fn post_report(
         &self,
         request: &Request,
+        caller: &Caller,
         stopping: bool,
         later: &Later<'_>,
     ) -> Option<Response> {
         let refused = |response: Response| {
-            count(&self.shared, ROUTE_POST, response.status);
+            count(&self.probes.shared, ROUTE_POST, response.status);
             Some(response)
         };
         let report = match self.validate(request, stopping) {
@@ -244,7 +410,8 @@ impl Api {
         let posted = Posted {
             answer: Some(later.defer(deadline)),
             report_id,
-            shared: self.shared.clone(),
+            caller: caller.clone(),
+            shared: self.probes.shared.clone(),
         };
         // Not taken in time: `posted` is dropped and answers 503.
         let _ = self.store.send(
@@ -279,33 +446,8 @@ impl Api {
         })
     }
 
-    /// `GET /healthz`: each check, `"ok"` or why it fails (no patient
-    /// data: the store's check is its last commit's SQLite error); 200
-    /// when all pass, 503 otherwise.
-    fn health(&self, stopping: bool) -> Response {
-        let store = match self.shared.health.failure() {
-            None => "ok".to_string(),
-            Some(err) => format!("last commit failed: {err}"),
-        };
-        let services = if stopping {
-            "stopping"
-        } else if self.readiness.is_ready() {
-            "ok"
-        } else {
-            "not all services are ready"
-        };
-        let healthy = store == "ok" && services == "ok";
-        Response::json(
-            if healthy { 200 } else { 503 },
-            &json!({
-                "status": if healthy { "healthy" } else { "unhealthy" },
-                "checks": { "store": store, "services": services },
-            }),
-        )
-    }
-
     fn enrollment(&self) -> Response {
-        let snapshot = self.shared.enrollment.snapshot();
+        let snapshot = self.probes.shared.enrollment.snapshot();
         let sites: serde_json::Map<String, Value> = snapshot
             .sorted()
             .into_iter()
@@ -325,6 +467,8 @@ const ROUTE_POST: &str = "POST /v1/reports";
 struct Posted {
     answer: Option<Deferred>,
     report_id: String,
+    /// Who posted it (the audit trail's "who").
+    caller: Caller,
     shared: Arc<store::Live>,
 }
 
@@ -353,7 +497,11 @@ impl Posted {
                 error(500, "unexpected store answer")
             }
             Err(Failure::NotStored(err)) => {
-                log::warn!("report {report_id} not stored: {}", CallError::Failed(err));
+                log::warn!(
+                    "report {report_id} (posted by {}) not stored: {}",
+                    self.caller,
+                    CallError::Failed(err)
+                );
                 not_stored()
             }
             Err(Failure::Unknown(err)) => {
@@ -384,8 +532,9 @@ impl Drop for Posted {
     fn drop(&mut self) {
         if self.answer.is_some() {
             log::warn!(
-                "report {} not stored: the store did not take it in time",
-                self.report_id
+                "report {} (posted by {}) not stored: the store did not take it in time",
+                self.report_id,
+                self.caller
             );
             self.answer(not_stored());
         }
