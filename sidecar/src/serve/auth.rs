@@ -552,8 +552,8 @@ fn peer_text(peer: Option<SocketAddr>) -> String {
     peer.map_or_else(|| "an unknown address".to_string(), |p| p.to_string())
 }
 
-/// The route of a path, for a log line: no report id (invariant 4 of
-/// the issue's PHI rules: no identifiers in logs).
+/// The route of a path, for a log line: never the report id in it (no
+/// identifiers in logs, issue 13).
 fn route_label(path: &str) -> &'static str {
     match path {
         "/v1/reports" => "/v1/reports",
