@@ -7,6 +7,7 @@ mod atomic_file;
 mod other_signals;
 mod serve;
 
+use std::fmt;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +54,20 @@ enum Command {
     Anonymize(anonymize::Args),
 }
 
+/// A setting refused before anything was created or started because it
+/// would expose patient data (a non-loopback address without tokens, a
+/// tokens file others can read): exit code 2, like a usage error.
+#[derive(Debug)]
+pub(crate) struct Refused(pub(crate) String);
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -73,7 +88,11 @@ fn main() -> ExitCode {
         }
         Err(err) => {
             eprintln!("quiesce: {err:#}");
-            ExitCode::FAILURE
+            if err.downcast_ref::<Refused>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

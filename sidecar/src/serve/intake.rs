@@ -3,7 +3,7 @@
 //! | Route | Answer |
 //! |-------|--------|
 //! | `POST /v1/reports` | 202 accepted (durable), 200 duplicate, 409 conflict, 400 invalid (naming the field), 413 too large, 415 not JSON, 429 backlog full, 503 shutting down, not stored, or stored or not (a commit that failed midway; retrying is safe) |
-//! | `GET /v1/reports/{id}` | the report's status, and its result or last error; 404 |
+//! | `GET /v1/reports/{id}` | the report's status, and its result or last error; 404 (each read recorded in the audit trail first: 503 when it cannot be) |
 //! | `GET /v1/reports?status=&site=&since=&limit=&after=` | a page of reports by id (no patient ids), and `next`, the `after` of the next page; 400 naming a bad parameter |
 //! | `POST /v1/reports/{id}/retry` | 202: a failed report back in the queue, attempts from zero; 409 when it is not failed; 404 |
 //! | `GET /v1/enrollment` | distinct patients per site and in total |
@@ -12,9 +12,17 @@
 //! | `GET /readyz` | 200 while serving; 503 while the store cannot commit (its last commit failed; 200 again after one succeeds) and from the first moment of shutdown |
 //! | `GET /metrics` | Prometheus text format |
 //!
+//! With a tokens file, `/v1/*` needs a bearer token with the scope of its
+//! method (`auth.rs`): 401 without one or with a wrong one, 403 without the
+//! scope; the probes stay open, and `/metrics` too unless
+//! `--metrics-token-required`.
+//!
 //! It starts last (after the store and the pipeline are up) and stops
 //! first. It binds its listener when it starts, and writes the bound
-//! address to `<data-dir>/listen.addr`.
+//! address to `<data-dir>/listen.addr`. With `--admin-listen`, a second
+//! listener serves the probes and `/metrics` only (404 for anything else:
+//! never patient data), with its address in `<data-dir>/admin.addr`
+//! (written before `listen.addr`); it stops after the API's.
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::PathBuf;
@@ -24,6 +32,7 @@ use std::time::{Duration, Instant};
 use quiesce::{BoxError, Readiness, Service, ServiceContext};
 use serde_json::{Value, json};
 
+use super::auth::{Auth, Caller};
 use super::http::{
     Deferred, Handler, Later, Limits, RETRY_AFTER, Request, Response, Server, status_text,
 };
@@ -56,6 +65,12 @@ pub struct Intake {
     pub shared: Arc<store::Live>,
     /// The group's readiness, for `/readyz`.
     pub readiness: Readiness,
+    /// Who may call the API.
+    pub auth: Arc<Auth>,
+    /// Where the admin listener listens, if there is one.
+    pub admin_listen: Option<String>,
+    /// Where to write its bound address.
+    pub admin_addr_file: PathBuf,
 }
 
 impl Service for Intake {
@@ -67,21 +82,77 @@ impl Service for Intake {
         let addr = resolve(&self.listen)?;
         let listener =
             TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        let api = Api {
-            store: self.store.clone(),
+        let admin_listener = match &self.admin_listen {
+            Some(listen) => {
+                let addr = resolve(listen)?;
+                Some(
+                    TcpListener::bind(addr)
+                        .map_err(|e| format!("cannot listen on {addr} (--admin-listen): {e}"))?,
+                )
+            }
+            None => None,
+        };
+        let probes = Probes {
             shared: self.shared.clone(),
             readiness: self.readiness.clone(),
+            auth: self.auth.clone(),
+        };
+        let api = Api {
+            store: self.store.clone(),
+            probes: probes.clone(),
             max_backlog: self.max_backlog,
         };
         let readers = self.readers.clone();
         let server = Server::start(listener, self.limits.clone(), move || readers.reader(), api)?;
         let bound = server.local_addr();
+        let admin = match admin_listener {
+            Some(listener) => {
+                // Probes and scrapes: a few at once, each quick.
+                let limits = Limits {
+                    handlers: 4,
+                    max_connections: 32,
+                    ..self.limits.clone()
+                };
+                let admin = Server::start(listener, limits, || Ok(()), Admin { probes });
+                let admin = match admin {
+                    Ok(admin) => admin,
+                    Err(err) => {
+                        server.stop(Instant::now() + self.stop_budget);
+                        return Err(err.into());
+                    }
+                };
+                let admin_bound = admin.local_addr();
+                // Before listen.addr: whoever sees that one finds this too.
+                crate::atomic_file::write(
+                    &self.admin_addr_file,
+                    format!("{admin_bound}\n").as_bytes(),
+                )
+                .map_err(|e| format!("cannot write {}: {e}", self.admin_addr_file.display()))?;
+                log::info!("admin listener (probes and metrics only) on http://{admin_bound}");
+                Some(admin)
+            }
+            None => None,
+        };
         crate::atomic_file::write(&self.addr_file, format!("{bound}\n").as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", self.addr_file.display()))?;
         log::info!("listening on http://{bound}");
+        if !self.auth.enabled() {
+            log::warn!("no --tokens-file: anyone who can reach {bound} can read and write reports");
+        }
         ctx.ready();
         let _ = ctx.done().recv();
-        let stuck = server.stop(Instant::now() + self.stop_budget);
+        let deadline = Instant::now() + self.stop_budget;
+        let mut stuck = server.stop(deadline);
+        // After the API's: probes keep being answered (503 for /readyz)
+        // while its last requests finish.
+        if let Some(admin) = admin {
+            stuck.extend(
+                admin
+                    .stop(deadline)
+                    .into_iter()
+                    .map(|t| format!("admin {t}")),
+            );
+        }
         if stuck.is_empty() {
             log::info!("intake stopped");
             Ok(())
@@ -103,11 +174,61 @@ fn resolve(listen: &str) -> Result<SocketAddr, BoxError> {
         .ok_or_else(|| format!("listen address {listen:?} resolves to nothing").into())
 }
 
+/// The intake's handler: the API, with the probes.
 struct Api {
     store: StoreHandle,
+    probes: Probes,
+    max_backlog: i64,
+}
+
+/// What both listeners serve: the probes and the metrics.
+#[derive(Clone)]
+struct Probes {
     shared: Arc<store::Live>,
     readiness: Readiness,
-    max_backlog: i64,
+    auth: Arc<Auth>,
+}
+
+/// The admin listener's handler: the probes and the metrics, 404 for
+/// anything else.
+struct Admin {
+    probes: Probes,
+}
+
+impl Handler<()> for Admin {
+    fn handle(
+        &self,
+        _state: &mut (),
+        request: &Request,
+        stopping: bool,
+        _later: &Later<'_>,
+    ) -> Option<Response> {
+        let shared = &self.probes.shared;
+        let served = matches!(
+            request.path.as_str(),
+            "/livez" | "/healthz" | "/readyz" | "/metrics"
+        );
+        if !served {
+            count(shared, "admin: unknown", 404);
+            return Some(error(
+                404,
+                "the admin listener serves /livez, /healthz, /readyz and /metrics only",
+            ));
+        }
+        // `/metrics` may need a token.
+        if let Err(refused) = self.probes.auth.check(request) {
+            count(shared, "auth", refused.status);
+            return Some(refused);
+        }
+        let (route, response) = self.probes.route(request, stopping)?;
+        count(shared, route, response.status);
+        Some(response)
+    }
+
+    fn refused(&self, status: u16, why: &str) {
+        log::debug!("admin listener refused a request: {status} {why}");
+        count(&self.probes.shared, "refused", status);
+    }
 }
 
 impl Handler<Reader> for Api {
@@ -118,18 +239,50 @@ impl Handler<Reader> for Api {
         stopping: bool,
         later: &Later<'_>,
     ) -> Option<Response> {
+        let shared = &self.probes.shared;
+        // Who calls: the token's name, for the logs and the audit trail.
+        let caller = match self.probes.auth.check(request) {
+            Ok(caller) => caller,
+            Err(refused) => {
+                count(shared, "auth", refused.status);
+                // In the audit trail too, without waiting for it: a
+                // refusal must stay cheap for whoever sends many.
+                let mut event = AuditEvent::new(
+                    "auth.refused",
+                    Who {
+                        caller: None,
+                        remote: request.peer.map(|p| p.to_string()),
+                        request_id: Some(request_id(request)),
+                    },
+                );
+                event.outcome = Some(refused.status.to_string());
+                event.detail = Some(
+                    json!({ "method": request.method, "path": route_of(&request.path) })
+                        .to_string(),
+                );
+                let _ = self.store.send(
+                    Op::Audit(event),
+                    Box::new(|_| {}),
+                    Instant::now() + Duration::from_millis(100),
+                );
+                return Some(refused);
+            }
+        };
         if request.path == "/v1/reports" && request.method == "POST" {
             // Answered when the store has committed it (see `Posted`).
-            return self.post_report(request, stopping, later);
+            return self.post_report(request, &caller, stopping, later);
         }
-        let (route, response) = self.route(db, request, stopping);
-        count(&self.shared, route, response.status);
+        let (route, response) = match self.probes.route(request, stopping) {
+            Some(routed) => routed,
+            None => self.route(db, request, &caller),
+        };
+        count(shared, route, response.status);
         Some(response)
     }
 
     fn refused(&self, status: u16, why: &str) {
         log::debug!("refused a request: {status} {why}");
-        count(&self.shared, "refused", status);
+        count(&self.probes.shared, "refused", status);
     }
 }
 
@@ -158,37 +311,11 @@ fn not_allowed(allow: &'static str) -> Response {
     error(405, "method not allowed").with_header("Allow", allow)
 }
 
-impl Api {
-    fn route(
-        &self,
-        db: &mut Reader,
-        request: &Request,
-        stopping: bool,
-    ) -> (&'static str, Response) {
+impl Probes {
+    /// The probes and `/metrics`; `None` for any other path.
+    fn route(&self, request: &Request, stopping: bool) -> Option<(&'static str, Response)> {
         let method = request.method.as_str();
-        match request.path.as_str() {
-            "/v1/reports" => match method {
-                "GET" => ("GET /v1/reports", self.list_reports(db, request)),
-                _ => ("/v1/reports", not_allowed("GET, POST")),
-            },
-            path if path.starts_with("/v1/reports/") && path.ends_with("/retry") => {
-                let id = &path["/v1/reports/".len()..path.len() - "/retry".len()];
-                match method {
-                    "POST" => ("POST /v1/reports/{id}/retry", self.retry(db, request, id)),
-                    _ => ("/v1/reports/{id}/retry", not_allowed("POST")),
-                }
-            }
-            path if path.starts_with("/v1/reports/") => match method {
-                "GET" => (
-                    "GET /v1/reports/{id}",
-                    self.get_report(db, request, &path["/v1/reports/".len()..]),
-                ),
-                _ => ("/v1/reports/{id}", not_allowed("GET")),
-            },
-            "/v1/enrollment" => match method {
-                "GET" => ("GET /v1/enrollment", self.enrollment()),
-                _ => ("/v1/enrollment", not_allowed("GET")),
-            },
+        Some(match request.path.as_str() {
             "/livez" | "/healthz" | "/readyz" | "/metrics"
                 if method != "GET" && method != "HEAD" =>
             {
@@ -219,7 +346,8 @@ impl Api {
                 }
             }
             "/metrics" => {
-                let (body, content_type) = self.shared.metrics.render();
+                let (mut body, content_type) = self.shared.metrics.render();
+                self.auth.render_metrics(&mut body);
                 let response = Response {
                     status: 200,
                     content_type,
@@ -228,6 +356,71 @@ impl Api {
                 };
                 ("GET /metrics", response)
             }
+            _ => return None,
+        })
+    }
+
+    /// `GET /healthz`: each check, `"ok"` or why it fails (no patient
+    /// data: the store's check is its last commit's SQLite error); 200
+    /// when all pass, 503 otherwise.
+    fn health(&self, stopping: bool) -> Response {
+        let store = match self.shared.health.failure() {
+            None => "ok".to_string(),
+            Some(err) => format!("last commit failed: {err}"),
+        };
+        let services = if stopping {
+            "stopping"
+        } else if self.readiness.is_ready() {
+            "ok"
+        } else {
+            "not all services are ready"
+        };
+        let healthy = store == "ok" && services == "ok";
+        Response::json(
+            if healthy { 200 } else { 503 },
+            &json!({
+                "status": if healthy { "healthy" } else { "unhealthy" },
+                "checks": { "store": store, "services": services },
+            }),
+        )
+    }
+}
+
+impl Api {
+    /// The API's own routes (the caller authenticated).
+    fn route(
+        &self,
+        db: &mut Reader,
+        request: &Request,
+        caller: &Caller,
+    ) -> (&'static str, Response) {
+        let method = request.method.as_str();
+        match request.path.as_str() {
+            "/v1/reports" => match method {
+                "GET" => ("GET /v1/reports", self.list_reports(db, request, caller)),
+                _ => ("/v1/reports", not_allowed("GET, POST")),
+            },
+            path if path.starts_with("/v1/reports/") && path.ends_with("/retry") => {
+                let id = &path["/v1/reports/".len()..path.len() - "/retry".len()];
+                match method {
+                    "POST" => (
+                        "POST /v1/reports/{id}/retry",
+                        self.retry(db, request, caller, id),
+                    ),
+                    _ => ("/v1/reports/{id}/retry", not_allowed("POST")),
+                }
+            }
+            path if path.starts_with("/v1/reports/") => match method {
+                "GET" => (
+                    "GET /v1/reports/{id}",
+                    self.get_report(db, request, caller, &path["/v1/reports/".len()..]),
+                ),
+                _ => ("/v1/reports/{id}", not_allowed("GET")),
+            },
+            "/v1/enrollment" => match method {
+                "GET" => ("GET /v1/enrollment", self.enrollment()),
+                _ => ("/v1/enrollment", not_allowed("GET")),
+            },
             _ => ("unknown", error(404, "no such route")),
         }
     }
@@ -237,11 +430,12 @@ impl Api {
     fn post_report(
         &self,
         request: &Request,
+        caller: &Caller,
         stopping: bool,
         later: &Later<'_>,
     ) -> Option<Response> {
         let refused = |response: Response| {
-            count(&self.shared, ROUTE_POST, response.status);
+            count(&self.probes.shared, ROUTE_POST, response.status);
             Some(response)
         };
         let report = match self.validate(request, stopping) {
@@ -254,14 +448,15 @@ impl Api {
             report,
             hash,
             max_backlog: self.max_backlog,
-            who: who(request),
+            who: who(request, caller),
             body_sha256: sha256_hex(&request.body),
         };
         let deadline = Instant::now() + STORE_WAIT;
         let posted = Posted {
             answer: Some(later.defer(deadline)),
             report_id,
-            shared: self.shared.clone(),
+            caller: caller.clone(),
+            shared: self.probes.shared.clone(),
         };
         // Not taken in time: `posted` is dropped and answers 503.
         let _ = self.store.send(
@@ -296,36 +491,11 @@ impl Api {
         })
     }
 
-    /// `GET /healthz`: each check, `"ok"` or why it fails (no patient
-    /// data: the store's check is its last commit's SQLite error); 200
-    /// when all pass, 503 otherwise.
-    fn health(&self, stopping: bool) -> Response {
-        let store = match self.shared.health.failure() {
-            None => "ok".to_string(),
-            Some(err) => format!("last commit failed: {err}"),
-        };
-        let services = if stopping {
-            "stopping"
-        } else if self.readiness.is_ready() {
-            "ok"
-        } else {
-            "not all services are ready"
-        };
-        let healthy = store == "ok" && services == "ok";
-        Response::json(
-            if healthy { 200 } else { 503 },
-            &json!({
-                "status": if healthy { "healthy" } else { "unhealthy" },
-                "checks": { "store": store, "services": services },
-            }),
-        )
-    }
-
     /// `POST /v1/reports/{id}/retry`: a failed report back in the queue.
-    fn retry(&self, db: &mut Reader, request: &Request, id: &str) -> Response {
+    fn retry(&self, db: &mut Reader, request: &Request, caller: &Caller, id: &str) -> Response {
         let op = Op::Redrive {
             report_id: id.to_string(),
-            who: who(request),
+            who: who(request, caller),
         };
         match self.store.call(op, Instant::now() + operate::STORE_WAIT) {
             Ok(Outcome::Changed) => {
@@ -376,7 +546,7 @@ impl Api {
     }
 
     /// `GET /v1/reports?status=…&site=…&since=…&limit=…&after=…`.
-    fn list_reports(&self, db: &mut Reader, request: &Request) -> Response {
+    fn list_reports(&self, db: &mut Reader, request: &Request, caller: &Caller) -> Response {
         let filter = match operate::filter(&request.params()) {
             Ok(filter) => filter,
             Err(bad) => {
@@ -390,7 +560,7 @@ impl Api {
                 return error(500, "cannot list the reports");
             }
         };
-        let mut event = AuditEvent::new("reports.listed", who(request));
+        let mut event = AuditEvent::new("reports.listed", who(request, caller));
         event.outcome = Some(response.status.to_string());
         event.detail = Some(
             json!({
@@ -406,19 +576,25 @@ impl Api {
     }
 
     /// `GET /v1/reports/{id}`.
-    fn get_report(&self, db: &mut Reader, request: &Request, id: &str) -> Response {
+    fn get_report(
+        &self,
+        db: &mut Reader,
+        request: &Request,
+        caller: &Caller,
+        id: &str,
+    ) -> Response {
         let response = report_response(db, id);
         if response.status == 500 {
             return response;
         }
-        let mut event = AuditEvent::new("report.read", who(request));
+        let mut event = AuditEvent::new("report.read", who(request, caller));
         event.report_id = Some(id.to_string());
         event.outcome = Some(response.status.to_string());
         self.audited(event, response)
     }
 
     fn enrollment(&self) -> Response {
-        let snapshot = self.shared.enrollment.snapshot();
+        let snapshot = self.probes.shared.enrollment.snapshot();
         let sites: serde_json::Map<String, Value> = snapshot
             .sorted()
             .into_iter()
@@ -438,6 +614,8 @@ const ROUTE_POST: &str = "POST /v1/reports";
 struct Posted {
     answer: Option<Deferred>,
     report_id: String,
+    /// Who posted it (the audit trail's "who").
+    caller: Caller,
     shared: Arc<store::Live>,
 }
 
@@ -466,7 +644,11 @@ impl Posted {
                 error(500, "unexpected store answer")
             }
             Err(Failure::NotStored(err)) => {
-                log::warn!("report {report_id} not stored: {}", CallError::Failed(err));
+                log::warn!(
+                    "report {report_id} (posted by {}) not stored: {}",
+                    self.caller,
+                    CallError::Failed(err)
+                );
                 not_stored()
             }
             Err(Failure::Unknown(err)) => {
@@ -497,8 +679,9 @@ impl Drop for Posted {
     fn drop(&mut self) {
         if self.answer.is_some() {
             log::warn!(
-                "report {} not stored: the store did not take it in time",
-                self.report_id
+                "report {} (posted by {}) not stored: the store did not take it in time",
+                self.report_id,
+                self.caller
             );
             self.answer(not_stored());
         }
@@ -553,13 +736,26 @@ fn report_response(db: &mut Reader, id: &str) -> Response {
     }
 }
 
-/// Who sent `request`, for the audit trail: its request id (the client's
-/// `X-Request-Id` when it is a sensible one, else one made here).
-fn who(request: &Request) -> Who {
+/// Who sent `request`, for the audit trail: the token's name, the peer,
+/// and the request id (the client's `X-Request-Id` when it is a sensible
+/// one, else one made here).
+fn who(request: &Request, caller: &Caller) -> Who {
     Who {
-        caller: None,
-        remote: None,
+        caller: caller.name.clone(),
+        remote: caller.peer.or(request.peer).map(|p| p.to_string()),
         request_id: Some(request_id(request)),
+    }
+}
+
+/// A path as a route pattern (an id replaced), for the audit trail: a
+/// refused request's path may hold a report id someone guessed.
+fn route_of(path: &str) -> &'static str {
+    match path {
+        "/v1/reports" => "/v1/reports",
+        "/v1/enrollment" => "/v1/enrollment",
+        p if p.starts_with("/v1/reports/") && p.ends_with("/retry") => "/v1/reports/{id}/retry",
+        p if p.starts_with("/v1/reports/") => "/v1/reports/{id}",
+        _ => "other",
     }
 }
 

@@ -14,6 +14,7 @@
 //! named and the exit code is 3.
 
 mod analyzer;
+mod auth;
 mod http;
 mod intake;
 mod metrics;
@@ -32,7 +33,10 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use quiesce::{Counters, Supervisor};
 
+use crate::Refused;
+
 use self::analyzer::Analyzer;
+use self::auth::Auth;
 use self::http::Limits;
 use self::intake::Intake;
 use self::metrics::Metrics;
@@ -44,6 +48,8 @@ use self::scheduler::Scheduler;
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Exit codes: 0 graceful stop; 1 a service failed or could not start; \
+2 refused as unsafe for patient data (a non-loopback --listen without --tokens-file, a tokens \
+file others can read or that does not parse) or a command-line error; \
 3 shutdown deadline exceeded (stuck threads are named in the log); 130/143 forced by a second \
 SIGINT/SIGTERM. Durations take units: 500ms, 25s, 24h. RUST_LOG sets the log level (default info)."
 )]
@@ -52,6 +58,32 @@ pub struct Args {
     /// logged and written to <DATA_DIR>/listen.addr.
     #[arg(long, env = "QUIESCE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
+
+    /// Bearer tokens the API's callers must present (Authorization: Bearer
+    /// <secret>): one name:secret or name:secret:scope a line, scope write
+    /// (POST only), read (GET only) or all (the default); # comments. Mode
+    /// 0600 (0640 if root's). Re-read on SIGHUP. Without it, the API is
+    /// open, and only a loopback --listen is allowed.
+    #[arg(long, env = "QUIESCE_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// /metrics needs a valid token too (any scope); by default it is open,
+    /// like the probes.
+    #[arg(long, env = "QUIESCE_METRICS_TOKEN_REQUIRED")]
+    pub metrics_token_required: bool,
+
+    /// Listen on a non-loopback --listen address without --tokens-file:
+    /// anyone who reaches it reads and writes patient reports. For a
+    /// network you trust entirely.
+    #[arg(long, env = "QUIESCE_ALLOW_INSECURE")]
+    pub allow_insecure: bool,
+
+    /// A second listener serving only /livez, /healthz, /readyz and
+    /// /metrics (never patient data), e.g. 0.0.0.0:9090 for kubelet probes
+    /// and Prometheus while --listen stays on 127.0.0.1. Its bound address
+    /// is written to <DATA_DIR>/admin.addr.
+    #[arg(long, env = "QUIESCE_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
 
     /// Directory for the database (SQLite), summaries and listen.addr
     /// (created if missing). One process per directory.
@@ -174,6 +206,24 @@ macro_rules! usage {
         anyhow::Error::new(Usage(format!($($arg)*)))
     };
 }
+
+/// The addresses `listen` names (`flag` for the error).
+fn addresses(flag: &str, listen: &str) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+    use std::net::ToSocketAddrs as _;
+    match listen.to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<_> = addrs.collect();
+            if addrs.is_empty() {
+                return Err(usage!("{flag} {listen:?}: the name has no address"));
+            }
+            Ok(addrs)
+        }
+        Err(err) => Err(usage!(
+            "{flag} {listen:?} is not an address to listen on ({err}); examples: 127.0.0.1:8080, 0.0.0.0:8080, [::1]:8080"
+        )),
+    }
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 25s, 24h)"))
 }
@@ -203,21 +253,23 @@ impl Args {
     fn check(&self) -> anyhow::Result<()> {
         // Before anything is created: a bad address must not leave a data
         // directory and a database behind, or start three services first.
-        use std::net::ToSocketAddrs as _;
-        match self.listen.to_socket_addrs().map(|addrs| addrs.count()) {
-            Ok(0) => {
-                return Err(usage!(
-                    "--listen {:?}: the name has no address",
-                    self.listen
-                ));
-            }
-            Ok(_) => {}
-            Err(err) => {
-                return Err(usage!(
-                    "--listen {:?} is not an address to listen on ({err}); examples: 127.0.0.1:8080, 0.0.0.0:8080, [::1]:8080",
-                    self.listen
-                ));
-            }
+        let listen = addresses("--listen", &self.listen)?;
+        if let Some(admin) = &self.admin_listen {
+            addresses("--admin-listen", admin)?;
+        }
+        let loopback = listen.iter().all(|addr| addr.ip().is_loopback());
+        if !loopback && self.tokens_file.is_none() && !self.allow_insecure {
+            return Err(Refused(format!(
+                "--listen {} is not a loopback address, and without --tokens-file anyone who \
+                 can reach it could read and write patient reports: give --tokens-file (see \
+                 --help), or listen on 127.0.0.1 (with --admin-listen for probes and metrics), \
+                 or pass --allow-insecure if the network is yours alone",
+                self.listen
+            ))
+            .into());
+        }
+        if self.metrics_token_required && self.tokens_file.is_none() {
+            return Err(usage!("--metrics-token-required needs --tokens-file"));
         }
         if self.workers == Some(0) {
             return Err(usage!("--workers must be at least 1"));
@@ -272,6 +324,11 @@ impl Args {
 /// use by another `quiesce serve`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.check()?;
+    // Before anything is created: a tokens file others can read, or one
+    // that does not parse, stops the start.
+    let auth = Arc::new(
+        Auth::new(args.tokens_file.clone(), args.metrics_token_required).map_err(Refused)?,
+    );
     let analyzer = args
         .analyzer_url
         .as_deref()
@@ -296,12 +353,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let replica = args.replica_id.clone().unwrap_or_else(default_replica_id);
     let addr_file = args.data_dir.join("listen.addr");
+    let admin_addr_file = args.data_dir.join("admin.addr");
     // A stale address must not mislead a script waiting for this run's.
-    match std::fs::remove_file(&addr_file) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-            return Err(err).with_context(|| format!("cannot remove {}", addr_file.display()));
+    for file in [&addr_file, &admin_addr_file] {
+        match std::fs::remove_file(file) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(err).with_context(|| format!("cannot remove {}", file.display()));
+            }
+            _ => {}
         }
-        _ => {}
     }
     let workers = args
         .workers
@@ -365,6 +425,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.summary_keep as usize,
     ))
     .stop_timeout(Duration::from_secs(1));
+    let store_for_signals = store.clone();
     sup.add(Intake {
         listen: args.listen.clone(),
         addr_file,
@@ -384,6 +445,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         store,
         shared: shared.clone(),
         readiness,
+        auth: auth.clone(),
+        admin_listen: args.admin_listen.clone(),
+        admin_addr_file,
     })
     .stop_timeout(intake_stop);
 
@@ -395,23 +459,54 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         args.shutdown_timeout
     );
-    // SIGHUP and the others that would kill the process at once: logged
-    // and ignored (serve stops on SIGINT and SIGTERM only).
-    let _others = crate::other_signals::watch(|signal| {
-        log::warn!(
-            "received {}: ignored (quiesce serve stops on SIGINT or SIGTERM)",
-            quiesce::signals::signal_name(signal)
-        );
+    // SIGHUP re-reads the tokens file; it and the others that would kill
+    // the process at once are otherwise logged and ignored (serve stops on
+    // SIGINT and SIGTERM only).
+    let audit = store_for_signals;
+    let _others = crate::other_signals::watch(move |signal| {
+        if signal == signal_hook::consts::SIGHUP && auth.enabled() {
+            log::info!("received SIGHUP: reloading the tokens file");
+            let reloaded = auth.reload();
+            // In the audit trail (no names, no secrets): how many, or why not.
+            let mut event = store::AuditEvent::new(
+                "tokens.reloaded",
+                store::Who {
+                    caller: Some("SIGHUP".into()),
+                    ..store::Who::default()
+                },
+            );
+            event.outcome = Some(match &reloaded {
+                Ok(n) => format!("{n} token(s)"),
+                Err(_) => "refused: the tokens loaded before stay valid".into(),
+            });
+            let _ = audit.send(
+                store::Op::Audit(event),
+                Box::new(|_| {}),
+                std::time::Instant::now() + Duration::from_secs(1),
+            );
+        } else if signal == signal_hook::consts::SIGHUP {
+            log::warn!(
+                "received SIGHUP: ignored (no --tokens-file to reload; quiesce serve stops on \
+                 SIGINT or SIGTERM)"
+            );
+        } else {
+            log::warn!(
+                "received {}: ignored (quiesce serve stops on SIGINT or SIGTERM)",
+                quiesce::signals::signal_name(signal)
+            );
+        }
     })
     .context("cannot install the signal handlers")?;
     let report = sup
         .run_until_signal()
         .context("cannot install the signal handlers")?;
     // Nothing listens any more: a script must not find this run's address.
-    if let Err(err) = std::fs::remove_file(args.data_dir.join("listen.addr"))
-        && err.kind() != std::io::ErrorKind::NotFound
-    {
-        log::warn!("cannot remove listen.addr: {err}");
+    for file in ["listen.addr", "admin.addr"] {
+        if let Err(err) = std::fs::remove_file(args.data_dir.join(file))
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            log::warn!("cannot remove {file}: {err}");
+        }
     }
     log::info!(
         "stopped ({}): {} accepted, {} processed, {} failed, {} still queued; exit {}",
@@ -544,6 +639,7 @@ fn make_private(dir: &std::path::Path) -> anyhow::Result<()> {
         "quiesce.db-wal",
         "quiesce.db-shm",
         "listen.addr",
+        "admin.addr",
         LOCK_FILE,
     ] {
         tighten(&dir.join(file), 0o600)?;

@@ -114,6 +114,7 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
                 },
             );
         let mut conn = ServedConn {
+            peer: stream.peer_addr().ok(),
             stream,
             buf: Vec::with_capacity(4096),
             id,
@@ -150,6 +151,8 @@ struct ServedConn<'a> {
     outbox: Arc<Outbox>,
     /// The read timeout set on the socket.
     read_timeout: Option<Duration>,
+    /// The peer's address, given to each request.
+    peer: Option<std::net::SocketAddr>,
 }
 
 impl ServedConn<'_> {
@@ -293,6 +296,7 @@ impl ServedConn<'_> {
             keep_alive_10,
             ..
         } = head;
+        request.peer = self.peer;
         request.body = match framing {
             Framing::None => Vec::new(),
             Framing::Length(n) if n > limits.max_body => {
@@ -526,6 +530,7 @@ fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<Head>, ReadError> {
         query,
         headers: list,
         body: Vec::new(),
+        peer: None,
     };
     let framing = framing(&request, http10)?;
     if !http10 && request.headers.iter().filter(|(n, _)| n == "host").count() != 1 {

@@ -176,6 +176,8 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// The body (decoded when chunked).
     pub body: Vec<u8>,
+    /// The connection's peer (`None` when the socket could not tell).
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl Request {

@@ -29,6 +29,8 @@ fn known(status: u16) -> Option<(&'static str, &'static str)> {
         200 => ("200", "OK"),
         202 => ("202", "Accepted"),
         400 => ("400", "Bad Request"),
+        401 => ("401", "Unauthorized"),
+        403 => ("403", "Forbidden"),
         404 => ("404", "Not Found"),
         405 => ("405", "Method Not Allowed"),
         408 => ("408", "Request Timeout"),
@@ -110,7 +112,7 @@ mod tests {
     #[test]
     fn the_status_table_gives_both_the_code_as_text_and_the_reason() {
         for status in [
-            200, 202, 400, 404, 405, 408, 409, 411, 413, 415, 429, 431, 500, 501, 503,
+            200, 202, 400, 401, 403, 404, 405, 408, 409, 411, 413, 415, 429, 431, 500, 501, 503,
         ] {
             assert_eq!(status_text(status), Some(status.to_string().as_str()));
             assert!(!reason(status).is_empty(), "{status} has a reason phrase");
