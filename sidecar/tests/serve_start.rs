@@ -73,7 +73,12 @@ fn a_taken_port_is_one_plain_error_at_every_log_level() {
 #[test]
 fn a_corrupt_database_is_one_plain_error() {
     let dir = TempDir::new("corrupt-db");
-    dir.write("quiesce.db", &[0x5a; 8192]);
+    let db = dir.write("quiesce.db", &[0x5a; 8192]);
+    // Private, as serve requires of a database (or it refuses before
+    // reading it).
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let data = dir.path().to_str().unwrap().to_string();
     let exit = serve_with_log("warn", &["--listen", "127.0.0.1:0", "--data-dir", &data]);
     assert_eq!(exit.code(), Some(1), "{}", exit.log);
