@@ -201,3 +201,91 @@ fn every_action_leaves_a_row_and_the_trail_cannot_be_changed_postgres() {
         assert!(message.contains("append-only"), "{sql}: {message}");
     }
 }
+
+/// With bearer tokens, each row names the caller's token and address; a
+/// refused request leaves a row (no secret, no guessed id); a reload of
+/// the tokens (SIGHUP) leaves one too.
+#[test]
+fn rows_name_the_caller_and_refusals_and_reloads_are_recorded() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TempDir::new("audit-tokens");
+    let tokens = dir.write(
+        "tokens",
+        b"site-app:aaaaaaaaaaaaaaaaaaaaaaaa:write\nmonitor:bbbbbbbbbbbbbbbbbbbbbbbb:read\n",
+    );
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let data = dir.sub("data");
+    let tokens_arg = tokens.to_str().unwrap();
+    let mut serve = Serve::start(&data, &["--tokens-file", tokens_arg]);
+    let body = serde_json::to_vec(&report("tok-1", "P-SECRET-9", "s", &[("q1", 1)])).unwrap();
+    let post = |auth: &str| {
+        exchange(
+            serve.addr,
+            &request(
+                "POST",
+                "/v1/reports",
+                &[
+                    ("Content-Type", "application/json"),
+                    ("Authorization", auth),
+                ],
+                Some(&body),
+                false,
+            ),
+        )
+    };
+    assert_eq!(post("Bearer aaaaaaaaaaaaaaaaaaaaaaaa").status, 202);
+    assert_eq!(post("Bearer wrong-wrong-wrong-wrong").status, 401);
+    let read = exchange(
+        serve.addr,
+        &request(
+            "GET",
+            "/v1/reports/guessed-id",
+            &[("Authorization", "Bearer bbbbbbbbbbbbbbbbbbbbbbbb")],
+            None,
+            false,
+        ),
+    );
+    assert_eq!(read.status, 404);
+    serve.signal("HUP");
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    while !serve.log().contains("tokens file reloaded") {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "no reload:\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    serve.stop_ok(Duration::from_secs(30));
+    let (status, stdout, log) = cli(&["audit", "--data-dir", data.to_str().unwrap()]);
+    assert!(status.success(), "{log}");
+    assert!(
+        !stdout.contains("aaaaaaaa") && !stdout.contains("wrong-wrong"),
+        "a secret:\n{stdout}"
+    );
+    assert!(!stdout.contains("P-SECRET-9"), "a patient id:\n{stdout}");
+    let rows = lines(&stdout);
+    let find =
+        |action: &str| -> Vec<&Value> { rows.iter().filter(|r| r["action"] == action).collect() };
+    let received = find("report.received");
+    assert_eq!(received.len(), 1, "{stdout}");
+    assert_eq!(received[0]["caller"], "site-app");
+    assert!(
+        received[0]["remote"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("127.0.0.1:")),
+        "{stdout}"
+    );
+    let refused = find("auth.refused");
+    assert_eq!(refused.len(), 1, "{stdout}");
+    assert_eq!(refused[0]["outcome"], "401");
+    assert_eq!(refused[0]["detail"]["path"], "/v1/reports");
+    let reads = find("report.read");
+    assert_eq!(reads.len(), 1, "{stdout}");
+    assert_eq!(reads[0]["caller"], "monitor");
+    assert_eq!(reads[0]["report_id"], "guessed-id");
+    assert_eq!(reads[0]["outcome"], "404");
+    let reloads = find("tokens.reloaded");
+    assert_eq!(reloads.len(), 1, "{stdout}");
+    assert_eq!(reloads[0]["outcome"], "2 token(s)");
+}
