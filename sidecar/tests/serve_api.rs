@@ -789,12 +789,13 @@ fn health_readiness_and_metrics(backend: Backend) {
     );
     assert_eq!(value("quiesce_backlog "), Some(0.0), "{text}");
     for (route, status) in [
-        ("POST /v1/reports", "202"),
-        ("POST /v1/reports", "200"),
-        ("POST /v1/reports", "400"),
+        ("/v1/reports", "202"),
+        ("/v1/reports", "200"),
+        ("/v1/reports", "400"),
     ] {
-        let series =
-            format!("quiesce_http_requests_total{{route=\"{route}\",status=\"{status}\"}} ");
+        let series = format!(
+            "quiesce_http_requests_total{{method=\"POST\",route=\"{route}\",status=\"{status}\"}} "
+        );
         assert_eq!(value(&series), Some(1.0), "{series}\n{text}");
     }
     serve.stop_ok(Duration::from_secs(40));

@@ -97,3 +97,83 @@ fn the_metrics_parse_with_the_reference_parser_and_every_family_has_help() {
         "{text}"
     );
 }
+
+/// Issue 16, item 3: every request is counted by method, route pattern
+/// and status, refusals included (a 413 used to be `route="refused"`, a 405
+/// had no method, `/healthz` was counted as `GET /livez`); durations are a
+/// histogram; open connections a gauge; with `--access-log` one line per
+/// request, without the path's id.
+#[test]
+fn requests_are_counted_by_method_route_and_status_and_logged_when_asked() {
+    let dir = TempDir::new("metrics-labels");
+    let mut serve = Serve::start(dir.path(), &["--access-log", "--max-body", "1KiB"]);
+    let addr = serve.addr;
+    let big = vec![b' '; 4096];
+    let too_large = exchange(
+        addr,
+        &request(
+            "POST",
+            "/v1/reports",
+            &[("Content-Type", "application/json")],
+            Some(&big),
+            false,
+        ),
+    );
+    assert_eq!(too_large.status, 413);
+    assert_eq!(
+        exchange(
+            addr,
+            &request("DELETE", "/v1/enrollment", &[], Some(b""), false)
+        )
+        .status,
+        405
+    );
+    assert_eq!(get(addr, "/healthz").status, 200);
+    assert_eq!(get(addr, "/v1/reports/secret-looking-id").status, 404);
+    let _held = Conn::open(addr).expect("a connection held open");
+    std::thread::sleep(Duration::from_millis(100));
+    let text = get(addr, "/metrics").text();
+    for series in [
+        "quiesce_http_requests_total{method=\"POST\",route=\"/v1/reports\",status=\"413\"} 1",
+        "quiesce_http_requests_total{method=\"DELETE\",route=\"/v1/enrollment\",status=\"405\"} 1",
+        "quiesce_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1",
+        "quiesce_http_requests_total{method=\"GET\",route=\"/v1/reports/{id}\",status=\"404\"} 1",
+        "quiesce_http_request_duration_seconds_count{method=\"GET\",route=\"/healthz\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == series),
+            "{series} missing:\n{text}"
+        );
+    }
+    assert!(!text.contains("secret-looking-id"), "{text}");
+    let open = text
+        .lines()
+        .find_map(|l| l.strip_prefix("quiesce_http_connections_open "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("the open connections gauge");
+    assert!(open >= 2.0, "the held one and this scrape's: {open}");
+    let exit = serve.stop_ok(Duration::from_secs(30));
+    let access: Vec<&str> = exit
+        .log
+        .lines()
+        .filter(|l| l.contains("quiesce::access"))
+        .collect();
+    assert!(
+        access.iter().any(|l| l.contains("GET /healthz 200")),
+        "{access:?}"
+    );
+    assert!(
+        access.iter().any(|l| l.contains("POST /v1/reports 413")),
+        "{access:?}"
+    );
+    assert!(
+        access
+            .iter()
+            .any(|l| l.contains("GET /v1/reports/{id} 404") && l.contains("id=")),
+        "{access:?}"
+    );
+    assert!(
+        !exit.log.contains("secret-looking-id"),
+        "the path's id was logged"
+    );
+}

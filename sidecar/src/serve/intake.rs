@@ -71,6 +71,8 @@ pub struct Intake {
     pub admin_listen: Option<String>,
     /// Where to write its bound address.
     pub admin_addr_file: PathBuf,
+    /// One log line per request (`quiesce::access`).
+    pub access_log: bool,
 }
 
 impl Service for Intake {
@@ -94,6 +96,7 @@ impl Service for Intake {
         };
         let probes = Probes {
             shared: self.shared.clone(),
+            access_log: self.access_log,
             readiness: self.readiness.clone(),
             auth: self.auth.clone(),
         };
@@ -185,6 +188,8 @@ struct Api {
 #[derive(Clone)]
 struct Probes {
     shared: Arc<store::Live>,
+    /// Whether each request gets an access log line.
+    access_log: bool,
     readiness: Readiness,
     auth: Arc<Auth>,
 }
@@ -203,31 +208,37 @@ impl Handler<()> for Admin {
         stopping: bool,
         _later: &Later<'_>,
     ) -> Option<Response> {
-        let shared = &self.probes.shared;
         let served = matches!(
             request.path.as_str(),
             "/livez" | "/healthz" | "/readyz" | "/metrics"
         );
-        if !served {
-            count(shared, "admin: unknown", 404);
-            return Some(error(
+        let response = if !served {
+            error(
                 404,
                 "the admin listener serves /livez, /healthz, /readyz and /metrics only",
-            ));
-        }
-        // `/metrics` may need a token.
-        if let Err(refused) = self.probes.auth.check(request) {
-            count(shared, "auth", refused.status);
-            return Some(refused);
-        }
-        let (route, response) = self.probes.route(request, stopping)?;
-        count(shared, route, response.status);
+            )
+        } else {
+            // `/metrics` may need a token.
+            match self.probes.auth.check(request) {
+                Err(refused) => refused,
+                Ok(_) => self.probes.route(request, stopping)?,
+            }
+        };
+        count(&self.probes, &served_by(request, &response, None));
         Some(response)
     }
 
-    fn refused(&self, status: u16, why: &str) {
+    fn refused(&self, status: u16, why: &str, head: Option<(&str, &str)>) {
         log::debug!("admin listener refused a request: {status} {why}");
-        count(&self.probes.shared, "refused", status);
+        count(&self.probes, &refused_served(status, head));
+    }
+
+    fn connections(&self, open: usize) {
+        self.probes
+            .shared
+            .metrics
+            .admin_connections
+            .set(open as i64);
     }
 }
 
@@ -239,12 +250,11 @@ impl Handler<Reader> for Api {
         stopping: bool,
         later: &Later<'_>,
     ) -> Option<Response> {
-        let shared = &self.probes.shared;
         // Who calls: the token's name, for the logs and the audit trail.
         let caller = match self.probes.auth.check(request) {
             Ok(caller) => caller,
             Err(refused) => {
-                count(shared, "auth", refused.status);
+                count(&self.probes, &served_by(request, &refused, None));
                 // In the audit trail too, without waiting for it: a
                 // refusal must stay cheap for whoever sends many.
                 let mut event = AuditEvent::new(
@@ -272,35 +282,89 @@ impl Handler<Reader> for Api {
             // Answered when the store has committed it (see `Posted`).
             return self.post_report(request, &caller, stopping, later);
         }
-        let (route, response) = match self.probes.route(request, stopping) {
-            Some(routed) => routed,
+        let response = match self.probes.route(request, stopping) {
+            Some(response) => response,
             None => self.route(db, request, &caller),
         };
-        count(shared, route, response.status);
+        count(&self.probes, &served_by(request, &response, Some(&caller)));
         Some(response)
     }
 
-    fn refused(&self, status: u16, why: &str) {
+    fn refused(&self, status: u16, why: &str, head: Option<(&str, &str)>) {
         log::debug!("refused a request: {status} {why}");
-        count(&self.probes.shared, "refused", status);
+        count(&self.probes, &refused_served(status, head));
+    }
+
+    fn connections(&self, open: usize) {
+        self.probes.shared.metrics.connections.set(open as i64);
     }
 }
 
-/// Counts a request in the metrics by route and status.
-fn count(shared: &store::Live, route: &str, status: u16) {
+/// One request served (or refused), for the metrics and the access log.
+struct Served<'a> {
+    /// Its method, as sent.
+    method: &'a str,
+    /// Its route's pattern (`/v1/reports/{id}`), never the path itself.
+    route: &'a str,
+    status: u16,
+    /// The answer's body, in bytes.
+    bytes: usize,
+    /// When its head was read; `None` when it was refused before.
+    received: Option<Instant>,
+    /// Its request id and caller, for the access log.
+    who: Option<(String, Option<String>)>,
+}
+
+/// The method as a label: the standard ones, or `other` (a client must not
+/// make new series at will).
+fn method_label(method: &str) -> &'static str {
+    const METHODS: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    METHODS
+        .into_iter()
+        .find(|m| *m == method)
+        .unwrap_or("other")
+}
+
+/// Counts a request in the metrics (by method, route pattern and status),
+/// times it, and writes its access log line when asked for.
+fn count(probes: &Probes, served: &Served<'_>) {
+    let method = method_label(served.method);
     let other;
-    let label = match status_text(status) {
-        Some(label) => label,
+    let status = match status_text(served.status) {
+        Some(text) => text,
         None => {
-            other = status.to_string();
+            other = served.status.to_string();
             &other
         }
     };
-    shared
-        .metrics
+    let metrics = &probes.shared.metrics;
+    metrics
         .requests
-        .with_label_values(&[route, label])
+        .with_label_values(&[method, served.route, status])
         .inc();
+    let seconds = served.received.map(|at| at.elapsed().as_secs_f64());
+    if let Some(seconds) = seconds {
+        metrics
+            .request_seconds
+            .with_label_values(&[method, served.route])
+            .observe(seconds);
+    }
+    if probes.access_log {
+        let (request_id, caller) = match &served.who {
+            Some((id, caller)) => (id.as_str(), caller.as_deref().unwrap_or("-")),
+            None => ("-", "-"),
+        };
+        log::info!(
+            target: "quiesce::access",
+            "{method} {} {} {}B {} id={request_id} caller={caller}",
+            served.route,
+            served.status,
+            served.bytes,
+            seconds.map_or("-".to_string(), |s| format!("{:.1}ms", s * 1000.0)),
+        );
+    }
 }
 
 fn error(status: u16, message: &str) -> Response {
@@ -313,19 +377,16 @@ fn not_allowed(allow: &'static str) -> Response {
 
 impl Probes {
     /// The probes and `/metrics`; `None` for any other path.
-    fn route(&self, request: &Request, stopping: bool) -> Option<(&'static str, Response)> {
+    fn route(&self, request: &Request, stopping: bool) -> Option<Response> {
         let method = request.method.as_str();
         Some(match request.path.as_str() {
             "/livez" | "/healthz" | "/readyz" | "/metrics"
                 if method != "GET" && method != "HEAD" =>
             {
-                ("health", not_allowed("GET, HEAD"))
+                not_allowed("GET, HEAD")
             }
-            "/livez" => (
-                "GET /livez",
-                Response::json(200, &json!({ "status": "ok" })),
-            ),
-            "/healthz" => ("GET /healthz", self.health(stopping)),
+            "/livez" => Response::json(200, &json!({ "status": "ok" })),
+            "/healthz" => self.health(stopping),
             "/readyz" => {
                 // Not ready while stopping, or while the store cannot
                 // commit (its last commit failed): back by itself after
@@ -334,27 +395,20 @@ impl Probes {
                     && !stopping
                     && self.shared.health.failure().is_none();
                 if ready {
-                    (
-                        "GET /readyz",
-                        Response::json(200, &json!({ "status": "ready" })),
-                    )
+                    Response::json(200, &json!({ "status": "ready" }))
                 } else {
-                    (
-                        "GET /readyz",
-                        Response::json(503, &json!({ "status": "not ready" })),
-                    )
+                    Response::json(503, &json!({ "status": "not ready" }))
                 }
             }
             "/metrics" => {
                 let (mut body, content_type) = self.shared.metrics.render();
                 self.auth.render_metrics(&mut body);
-                let response = Response {
+                Response {
                     status: 200,
                     content_type,
                     headers: Vec::new(),
                     body,
-                };
-                ("GET /metrics", response)
+                }
             }
             _ => return None,
         })
@@ -388,40 +442,29 @@ impl Probes {
 
 impl Api {
     /// The API's own routes (the caller authenticated).
-    fn route(
-        &self,
-        db: &mut Reader,
-        request: &Request,
-        caller: &Caller,
-    ) -> (&'static str, Response) {
+    fn route(&self, db: &mut Reader, request: &Request, caller: &Caller) -> Response {
         let method = request.method.as_str();
         match request.path.as_str() {
             "/v1/reports" => match method {
-                "GET" => ("GET /v1/reports", self.list_reports(db, request, caller)),
-                _ => ("/v1/reports", not_allowed("GET, POST")),
+                "GET" => self.list_reports(db, request, caller),
+                _ => not_allowed("GET, POST"),
             },
             path if path.starts_with("/v1/reports/") && path.ends_with("/retry") => {
                 let id = &path["/v1/reports/".len()..path.len() - "/retry".len()];
                 match method {
-                    "POST" => (
-                        "POST /v1/reports/{id}/retry",
-                        self.retry(db, request, caller, id),
-                    ),
-                    _ => ("/v1/reports/{id}/retry", not_allowed("POST")),
+                    "POST" => self.retry(db, request, caller, id),
+                    _ => not_allowed("POST"),
                 }
             }
             path if path.starts_with("/v1/reports/") => match method {
-                "GET" => (
-                    "GET /v1/reports/{id}",
-                    self.get_report(db, request, caller, &path["/v1/reports/".len()..]),
-                ),
-                _ => ("/v1/reports/{id}", not_allowed("GET")),
+                "GET" => self.get_report(db, request, caller, &path["/v1/reports/".len()..]),
+                _ => not_allowed("GET"),
             },
             "/v1/enrollment" => match method {
-                "GET" => ("GET /v1/enrollment", self.enrollment()),
-                _ => ("/v1/enrollment", not_allowed("GET")),
+                "GET" => self.enrollment(),
+                _ => not_allowed("GET"),
             },
-            _ => ("unknown", error(404, "no such route")),
+            _ => error(404, "no such route"),
         }
     }
 
@@ -435,7 +478,7 @@ impl Api {
         later: &Later<'_>,
     ) -> Option<Response> {
         let refused = |response: Response| {
-            count(&self.probes.shared, ROUTE_POST, response.status);
+            count(&self.probes, &served_by(request, &response, Some(caller)));
             Some(response)
         };
         let report = match self.validate(request, stopping) {
@@ -456,7 +499,9 @@ impl Api {
             answer: Some(later.defer(deadline)),
             report_id,
             caller: caller.clone(),
-            shared: self.probes.shared.clone(),
+            request_id: request_id(request),
+            received: request.received,
+            probes: self.probes.clone(),
         };
         // Not taken in time: `posted` is dropped and answers 503.
         let _ = self.store.send(
@@ -604,9 +649,6 @@ impl Api {
     }
 }
 
-/// The route label of `POST /v1/reports` in the metrics.
-const ROUTE_POST: &str = "POST /v1/reports";
-
 /// A report handed to the store, whose client waits for the answer. The
 /// store's reply thread calls [`Posted::finish`] once the transaction has
 /// committed (or failed); dropped unanswered (the store did not take it in
@@ -616,7 +658,11 @@ struct Posted {
     report_id: String,
     /// Who posted it (the audit trail's "who").
     caller: Caller,
-    shared: Arc<store::Live>,
+    /// Its request id, for the access log.
+    request_id: String,
+    /// When its head was read.
+    received: Instant,
+    probes: Probes,
 }
 
 impl Posted {
@@ -662,8 +708,16 @@ impl Posted {
     fn answer(&mut self, response: Response) {
         if let Some(answer) = self.answer.take() {
             let status = response.status;
-            let shared = &self.shared;
-            if !answer.respond(response, || count(shared, ROUTE_POST, status)) {
+            let served = Served {
+                method: "POST",
+                route: "/v1/reports",
+                status,
+                bytes: response.body.len(),
+                received: Some(self.received),
+                who: Some((self.request_id.clone(), self.caller.name.clone())),
+            };
+            let probes = &self.probes;
+            if !answer.respond(response, || count(probes, &served)) {
                 // The client got 503 at the deadline (counted by `refused`);
                 // it may retry: the same report is then a 200 duplicate.
                 log::warn!(
@@ -747,15 +801,45 @@ fn who(request: &Request, caller: &Caller) -> Who {
     }
 }
 
-/// A path as a route pattern (an id replaced), for the audit trail: a
-/// refused request's path may hold a report id someone guessed.
+/// A path as a route pattern (an id replaced), for the metrics, the access
+/// log and the audit trail: a path may hold a report id someone guessed,
+/// and each distinct label would be a new series.
 fn route_of(path: &str) -> &'static str {
     match path {
         "/v1/reports" => "/v1/reports",
         "/v1/enrollment" => "/v1/enrollment",
+        "/livez" => "/livez",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
         p if p.starts_with("/v1/reports/") && p.ends_with("/retry") => "/v1/reports/{id}/retry",
         p if p.starts_with("/v1/reports/") => "/v1/reports/{id}",
-        _ => "other",
+        _ => "unknown",
+    }
+}
+
+/// `request`, answered `response` (now), as counted.
+fn served_by<'a>(request: &'a Request, response: &Response, caller: Option<&Caller>) -> Served<'a> {
+    Served {
+        method: &request.method,
+        route: route_of(&request.path),
+        status: response.status,
+        bytes: response.body.len(),
+        received: Some(request.received),
+        who: Some((request_id(request), caller.and_then(|c| c.name.clone()))),
+    }
+}
+
+/// A request the server refused before a handler saw it, as counted: by
+/// its route when its head was read (a body too large), else `unread`.
+fn refused_served<'a>(status: u16, head: Option<(&'a str, &'a str)>) -> Served<'a> {
+    Served {
+        method: head.map_or("", |(method, _)| method),
+        route: head.map_or("unread", |(_, path)| route_of(path)),
+        status,
+        bytes: 0,
+        received: None,
+        who: None,
     }
 }
 

@@ -48,6 +48,12 @@ pub struct Metrics {
     pub claims_released: IntCounter,
     /// Failed reports put back in the queue by an operator.
     pub redriven: IntCounter,
+    /// Request durations by method and route pattern.
+    pub request_seconds: prometheus::HistogramVec,
+    /// Connections the API's listener is serving now.
+    pub connections: IntGauge,
+    /// Connections the admin listener is serving now.
+    pub admin_connections: IntGauge,
 }
 
 impl Metrics {
@@ -57,9 +63,28 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "quiesce_http_requests_total",
-                "HTTP requests by route and status.",
+                "HTTP requests by method, route pattern (unknown: no such route; unread: refused before its head was read) and status code.",
             ),
-            &["route", "status"],
+            &["method", "route", "status"],
+        )
+        .expect("valid metric");
+        let request_seconds = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "quiesce_http_request_duration_seconds",
+                "From a request's head read to its answer handed over, by method and route pattern.",
+            )
+            .buckets(prometheus::exponential_buckets(0.0001, 2.0, 18).expect("valid buckets")),
+            &["method", "route"],
+        )
+        .expect("valid metric");
+        let connections = IntGauge::new(
+            "quiesce_http_connections_open",
+            "Connections the API's listener is serving now.",
+        )
+        .expect("valid metric");
+        let admin_connections = IntGauge::new(
+            "quiesce_admin_connections_open",
+            "Connections the admin listener is serving now.",
         )
         .expect("valid metric");
         let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
@@ -172,6 +197,9 @@ impl Metrics {
             Box::new(results_discarded.clone()),
             Box::new(claims_released.clone()),
             Box::new(redriven.clone()),
+            Box::new(request_seconds.clone()),
+            Box::new(connections.clone()),
+            Box::new(admin_connections.clone()),
         ] {
             registry.register(m).expect("unique metric names");
         }
@@ -194,6 +222,9 @@ impl Metrics {
             results_discarded,
             claims_released,
             redriven,
+            request_seconds,
+            connections,
+            admin_connections,
         }
     }
 

@@ -158,6 +158,12 @@ pub struct Args {
     #[arg(long, env = "QUIESCE_ANALYZER_URL")]
     pub analyzer_url: Option<String>,
 
+    /// One log line per request (target `quiesce::access`, at info): method,
+    /// route pattern, status, bytes, duration, request id, caller. Never a
+    /// patient id (ids in paths are not logged).
+    #[arg(long, env = "QUIESCE_ACCESS_LOG")]
+    pub access_log: bool,
+
     /// Largest request body accepted (bytes; KiB and MiB suffixes allowed).
     #[arg(long, env = "QUIESCE_MAX_BODY", default_value = "64KiB", value_parser = size)]
     pub max_body: usize,
@@ -448,6 +454,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         auth: auth.clone(),
         admin_listen: args.admin_listen.clone(),
         admin_addr_file,
+        access_log: args.access_log,
     })
     .stop_timeout(intake_stop);
 

@@ -86,7 +86,7 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
                 Ok(s) => state = Some(s),
                 Err(err) => {
                     log::error!("http handler cannot set up: {err}");
-                    handler.refused(503, "handler unavailable");
+                    handler.refused(503, "handler unavailable", None);
                     refuse(stream, "temporarily unavailable");
                     continue;
                 }
@@ -96,16 +96,14 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
             continue;
         };
         let (Ok(for_stop), Ok(for_answers)) = (stream.try_clone(), stream.try_clone()) else {
-            handler.refused(503, "cannot serve the connection");
+            handler.refused(503, "cannot serve the connection", None);
             refuse(stream, "temporarily unavailable");
             continue;
         };
         let outbox = Arc::new(Outbox::new(for_answers));
-        shared
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
+        let open = {
+            let mut open = shared.open.lock().unwrap_or_else(|e| e.into_inner());
+            open.insert(
                 id,
                 OpenConn {
                     stream: for_stop,
@@ -113,6 +111,9 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
                     outbox: outbox.clone(),
                 },
             );
+            open.len()
+        };
+        handler.connections(open);
         let mut conn = ServedConn {
             peer: stream.peer_addr().ok(),
             stream,
@@ -121,13 +122,15 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
             shared,
             outbox,
             read_timeout: None,
+            head: None,
         };
         conn.serve(state, handler);
-        shared
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        let open = {
+            let mut open = shared.open.lock().unwrap_or_else(|e| e.into_inner());
+            open.remove(&id);
+            open.len()
+        };
+        handler.connections(open);
     }
 }
 
@@ -153,6 +156,9 @@ struct ServedConn<'a> {
     read_timeout: Option<Duration>,
     /// The peer's address, given to each request.
     peer: Option<std::net::SocketAddr>,
+    /// The method and path of the request being read, once its head is
+    /// (for a refusal's metrics).
+    head: Option<(String, String)>,
 }
 
 impl ServedConn<'_> {
@@ -170,7 +176,8 @@ impl ServedConn<'_> {
                 Ok(read) => read,
                 Err(ReadError::Closed) => return,
                 Err(ReadError::Reject(status, why)) => {
-                    handler.refused(status, why);
+                    let head = self.head.as_ref().map(|(m, p)| (m.as_str(), p.as_str()));
+                    handler.refused(status, why, head);
                     if self.settle(handler).is_err() {
                         return;
                     }
@@ -240,7 +247,7 @@ impl ServedConn<'_> {
     /// [`Outbox::settle`], telling the handler of an answer given up.
     fn settle_until<S>(&self, deadline: Instant, handler: &impl Handler<S>) -> io::Result<()> {
         self.outbox.settle(deadline, &|| {
-            handler.refused(503, "no answer in time");
+            handler.refused(503, "no answer in time", None);
         })
     }
 
@@ -264,6 +271,7 @@ impl ServedConn<'_> {
         &mut self,
         handler: &impl Handler<S>,
     ) -> Result<(Request, bool, bool), ReadError> {
+        self.head = None;
         let limits = &self.shared.limits;
         if self.buf.is_empty() {
             // Idle only until a request starts: a stop closes idle
@@ -297,6 +305,7 @@ impl ServedConn<'_> {
             ..
         } = head;
         request.peer = self.peer;
+        self.head = Some((request.method.clone(), request.path.clone()));
         request.body = match framing {
             Framing::None => Vec::new(),
             Framing::Length(n) if n > limits.max_body => {
@@ -530,6 +539,7 @@ fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<Head>, ReadError> {
         query,
         headers: list,
         body: Vec::new(),
+        received: Instant::now(),
         peer: None,
     };
     let framing = framing(&request, http10)?;

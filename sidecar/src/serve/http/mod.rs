@@ -178,6 +178,8 @@ pub struct Request {
     pub body: Vec<u8>,
     /// The connection's peer (`None` when the socket could not tell).
     pub peer: Option<std::net::SocketAddr>,
+    /// When its head was read (for the request's duration).
+    pub received: std::time::Instant,
 }
 
 impl Request {
@@ -250,6 +252,11 @@ pub trait Handler<S>: Send + Sync + 'static {
     ) -> Option<Response>;
 
     /// Answers a request the server refused before any handler saw it
-    /// (limits, timeouts, bad framing): for metrics and logs.
-    fn refused(&self, status: u16, why: &str);
+    /// (limits, timeouts, bad framing): for metrics and logs. `head`: its
+    /// method and path, when they were read before the refusal (a body too
+    /// large, say).
+    fn refused(&self, status: u16, why: &str, head: Option<(&str, &str)>);
+
+    /// How many connections are being served now, after each change.
+    fn connections(&self, _open: usize) {}
 }

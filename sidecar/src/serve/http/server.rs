@@ -210,7 +210,7 @@ fn accept_loop<S>(
         match conns.try_send((id, stream)) {
             Ok(()) => {}
             Err(TrySendError::Full((_, stream))) | Err(TrySendError::Disconnected((_, stream))) => {
-                handler.refused(503, "too many connections");
+                handler.refused(503, "too many connections", None);
                 refusals.add(stream, "too many open connections; retry shortly");
             }
         }
@@ -240,7 +240,7 @@ fn drain_backlog<S>(listener: &TcpListener, handler: &impl Handler<S>, refusals:
         let Ok((stream, _)) = listener.accept() else {
             break;
         };
-        handler.refused(503, "shutting down");
+        handler.refused(503, "shutting down", None);
         refusals.add(stream, "shutting down; retry on another instance");
         refusals.sweep();
     }
