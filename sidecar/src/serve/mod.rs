@@ -14,7 +14,12 @@
 //! named and the exit code is 3.
 
 mod analyzer;
+// Wired into the HTTP routes, the store and the pipeline by the lead (issue 15).
+#[allow(dead_code)]
+mod fhir;
 mod http;
+#[allow(dead_code)]
+mod instruments;
 mod intake;
 mod metrics;
 pub mod operate;
