@@ -39,13 +39,19 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::instruments::{self, Instrument};
 use super::report::{self, Invalid, Report};
+
+mod observation;
+mod outcome;
+
+pub use self::observation::observation;
+pub use self::outcome::{Issue, IssueCode, OperationOutcome, Severity};
 
 /// The extension carrying the site: `valueString` or `valueIdentifier`.
 pub const SITE_EXTENSION: &str = "http://quiesce.dev/fhir/StructureDefinition/site";
@@ -55,117 +61,8 @@ pub const ALERT_SYSTEM: &str = "http://quiesce.dev/fhir/CodeSystem/alert-rule";
 pub const BAND_SYSTEM: &str = "http://quiesce.dev/fhir/CodeSystem/severity-band";
 /// LOINC.
 pub const LOINC: &str = "http://loinc.org";
-/// HL7 v3 observation interpretation (`AA`, critical abnormal, marks an
-/// alert).
-const INTERPRETATION: &str = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation";
-const CATEGORY: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
 /// The report ids derived from an identifier that does not fit our charset.
 const HASHED: &str = "qr-sha256:";
-
-/// How bad an issue is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// The request could not be processed at all.
-    Fatal,
-    /// This item (or request) was refused.
-    Error,
-    /// Accepted, with a remark.
-    Warning,
-    /// For information.
-    Information,
-}
-
-/// The FHIR issue type (the value set `issue-type`, the codes we use).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum IssueCode {
-    /// Not a valid resource, in general.
-    Invalid,
-    /// Not valid JSON, or an element of the wrong shape.
-    Structure,
-    /// A required element is missing.
-    Required,
-    /// An element's value is wrong.
-    Value,
-    /// A code is not in the value set expected.
-    CodeInvalid,
-    /// The request is valid FHIR but asks for what we do not do.
-    NotSupported,
-    /// The same resource again.
-    Duplicate,
-    /// An id reused for other content.
-    Conflict,
-    /// The request is too large.
-    TooCostly,
-    /// The server is overloaded: retry later.
-    Throttled,
-    /// A transient failure: retry later.
-    Transient,
-    /// Not found.
-    NotFound,
-    /// An unexpected failure.
-    Exception,
-}
-
-/// One issue of an [`OperationOutcome`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Issue {
-    /// How bad.
-    pub severity: Severity,
-    /// What kind.
-    pub code: IssueCode,
-    /// What is wrong, for a person.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub diagnostics: Option<String>,
-    /// The elements at fault, as FHIRPath.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub expression: Vec<String>,
-}
-
-/// A FHIR `OperationOutcome`, with the HTTP status to answer it with.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OperationOutcome {
-    /// The HTTP status.
-    pub status: u16,
-    /// The issues, at least one.
-    pub issues: Vec<Issue>,
-}
-
-impl OperationOutcome {
-    /// One error issue.
-    pub fn error(
-        status: u16,
-        code: IssueCode,
-        expression: Option<String>,
-        diagnostics: impl Into<String>,
-    ) -> OperationOutcome {
-        OperationOutcome {
-            status,
-            issues: vec![Issue {
-                severity: Severity::Error,
-                code,
-                diagnostics: Some(diagnostics.into()),
-                expression: expression.into_iter().collect(),
-            }],
-        }
-    }
-
-    /// A 400 with one error issue on `expression`.
-    fn bad(code: IssueCode, expression: impl Into<String>, diagnostics: impl Into<String>) -> Self {
-        OperationOutcome::error(400, code, Some(expression.into()), diagnostics)
-    }
-
-    /// The HTTP status to answer with.
-    pub fn http_status(&self) -> u16 {
-        self.status
-    }
-
-    /// The resource, as JSON.
-    pub fn to_json(&self) -> Value {
-        json!({ "resourceType": "OperationOutcome", "issue": self.issues })
-    }
-}
 
 // The subset of a QuestionnaireResponse we read. Unknown elements are
 // ignored here; they are kept in the raw resource.
@@ -789,117 +686,6 @@ fn instrument_issue(p: &Invalid, instrument: Option<&Instrument>, sources: &Sour
         diagnostics: Some(diagnostics),
         expression: vec![expression],
     }
-}
-
-/// The score of report `report_id` as an R4 `Observation`: coded with the
-/// instrument's total LOINC code (44261-6 for PHQ-9; text only for an
-/// instrument we do not know), `valueInteger` the total, `derivedFrom`
-/// `QuestionnaireResponse/{report_id}`, status `final`.
-///
-/// `interpretation` carries the severity band (a coding in
-/// [`BAND_SYSTEM`]) and, when an alert fired, HL7 `AA` (critical abnormal).
-/// Each alert that fired is a `component` coded with its rule in
-/// [`ALERT_SYSTEM`] (display: the rule's description), `valueBoolean`
-/// true; an item rule names its item's LOINC code in the component's text.
-/// `result` is the report's stored result (`{"score": …, "analysis": …}`)
-/// or its score alone.
-///
-/// # Errors
-///
-/// A 404 `OperationOutcome` when `result` holds no score (not processed).
-pub fn observation(
-    report_id: &str,
-    result: &Value,
-    instrument: &str,
-) -> Result<Value, OperationOutcome> {
-    let score = result.get("score").unwrap_or(result);
-    let Some(total) = score.get("total").and_then(Value::as_u64) else {
-        return Err(OperationOutcome::error(
-            404,
-            IssueCode::NotFound,
-            None,
-            format!("report {report_id} has no score yet"),
-        ));
-    };
-    let registered = instruments::find(instrument);
-    let code = match registered {
-        Some(i) => json!({
-            "coding": [{ "system": LOINC, "code": i.total.code, "display": i.total.display }],
-            "text": format!("{} total score", i.name),
-        }),
-        None => json!({ "text": format!("{instrument} total score") }),
-    };
-    let alert = score.get("alert").and_then(Value::as_bool).unwrap_or(false);
-    let mut interpretation = Vec::new();
-    if let (Some(label), Some(band)) = (
-        score.get("band").and_then(Value::as_str),
-        score.get("band_code").and_then(Value::as_str),
-    ) {
-        interpretation.push(json!({
-            "coding": [{ "system": BAND_SYSTEM, "code": band, "display": label }],
-            "text": label,
-        }));
-    }
-    if alert {
-        interpretation.push(json!({
-            "coding": [{ "system": INTERPRETATION, "code": "AA", "display": "Critical abnormal" }],
-            "text": "safety alert",
-        }));
-    }
-    let mut components = Vec::new();
-    for fired in score
-        .get("alerts")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let rule = fired.get("rule").and_then(Value::as_str).unwrap_or("alert");
-        let description = fired
-            .get("description")
-            .and_then(Value::as_str)
-            .unwrap_or(rule);
-        let item = fired
-            .get("item")
-            .and_then(Value::as_str)
-            .and_then(|name| registered.and_then(|i| i.item(name)));
-        let text = match item {
-            Some(item) => format!("{description}: item {} ({})", item.name, item.loinc),
-            None => description.to_string(),
-        };
-        components.push(json!({
-            "code": {
-                "coding": [{ "system": ALERT_SYSTEM, "code": rule, "display": description }],
-                "text": text,
-            },
-            "valueBoolean": true,
-        }));
-    }
-    if alert && components.is_empty() {
-        // The generic score: an item at 3 or more, or the total above the
-        // threshold.
-        components.push(json!({
-            "code": {
-                "coding": [{ "system": ALERT_SYSTEM, "code": "generic", "display": "an item at 3 or more, or the total above the alert threshold" }],
-                "text": "generic alert",
-            },
-            "valueBoolean": true,
-        }));
-    }
-    let mut observation = json!({
-        "resourceType": "Observation",
-        "status": "final",
-        "category": [{ "coding": [{ "system": CATEGORY, "code": "survey", "display": "Survey" }] }],
-        "code": code,
-        "valueInteger": total,
-        "derivedFrom": [{ "reference": format!("QuestionnaireResponse/{report_id}") }],
-    });
-    if !interpretation.is_empty() {
-        observation["interpretation"] = interpretation.into();
-    }
-    if !components.is_empty() {
-        observation["component"] = components.into();
-    }
-    Ok(observation)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 
 mod analyzer;
 // Wired into the HTTP routes, the store and the pipeline by the lead (issue 15).
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 mod fhir;
 mod http;
 #[allow(dead_code)]
