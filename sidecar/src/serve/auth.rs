@@ -585,6 +585,7 @@ mod tests {
             headers,
             body: Vec::new(),
             peer: None,
+            received: std::time::Instant::now(),
         }
     }
 

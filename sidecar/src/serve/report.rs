@@ -24,6 +24,8 @@ use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
+use super::instruments::{self, Scored};
+
 /// Longest id, name or instrument accepted, in characters.
 const MAX_TEXT: usize = 128;
 /// Most answers in one report.
@@ -160,6 +162,57 @@ impl Report {
     }
 }
 
+// Until the pipeline calls it (issue 15, wired by the lead).
+#[allow(dead_code)]
+impl Report {
+    /// Scores the answers: by the registry's rules when the instrument is
+    /// registered ([`instruments::find`]), else generically
+    /// ([`Report::score`], whose JSON shape is unchanged).
+    ///
+    /// # Errors
+    ///
+    /// The answers of a registered instrument that do not fit it, each
+    /// naming its field (a report checked at intake with
+    /// [`instruments::check`] has none).
+    pub fn assess(&self, alert_total: u32) -> Result<Assessment, Vec<Invalid>> {
+        match instruments::find(&self.instrument) {
+            Some(instrument) => instrument.score(&self.answers).map(Assessment::Instrument),
+            None => Ok(Assessment::Generic(self.score(alert_total))),
+        }
+    }
+}
+
+/// The outcome of [`Report::assess`]. It serialises as the inner score:
+/// both carry `total`, `max_item` and `alert`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum Assessment {
+    /// A registered instrument's score: band and alert rules.
+    Instrument(Scored),
+    /// The generic score.
+    Generic(Score),
+}
+
+#[allow(dead_code)]
+impl Assessment {
+    /// Whether the report needs a clinician's attention.
+    pub fn alert(&self) -> bool {
+        match self {
+            Assessment::Instrument(s) => s.alert,
+            Assessment::Generic(s) => s.alert,
+        }
+    }
+
+    /// The total.
+    pub fn total(&self) -> u32 {
+        match self {
+            Assessment::Instrument(s) => s.total,
+            Assessment::Generic(s) => s.total,
+        }
+    }
+}
+
 /// The outcome of scoring a report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Score {
@@ -267,6 +320,14 @@ fn answers(object: &Map<String, Value>) -> Result<BTreeMap<String, u8>, Invalid>
         }
     }
     Ok(answers)
+}
+
+/// Parses `body` as JSON strictly (invariant 1 of the module: a repeated
+/// key is an error naming its path, `item.0.linkId`), for the other
+/// formats we read (FHIR).
+#[allow(dead_code)]
+pub(super) fn strict_json(body: &[u8]) -> Result<Value, Invalid> {
+    Strict::parse(body)
 }
 
 /// Reads a JSON document as `serde_json::Value` does, except that a key
@@ -583,6 +644,34 @@ mod tests {
         assert_eq!(Report::parse(BOM, now()).unwrap_err().field, "body");
         let twice = [BOM, BOM, &body("")].concat();
         assert_eq!(Report::parse(&twice, now()).unwrap_err().field, "body");
+    }
+
+    #[test]
+    fn registered_instruments_are_scored_by_the_registry_others_generically() {
+        let mut r = Report::parse(&body(""), now()).unwrap();
+        r.answers = (1..=9).map(|i| (format!("q{i}"), 0)).collect();
+        r.answers.insert("q9".into(), 1);
+        let Assessment::Instrument(scored) = r.assess(20).unwrap() else {
+            panic!("PHQ-9 is registered");
+        };
+        assert_eq!(
+            (scored.total, scored.band, scored.alert),
+            (1, "minimal", true)
+        );
+        // The generic score would not alert on an item at 1.
+        assert!(!r.score(20).alert);
+        r.instrument = "EQ-5D".into();
+        let generic = r.assess(20).unwrap();
+        assert_eq!(generic, Assessment::Generic(r.score(20)));
+        assert_eq!(
+            serde_json::to_value(&generic).unwrap(),
+            serde_json::json!({"total": 1, "max_item": 1, "alert": false, "alert_items": []})
+        );
+        // A registered instrument's answers that do not fit it are errors.
+        r.instrument = "PHQ-9".into();
+        r.answers.remove("q3");
+        let problems = r.assess(20).unwrap_err();
+        assert_eq!(problems[0].field, "answers.q3");
     }
 
     #[test]
