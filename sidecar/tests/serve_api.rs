@@ -40,7 +40,7 @@ fn an_accepted_report_is_202_then_processed_with_its_score(backend: Backend) {
         "report_id": "site12-2026-11-23-0001",
         "patient_id": "  P-0042 ",
         "site_id": " site-12",
-        "instrument": " PHQ-9 ",
+        "instrument": " daily-diary ",
         "submitted_at": "2025-06-01T11:30:00+02:00",
         "answers": {"q1": 1, "q2": 3, "q3": 0},
     });
@@ -59,7 +59,7 @@ fn an_accepted_report_is_202_then_processed_with_its_score(backend: Backend) {
     assert_eq!(got["report_id"], "site12-2026-11-23-0001");
     assert_eq!(got["patient_id"], "P-0042", "trimmed: {got}");
     assert_eq!(got["site_id"], "SITE-12", "trimmed and upper-cased: {got}");
-    assert_eq!(got["instrument"], "PHQ-9", "trimmed: {got}");
+    assert_eq!(got["instrument"], "daily-diary", "trimmed: {got}");
     assert_eq!(got["submitted_at"], "2025-06-01T09:30:00Z", "in UTC: {got}");
     assert_eq!(got["attempts"], 1, "{got}");
     assert!(got["received_at"].is_string(), "{got}");
@@ -103,18 +103,18 @@ both_backends!(the_same_report_again_is_a_200_duplicate_and_another_one_a_409);
 fn the_same_report_again_is_a_200_duplicate_and_another_one_a_409(backend: Backend) {
     let (dir, mut serve) = server(&backend, "duplicate", &[]);
     let addr = serve.addr;
-    let original = br#"{"report_id":"dup-1","patient_id":"P-7","site_id":"site-a","instrument":"PHQ-9","submitted_at":"2025-06-01T09:30:00Z","answers":{"q1":0,"q2":4}}"#;
+    let original = br#"{"report_id":"dup-1","patient_id":"P-7","site_id":"site-a","instrument":"daily-diary","submitted_at":"2025-06-01T09:30:00Z","answers":{"q1":0,"q2":4}}"#;
     let response = post(addr, original);
     assert_eq!(response.status, 202, "{}", response.text());
 
     // The same content: fields reordered, whitespace, the same site in
     // another case, the same instant in another offset, text to trim.
     let same = [
-        &br#"{"report_id":"dup-1","patient_id":"P-7","site_id":"site-a","instrument":"PHQ-9","submitted_at":"2025-06-01T09:30:00Z","answers":{"q1":0,"q2":4}}"#[..],
+        &br#"{"report_id":"dup-1","patient_id":"P-7","site_id":"site-a","instrument":"daily-diary","submitted_at":"2025-06-01T09:30:00Z","answers":{"q1":0,"q2":4}}"#[..],
         br#"{ "answers" : { "q2" : 4 , "q1" : 0 } ,
-              "submitted_at" : "2025-06-01T09:30:00Z", "instrument":"PHQ-9",
+              "submitted_at" : "2025-06-01T09:30:00Z", "instrument":"daily-diary",
               "site_id":"site-a", "patient_id":"P-7", "report_id":"dup-1" }"#,
-        br#"{"report_id":"dup-1","patient_id":" P-7 ","site_id":"SITE-A","instrument":"PHQ-9 ","submitted_at":"2025-06-01T11:30:00+02:00","answers":{"q1":0,"q2":4}}"#,
+        br#"{"report_id":"dup-1","patient_id":" P-7 ","site_id":"SITE-A","instrument":"daily-diary ","submitted_at":"2025-06-01T11:30:00+02:00","answers":{"q1":0,"q2":4}}"#,
     ];
     for body in same {
         let response = post(addr, body);
@@ -245,7 +245,7 @@ fn each_validation_rule_is_a_400_naming_its_field(backend: Backend) {
         ),
         (
             "instrument an array",
-            with("instrument", json!(["PHQ-9"])),
+            with("instrument", json!(["daily-diary"])),
             "instrument",
         ),
         ("instrument missing", without("instrument"), "instrument"),

@@ -24,7 +24,7 @@ fn server(tag: &str) -> (TempDir, Serve) {
 /// A valid report's body as text, with `answers` as given (raw JSON).
 fn body_with_answers(id: &str, answers: &str) -> String {
     format!(
-        r#"{{"report_id":"{id}","patient_id":"P-SECRET-1","site_id":"site-a","instrument":"PHQ-9","submitted_at":"{SUBMITTED_AT}","answers":{answers}}}"#
+        r#"{{"report_id":"{id}","patient_id":"P-SECRET-1","site_id":"site-a","instrument":"daily-diary","submitted_at":"{SUBMITTED_AT}","answers":{answers}}}"#
     )
 }
 
@@ -89,19 +89,19 @@ fn a_repeated_key_anywhere_is_a_400_naming_it() {
         ),
         (
             "report_id twice",
-            r#"{"report_id":"d-4","patient_id":"P-SECRET-1","site_id":"site-a","instrument":"PHQ-9","submitted_at":"2025-06-01T09:30:00Z","answers":{"q1":1},"report_id":"d-5"}"#.to_string(),
+            r#"{"report_id":"d-4","patient_id":"P-SECRET-1","site_id":"site-a","instrument":"daily-diary","submitted_at":"2025-06-01T09:30:00Z","answers":{"q1":1},"report_id":"d-5"}"#.to_string(),
             "report_id",
             "P-SECRET-1",
         ),
         (
             "patient_id twice",
-            r#"{"report_id":"d-6","patient_id":"P-SECRET-1","patient_id":"P-SECRET-2","site_id":"site-a","instrument":"PHQ-9","submitted_at":"2025-06-01T09:30:00Z","answers":{"q1":1}}"#.to_string(),
+            r#"{"report_id":"d-6","patient_id":"P-SECRET-1","patient_id":"P-SECRET-2","site_id":"site-a","instrument":"daily-diary","submitted_at":"2025-06-01T09:30:00Z","answers":{"q1":1}}"#.to_string(),
             "patient_id",
             "P-SECRET-2",
         ),
         (
             "answers twice",
-            r#"{"report_id":"d-7","patient_id":"P-SECRET-1","site_id":"site-a","instrument":"PHQ-9","submitted_at":"2025-06-01T09:30:00Z","answers":{"q1":4},"answers":{"q1":0}}"#.to_string(),
+            r#"{"report_id":"d-7","patient_id":"P-SECRET-1","site_id":"site-a","instrument":"daily-diary","submitted_at":"2025-06-01T09:30:00Z","answers":{"q1":4},"answers":{"q1":0}}"#.to_string(),
             "answers",
             "P-SECRET-1",
         ),
@@ -133,7 +133,7 @@ fn a_repeated_key_anywhere_is_a_400_naming_it() {
     );
 
     // The same keys in different objects are not repeats.
-    let fine = r#"{"report_id":"d-ok","patient_id":"P-1","site_id":"site-a","instrument":"PHQ-9","submitted_at":"2025-06-01T09:30:00Z","answers":{"report_id":1,"q1":4}}"#;
+    let fine = r#"{"report_id":"d-ok","patient_id":"P-1","site_id":"site-a","instrument":"daily-diary","submitted_at":"2025-06-01T09:30:00Z","answers":{"report_id":1,"q1":4}}"#;
     let response = post(addr, fine.as_bytes());
     assert_eq!(response.status, 202, "{}", response.text());
     assert_eq!(

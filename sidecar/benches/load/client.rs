@@ -136,7 +136,7 @@ pub(crate) fn build_request(out: &mut Vec<u8>, tag: &str, client: usize, seq: u6
         answers.push_str(&format!("\"q{item}\":{value}"));
     }
     let body = format!(
-        r#"{{"report_id":"{}","patient_id":"P-{client}-{}","site_id":"site-{}","instrument":"PHQ-9","submitted_at":"2026-01-15T09:30:00Z","answers":{{{answers}}}}}"#,
+        r#"{{"report_id":"{}","patient_id":"P-{client}-{}","site_id":"site-{}","instrument":"daily-diary","submitted_at":"2026-01-15T09:30:00Z","answers":{{{answers}}}}}"#,
         report_id(tag, client, seq),
         seq % 1000,
         client % 8,

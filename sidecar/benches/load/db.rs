@@ -53,7 +53,7 @@ pub(crate) fn fill(path: &Path, n: u64) -> rusqlite::Result<()> {
         let mut insert = tx.prepare(
             "INSERT INTO reports (report_id, patient_id, site_id, instrument, submitted_at,
                                   answers, content_hash, received_at, status)
-             VALUES (?1, ?2, ?3, 'PHQ-9', '2026-01-15T09:30:00Z', ?4, ?5, ?6, 'queued')",
+             VALUES (?1, ?2, ?3, 'daily-diary', '2026-01-15T09:30:00Z', ?4, ?5, ?6, 'queued')",
         )?;
         let mut answers = String::with_capacity(96);
         for i in 0..n {

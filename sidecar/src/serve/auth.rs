@@ -451,7 +451,13 @@ impl Auth {
     fn need(&self, request: &Request) -> Need {
         match request.path.as_str() {
             "/metrics" if self.metrics_need_token => Need::AnyToken,
-            path if path == "/v1" || path.starts_with("/v1/") => {
+            // Every route that reads or writes patient data: the API's and
+            // the FHIR ones.
+            path if path == "/v1"
+                || path.starts_with("/v1/")
+                || path == "/fhir"
+                || path.starts_with("/fhir/") =>
+            {
                 if request.method == "POST" {
                     Need::Write
                 } else {

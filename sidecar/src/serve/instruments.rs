@@ -60,6 +60,9 @@ pub struct Instrument {
     /// The alert rules.
     pub rules: &'static [Rule],
     /// Where the scoring is published.
+    // Part of the table for its readers (the source of the scoring), not
+    // read by the code.
+    #[allow(dead_code)]
     pub citation: &'static str,
 }
 
@@ -93,6 +96,8 @@ pub struct Answer {
     /// The LOINC answer code (`LA6568-5`).
     pub code: &'static str,
     /// Its display text.
+    // Part of the table for its readers (the scale's wording).
+    #[allow(dead_code)]
     pub display: &'static str,
     /// The value it scores.
     pub value: u8,

@@ -24,6 +24,8 @@
 //! never patient data), with its address in `<data-dir>/admin.addr`
 //! (written before `listen.addr`); it stops after the API's.
 
+mod clinical;
+
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +38,7 @@ use super::auth::{Auth, Caller};
 use super::http::{
     Deferred, Handler, Later, Limits, RETRY_AFTER, Request, Response, Server, status_text,
 };
+use super::instruments;
 use super::operate;
 use super::report::{Report, rfc3339_ms};
 use super::store::{
@@ -57,6 +60,8 @@ pub struct Intake {
     pub limits: Limits,
     /// The most reports waiting to be processed before 429.
     pub max_backlog: i64,
+    /// The most reports in one batch upload.
+    pub max_batch: usize,
     /// How long the stop may take.
     pub stop_budget: Duration,
     /// The store.
@@ -104,6 +109,7 @@ impl Service for Intake {
             store: self.store.clone(),
             probes: probes.clone(),
             max_backlog: self.max_backlog,
+            max_batch: self.max_batch,
         };
         let readers = self.readers.clone();
         let server = Server::start(listener, self.limits.clone(), move || readers.reader(), api)?;
@@ -182,6 +188,8 @@ struct Api {
     store: StoreHandle,
     probes: Probes,
     max_backlog: i64,
+    /// The most reports in one batch upload.
+    max_batch: usize,
 }
 
 /// What both listeners serve: the probes and the metrics.
@@ -278,9 +286,24 @@ impl Handler<Reader> for Api {
                 return Some(refused);
             }
         };
-        if request.path == "/v1/reports" && request.method == "POST" {
-            // Answered when the store has committed it (see `Posted`).
-            return self.post_report(request, &caller, stopping, later);
+        if request.method == "POST" {
+            match request.path.as_str() {
+                // Answered when the store has committed it (see `Posted`).
+                "/v1/reports" | "/fhir/QuestionnaireResponse" => {
+                    return self.post_report(request, &caller, stopping, later);
+                }
+                "/v1/reports:batch" => {
+                    let response = self.post_batch(request, &caller, stopping);
+                    count(&self.probes, &served_by(request, &response, Some(&caller)));
+                    return Some(response);
+                }
+                "/fhir" => {
+                    let response = self.post_fhir_batch(request, &caller, stopping);
+                    count(&self.probes, &served_by(request, &response, Some(&caller)));
+                    return Some(response);
+                }
+                _ => {}
+            }
         }
         let response = match self.probes.route(request, stopping) {
             Some(response) => response,
@@ -464,6 +487,20 @@ impl Api {
                 "GET" => self.enrollment(),
                 _ => not_allowed("GET"),
             },
+            "/v1/reports:batch" | "/fhir" | "/fhir/QuestionnaireResponse" => not_allowed("POST"),
+            path if path.starts_with("/fhir/QuestionnaireResponse/") => match method {
+                "GET" => self.get_fhir_response(
+                    db,
+                    request,
+                    caller,
+                    &path["/fhir/QuestionnaireResponse/".len()..],
+                ),
+                _ => not_allowed("GET"),
+            },
+            "/fhir/Observation" => match method {
+                "GET" => self.search_observations(db, request, caller),
+                _ => not_allowed("GET"),
+            },
             _ => error(404, "no such route"),
         }
     }
@@ -481,8 +518,16 @@ impl Api {
             count(&self.probes, &served_by(request, &response, Some(caller)));
             Some(response)
         };
-        let report = match self.validate(request, stopping) {
-            Ok(report) => report,
+        let fhir = clinical::is_fhir(request);
+        let validated = if fhir {
+            self.validate_fhir(request, stopping)
+                .map(|(report, raw)| (report, Some(raw)))
+        } else {
+            self.validate(request, stopping)
+                .map(|report| (report, None))
+        };
+        let (report, raw) = match validated {
+            Ok(validated) => validated,
             Err(response) => return refused(response),
         };
         let report_id = report.report_id.clone();
@@ -493,10 +538,12 @@ impl Api {
             max_backlog: self.max_backlog,
             who: who(request, caller),
             body_sha256: sha256_hex(&request.body),
+            raw,
         };
         let deadline = Instant::now() + STORE_WAIT;
         let posted = Posted {
             answer: Some(later.defer(deadline)),
+            fhir,
             report_id,
             caller: caller.clone(),
             request_id: request_id(request),
@@ -528,12 +575,30 @@ impl Api {
                 "the body must be JSON (Content-Type: application/json)",
             ));
         }
-        Report::parse(&request.body, time::OffsetDateTime::now_utc()).map_err(|invalid| {
+        let report =
+            Report::parse(&request.body, time::OffsetDateTime::now_utc()).map_err(|invalid| {
+                Response::json(
+                    400,
+                    &json!({ "error": invalid.message, "field": invalid.field }),
+                )
+            })?;
+        // A registered instrument's answers must fit it: every required
+        // item, each in its range (never a missing item scored as 0).
+        instruments::check(&report.instrument, &report.answers).map_err(|invalid| {
+            let first = &invalid[0];
             Response::json(
                 400,
-                &json!({ "error": invalid.message, "field": invalid.field }),
+                &json!({
+                    "error": format!("the answers do not fit {}: {}", report.instrument, first.message),
+                    "field": first.field,
+                    "problems": invalid
+                        .iter()
+                        .map(|i| json!({ "field": i.field, "error": i.message }))
+                        .collect::<Vec<_>>(),
+                }),
             )
-        })
+        })?;
+        Ok(report)
     }
 
     /// `POST /v1/reports/{id}/retry`: a failed report back in the queue.
@@ -655,6 +720,8 @@ impl Api {
 /// time, or stopped), it answers `503`.
 struct Posted {
     answer: Option<Deferred>,
+    /// Answered in FHIR (an `OperationOutcome`, `Location`).
+    fhir: bool,
     report_id: String,
     /// Who posted it (the audit trail's "who").
     caller: Caller,
@@ -668,6 +735,14 @@ struct Posted {
 impl Posted {
     fn finish(mut self, outcome: Result<Outcome, Failure>) {
         let report_id = &self.report_id;
+        if self.fhir {
+            if let Err(err) = &outcome {
+                log::warn!("report {report_id}: {err}");
+            }
+            let response = clinical::fhir_answer(report_id, &outcome);
+            self.answer(response);
+            return;
+        }
         let response = match outcome {
             Ok(Outcome::Accepted) => Response::json(
                 202,

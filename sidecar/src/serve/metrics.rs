@@ -54,6 +54,9 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// Connections the admin listener is serving now.
     pub admin_connections: IntGauge,
+    /// Alerts raised (stored with their report's result), by instrument
+    /// and rule.
+    pub alerts: IntCounterVec,
 }
 
 impl Metrics {
@@ -75,6 +78,14 @@ impl Metrics {
             )
             .buckets(prometheus::exponential_buckets(0.0001, 2.0, 18).expect("valid buckets")),
             &["method", "route"],
+        )
+        .expect("valid metric");
+        let alerts = IntCounterVec::new(
+            Opts::new(
+                "quiesce_alerts_total",
+                "Alerts raised, by instrument (a registered one, or unregistered) and rule (phq9-item9: any answer above 0 on PHQ-9 item 9, self-harm; phq9-severe, gad7-severe: a severe total; generic: an item at 3 or more or a total above --alert-total).",
+            ),
+            &["instrument", "rule"],
         )
         .expect("valid metric");
         let connections = IntGauge::new(
@@ -200,6 +211,7 @@ impl Metrics {
             Box::new(request_seconds.clone()),
             Box::new(connections.clone()),
             Box::new(admin_connections.clone()),
+            Box::new(alerts.clone()),
         ] {
             registry.register(m).expect("unique metric names");
         }
@@ -225,6 +237,7 @@ impl Metrics {
             request_seconds,
             connections,
             admin_connections,
+            alerts,
         }
     }
 

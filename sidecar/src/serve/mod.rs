@@ -15,11 +15,8 @@
 
 mod analyzer;
 mod auth;
-// Wired into the HTTP routes, the store and the pipeline by the lead (issue 15).
-#[allow(dead_code, unused_imports)]
 mod fhir;
 mod http;
-#[allow(dead_code)]
 mod instruments;
 mod intake;
 mod metrics;
@@ -170,8 +167,15 @@ pub struct Args {
     pub access_log: bool,
 
     /// Largest request body accepted (bytes; KiB and MiB suffixes allowed).
-    #[arg(long, env = "QUIESCE_MAX_BODY", default_value = "64KiB", value_parser = size)]
+    /// A batch upload needs room: 500 reports take about 150 KiB.
+    #[arg(long, env = "QUIESCE_MAX_BODY", default_value = "1MiB", value_parser = size)]
     pub max_body: usize,
+
+    /// The most reports (or FHIR entries) in one batch upload
+    /// (`POST /v1/reports:batch`, `POST /fhir`).
+    #[arg(long, env = "QUIESCE_MAX_BATCH", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_batch: u32,
 
     /// A report whose answers total more than this raises an alert (as
     /// does any answer of 3 or 4).
@@ -452,6 +456,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             close_grace: Duration::from_millis(200).min(intake_stop / 4),
         },
         max_backlog: i64::try_from(args.max_backlog).unwrap_or(i64::MAX),
+        max_batch: args.max_batch as usize,
         stop_budget: intake_stop.saturating_sub(Duration::from_millis(100)),
         store,
         shared: shared.clone(),

@@ -75,7 +75,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::analyzer::Analyzer;
-use super::report::Report;
+use super::report::{Assessment, Report};
 use super::store::{
     self, CallError, Claiming, LOG_EVERY, Op, Outcome, StoreHandle, Throttle, now_ms,
 };
@@ -480,10 +480,31 @@ impl Pipeline {
             metrics.jobs_running.inc();
             let started = Instant::now();
             let (ctx, _deadline) = pool_ctx.with_timeout(settings.job_timeout);
-            let outcome = match &claim.unreadable {
-                // Retrying cannot help: fail it for good, with the reason.
+            // Scored by its instrument's rules (or the generic ones); a
+            // report stored before its instrument was validated may not
+            // fit them: retrying cannot help, it fails for good.
+            let assessed = match &claim.unreadable {
                 Some(why) => Err(why.clone()),
-                None => process(&claim.report, &ctx, &settings),
+                None => claim
+                    .report
+                    .assess(settings.alert_total)
+                    .map_err(|invalid| {
+                        let fields: Vec<String> = invalid
+                            .iter()
+                            .map(|i| format!("{}: {}", i.field, i.message))
+                            .collect();
+                        format!(
+                            "the answers do not fit the instrument: {}",
+                            fields.join("; ")
+                        )
+                    }),
+            };
+            let unfit = assessed.is_err();
+            let alerts = alert_labels(assessed.as_ref().ok());
+            let outcome = match assessed {
+                // Retrying cannot help: fail it for good, with the reason.
+                Err(why) => Err(why),
+                Ok(assessment) => process(&claim.report, &assessment, &ctx, &settings),
             };
             metrics.job_seconds.observe(started.elapsed().as_secs_f64());
             metrics.jobs_running.dec();
@@ -505,7 +526,7 @@ impl Pipeline {
                     let _ = settled.send((id, Settlement::Cancelled));
                     return;
                 }
-                Err(error) if attempts >= settings.max_attempts || claim.unreadable.is_some() => {
+                Err(error) if attempts >= settings.max_attempts || unfit => {
                     log::warn!("report {id} failed after {attempts} attempt(s): {error}");
                     Op::Fail {
                         report_id: id.clone(),
@@ -530,6 +551,8 @@ impl Pipeline {
             };
             let notify = settled.clone();
             let reply_id = id.clone();
+            let is_complete = matches!(op, Op::Complete { .. });
+            let alert_metric = metrics.alerts.clone();
             // Failures are logged by the dispatcher, once per interval (4).
             let reply: store::Reply = Box::new(move |result: Result<Outcome, store::Failure>| {
                 // An unknown outcome is treated as not stored: the report
@@ -545,7 +568,16 @@ impl Pipeline {
                         );
                         Settlement::Stored
                     }
-                    Ok(_) => Settlement::Stored,
+                    Ok(outcome) => {
+                        // The alerts raised, counted once: with the
+                        // result that stored them.
+                        if outcome == Outcome::Changed && is_complete {
+                            for (instrument, rule) in &alerts {
+                                alert_metric.with_label_values(&[instrument, rule]).inc();
+                            }
+                        }
+                        Settlement::Stored
+                    }
                     Err(err) => Settlement::NotStored(err.to_string()),
                 };
                 let _ = notify.send((reply_id, how));
@@ -560,9 +592,30 @@ impl Pipeline {
 
 /// Scores a report and, with an analyzer, gets its analysis; the result as
 /// JSON text, and whether it raised an alert.
-fn process(report: &Report, ctx: &Context, settings: &Settings) -> Result<(String, bool), String> {
+/// The alerts an assessment raised, as metric labels: the instrument (a
+/// registered one's name, else `unregistered`: a client must not make new
+/// series at will) and the rule.
+fn alert_labels(assessment: Option<&Assessment>) -> Vec<(&'static str, &'static str)> {
+    match assessment {
+        Some(Assessment::Instrument(scored)) => scored
+            .alerts
+            .iter()
+            .map(|alert| (scored.instrument, alert.rule))
+            .collect(),
+        Some(Assessment::Generic(score)) if score.alert => vec![("unregistered", "generic")],
+        _ => Vec::new(),
+    }
+}
+
+/// Gets the analysis of a scored report, when an analyzer is configured;
+/// the result as JSON text, and whether it raised an alert.
+fn process(
+    report: &Report,
+    score: &Assessment,
+    ctx: &Context,
+    settings: &Settings,
+) -> Result<(String, bool), String> {
     ctx.check().map_err(|e| e.to_string())?;
-    let score = report.score(settings.alert_total);
     let analysis = match &settings.analyzer {
         None => serde_json::Value::Null,
         Some(analyzer) => {
@@ -575,7 +628,7 @@ fn process(report: &Report, ctx: &Context, settings: &Settings) -> Result<(Strin
         "score": score,
         "analysis": analysis,
     });
-    Ok((result.to_string(), score.alert))
+    Ok((result.to_string(), score.alert()))
 }
 
 #[cfg(test)]

@@ -163,7 +163,6 @@ impl Report {
 }
 
 // Until the pipeline calls it (issue 15, wired by the lead).
-#[allow(dead_code)]
 impl Report {
     /// Scores the answers: by the registry's rules when the instrument is
     /// registered ([`instruments::find`]), else generically
@@ -186,7 +185,6 @@ impl Report {
 /// both carry `total`, `max_item` and `alert`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
-#[allow(dead_code)]
 pub enum Assessment {
     /// A registered instrument's score: band and alert rules.
     Instrument(Scored),
@@ -194,21 +192,12 @@ pub enum Assessment {
     Generic(Score),
 }
 
-#[allow(dead_code)]
 impl Assessment {
     /// Whether the report needs a clinician's attention.
     pub fn alert(&self) -> bool {
         match self {
             Assessment::Instrument(s) => s.alert,
             Assessment::Generic(s) => s.alert,
-        }
-    }
-
-    /// The total.
-    pub fn total(&self) -> u32 {
-        match self {
-            Assessment::Instrument(s) => s.total,
-            Assessment::Generic(s) => s.total,
         }
     }
 }
@@ -325,7 +314,6 @@ fn answers(object: &Map<String, Value>) -> Result<BTreeMap<String, u8>, Invalid>
 /// Parses `body` as JSON strictly (invariant 1 of the module: a repeated
 /// key is an error naming its path, `item.0.linkId`), for the other
 /// formats we read (FHIR).
-#[allow(dead_code)]
 pub(super) fn strict_json(body: &[u8]) -> Result<Value, Invalid> {
     Strict::parse(body)
 }

@@ -59,7 +59,7 @@ pub fn report(id: &str, patient: &str, site: &str, answers: &[(&str, u8)]) -> Va
         "report_id": id,
         "patient_id": patient,
         "site_id": site,
-        "instrument": "PHQ-9",
+        "instrument": "daily-diary",
         "submitted_at": SUBMITTED_AT,
         "answers": answers,
     })

@@ -7,12 +7,8 @@ use serde_json::{Value, json};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
-    /// The request could not be processed at all.
-    Fatal,
     /// This item (or request) was refused.
     Error,
-    /// Accepted, with a remark.
-    Warning,
     /// For information.
     Information,
 }
@@ -47,6 +43,8 @@ pub enum IssueCode {
     NotFound,
     /// An unexpected failure.
     Exception,
+    /// Not a problem: what happened (a success, said in FHIR).
+    Informational,
 }
 
 /// One issue of an [`OperationOutcome`].

@@ -252,6 +252,16 @@ pub enum Op {
         /// SHA-256 of the request's body (hex), for the audit trail: it
         /// ties the row to what was sent without holding it.
         body_sha256: String,
+        /// The resource as the client sent it (FHIR), kept verbatim beside
+        /// the normalised report.
+        raw: Option<String>,
+    },
+    /// Store many reports in one transaction (a batch upload): each item
+    /// an [`Op::Insert`], each judged on its own (accepted, duplicate,
+    /// conflict, backlog full); answered [`Outcome::Many`], in order.
+    InsertMany {
+        /// The inserts.
+        items: Vec<Op>,
     },
     /// Store a report's result and mark it processed.
     Complete {
@@ -349,6 +359,8 @@ pub enum Outcome {
     Claimed(Vec<Claimed>),
     /// How many rows an update changed.
     Rows(u64),
+    /// Each item's outcome, in order ([`Op::InsertMany`]).
+    Many(Vec<Outcome>),
 }
 
 /// Who asked for a change or a read, as the audit trail records it.
@@ -524,6 +536,11 @@ pub(crate) fn audit_rows(op: &Op, outcome: &Outcome, replica: &str) -> Vec<Audit
             serde_json::Value::Null,
         )],
         (Op::Audit(event), _) => vec![event.clone()],
+        (Op::InsertMany { items }, Outcome::Many(outcomes)) => items
+            .iter()
+            .zip(outcomes)
+            .flat_map(|(item, outcome)| audit_rows(item, outcome, replica))
+            .collect(),
         _ => Vec::new(),
     }
 }

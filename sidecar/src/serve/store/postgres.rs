@@ -125,10 +125,16 @@ CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
     FOR EACH STATEMENT EXECUTE FUNCTION quiesce_audit_append_only();
 ",
     ),
+    (
+        4,
+        "
+ALTER TABLE reports ADD COLUMN raw TEXT;
+",
+    ),
 ];
 
 /// The newest schema version this binary knows.
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 
 /// Advisory lock keys (`pg_advisory_lock`): the migrations, and the
 /// summary of a period.
@@ -343,7 +349,10 @@ impl Engine {
                 backlog_delta: 0,
                 enrolled: Vec::new(),
             };
-            if ops.iter().any(|op| matches!(op, Op::Insert { .. })) {
+            if ops
+                .iter()
+                .any(|op| matches!(op, Op::Insert { .. } | Op::InsertMany { .. }))
+            {
                 // (5): judged on the shared backlog, as of now.
                 tx.backlog = read_counts(tx.conn)?.backlog;
             }
@@ -582,10 +591,19 @@ impl Tx<'_> {
     fn apply(&mut self, op: &Op) -> Result<Effect, DbError> {
         let me = self.claiming.replica.as_str();
         match op {
+            Op::InsertMany { items } => {
+                let mut outcomes = Vec::with_capacity(items.len());
+                for item in items {
+                    // Its audit rows are written with the batch's.
+                    outcomes.push(self.apply(item)?.outcome);
+                }
+                Ok(Outcome::Many(outcomes).into())
+            }
             Op::Insert {
                 report,
                 hash,
                 max_backlog,
+                raw,
                 ..
             } => {
                 if self.backlog + self.backlog_delta >= *max_backlog {
@@ -597,8 +615,8 @@ impl Tx<'_> {
                 // or roll back, then sees its row: the key decides.
                 let inserted = sql_query(
                     "INSERT INTO reports (report_id, patient_id, site_id, instrument, submitted_at,
-                                          answers, content_hash, received_at, status)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued')
+                                          answers, content_hash, received_at, status, raw)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9)
                      ON CONFLICT (report_id) DO NOTHING",
                 )
                 .bind::<Text, _>(&report.report_id)
@@ -609,6 +627,7 @@ impl Tx<'_> {
                 .bind::<Text, _>(&answers)
                 .bind::<Text, _>(hash)
                 .bind::<BigInt, _>(now_ms())
+                .bind::<Nullable<Text>, _>(raw.as_deref())
                 .execute(self.conn)?;
                 if inserted == 0 {
                     let seen = self.seen(&report.report_id, hash)?;
@@ -858,6 +877,8 @@ struct ReportRow {
     result: Option<String>,
     #[diesel(sql_type = Nullable<BigInt>)]
     processed_at: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    raw: Option<String>,
 }
 
 #[derive(QueryableByName)]
@@ -964,7 +985,7 @@ impl Readers {
         let rows = self.with(|c| {
             sql_query(
                 "SELECT report_id, status, site_id, patient_id, instrument, submitted_at, received_at,
-                        attempts, last_error, result, processed_at
+                        attempts, last_error, result, processed_at, raw
                  FROM reports WHERE report_id = $1",
             )
             .bind::<Text, _>(id)
@@ -982,6 +1003,7 @@ impl Readers {
             last_error: r.last_error,
             result: r.result,
             processed_at: r.processed_at,
+            raw: r.raw,
         }))
     }
 

@@ -38,6 +38,8 @@ pub struct StoredReport {
     pub result: Option<String>,
     /// When it was processed (ms since the epoch), once processed.
     pub processed_at: Option<i64>,
+    /// The resource as a FHIR client sent it, verbatim.
+    pub raw: Option<String>,
 }
 
 /// Which reports to list, a page at a time, by `report_id` (keyset
@@ -247,7 +249,7 @@ impl Reader {
 fn sqlite_report(db: &Connection, id: &str) -> rusqlite::Result<Option<StoredReport>> {
     db.prepare_cached(
         "SELECT report_id, status, site_id, patient_id, instrument, submitted_at, received_at,
-                attempts, last_error, result, processed_at
+                attempts, last_error, result, processed_at, raw
          FROM reports WHERE report_id = ?1",
     )?
     .query_row([id], |r| {
@@ -263,6 +265,7 @@ fn sqlite_report(db: &Connection, id: &str) -> rusqlite::Result<Option<StoredRep
             last_error: r.get(8)?,
             result: r.get(9)?,
             processed_at: r.get(10)?,
+            raw: r.get(11)?,
         })
     })
     .optional()

@@ -103,10 +103,17 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 ",
     ),
+    (
+        4,
+        "
+-- The resource as a FHIR client sent it, verbatim, beside the report.
+ALTER TABLE reports ADD COLUMN raw TEXT;
+",
+    ),
 ];
 
 /// The newest schema version this binary knows.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// Brings the schema of `conn` to [`SCHEMA_VERSION`].
 ///
@@ -392,10 +399,19 @@ fn apply_sql(
 ) -> rusqlite::Result<Effect> {
     let me = claiming.replica.as_str();
     match op {
+        Op::InsertMany { items } => {
+            let mut outcomes = Vec::with_capacity(items.len());
+            for item in items {
+                // Its audit rows are written with the batch's (see `apply`).
+                outcomes.push(apply_sql(tx, item, backlog, claiming)?.outcome);
+            }
+            Ok(Outcome::Many(outcomes).into())
+        }
         Op::Insert {
             report,
             hash,
             max_backlog,
+            raw,
             ..
         } => {
             // A retry of the same report, or another one with its id?
@@ -421,8 +437,8 @@ fn apply_sql(
             let inserted = tx
                 .prepare_cached(
                     "INSERT INTO reports (report_id, patient_id, site_id, instrument, submitted_at, answers,
-                                          content_hash, received_at, status)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued')
+                                          content_hash, received_at, status, raw)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9)
                      ON CONFLICT (report_id) DO NOTHING",
                 )?
                 .execute(params![
@@ -433,7 +449,8 @@ fn apply_sql(
                     report.submitted_at,
                     answers,
                     hash,
-                    now_ms()
+                    now_ms(),
+                    raw
                 ])?;
             if inserted == 0 {
                 return Ok(seen(tx)?.unwrap_or(Outcome::Conflict).into());
@@ -687,6 +704,7 @@ mod tests {
             max_backlog: 100,
             who: Default::default(),
             body_sha256: String::new(),
+            raw: None,
         };
         writer.commit_batch_of(
             vec![

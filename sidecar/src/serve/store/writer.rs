@@ -420,6 +420,14 @@ impl Writer {
             (Op::Complete { .. } | Op::Retry { .. } | Op::Fail { .. }, Outcome::Unchanged) => {
                 metrics.results_discarded.inc();
             }
+            (Op::InsertMany { items }, Outcome::Many(outcomes)) => {
+                for (item, outcome) in items.iter().zip(outcomes) {
+                    if *outcome == Outcome::Accepted {
+                        let _ = shared.work_added.try_send(());
+                    }
+                    self.account(item, &Effect::from(outcome.clone()));
+                }
+            }
             (Op::Reap, Outcome::Rows(n)) => metrics.leases_reclaimed.inc_by(*n),
             (Op::Release, Outcome::Rows(n)) => metrics.claims_released.inc_by(*n),
             _ => {}
