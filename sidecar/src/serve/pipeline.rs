@@ -479,7 +479,7 @@ impl Pipeline {
         move |pool_ctx: &Context| {
             metrics.jobs_running.inc();
             let started = Instant::now();
-            let (ctx, _deadline) = pool_ctx.with_timeout(settings.job_timeout);
+            let ctx = pool_ctx.with_timeout(settings.job_timeout);
             let outcome = match &claim.unreadable {
                 // Retrying cannot help: fail it for good, with the reason.
                 Some(why) => Err(why.clone()),
