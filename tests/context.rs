@@ -551,3 +551,44 @@ fn a_child_is_never_done_before_its_parent() {
         }
     }
 }
+
+/// issue 17: `with_cancel`/`with_timeout`/`with_deadline` return one value,
+/// the context that owns its cancellation (Go's `ctx, _ :=` habit does not
+/// compile any more: see the `compile_fail` doctests on `with_timeout` and
+/// `CancelGuard`). What each way of binding it does, as documented: a name
+/// (also `_name`) keeps the context live to the end of its scope; `let _ =`
+/// and a temporary drop it, and so cancel it, at once.
+#[test]
+fn a_named_binding_lives_to_the_end_of_its_scope_and_let_underscore_cancels_at_once() {
+    let root = Context::background().with_cancel();
+
+    let watcher = {
+        let ctx = root.with_timeout(LONG);
+        let watcher = ctx.context();
+        drop(ctx.context()); // a plain context cancels nothing when dropped
+        assert_eq!(watcher.err(), None);
+        assert_eq!(root.children(), 1);
+        watcher
+    }; // `ctx` is dropped here, not before
+    assert_eq!(watcher.err(), Some(ContextError::Canceled));
+    assert_eq!(root.children(), 0, "the cancelled child is detached");
+
+    let watcher = {
+        let _ctx = root.with_deadline(Instant::now() + LONG);
+        assert_eq!(root.children(), 1, "`_ctx` is a binding: it lives on");
+        let only = root.with_cancel(); // the same for every constructor
+        assert_eq!(root.children(), 2);
+        only.context()
+    };
+    assert!(watcher.is_done());
+    assert_eq!(root.children(), 0);
+
+    let _ = root.with_timeout(LONG); // dropped at once: cancelled, detached
+    assert_eq!(root.children(), 0);
+    let _ = root.with_cancel();
+    assert_eq!(root.children(), 0);
+
+    let from_a_temporary = root.with_cancel().context(); // the guard is dropped
+    assert_eq!(from_a_temporary.err(), Some(ContextError::Canceled));
+    assert!(!root.is_done(), "none of this touches the parent");
+}
