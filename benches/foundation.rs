@@ -13,7 +13,7 @@
 //! What is measured, and what each comparison means:
 //!
 //! 1. `context_child` — making and dropping one child of a long-lived,
-//!    cancellable parent: `let (c, g) = root.with_cancel(); drop(g); drop(c)`.
+//!    cancellable parent: `drop(root.with_cancel())` (the dropped guard cancels).
 //!    The peer is tokio-util's `CancellationToken::child_token()` on a
 //!    long-lived token, then dropping the child (which unlinks it, as our
 //!    guard does). Both link the child into the parent and unlink it again;
@@ -92,30 +92,24 @@ fn context_child(c: &mut Criterion) {
     let mut group = c.benchmark_group("context_child");
     group.measurement_time(MEASURE).warm_up_time(WARM_UP);
 
-    let (root, root_guard) = Context::background().with_cancel();
+    let root = Context::background().with_cancel();
     group.bench_function("quiesce/with_cancel", |b| {
         b.iter(|| {
-            let (c, g) = black_box(&root).with_cancel();
-            drop(g);
-            drop(c);
+            drop(black_box(&root).with_cancel());
         })
     });
     group.bench_function("quiesce/with_timeout_30s", |b| {
         b.iter(|| {
-            let (c, g) = black_box(&root).with_timeout(Duration::from_secs(30));
-            drop(g);
-            drop(c);
+            drop(black_box(&root).with_timeout(Duration::from_secs(30)));
         })
     });
     assert_eq!(root.children(), 0, "dropped children must be unlinked");
-    drop(root_guard);
+    drop(root);
 
     let background = Context::background();
     group.bench_function("quiesce/with_cancel_of_background", |b| {
         b.iter(|| {
-            let (c, g) = black_box(&background).with_cancel();
-            drop(g);
-            drop(c);
+            drop(black_box(&background).with_cancel());
         })
     });
 
@@ -145,30 +139,30 @@ type TheirTree = (CancellationToken, Vec<CancellationToken>);
 type Shape<T> = (&'static str, fn() -> T);
 
 fn our_flat(with_done_rx: bool) -> OurTree {
-    let (root, root_guard) = Context::background().with_cancel();
+    let root = Context::background().with_cancel();
     let guards = (0..FANOUT)
         .map(|_| {
-            let (child, guard) = root.with_cancel();
+            let child = root.with_cancel();
             if with_done_rx {
                 black_box(child.done());
             }
-            guard
+            child
         })
         .collect();
-    (root_guard, guards)
+    (root, guards)
 }
 
 fn our_tree() -> OurTree {
-    let (root, root_guard) = Context::background().with_cancel();
+    let root = Context::background().with_cancel();
     let mut guards = Vec::with_capacity(FANOUT);
     for _ in 0..TREE_CHILDREN {
-        let (child, guard) = root.with_cancel();
-        guards.push(guard);
+        let child = root.with_cancel();
         for _ in 0..TREE_GRANDCHILDREN {
-            guards.push(child.with_cancel().1);
+            guards.push(child.with_cancel());
         }
+        guards.push(child);
     }
-    (root_guard, guards)
+    (root, guards)
 }
 
 fn their_flat() -> TheirTree {
@@ -402,10 +396,10 @@ fn context_waiter() -> Waiter<Context> {
 }
 
 fn context_sample(waiter: &Waiter<Context>, root: &Context) -> (Duration, bool) {
-    let (ctx, guard) = root.with_cancel();
+    let guard = root.with_cancel();
     // Create the channel here, so the waiter's `done()` is a plain load.
-    let _ = ctx.done();
-    waiter.sample(ctx, move || guard.cancel())
+    let _ = guard.done();
+    waiter.sample(guard.context(), move || guard.cancel())
 }
 
 /// The same `select!`, woken by a message on its other channel.
@@ -488,7 +482,7 @@ fn print_latencies(label: &str, n: usize, mut sample: impl FnMut() -> (Duration,
 
 fn wakeup(c: &mut Criterion) {
     let n = if smoke_test() { 50 } else { 2_000 };
-    let (root, root_guard) = Context::background().with_cancel();
+    let root = Context::background().with_cancel();
 
     let mut group = c.benchmark_group("wakeup");
     group
@@ -534,7 +528,7 @@ fn wakeup(c: &mut Criterion) {
     group.finish();
 
     assert_eq!(root.children(), 0);
-    drop(root_guard);
+    drop(root);
 }
 
 // ---------------------------------------------------------------------------

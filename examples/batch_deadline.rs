@@ -38,8 +38,8 @@
 //!
 //! # The Rust way
 //!
-//! [`Context::with_timeout`] gives the batch its deadline (and a guard that
-//! cancels when dropped: no `defer cancel()` to forget).
+//! [`Context::with_timeout`] gives the batch its context with a deadline,
+//! one value that cancels when dropped: no `defer cancel()` to forget.
 //! [`quiesce::scope`]`(10, &ctx, ..)` is the semaphore, the WaitGroup and
 //! the loop in one call: at most ten jobs run at once on named workers
 //! (`quiesce-scope-0` …), and `scope` returns only when every job is done.
@@ -95,8 +95,8 @@ fn main() -> ExitCode {
     );
 
     let started = Instant::now();
-    // `guard` cancels the batch's context when dropped.
-    let (ctx, guard) = Context::background().with_timeout(options.deadline);
+    // `ctx` cancels the batch's context when dropped.
+    let ctx = Context::background().with_timeout(options.deadline);
     let outcomes: Vec<Result<Result<Duration, ContextError>, JobError>> =
         quiesce::scope(options.limit, &ctx, |s| {
             let handles: Vec<_> = (1..=options.reports)
@@ -109,7 +109,7 @@ fn main() -> ExitCode {
         });
     let elapsed = started.elapsed();
     let why = ctx.err();
-    drop(guard);
+    drop(ctx);
 
     let (mut finished, mut cancelled, mut never_started) = (0u32, Vec::new(), 0u32);
     for (patient, outcome) in (1..).zip(&outcomes) {

@@ -23,9 +23,10 @@
 //!
 //! # The Rust way
 //!
-//! [`Context::with_timeout`] returns the child context and a
-//! [`quiesce::CancelGuard`]; the guard cancels when it is dropped, so the
-//! `defer cancel()` cannot be forgotten. [`Context::sleep`] is the
+//! [`Context::with_timeout`] returns the child context as one value, a
+//! [`quiesce::CancelGuard`] that derefs to [`Context`] and cancels when it
+//! is dropped, so the `defer cancel()` cannot be forgotten (and Go's
+//! `ctx, _ :=` has nothing to throw away). [`Context::sleep`] is the
 //! `select { case <-time.After(d): case <-ctx.Done(): }` above: it returns
 //! `Ok(())` when the step's time is up, or the context's error as soon as
 //! the context is done. [`Context::err`] gives the same
@@ -79,9 +80,9 @@ fn main() -> ExitCode {
     );
 
     let started = Instant::now();
-    // `guard` cancels the context when it is dropped: the deferred cancel()
-    // that cannot be forgotten.
-    let (ctx, guard) = Context::background().with_timeout(options.timeout);
+    // `ctx` cancels itself when it is dropped: the deferred cancel() that
+    // cannot be forgotten.
+    let ctx = Context::background().with_timeout(options.timeout);
     let completed = process(&ctx, options.step);
 
     if completed.len() == STEPS.len() {
@@ -109,7 +110,7 @@ fn main() -> ExitCode {
     };
     println!("completed steps: {listed}");
 
-    drop(guard);
+    drop(ctx);
     if let Err(leaked) = quiesce::leak::check_all(Duration::from_secs(5)) {
         eprintln!("context_timeout: {leaked}");
         return ExitCode::FAILURE;

@@ -197,13 +197,13 @@ fn right_way(addr: SocketAddr) -> io::Result<bool> {
     println!("== the right way: the call runs under a {CALL_DEADLINE:?} deadline ==");
     let tracker = quiesce::leak::track();
     let started = Instant::now();
-    let (ctx, guard) = Context::background().with_timeout(CALL_DEADLINE);
+    let ctx = Context::background().with_timeout(CALL_DEADLINE);
     let mut calls = Threads::<io::Result<String>>::new(&ctx);
     calls.spawn("analysis-call-with-deadline", move |ctx| {
         call_with_deadline(ctx, addr)
     })?;
     let report = calls.join_timeout(JOIN_TIMEOUT);
-    drop(guard);
+    drop(ctx);
     let mut gave_up = false;
     for finished in &report.finished {
         match &finished.result {

@@ -9,32 +9,49 @@
 //! | Go | quiesce |
 //! |----|---------|
 //! | `context.Background()` | [`Context::background()`] |
-//! | `ctx, cancel := context.WithCancel(parent)` + `defer cancel()` | `let (ctx, _guard) = parent.with_cancel();` |
+//! | `ctx, cancel := context.WithCancel(parent)` + `defer cancel()` | `let ctx = parent.with_cancel();` (cancels at the end of the scope) |
+//! | `cancel()` | [`ctx.cancel()`](CancelGuard::cancel) |
 //! | `context.WithTimeout(parent, d)` | [`parent.with_timeout(d)`](Context::with_timeout) |
 //! | `context.WithDeadline(parent, t)` | [`parent.with_deadline(t)`](Context::with_deadline) |
-//! | `context.WithCancelCause(parent)`, `cancel(err)` | [`with_cancel_cause`](Context::with_cancel_cause), [`CancelGuard::cancel_with_cause`] |
+//! | `context.WithCancelCause(parent)`, `cancel(err)` | [`with_cancel_cause`](Context::with_cancel_cause), [`ctx.cancel_with_cause(err)`](CancelGuard::cancel_with_cause) |
+//! | `go work(ctx)` | `let worker_ctx = ctx.context(); thread::spawn(move \|\| work(&worker_ctx))` |
 //! | `<-ctx.Done()` | `recv(ctx.done()) -> _` in `crossbeam_channel::select!` |
 //! | `ctx.Err()`, `context.Cause(ctx)` | [`ctx.err()`](Context::err), [`ctx.cause()`](Context::cause) |
 //! | `context.AfterFunc(ctx, f)` | [`ctx.on_cancel(f)`](Context::on_cancel) |
 //!
 //! The one difference that matters: in Go, forgetting `cancel()` leaks the
-//! child until the parent ends (`go vet` warns about it). Here the
-//! [`CancelGuard`] cancels when dropped, so a child cannot outlive the scope
-//! that made it, and a cancelled child is detached from its parent at once:
-//! a long-lived parent with millions of short-lived children does not grow.
+//! child until the parent ends (`go vet` warns about it). Here `with_cancel`,
+//! `with_timeout` and `with_deadline` return one value, a [`CancelGuard`],
+//! that is both the child context (it derefs to [`Context`], as a
+//! `MutexGuard` derefs to the data) and its cancellation: it cancels when
+//! dropped, so a child cannot outlive the scope that made it. There is no
+//! separate `cancel` to throw away: Go's `ctx, _ := context.WithTimeout(…)`
+//! has no Rust spelling (`let (ctx, _) = …` does not compile), and
+//! `let _ = parent.with_timeout(d);` leaves nothing to use. Threads and
+//! functions that only watch the context get a plain [`Context`]
+//! ([`CancelGuard::context`], or `&ctx`, which derefs), which never cancels
+//! anything. A cancelled child is detached from its parent at once: a
+//! long-lived parent with millions of short-lived children does not grow.
 //!
 //! ```
 //! use std::time::Duration;
 //! use quiesce::{Context, ContextError};
 //!
 //! let root = Context::background();
-//! let (ctx, guard) = root.with_timeout(Duration::from_secs(60));
-//! let (child, _child_guard) = ctx.with_cancel();
+//! let ctx = root.with_timeout(Duration::from_secs(60));
+//! let child = ctx.with_cancel();
 //!
 //! assert_eq!(child.err(), None);
-//! drop(guard); // cancels ctx, and through it, child
+//! drop(ctx); // cancels ctx, and through it, child
 //! assert_eq!(child.err(), Some(ContextError::Canceled));
 //! assert!(child.sleep(Duration::from_secs(60)).is_err()); // returns at once
+//! ```
+//!
+//! Go's habit of discarding the cancel function does not compile:
+//!
+//! ```compile_fail,E0308
+//! use std::time::Duration;
+//! let (ctx, _) = quiesce::Context::background().with_timeout(Duration::from_secs(5));
 //! ```
 //!
 //! Deadlines are fired by one shared thread, `quiesce-timer`, which exists
@@ -44,6 +61,7 @@
 use std::convert::Infallible;
 use std::error::Error;
 use std::fmt;
+use std::ops::Deref;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
@@ -58,6 +76,11 @@ pub use crate::tree::{Cause, ContextError};
 ///
 /// A context is made done by its [`CancelGuard`], by its deadline, or by an
 /// ancestor becoming done; never by code that only holds the `Context`.
+/// The constructors [`with_cancel`](Context::with_cancel),
+/// [`with_timeout`](Context::with_timeout) and
+/// [`with_deadline`](Context::with_deadline) return that guard, which
+/// derefs to the new context: use it as the context, and hand plain
+/// `Context`s ([`CancelGuard::context`]) to the threads that only watch it.
 ///
 /// # Examples
 ///
@@ -68,21 +91,22 @@ pub use crate::tree::{Cause, ContextError};
 /// use crossbeam_channel::{select, unbounded};
 /// use quiesce::Context;
 ///
-/// let (ctx, guard) = Context::background().with_cancel();
+/// let ctx = Context::background().with_cancel();
 /// let (reports, inbox) = unbounded::<u32>();
 /// let (seen_tx, seen) = unbounded();
+/// let worker_ctx = ctx.context(); // watches, never cancels
 /// let worker = std::thread::spawn(move || {
 ///     let mut total = 0;
 ///     loop {
 ///         select! {
 ///             recv(inbox) -> n => { total += n.unwrap(); seen_tx.send(total).unwrap(); }
-///             recv(ctx.done()) -> _ => return total,
+///             recv(worker_ctx.done()) -> _ => return total,
 ///         }
 ///     }
 /// });
 /// reports.send(2).unwrap();
 /// assert_eq!(seen.recv_timeout(Duration::from_secs(10)), Ok(2));
-/// drop(guard); // the worker's `select!` sees `ctx.done()` disconnected
+/// ctx.cancel(); // the worker's `select!` sees `done()` disconnected
 /// assert_eq!(worker.join().unwrap(), 2);
 /// ```
 #[derive(Clone, Default)]
@@ -91,34 +115,57 @@ pub struct Context {
     node: Option<Arc<Node>>,
 }
 
-/// Cancels its context when dropped (or when [`cancel`](CancelGuard::cancel)
+/// A child context that owns its cancellation: what
+/// [`with_cancel`](Context::with_cancel), [`with_timeout`](Context::with_timeout)
+/// and [`with_deadline`](Context::with_deadline) return. It derefs to
+/// [`Context`], so `ctx.done()`, `ctx.check()`, `ctx.sleep(d)`, `&ctx` as a
+/// `&Context` argument and `ctx.with_cancel()` all work on it directly; it
+/// cancels the context when dropped (or when [`cancel`](CancelGuard::cancel)
 /// is called): Go's `defer cancel()`, which cannot be forgotten.
+///
+/// [`context`](CancelGuard::context) (or `clone()`, which derefs too) gives
+/// a plain [`Context`] to move into threads and store: it watches the same
+/// context and never cancels it. A plain context taken from a guard that is
+/// then dropped is done: `parent.with_cancel().context()` is done at once.
+///
+/// Bind the guard to a name for as long as the context should live
+/// (`let ctx = …`, or `let _ctx = …` when only its lifetime matters).
+/// `let _ = parent.with_timeout(d);` drops it at once, cancelling a context
+/// that nothing can use any more.
 ///
 /// Cancelling is idempotent and never blocks on other threads; it returns
 /// once every descendant context is done (if another thread is cancelling
 /// part of the same tree at that moment, that part may be done a moment
 /// later, as in Go). The guard is `Send + Sync`: it may be dropped, or
-/// cancel, on any thread.
+/// cancel, on any thread. It is not `Clone`: one owner cancels.
 ///
 /// # Examples
 ///
 /// ```
 /// use quiesce::{Context, ContextError};
 ///
-/// let (request, guard) = Context::background().with_cancel();
-/// {
-///     let _guard = guard; // Go's `defer cancel()`
-///     assert!(!request.is_done());
-/// } // the end of the scope cancels
+/// let request = {
+///     let ctx = Context::background().with_cancel(); // Go's `defer cancel()`
+///     assert!(!ctx.is_done());
+///     ctx.context() // a plain context, to look at it after the scope
+/// }; // the end of the scope cancels
 /// assert_eq!(request.err(), Some(ContextError::Canceled));
 ///
-/// let (upload, guard) = Context::background().with_cancel();
-/// std::thread::spawn(move || drop(guard)).join().unwrap(); // any thread may cancel
-/// assert!(upload.is_done());
+/// let upload = Context::background().with_cancel();
+/// let watcher = upload.context();
+/// std::thread::spawn(move || drop(upload)).join().unwrap(); // any thread may cancel
+/// assert!(watcher.is_done());
+/// ```
+///
+/// The guard is one value, so Go's `ctx, _ :=` habit does not compile:
+///
+/// ```compile_fail,E0308
+/// let (ctx, _) = quiesce::Context::background().with_cancel();
 /// ```
 #[must_use = "dropping the guard cancels the context at once"]
 pub struct CancelGuard {
-    node: Arc<Node>,
+    /// Never the background context: its node is always `Some`.
+    ctx: Context,
 }
 
 /// A callback registered with [`Context::on_cancel`]; dropping this handle
@@ -130,12 +177,12 @@ pub struct CancelGuard {
 /// use std::sync::atomic::{AtomicBool, Ordering};
 /// use std::sync::Arc;
 ///
-/// let (ctx, guard) = quiesce::Context::background().with_cancel();
+/// let ctx = quiesce::Context::background().with_cancel();
 /// let fired = Arc::new(AtomicBool::new(false));
 /// let flag = fired.clone();
 /// let hook = ctx.on_cancel(move || flag.store(true, Ordering::SeqCst));
 /// drop(hook); // unregistered before the cancel
-/// drop(guard);
+/// ctx.cancel();
 /// assert!(!fired.load(Ordering::SeqCst));
 /// ```
 #[must_use = "dropping the handle unregisters the callback"]
@@ -153,7 +200,7 @@ pub struct OnCancel {
 /// use quiesce::{Context, ContextError};
 ///
 /// let (_tx, answers) = crossbeam_channel::bounded::<u32>(1); // nobody answers
-/// let (ctx, _guard) = Context::background().with_timeout(Duration::from_millis(2));
+/// let ctx = Context::background().with_timeout(Duration::from_millis(2));
 /// let err = ctx.recv(&answers).unwrap_err();
 /// assert_eq!(err, RecvError::Done(ContextError::DeadlineExceeded));
 /// assert_eq!(err.to_string(), "receive gave up: context deadline exceeded");
@@ -203,17 +250,19 @@ impl Context {
         Context { node: None }
     }
 
-    /// A child context that is done when `guard` is dropped or cancelled, or
-    /// when `self` is done.
+    /// A child context that is done when the returned guard is dropped or
+    /// cancelled, or when `self` is done. The guard derefs to the child
+    /// (see [`CancelGuard`]).
     ///
     /// # Examples
     ///
     /// ```
-    /// let (ctx, guard) = quiesce::Context::background().with_cancel();
-    /// guard.cancel();
+    /// let ctx = quiesce::Context::background().with_cancel();
+    /// assert_eq!(ctx.err(), None);
+    /// ctx.cancel();
     /// assert_eq!(ctx.err(), Some(quiesce::ContextError::Canceled));
     /// ```
-    pub fn with_cancel(&self) -> (Context, CancelGuard) {
+    pub fn with_cancel(&self) -> CancelGuard {
         self.child(None)
     }
 
@@ -224,15 +273,16 @@ impl Context {
     /// # Examples
     ///
     /// ```
-    /// let (ctx, guard) = quiesce::Context::background().with_cancel_cause();
-    /// guard.cancel_with_cause("tenant 12 deleted");
+    /// let ctx = quiesce::Context::background().with_cancel_cause();
+    /// ctx.cancel_with_cause("tenant 12 deleted");
     /// assert_eq!(ctx.cause().unwrap().to_string(), "tenant 12 deleted");
     /// ```
-    pub fn with_cancel_cause(&self) -> (Context, CancelGuard) {
+    pub fn with_cancel_cause(&self) -> CancelGuard {
         self.child(None)
     }
 
-    /// A child context that is also done `timeout` from now. A timeout too
+    /// A child context that is also done `timeout` from now (and when the
+    /// returned guard is dropped or cancelled). A timeout too
     /// large to represent means no deadline of its own; zero means the
     /// child is born done (unless `self`'s deadline is earlier: then the
     /// child is done when `self` is, never before it).
@@ -245,14 +295,22 @@ impl Context {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let (ctx, _guard) = quiesce::Context::background().with_timeout(Duration::from_millis(5));
+    /// let ctx = quiesce::Context::background().with_timeout(Duration::from_millis(5));
     /// assert_eq!(ctx.sleep(Duration::from_secs(60)), Err(quiesce::ContextError::DeadlineExceeded));
     /// ```
-    pub fn with_timeout(&self, timeout: Duration) -> (Context, CancelGuard) {
+    ///
+    /// The guard is the context; there is no cancel function to discard:
+    ///
+    /// ```compile_fail,E0308
+    /// use std::time::Duration;
+    /// let (ctx, _) = quiesce::Context::background().with_timeout(Duration::from_secs(5));
+    /// ```
+    pub fn with_timeout(&self, timeout: Duration) -> CancelGuard {
         self.child(crate::deadline::after(timeout))
     }
 
-    /// A child context that is also done at `deadline`. Its
+    /// A child context that is also done at `deadline` (and when the
+    /// returned guard is dropped or cancelled). Its
     /// [`deadline`](Context::deadline) is the earlier of `deadline` and
     /// `self`'s. A deadline of its own already past gives a child that is
     /// born done; when `self`'s deadline is the earlier one, the child is
@@ -266,18 +324,19 @@ impl Context {
     ///
     /// ```
     /// use std::time::{Duration, Instant};
-    /// let (parent, _g1) = quiesce::Context::background().with_timeout(Duration::from_secs(1));
-    /// let (child, _g2) = parent.with_deadline(Instant::now() + Duration::from_secs(3600));
+    /// let parent = quiesce::Context::background().with_timeout(Duration::from_secs(1));
+    /// let child = parent.with_deadline(Instant::now() + Duration::from_secs(3600));
     /// assert_eq!(child.deadline(), parent.deadline());
     /// ```
-    pub fn with_deadline(&self, deadline: Instant) -> (Context, CancelGuard) {
+    pub fn with_deadline(&self, deadline: Instant) -> CancelGuard {
         self.child(Some(deadline))
     }
 
-    fn child(&self, deadline: Option<Instant>) -> (Context, CancelGuard) {
+    fn child(&self, deadline: Option<Instant>) -> CancelGuard {
         let node = tree::new_node(self.node.as_ref(), deadline);
-        let guard = CancelGuard { node: node.clone() };
-        (Context { node: Some(node) }, guard)
+        CancelGuard {
+            ctx: Context { node: Some(node) },
+        }
     }
 
     /// A receiver that is disconnected once the context is done, for
@@ -287,9 +346,9 @@ impl Context {
     /// # Examples
     ///
     /// ```
-    /// let (ctx, guard) = quiesce::Context::background().with_cancel();
+    /// let ctx = quiesce::Context::background().with_cancel();
     /// assert!(ctx.done().try_recv().unwrap_err().is_empty());
-    /// drop(guard);
+    /// ctx.cancel();
     /// assert!(ctx.done().try_recv().unwrap_err().is_disconnected());
     /// ```
     pub fn done(&self) -> &Receiver<Infallible> {
@@ -307,12 +366,12 @@ impl Context {
     /// use std::time::Duration;
     /// use quiesce::{Context, ContextError};
     ///
-    /// let (ctx, guard) = Context::background().with_cancel();
+    /// let ctx = Context::background().with_cancel();
     /// assert_eq!(ctx.err(), None);
-    /// drop(guard);
+    /// ctx.cancel();
     /// assert_eq!(ctx.err(), Some(ContextError::Canceled));
     ///
-    /// let (late, _guard) = Context::background().with_timeout(Duration::ZERO);
+    /// let late = Context::background().with_timeout(Duration::ZERO);
     /// assert_eq!(late.err(), Some(ContextError::DeadlineExceeded));
     /// ```
     #[inline]
@@ -328,9 +387,9 @@ impl Context {
     /// use quiesce::Context;
     ///
     /// assert!(!Context::background().is_done()); // never done
-    /// let (ctx, guard) = Context::background().with_cancel();
+    /// let ctx = Context::background().with_cancel();
     /// assert!(!ctx.is_done());
-    /// guard.cancel();
+    /// ctx.cancel();
     /// assert!(ctx.is_done());
     /// ```
     #[inline]
@@ -354,8 +413,8 @@ impl Context {
     /// }
     /// assert_eq!(step(&quiesce::Context::background()), Ok(42));
     ///
-    /// let (ctx, guard) = quiesce::Context::background().with_cancel();
-    /// drop(guard);
+    /// let ctx = quiesce::Context::background().with_cancel();
+    /// ctx.cancel();
     /// assert_eq!(step(&ctx), Err(quiesce::ContextError::Canceled));
     /// ```
     #[inline]
@@ -376,15 +435,15 @@ impl Context {
     /// ```
     /// use quiesce::{Context, ContextError};
     ///
-    /// let (server, stop_server) = Context::background().with_cancel();
-    /// let (conn, _conn_guard) = server.with_cancel();
+    /// let server = Context::background().with_cancel();
+    /// let conn = server.with_cancel();
     /// assert!(conn.cause().is_none());
-    /// stop_server.cancel_with_cause("server shutting down for maintenance");
+    /// server.cancel_with_cause("server shutting down for maintenance");
     /// let cause = conn.cause().unwrap(); // the ancestor's cause reached the child
     /// assert_eq!(cause.to_string(), "server shutting down for maintenance");
     ///
-    /// let (ctx, guard) = Context::background().with_cancel();
-    /// drop(guard); // no cause given: the error itself
+    /// let ctx = Context::background().with_cancel();
+    /// ctx.cancel(); // no cause given: the error itself
     /// assert_eq!(ctx.cause().unwrap().to_string(), ContextError::Canceled.to_string());
     /// ```
     pub fn cause(&self) -> Option<Cause> {
@@ -401,9 +460,9 @@ impl Context {
     ///
     /// assert_eq!(Context::background().deadline(), None);
     /// let request_ends = Instant::now() + Duration::from_secs(60);
-    /// let (request, _guard) = Context::background().with_deadline(request_ends);
+    /// let request = Context::background().with_deadline(request_ends);
     /// assert_eq!(request.deadline(), Some(request_ends));
-    /// let (step, _step_guard) = request.with_cancel(); // inherits it
+    /// let step = request.with_cancel(); // inherits it
     /// assert_eq!(step.deadline(), Some(request_ends));
     /// ```
     pub fn deadline(&self) -> Option<Instant> {
@@ -420,10 +479,10 @@ impl Context {
     /// use quiesce::Context;
     ///
     /// assert_eq!(Context::background().remaining(), None);
-    /// let (ctx, _guard) = Context::background().with_timeout(Duration::from_secs(60));
+    /// let ctx = Context::background().with_timeout(Duration::from_secs(60));
     /// let left = ctx.remaining().unwrap();
     /// assert!(left > Duration::ZERO && left <= Duration::from_secs(60));
-    /// let (late, _guard) = Context::background().with_timeout(Duration::ZERO);
+    /// let late = Context::background().with_timeout(Duration::ZERO);
     /// assert_eq!(late.remaining(), Some(Duration::ZERO)); // passed: zero
     /// ```
     pub fn remaining(&self) -> Option<Duration> {
@@ -441,8 +500,8 @@ impl Context {
     /// # Examples
     ///
     /// ```
-    /// let (ctx, guard) = quiesce::Context::background().with_cancel();
-    /// drop(guard);
+    /// let ctx = quiesce::Context::background().with_cancel();
+    /// ctx.cancel();
     /// assert!(ctx.sleep(std::time::Duration::from_secs(3600)).is_err());
     /// ```
     pub fn sleep(&self, duration: Duration) -> Result<(), ContextError> {
@@ -468,8 +527,8 @@ impl Context {
     /// let soon = Instant::now() + Duration::from_millis(2);
     /// assert_eq!(Context::background().sleep_until(soon), Ok(()));
     ///
-    /// let (ctx, guard) = Context::background().with_cancel();
-    /// drop(guard);
+    /// let ctx = Context::background().with_cancel();
+    /// ctx.cancel();
     /// let next_week = Instant::now() + Duration::from_secs(7 * 24 * 3600);
     /// assert_eq!(ctx.sleep_until(next_week), Err(ContextError::Canceled)); // at once
     /// ```
@@ -518,8 +577,7 @@ impl Context {
     /// ```
     /// use quiesce::context::SendError;
     /// let (tx, _rx) = crossbeam_channel::bounded(0); // nobody receives
-    /// let (ctx, _guard) = quiesce::Context::background()
-    ///     .with_timeout(std::time::Duration::from_millis(5));
+    /// let ctx = quiesce::Context::background().with_timeout(std::time::Duration::from_millis(5));
     /// assert!(matches!(ctx.send(&tx, 7), Err(SendError::Done(_, 7))));
     /// ```
     pub fn send<T>(&self, tx: &Sender<T>, msg: T) -> Result<(), SendError<T>> {
@@ -560,11 +618,11 @@ impl Context {
     /// use std::sync::atomic::{AtomicBool, Ordering};
     /// use std::sync::Arc;
     ///
-    /// let (ctx, guard) = quiesce::Context::background().with_cancel();
+    /// let ctx = quiesce::Context::background().with_cancel();
     /// let fired = Arc::new(AtomicBool::new(false));
     /// let flag = fired.clone();
     /// let _hook = ctx.on_cancel(move || flag.store(true, Ordering::SeqCst));
-    /// drop(guard);
+    /// ctx.cancel();
     /// assert!(fired.load(Ordering::SeqCst));
     /// ```
     pub fn on_cancel<F>(&self, callback: F) -> OnCancel
@@ -593,12 +651,11 @@ impl Context {
     /// # Examples
     ///
     /// ```
-    /// let (root, _guard) = quiesce::Context::background().with_cancel();
-    /// let (child, child_guard) = root.with_cancel();
+    /// let root = quiesce::Context::background().with_cancel();
+    /// let child = root.with_cancel();
     /// assert_eq!(root.children(), 1);
-    /// drop(child_guard);
+    /// drop(child); // cancelled, and detached at once
     /// assert_eq!(root.children(), 0);
-    /// # drop(child);
     /// ```
     pub fn children(&self) -> usize {
         self.node.as_ref().map_or(0, |n| n.children_len())
@@ -620,14 +677,16 @@ impl CancelGuard {
     /// # Examples
     ///
     /// ```
-    /// let (server, guard) = quiesce::Context::background().with_cancel();
-    /// let (conn, _conn_guard) = server.with_cancel();
-    /// guard.cancel();
-    /// guard.cancel(); // harmless
+    /// let server = quiesce::Context::background().with_cancel();
+    /// let conn = server.with_cancel();
+    /// server.cancel();
+    /// server.cancel(); // harmless
     /// assert!(server.is_done() && conn.is_done());
     /// ```
     pub fn cancel(&self) {
-        tree::cancel(&self.node, ContextError::Canceled, None);
+        if let Some(node) = &self.ctx.node {
+            tree::cancel(node, ContextError::Canceled, None);
+        }
     }
 
     /// Cancels with a cause, which [`Context::cause`] then returns on this
@@ -637,35 +696,53 @@ impl CancelGuard {
     /// # Examples
     ///
     /// ```
-    /// let (ctx, guard) = quiesce::Context::background().with_cancel();
-    /// guard.cancel_with_cause(format!("client {} disconnected", 1042));
-    /// guard.cancel_with_cause("ignored: the first cause stays");
+    /// let ctx = quiesce::Context::background().with_cancel();
+    /// ctx.cancel_with_cause(format!("client {} disconnected", 1042));
+    /// ctx.cancel_with_cause("ignored: the first cause stays");
     /// assert_eq!(ctx.cause().unwrap().to_string(), "client 1042 disconnected");
     ///
-    /// let (ctx, guard) = quiesce::Context::background().with_cancel();
-    /// guard.cancel_with_cause(std::io::Error::other("disk full")); // any error
+    /// let ctx = quiesce::Context::background().with_cancel();
+    /// ctx.cancel_with_cause(std::io::Error::other("disk full")); // any error
     /// assert_eq!(ctx.cause().unwrap().to_string(), "disk full");
     /// ```
     pub fn cancel_with_cause(&self, cause: impl Into<Box<dyn Error + Send + Sync + 'static>>) {
-        let cause: Cause = std::sync::Arc::from(cause.into());
-        tree::cancel(&self.node, ContextError::Canceled, Some(cause));
+        if let Some(node) = &self.ctx.node {
+            let cause: Cause = std::sync::Arc::from(cause.into());
+            tree::cancel(node, ContextError::Canceled, Some(cause));
+        }
     }
 
-    /// The context this guard cancels.
+    /// A plain [`Context`] for the same context, to move into a thread or
+    /// store: it watches, and never cancels (dropping it does nothing).
+    /// The same as `clone()` on the guard, which derefs to `Context`.
     ///
     /// # Examples
     ///
     /// ```
-    /// let (_ctx, guard) = quiesce::Context::background().with_cancel();
-    /// let ctx = guard.context();
-    /// assert!(!ctx.is_done());
-    /// drop(guard);
-    /// assert!(ctx.is_done());
+    /// let ctx = quiesce::Context::background().with_cancel();
+    /// let watcher = ctx.context();
+    /// let worker = std::thread::spawn(move || watcher.done().recv().is_err());
+    /// drop(ctx); // cancels: the worker's `recv` returns
+    /// assert!(worker.join().unwrap());
     /// ```
     pub fn context(&self) -> Context {
-        Context {
-            node: Some(self.node.clone()),
-        }
+        self.ctx.clone()
+    }
+}
+
+impl Deref for CancelGuard {
+    type Target = Context;
+
+    #[inline]
+    fn deref(&self) -> &Context {
+        &self.ctx
+    }
+}
+
+impl AsRef<Context> for CancelGuard {
+    #[inline]
+    fn as_ref(&self) -> &Context {
+        &self.ctx
     }
 }
 
@@ -678,7 +755,8 @@ impl Drop for CancelGuard {
 impl fmt::Debug for CancelGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CancelGuard")
-            .field("err", &self.node.err())
+            .field("err", &self.ctx.err())
+            .field("deadline", &self.ctx.deadline())
             .finish()
     }
 }
@@ -693,14 +771,14 @@ impl OnCancel {
     /// ```
     /// use quiesce::Context;
     ///
-    /// let (ctx, guard) = Context::background().with_cancel();
+    /// let ctx = Context::background().with_cancel();
     /// let hook = ctx.on_cancel(|| {});
     /// assert!(hook.stop()); // had not run, and now never will
-    /// drop(guard);
+    /// ctx.cancel();
     ///
-    /// let (ctx, guard) = Context::background().with_cancel();
+    /// let ctx = Context::background().with_cancel();
     /// let hook = ctx.on_cancel(|| {});
-    /// drop(guard); // runs the callback
+    /// ctx.cancel(); // runs the callback
     /// assert!(!hook.stop());
     /// ```
     pub fn stop(mut self) -> bool {

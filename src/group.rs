@@ -322,15 +322,16 @@ impl<T: Send + 'static, E: Send + 'static> Group<T, E> {
     /// ```
     /// use quiesce::{Context, Group};
     ///
-    /// let (parent, stop) = Context::background().with_cancel();
+    /// let parent = Context::background().with_cancel();
     /// let (group, ctx) = Group::<(), String>::with_context(&parent);
     /// assert!(!ctx.is_done());
-    /// drop(stop); // the parent is done: so is the group
+    /// parent.cancel(); // the parent is done: so is the group
     /// assert!(ctx.is_done());
     /// assert!(group.spawn("late-upload", |_ctx| Ok(())).is_err());
     /// ```
     pub fn with_context(parent: &Context) -> (Group<T, E>, Context) {
-        let (ctx, guard) = parent.with_cancel();
+        let guard = parent.with_cancel();
+        let ctx = guard.context();
         let group = Group {
             ctx: ctx.clone(),
             guard: Arc::new(guard),

@@ -127,8 +127,8 @@ impl<T> Drop for Completer<T> {
 /// ```
 /// use quiesce::{scope, Context, JobError};
 ///
-/// let (ctx, guard) = Context::background().with_cancel();
-/// drop(guard);
+/// let ctx = Context::background().with_cancel();
+/// ctx.cancel();
 /// let skipped = scope(1, &ctx, |s| s.spawn(|_ctx| "unreachable")); // ctx is done
 /// assert_eq!(skipped.join(), Err(JobError::NotRun));
 /// ```

@@ -18,8 +18,9 @@
 //! |----|---------|
 //! | `done := make(chan struct{})`; `close(done)`; `case <-done:` | [`shutdown()`] → ([`Shutdown`], [`Done`]); [`Shutdown::fire`]; `recv(done.channel()) -> _` in `select!` |
 //! | `context.Background()` | [`Context::background()`] |
-//! | `ctx, cancel := context.WithCancel(parent)`; `defer cancel()` | `let (ctx, guard) = parent.with_cancel();` — the guard cancels on drop |
-//! | `context.WithTimeout` / `WithDeadline` | [`Context::with_timeout`] / [`Context::with_deadline`] |
+//! | `ctx, cancel := context.WithCancel(parent)`; `defer cancel()` | `let ctx = parent.with_cancel();` — one value, a [`CancelGuard`] that derefs to [`Context`] and cancels on drop |
+//! | `cancel()`; `go f(ctx)` | [`ctx.cancel()`](CancelGuard::cancel); [`ctx.context()`](CancelGuard::context) (a plain `Context`, which cancels nothing) moved into the thread |
+//! | `context.WithTimeout` / `WithDeadline` | [`Context::with_timeout`] / [`Context::with_deadline`] (the same one value: `let (ctx, _) = …` does not compile) |
 //! | `context.WithCancelCause`; `cancel(err)`; `context.Cause(ctx)` | [`Context::with_cancel_cause`]; [`CancelGuard::cancel_with_cause`]; [`Context::cause`] |
 //! | `<-ctx.Done()`, `ctx.Err()` | [`Context::done`] in `select!`, [`Context::err`] ([`ContextError::Canceled`] / [`ContextError::DeadlineExceeded`]) |
 //! | `select { case <-time.After(d): case <-ctx.Done(): }` | [`Context::sleep`] |
@@ -30,13 +31,20 @@
 //! | `sem := make(chan struct{}, n)`; `semaphore.NewWeighted(n)` | [`Semaphore::new`]; [`Semaphore::acquire_ctx`] → [`Permit`] (released on drop) |
 //! | `mu sync.RWMutex` + `map[string]int` | [`Counters`] |
 //! | `goleak.VerifyNone(t)` | [`leak::track`] … [`leak::Tracker::assert_none`] |
-//! | `g, ctx := errgroup.WithContext(ctx)`; `g.SetLimit(n)`; `g.Go(f)`; `g.Wait()` | [`Group::with_context`]; [`Group::set_limit`]; [`Group::spawn`]; [`Group::wait`] ([`GroupError`] names the task) |
+//! | `g, ctx := errgroup.WithContext(ctx)`; `g.SetLimit(n)`; `g.Go(f)`; `g.Wait()` | `let (group, ctx) =` [`Group::with_context`]`(&parent)`; [`Group::set_limit`]; [`Group::spawn`]; [`Group::wait`] ([`GroupError`] names the task) |
 //! | `jobs := make(chan Job, 100)` + N worker goroutines; an `ants` pool | [`Pool::builder`] … [`Pool::submit`] (the job comes back in [`SubmitError`]); [`Pool::shutdown`] → [`ShutdownReport`] |
 //! | semaphore + `WaitGroup` loop over a slice | [`scope()`] → [`Scope::spawn`] → [`JobHandle`] |
 //! | `go func() { for it := range ch { … }; done <- r }()`; `close(ch)`; `<-done` | [`Consumer::bounded`]; [`Consumer::send`]; [`Consumer::finish`] |
 //! | `res := make(chan T, 1)` handed to another goroutine | [`JobHandle::pair`] → ([`Completer`], [`JobHandle`]) |
-//! | `signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)` | [`signals::signal_context`] |
+//! | `ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)`; `defer stop()` | `let ctx = signals::signal_context(&parent)?;` — one value, a [`signals::SignalGuard`] that derefs to [`Context`]; dropping it stops listening |
 //! | go-zero `ServiceGroup`, `oklog/run`, fx start/stop hooks | [`Supervisor`]; [`Supervisor::run_until_signal`] → [`SupervisorReport::exit_code`] |
+//!
+//! Constructors that return a pair put the side that acts first and the
+//! side that watches second, as `std::sync::mpsc::channel()` returns
+//! `(Sender, Receiver)`: [`shutdown()`] → `(Shutdown, Done)`,
+//! [`JobHandle::pair`] → `(Completer, JobHandle)`, [`Group::with_context`]
+//! → `(Group, Context)`. A context and its cancellation are not a pair but
+//! one value, so there is no cancel function to throw away.
 //!
 //! # A first program
 //!
@@ -47,7 +55,7 @@
 //! use std::time::Duration;
 //! use quiesce::{Context, Threads};
 //!
-//! let (root, stop) = Context::background().with_cancel();
+//! let root = Context::background().with_cancel();
 //! let mut threads = Threads::new(&root);
 //! threads
 //!     .spawn("daily-report", |ctx| {
@@ -59,7 +67,7 @@
 //!     })
 //!     .unwrap();
 //!
-//! drop(stop); // Ctrl-C, say
+//! root.cancel(); // Ctrl-C, say
 //! let report = threads.join_timeout(Duration::from_secs(5));
 //! assert!(report.running.is_empty(), "stuck: {:?}", report.running);
 //! ```
@@ -135,14 +143,14 @@ pub use crossbeam_channel;
 /// use std::time::Duration;
 /// use quiesce::{Context, select};
 ///
-/// let (ctx, cancel) = Context::background().with_cancel();
+/// let ctx = Context::background().with_cancel();
 /// let (tx, rx) = quiesce::crossbeam_channel::bounded::<u32>(1);
 /// tx.send(7).unwrap();
 /// select! {
 ///     recv(rx) -> msg => assert_eq!(msg, Ok(7)),
 ///     recv(ctx.done()) -> _ => unreachable!("not cancelled yet"),
 /// }
-/// drop(cancel);
+/// ctx.cancel();
 /// select! {
 ///     recv(ctx.done()) -> _ => assert!(ctx.is_done()),
 ///     default(Duration::from_secs(10)) => panic!("the cancel did not wake select!"),

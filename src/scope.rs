@@ -69,7 +69,7 @@ where
     F: for<'s> FnOnce(&'s Scope<'s, 'env>) -> R,
 {
     let limit = limit.max(1);
-    let (ctx, guard) = ctx.with_cancel();
+    let ctx = ctx.with_cancel();
     let (tx, rx) = crossbeam_channel::unbounded::<ScopeJob<'env>>();
     let outcome = std::thread::scope(|std_scope| {
         let start_worker = |index: usize| -> io::Result<()> {
@@ -87,14 +87,14 @@ where
         };
         let outcome = crate::panic::catch_payload(|| f(&s));
         if outcome.is_err() {
-            guard.cancel();
+            ctx.cancel();
         }
         // Dropping the sender ends the workers once the queue is empty;
         // std's scope then joins them.
         drop(s);
         outcome
     });
-    drop(guard);
+    drop(ctx);
     match outcome {
         Ok(r) => r,
         Err(payload) => std::panic::resume_unwind(payload),
@@ -190,10 +190,10 @@ impl<'env> Scope<'_, 'env> {
     /// ```
     /// use quiesce::{scope, Context, JobError};
     ///
-    /// let (ctx, guard) = Context::background().with_cancel();
+    /// let ctx = Context::background().with_cancel();
     /// scope(2, &ctx, |s| {
     ///     assert!(!s.context().is_done());
-    ///     drop(guard); // cancelling `ctx` reaches the scope's own context
+    ///     ctx.cancel(); // cancelling `ctx` reaches the scope's own context
     ///     assert!(s.context().is_done());
     ///     assert_eq!(s.spawn(|_ctx| "skipped").join(), Err(JobError::NotRun));
     /// });

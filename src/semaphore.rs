@@ -364,8 +364,8 @@ impl Semaphore {
     ///
     /// ```
     /// let sem = quiesce::Semaphore::new(1);
-    /// let (ctx, guard) = quiesce::Context::background().with_cancel();
-    /// drop(guard);
+    /// let ctx = quiesce::Context::background().with_cancel();
+    /// ctx.cancel();
     /// assert!(matches!(sem.acquire_ctx(&ctx), Err(quiesce::AcquireError::Done(_))));
     /// ```
     pub fn acquire_ctx(&self, ctx: &Context) -> Result<Permit, AcquireError> {
@@ -386,7 +386,7 @@ impl Semaphore {
     ///
     /// let sem = Semaphore::new(4);
     /// let _small = sem.acquire().unwrap();
-    /// let (request, _guard) = Context::background().with_timeout(Duration::from_millis(2));
+    /// let request = Context::background().with_timeout(Duration::from_millis(2));
     /// let err = sem.acquire_many_ctx(4, &request).unwrap_err(); // needs all four
     /// assert_eq!(err, AcquireError::Done(ContextError::DeadlineExceeded));
     /// ```

@@ -6,20 +6,31 @@
 //! itself selects on it.
 //!
 //! Go programs write this by hand with `signal.Notify(ch, os.Interrupt,
-//! syscall.SIGTERM)` and a goroutine, or use `signal.NotifyContext`. Here
-//! [`signal_context`] returns the context and a guard that owns the
-//! listening thread (`quiesce-signals`); dropping the guard stops listening
-//! and joins the thread.
+//! syscall.SIGTERM)` and a goroutine, or use `ctx, stop :=
+//! signal.NotifyContext(…)` with `defer stop()`. Here [`signal_context`]
+//! returns one value, a [`SignalGuard`], that is the context (it derefs to
+//! [`Context`]) and owns the listening thread (`quiesce-signals`): dropping
+//! it stops listening, joins the thread and cancels the context, as Go's
+//! `stop()` does. Hand plain contexts to other threads with
+//! [`context()`](SignalGuard::context).
 //!
 //! The signal handlers themselves only write to a pipe (signal-hook's
 //! `iterator`); everything else — cancelling, logging — happens on the
 //! `quiesce-signals` thread.
 //!
 //! ```no_run
-//! let (ctx, signals) = quiesce::signals::signal_context(&quiesce::Context::background()).unwrap();
+//! let ctx = quiesce::signals::signal_context(&quiesce::Context::background()).unwrap();
 //! // ... start work under `ctx` ...
 //! let _ = ctx.done().recv(); // blocks until Ctrl-C or SIGTERM
-//! println!("stopping after {:?}", signals.received());
+//! println!("stopping after {:?}", ctx.received());
+//! ```
+//!
+//! Go's `ctx, _ := signal.NotifyContext(…)` habit does not compile (with
+//! a guard dropped at once, the program would stop listening and ignore
+//! SIGINT and SIGTERM from then on):
+//!
+//! ```compile_fail,E0308
+//! let (ctx, _) = quiesce::signals::signal_context(&quiesce::Context::background()).unwrap();
 //! ```
 //!
 //! Signal dispositions are process-wide: use one `signal_context` at a time
@@ -42,6 +53,7 @@
 
 use std::fmt;
 use std::io;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::thread::JoinHandle;
@@ -62,8 +74,8 @@ use crate::context::{CancelGuard, Context};
 /// use quiesce::signals::SignalReceived;
 /// use quiesce::Context;
 ///
-/// let (ctx, guard) = Context::background().with_cancel();
-/// guard.cancel_with_cause(SignalReceived(15)); // SIGTERM
+/// let ctx = Context::background().with_cancel();
+/// ctx.cancel_with_cause(SignalReceived(15)); // SIGTERM
 /// let cause = ctx.cause().unwrap();
 /// assert_eq!(cause.downcast_ref::<SignalReceived>(), Some(&SignalReceived(15)));
 /// assert_eq!(cause.to_string(), "received SIGTERM");
@@ -124,12 +136,18 @@ pub fn signal_name(signal: i32) -> String {
     name.to_string()
 }
 
-/// Owns the `quiesce-signals` thread of a [`signal_context`]; dropping it
-/// stops listening (the handlers are unregistered) and joins the thread.
+/// The context of a [`signal_context`], owning its `quiesce-signals`
+/// thread. It derefs to [`Context`] (`ctx.done()`, `ctx.check()`, `&ctx`
+/// as a `&Context` argument); [`context`](SignalGuard::context) gives a
+/// plain `Context` for other threads. Dropping it stops listening (the
+/// handlers are unregistered), joins the thread and cancels the context.
 ///
 /// The process's original disposition is not restored (signal-hook cannot
-/// do it): once the guard is dropped, SIGINT and SIGTERM are ignored. Drop
+/// do it): once the guard is dropped, SIGINT and SIGTERM are ignored. Keep
+/// it for the whole life of the program (`let ctx = …` in `main`) and drop
 /// it as part of the shutdown, not to go back to Ctrl-C ending the program.
+/// `let _ = signal_context(&parent)?;` drops it at once: nothing is left
+/// that listens, and both signals are ignored.
 ///
 /// # Examples
 ///
@@ -138,14 +156,15 @@ pub fn signal_name(signal: i32) -> String {
 /// ```no_run
 /// use quiesce::{signals, Context};
 ///
-/// let (ctx, guard) = signals::signal_context(&Context::background())?;
+/// let ctx = signals::signal_context(&Context::background())?;
 /// // ... serve until `ctx` is done ...
 /// let _ = ctx.done().recv();
-/// drop(guard); // stops the `quiesce-signals` thread and joins it
+/// drop(ctx); // stops the `quiesce-signals` thread and joins it
 /// # Ok::<(), std::io::Error>(())
 /// ```
 #[must_use = "dropping the guard stops listening for signals at once"]
 pub struct SignalGuard {
+    ctx: Context,
     handle: Handle,
     thread: Option<JoinHandle<()>>,
     received: Arc<AtomicI32>,
@@ -162,10 +181,10 @@ impl SignalGuard {
     /// ```no_run
     /// use quiesce::{signals, Context};
     ///
-    /// let (ctx, guard) = signals::signal_context(&Context::background())?;
-    /// assert_eq!(guard.received(), None);
+    /// let ctx = signals::signal_context(&Context::background())?;
+    /// assert_eq!(ctx.received(), None);
     /// let _ = ctx.done().recv(); // until Ctrl-C or SIGTERM
-    /// let signal = guard.received().expect("only a signal cancels this context");
+    /// let signal = ctx.received().expect("only a signal cancels this context");
     /// eprintln!("stopping on {}", signals::signal_name(signal));
     /// # Ok::<(), std::io::Error>(())
     /// ```
@@ -190,15 +209,15 @@ impl SignalGuard {
     /// use quiesce::signals::{self, SignalReceived};
     /// use quiesce::{Context, exit};
     ///
-    /// let (ctx, guard) = signals::signal_context(&Context::background())?;
+    /// let ctx = signals::signal_context(&Context::background())?;
     /// let (finished_tx, finished) = crossbeam_channel::bounded::<()>(1);
     /// // ... work under `ctx` that sends on `finished_tx` once it has stopped ...
     /// # drop(finished_tx);
     /// let _ = ctx.done().recv(); // the first signal
     /// select! {
     ///     recv(finished) -> _ => {}  // stopped gracefully
-    ///     recv(guard.forced().done()) -> _ => {
-    ///         let cause = guard.forced().cause();
+    ///     recv(ctx.forced().done()) -> _ => {
+    ///         let cause = ctx.forced().cause();
     ///         if let Some(SignalReceived(n)) = cause.and_then(|c| c.downcast_ref().copied()) {
     ///             std::process::exit(exit::forced(n)); // the program decides to exit
     ///         }
@@ -208,6 +227,44 @@ impl SignalGuard {
     /// ```
     pub fn forced(&self) -> &Context {
         &self.forced
+    }
+
+    /// A plain [`Context`] for the same context, to move into a thread or
+    /// store; it does not own the signal handling (dropping it does
+    /// nothing). The same as `clone()` on the guard, which derefs to
+    /// `Context`.
+    ///
+    /// # Examples
+    ///
+    /// Not run: a doctest must not touch the test process's signals.
+    ///
+    /// ```no_run
+    /// use quiesce::{signals, Context};
+    ///
+    /// let ctx = signals::signal_context(&Context::background())?;
+    /// let worker_ctx = ctx.context();
+    /// let worker = std::thread::spawn(move || worker_ctx.done().recv());
+    /// let _ = worker.join(); // until Ctrl-C or SIGTERM
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn context(&self) -> Context {
+        self.ctx.clone()
+    }
+}
+
+impl Deref for SignalGuard {
+    type Target = Context;
+
+    #[inline]
+    fn deref(&self) -> &Context {
+        &self.ctx
+    }
+}
+
+impl AsRef<Context> for SignalGuard {
+    #[inline]
+    fn as_ref(&self) -> &Context {
+        &self.ctx
     }
 }
 
@@ -223,6 +280,7 @@ impl Drop for SignalGuard {
 impl fmt::Debug for SignalGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SignalGuard")
+            .field("err", &self.ctx.err())
             .field("received", &self.received())
             .finish()
     }
@@ -231,7 +289,9 @@ impl fmt::Debug for SignalGuard {
 /// A child of `parent` cancelled by the first SIGINT or SIGTERM, with
 /// [`SignalReceived`] as its [cause](Context::cause); a second signal
 /// cancels the guard's [`forced`](SignalGuard::forced) context (see
-/// [Ending the process](self#ending-the-process)).
+/// [Ending the process](self#ending-the-process)). The returned
+/// [`SignalGuard`] derefs to the child and owns the listening: dropping it
+/// stops listening and cancels the child (Go's `stop()`).
 ///
 /// # Errors
 ///
@@ -246,19 +306,21 @@ impl fmt::Debug for SignalGuard {
 /// use quiesce::signals::{self, SignalReceived};
 /// use quiesce::{Context, Threads};
 ///
-/// let (ctx, guard) = signals::signal_context(&Context::background())?;
+/// let ctx = signals::signal_context(&Context::background())?;
 /// let mut threads = Threads::new(&ctx);
 /// threads.spawn("intake", |ctx| while ctx.sleep(Duration::from_millis(100)).is_ok() {})?;
 /// let _ = ctx.done().recv(); // until Ctrl-C or SIGTERM
 /// assert!(ctx.cause().unwrap().downcast_ref::<SignalReceived>().is_some());
 /// let report = threads.join_timeout(Duration::from_secs(10));
 /// assert!(report.running.is_empty(), "stuck: {:?}", report.running);
-/// drop(guard);
+/// drop(ctx); // stops listening, joins `quiesce-signals`
 /// # Ok::<(), std::io::Error>(())
 /// ```
-pub fn signal_context(parent: &Context) -> io::Result<(Context, SignalGuard)> {
-    let (ctx, cancel) = parent.with_cancel();
-    let (forced, force) = Context::background().with_cancel();
+pub fn signal_context(parent: &Context) -> io::Result<SignalGuard> {
+    let cancel = parent.with_cancel();
+    let ctx = cancel.context();
+    let force = Context::background().with_cancel();
+    let forced = force.context();
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     let handle = signals.handle();
     let received = Arc::new(AtomicI32::new(0));
@@ -266,13 +328,13 @@ pub fn signal_context(parent: &Context) -> io::Result<(Context, SignalGuard)> {
     let thread = crate::leak::spawn("quiesce-signals".to_string(), move || {
         listen(&mut signals, &cancel, &force, &first);
     })?;
-    let guard = SignalGuard {
+    Ok(SignalGuard {
+        ctx,
         handle,
         thread: Some(thread),
         received,
         forced,
-    };
-    Ok((ctx, guard))
+    })
 }
 
 fn listen(signals: &mut Signals, cancel: &CancelGuard, force: &CancelGuard, first: &AtomicI32) {
@@ -286,7 +348,7 @@ fn listen(signals: &mut Signals, cancel: &CancelGuard, force: &CancelGuard, firs
                 SignalReceived(signal)
             );
             cancel.cancel_with_cause(SignalReceived(signal));
-        } else if !force.context().is_done() {
+        } else if !force.is_done() {
             log::warn!(
                 "{} again: giving up the graceful shutdown",
                 signal_name(signal)

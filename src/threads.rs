@@ -169,18 +169,18 @@ impl<T> Threads<T> {
     /// use std::time::Duration;
     /// use quiesce::{Context, Threads};
     ///
-    /// let (app, stop) = Context::background().with_cancel();
+    /// let app = Context::background().with_cancel();
     /// let mut threads = Threads::new(&app);
     /// threads.spawn("sync", |ctx| { let _ = ctx.done().recv(); "stopped with the app" }).unwrap();
-    /// drop(stop); // the parent's cancel reaches the threads
+    /// app.cancel(); // the parent's cancel reaches the threads
     /// let report = threads.join_timeout(Duration::from_secs(10));
     /// assert_eq!(report.finished[0].result, Ok("stopped with the app"));
     /// ```
     pub fn new(parent: &Context) -> Threads<T> {
-        let (ctx, guard) = parent.with_cancel();
+        let guard = parent.with_cancel();
         let (exited_tx, exited_rx) = crossbeam_channel::unbounded();
         Threads {
-            ctx,
+            ctx: guard.context(),
             guard,
             running: BTreeMap::new(),
             exited: Vec::new(),

@@ -61,12 +61,12 @@ use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
 /// use std::time::Duration;
 /// use quiesce::{Context, ContextError};
 ///
-/// let (ctx, guard) = Context::background().with_cancel();
-/// drop(guard);
+/// let ctx = Context::background().with_cancel();
+/// ctx.cancel();
 /// assert_eq!(ctx.err(), Some(ContextError::Canceled));
 /// assert_eq!(ContextError::Canceled.to_string(), "context canceled");
 ///
-/// let (late, _guard) = Context::background().with_timeout(Duration::ZERO);
+/// let late = Context::background().with_timeout(Duration::ZERO);
 /// assert_eq!(late.check(), Err(ContextError::DeadlineExceeded));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -97,13 +97,13 @@ impl Error for ContextError {}
 /// ```
 /// use quiesce::{Cause, Context, ContextError};
 ///
-/// let (ctx, guard) = Context::background().with_cancel();
-/// guard.cancel_with_cause("tenant 7 suspended");
+/// let ctx = Context::background().with_cancel();
+/// ctx.cancel_with_cause("tenant 7 suspended");
 /// let cause: Cause = ctx.cause().unwrap();
 /// assert_eq!(cause.to_string(), "tenant 7 suspended");
 ///
-/// let (ctx, guard) = Context::background().with_cancel();
-/// drop(guard); // no cause given
+/// let ctx = Context::background().with_cancel();
+/// ctx.cancel(); // no cause given
 /// let cause = ctx.cause().unwrap();
 /// assert_eq!(cause.downcast_ref::<ContextError>(), Some(&ContextError::Canceled));
 /// ```

@@ -319,8 +319,8 @@ impl WaitGroup {
     /// ```
     /// let wg = quiesce::WaitGroup::new();
     /// let _busy = wg.add();
-    /// let (ctx, guard) = quiesce::Context::background().with_cancel();
-    /// drop(guard);
+    /// let ctx = quiesce::Context::background().with_cancel();
+    /// ctx.cancel();
     /// assert!(wg.wait_ctx(&ctx).is_err());
     /// ```
     pub fn wait_ctx(&self, ctx: &Context) -> Result<(), ContextError> {

@@ -232,10 +232,10 @@ fn wait_deadline_keeps_running_tasks_and_names_them() {
 #[test]
 fn a_parent_cancel_reaches_the_tasks() {
     let leaks = leak::track();
-    let (parent, guard) = Context::background().with_cancel();
+    let parent = Context::background().with_cancel();
     let (group, _ctx) = Group::<(), ContextError>::with_context(&parent);
     group.spawn("sleeper", |ctx| ctx.sleep(LONG)).unwrap();
-    drop(guard);
+    parent.cancel();
     assert_eq!(
         group.wait(),
         Err(GroupError::Failed {

@@ -8,7 +8,7 @@ use quiesce::{Context, Threads, leak};
 #[test]
 fn check_all_sees_every_thread_and_stops_the_idle_timer() {
     // A deadline starts the shared timer thread.
-    let (ctx, guard) = Context::background().with_timeout(Duration::from_secs(60));
+    let ctx = Context::background().with_timeout(Duration::from_secs(60));
     let mut threads = Threads::new(&ctx);
     threads
         .spawn("worker", |ctx| ctx.sleep(Duration::from_secs(60)))
@@ -23,7 +23,7 @@ fn check_all_sees_every_thread_and_stops_the_idle_timer() {
 
     let report = threads.shutdown_timeout(Duration::from_secs(60));
     assert!(report.running.is_empty());
-    drop(guard);
+    ctx.cancel();
     // No deadline pending: the timer is asked to stop, and is joined.
     assert_eq!(leak::check_all(Duration::from_secs(60)), Ok(()));
     assert!(leak::live_threads().is_empty());

@@ -61,11 +61,13 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
 #[test]
 fn a_child_made_while_the_parent_is_cancelled_is_never_missed() {
     model(|| {
-        let (parent, guard) = Context::background().with_cancel();
+        let guard = Context::background().with_cancel();
+        let parent = guard.context();
         let p = parent.clone();
         let maker = thread::spawn(move || p.with_cancel());
         guard.cancel();
-        let (child, _child_guard) = maker.join().unwrap();
+        let child_guard = maker.join().unwrap();
+        let child = child_guard.context();
         assert_eq!(child.err(), Some(ContextError::Canceled));
         assert_eq!(parent.children(), 0);
     });
@@ -74,10 +76,14 @@ fn a_child_made_while_the_parent_is_cancelled_is_never_missed() {
 #[test]
 fn parent_and_child_cancelled_at_once_end_done_and_detached() {
     model(|| {
-        let (root, _root_guard) = Context::background().with_cancel();
-        let (parent, parent_guard) = root.with_cancel();
-        let (child, child_guard) = parent.with_cancel();
-        let (grandchild, _gg) = child.with_cancel();
+        let root_guard = Context::background().with_cancel();
+        let root = root_guard.context();
+        let parent_guard = root.with_cancel();
+        let parent = parent_guard.context();
+        let child_guard = parent.with_cancel();
+        let child = child_guard.context();
+        let gg = child.with_cancel();
+        let grandchild = gg.context();
         let t = thread::spawn(move || drop(child_guard));
         drop(parent_guard);
         t.join().unwrap();
@@ -93,11 +99,16 @@ fn parent_and_child_cancelled_at_once_end_done_and_detached() {
 #[test]
 fn siblings_detaching_at_once_keep_the_slots_right() {
     model(|| {
-        let (root, root_guard) = Context::background().with_cancel();
-        let (_a, ga) = root.with_cancel();
-        let (_b, gb) = root.with_cancel();
-        let (c, gc) = root.with_cancel();
-        let (d, _gd) = root.with_cancel();
+        let root_guard = Context::background().with_cancel();
+        let root = root_guard.context();
+        let ga = root.with_cancel();
+        let _a = ga.context();
+        let gb = root.with_cancel();
+        let _b = gb.context();
+        let gc = root.with_cancel();
+        let c = gc.context();
+        let gd = root.with_cancel();
+        let d = gd.context();
         let t = thread::spawn(move || drop(ga));
         drop(gb);
         t.join().unwrap();
@@ -116,7 +127,8 @@ fn siblings_detaching_at_once_keep_the_slots_right() {
 #[test]
 fn an_on_cancel_callback_runs_exactly_once_or_never_if_stopped() {
     model(|| {
-        let (ctx, guard) = Context::background().with_cancel();
+        let guard = Context::background().with_cancel();
+        let ctx = guard.context();
         let runs = Arc::new(AtomicUsize::new(0));
         let r = runs.clone();
         let c = ctx.clone();
@@ -165,7 +177,8 @@ fn wait_group_wait_ctx_ends_on_cancel_or_on_zero() {
     model(|| {
         let wg = WaitGroup::new();
         let guard = wg.add();
-        let (ctx, cancel) = Context::background().with_cancel();
+        let cancel = Context::background().with_cancel();
+        let ctx = cancel.context();
         let worker = thread::spawn(move || drop(guard));
         let canceller = thread::spawn(move || drop(cancel));
         let result = wg.wait_ctx(&ctx);
@@ -181,7 +194,8 @@ fn wait_group_wait_ctx_is_woken_by_a_cancel_alone() {
     model(|| {
         let wg = WaitGroup::new();
         let _busy = wg.add();
-        let (ctx, cancel) = Context::background().with_cancel();
+        let cancel = Context::background().with_cancel();
+        let ctx = cancel.context();
         let canceller = thread::spawn(move || drop(cancel));
         assert_eq!(wg.wait_ctx(&ctx), Err(ContextError::Canceled));
         canceller.join().unwrap();
@@ -216,7 +230,8 @@ fn a_semaphore_waiter_cancelled_while_permits_come_back_loses_nothing() {
     model(|| {
         let sem = Semaphore::new(1);
         let held = sem.acquire().unwrap();
-        let (ctx, cancel) = Context::background().with_cancel();
+        let cancel = Context::background().with_cancel();
+        let ctx = cancel.context();
         let s = sem.clone();
         let waiter = thread::spawn(move || s.acquire_ctx(&ctx).map(|p| p.count()));
         let releaser = thread::spawn(move || drop(held));
@@ -234,7 +249,8 @@ fn a_large_head_waiter_giving_up_hands_permits_to_the_next() {
     model(|| {
         let sem = Semaphore::new(2);
         let held = sem.acquire().unwrap();
-        let (ctx, cancel) = Context::background().with_cancel();
+        let cancel = Context::background().with_cancel();
+        let ctx = cancel.context();
         let s1 = sem.clone();
         let big = thread::spawn(move || s1.acquire_many_ctx(2, &ctx).map(|p| p.count()));
         let s2 = sem.clone();

@@ -72,7 +72,7 @@ fn the_queue_bound_holds_and_refused_jobs_come_back() {
 
     // A blocking submit really blocks while the queue is full: only the
     // context ends it.
-    let (ctx, _g) = Context::background().with_timeout(Duration::from_millis(20));
+    let ctx = Context::background().with_timeout(Duration::from_millis(20));
     let err = pool.submit_ctx(|_| {}, &ctx).unwrap_err();
     assert_eq!(err.reason, Refused::Done(ContextError::DeadlineExceeded));
     assert_eq!(pool.queued(), 2);
@@ -467,11 +467,11 @@ fn dropping_the_pool_runs_every_queued_job() {
 #[test]
 fn cancelling_the_parent_cancels_jobs_and_refuses_submits() {
     let leaks = leak::track();
-    let (parent, guard) = Context::background().with_cancel();
+    let parent = Context::background().with_cancel();
     let pool = Pool::builder().workers(1).context(&parent).build().unwrap();
     let handle = pool.execute(|ctx| ctx.sleep(LONG)).unwrap();
     eventually("the job runs", || pool.running() == 1);
-    drop(guard);
+    parent.cancel();
     assert_eq!(handle.join(), Ok(Err(ContextError::Canceled)));
     assert_eq!(
         pool.submit(|_| {}).unwrap_err().reason,
@@ -586,7 +586,7 @@ fn abort_during_a_draining_shutdown_cancels_the_running_jobs() {
 #[test]
 fn a_submit_waiting_for_room_is_refused_when_the_parent_is_cancelled() {
     let leaks = leak::track();
-    let (parent, guard) = Context::background().with_cancel();
+    let parent = Context::background().with_cancel();
     let pool = Arc::new(
         Pool::builder()
             .workers(1)
@@ -603,7 +603,7 @@ fn a_submit_waiting_for_room_is_refused_when_the_parent_is_cancelled() {
         let pool = pool.clone();
         thread::spawn(move || pool.submit(|_| {}).map_err(|e| e.reason))
     };
-    drop(guard);
+    parent.cancel();
     assert_eq!(
         waiting.join().unwrap(),
         Err(Refused::ParentDone(ContextError::Canceled))
@@ -625,8 +625,8 @@ fn a_submit_waiting_for_room_is_refused_when_the_parent_is_cancelled() {
 #[test]
 fn a_pool_under_a_done_parent_refuses_jobs_saying_so() {
     let leaks = leak::track();
-    let (cancelled, guard) = Context::background().with_cancel();
-    drop(guard);
+    let cancelled = Context::background().with_cancel();
+    cancelled.cancel();
     let pool = Pool::builder()
         .workers(1)
         .context(&cancelled)
@@ -643,7 +643,7 @@ fn a_pool_under_a_done_parent_refuses_jobs_saying_so() {
     assert_eq!(pool.submit(|_| {}).unwrap_err().reason, Refused::Closed);
     drop(pool);
 
-    let (expired, _guard) = Context::background().with_timeout(Duration::ZERO);
+    let expired = Context::background().with_timeout(Duration::ZERO);
     let pool = Pool::builder()
         .workers(1)
         .context(&expired)

@@ -108,8 +108,7 @@ fn a_panicking_job_is_returned_as_a_value_and_the_others_run() {
 #[test]
 fn cancelling_the_context_skips_unstarted_jobs_and_reaches_running_ones() {
     let leaks = leak::track();
-    let (ctx, guard) = Context::background().with_cancel();
-    let guard = Mutex::new(Some(guard));
+    let ctx = Context::background().with_cancel();
     let started = Barrier::new(3);
     let outcomes = scope(2, &ctx, |s| {
         let mut handles = Vec::new();
@@ -125,7 +124,7 @@ fn cancelling_the_context_skips_unstarted_jobs_and_reaches_running_ones() {
         }
         started.wait();
         // Both workers are busy; the five queued jobs have not started.
-        drop(guard.lock().unwrap().take());
+        ctx.cancel();
         handles.into_iter().map(|h| h.join()).collect::<Vec<_>>()
     });
     for running in &outcomes[..2] {
@@ -140,7 +139,7 @@ fn cancelling_the_context_skips_unstarted_jobs_and_reaches_running_ones() {
 #[test]
 fn a_deadline_on_the_scope_context_stops_the_work() {
     let leaks = leak::track();
-    let (ctx, _g) = Context::background().with_timeout(Duration::from_millis(20));
+    let ctx = Context::background().with_timeout(Duration::from_millis(20));
     let finished = AtomicUsize::new(0);
     let outcomes = scope(2, &ctx, |s| {
         let handles: Vec<_> = (0..10)

@@ -85,8 +85,8 @@ fn a_huge_timeout_waits_for_the_permit() {
 #[test]
 fn a_done_context_fails_the_acquire_even_with_permits_free() {
     let sem = Semaphore::new(5);
-    let (ctx, guard) = Context::background().with_cancel();
-    drop(guard);
+    let ctx = Context::background().with_cancel();
+    ctx.cancel();
     assert_eq!(
         sem.acquire_ctx(&ctx).unwrap_err(),
         AcquireError::Done(ContextError::Canceled)
@@ -99,20 +99,20 @@ fn acquire_ctx_gives_up_when_the_context_is_done() {
     let leaks = leak::track();
     let sem = Semaphore::new(1);
     let _held = sem.acquire().unwrap();
-    let (ctx, _g) = Context::background().with_timeout(Duration::from_millis(10));
+    let ctx = Context::background().with_timeout(Duration::from_millis(10));
     assert_eq!(
         sem.acquire_ctx(&ctx).unwrap_err(),
         AcquireError::Done(ContextError::DeadlineExceeded)
     );
-    let (ctx, guard) = Context::background().with_cancel();
+    let ctx = Context::background().with_cancel();
     let waiter = {
-        let sem = sem.clone();
+        let (sem, ctx) = (sem.clone(), ctx.context());
         thread::spawn(move || sem.acquire_ctx(&ctx).map(|_| ()))
     };
     while sem.waiting() == 0 {
         thread::yield_now();
     }
-    drop(guard);
+    ctx.cancel();
     assert_eq!(
         waiter.join().unwrap(),
         Err(AcquireError::Done(ContextError::Canceled))
@@ -193,9 +193,9 @@ fn a_large_waiter_is_not_starved_by_a_stream_of_small_ones() {
 fn a_head_waiter_giving_up_lets_the_next_one_in() {
     let sem = Semaphore::new(2);
     let one = sem.acquire().unwrap();
-    let (ctx, guard) = Context::background().with_cancel();
+    let ctx = Context::background().with_cancel();
     let big = {
-        let sem = sem.clone();
+        let (sem, ctx) = (sem.clone(), ctx.context());
         thread::spawn(move || sem.acquire_many_ctx(2, &ctx).map(|_| ()))
     };
     while sem.waiting() == 0 {
@@ -208,7 +208,7 @@ fn a_head_waiter_giving_up_lets_the_next_one_in() {
     while sem.waiting() != 2 {
         thread::yield_now();
     }
-    drop(guard);
+    ctx.cancel();
     assert!(big.join().unwrap().is_err());
     assert_eq!(small.join().unwrap(), Ok(1));
     drop(one);
@@ -264,8 +264,7 @@ fn stress_mixed_sizes_with_timeouts_and_cancels_keep_the_count_right() {
                 for i in 0..300usize {
                     let need = 1 + (t + i) % 5;
                     let result = if i % 3 == 0 {
-                        let (ctx, _g) =
-                            Context::background().with_timeout(Duration::from_micros(50));
+                        let ctx = Context::background().with_timeout(Duration::from_micros(50));
                         sem.acquire_many_ctx(need, &ctx)
                     } else {
                         sem.acquire_many(need)

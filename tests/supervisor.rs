@@ -60,7 +60,8 @@ fn start(
     thread::JoinHandle<SupervisorReport>,
 ) {
     let readiness = sup.readiness();
-    let (stop, guard) = Context::background().with_cancel();
+    let guard = Context::background().with_cancel();
+    let stop = guard.context();
     let runner = thread::spawn(move || sup.run(&stop));
     (guard, readiness, runner)
 }
@@ -464,7 +465,8 @@ fn a_stop_requested_during_start_stops_what_started() {
     let log: Log = Arc::default();
     let mut sup = Supervisor::new();
     polite(&mut sup, "store", &log);
-    let (stop, guard) = Context::background().with_cancel();
+    let guard = Context::background().with_cancel();
+    let stop = guard.context();
     let l = log.clone();
     sup.add_fn("slow", move |ctx| {
         log_line(&l, "start slow");

@@ -8,7 +8,7 @@
 //! every child has a watchdog: a child still alive after a minute is
 //! killed and the test fails.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -27,6 +27,7 @@ fn child() {
         return;
     };
     let _ = env_logger::builder().is_test(false).try_init();
+    signal_context_child(&scenario);
     let mut sup = Supervisor::new().shutdown_timeout(Duration::from_secs(30));
     for name in ["store", "pipeline", "intake"] {
         let stubborn = scenario == "stubborn" && name == "pipeline";
@@ -56,6 +57,40 @@ fn child() {
     std::process::exit(report.exit_code());
 }
 
+/// The `signal_context` scenarios (issue 17): the one value it returns,
+/// bound to a name, listens until the end of its scope; `let _ =` drops it
+/// at once, and then nothing listens and SIGTERM is ignored (as
+/// `SignalGuard`'s docs say: the default disposition is not restored).
+fn signal_context_child(scenario: &str) {
+    use quiesce::{Context, signals};
+    match scenario {
+        "signal_context" => {
+            let ctx = signals::signal_context(&Context::background()).expect("signal handlers");
+            println!("\nlistening"); // on a line of its own, after libtest's
+            println!("signal thread: {}", signal_thread_runs());
+            let _ = ctx.done().recv();
+            println!("cancelled: {}", ctx.cause().expect("done"));
+            std::process::exit(exit::OK);
+        }
+        "signal_context_dropped" => {
+            let _ = signals::signal_context(&Context::background()).expect("signal handlers");
+            println!("\ndropped");
+            println!("signal thread: {}", signal_thread_runs());
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).expect("stdin");
+            println!("still running");
+            std::process::exit(exit::OK);
+        }
+        _ => {}
+    }
+}
+
+fn signal_thread_runs() -> bool {
+    quiesce::leak::live_threads()
+        .iter()
+        .any(|t| t.name == "quiesce-signals")
+}
+
 struct Spawned {
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -75,6 +110,7 @@ fn spawn_child(scenario: &str, env: &[(&str, &str)]) -> Spawned {
     .env_remove("NOTIFY_SOCKET")
     .env_remove("WATCHDOG_USEC")
     .env_remove("WATCHDOG_PID")
+    .stdin(Stdio::piped())
     .stdout(Stdio::piped())
     .stderr(Stdio::inherit());
     for (k, v) in env {
@@ -180,6 +216,40 @@ fn sigterm_stops_the_services_in_reverse_order_and_exits_zero() {
             .any(|l| l.contains("stop requested (received SIGTERM)")),
         "{lines:#?}"
     );
+}
+
+#[test]
+fn a_signal_context_bound_to_a_name_listens_until_its_scope_ends() {
+    let mut child = spawn_child("signal_context", &[]);
+    child.expect_line("listening");
+    child.signal("TERM");
+    let (code, lines) = child.finish();
+    assert_eq!(code, exit::OK, "{lines:#?}");
+    assert!(
+        lines.contains(&"signal thread: true".to_string()),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l == "cancelled: received SIGTERM"),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn a_signal_context_bound_to_underscore_is_dropped_at_once_and_sigterm_is_ignored() {
+    let mut child = spawn_child("signal_context_dropped", &[]);
+    child.expect_line("dropped");
+    child.signal("TERM"); // handled (by no one) before the read below returns
+    let mut stdin = child.child.stdin.take().expect("piped");
+    writeln!(stdin, "go on").unwrap();
+    drop(stdin);
+    let (code, lines) = child.finish(); // fails if SIGTERM ended the child
+    assert_eq!(code, exit::OK, "{lines:#?}");
+    assert!(
+        lines.contains(&"signal thread: false".to_string()),
+        "{lines:#?}"
+    );
+    assert!(lines.iter().any(|l| l == "still running"), "{lines:#?}");
 }
 
 #[test]

@@ -80,15 +80,16 @@ fn wait_ctx_stops_waiting_when_the_context_is_done() {
     let leaks = leak::track();
     let wg = WaitGroup::new();
     let _busy = wg.add();
-    let (ctx, _g) = Context::background().with_timeout(Duration::from_millis(10));
+    let ctx = Context::background().with_timeout(Duration::from_millis(10));
     assert_eq!(wg.wait_ctx(&ctx), Err(ContextError::DeadlineExceeded));
 
-    let (ctx, guard) = Context::background().with_cancel();
+    let cancel = Context::background().with_cancel();
+    let ctx = cancel.context();
     let start = Arc::new(Barrier::new(2));
     let s = start.clone();
     let canceller = thread::spawn(move || {
         s.wait();
-        drop(guard);
+        drop(cancel);
     });
     start.wait();
     assert_eq!(wg.wait_ctx(&ctx), Err(ContextError::Canceled));
@@ -100,7 +101,7 @@ fn wait_ctx_stops_waiting_when_the_context_is_done() {
 fn wait_ctx_returns_ok_when_work_finishes_first() {
     let wg = WaitGroup::new();
     let guard = wg.add();
-    let (ctx, _g) = Context::background().with_cancel();
+    let ctx = Context::background().with_cancel();
     let t = thread::spawn(move || drop(guard));
     assert_eq!(wg.wait_ctx(&ctx), Ok(()));
     t.join().unwrap();
@@ -210,7 +211,7 @@ fn join_deadline_names_the_threads_still_running_and_keeps_them() {
 #[test]
 fn shutdown_cancels_the_shared_context() {
     let leaks = leak::track();
-    let (parent, _g) = Context::background().with_cancel();
+    let parent = Context::background().with_cancel();
     let mut threads = Threads::new(&parent);
     for i in 0..4 {
         threads
@@ -238,10 +239,10 @@ fn shutdown_cancels_the_shared_context() {
 #[test]
 fn a_parent_cancel_reaches_the_threads() {
     let leaks = leak::track();
-    let (parent, guard) = Context::background().with_cancel();
+    let parent = Context::background().with_cancel();
     let mut threads = Threads::new(&parent);
     threads.spawn("waits", |ctx| ctx.sleep(LONG)).unwrap();
-    drop(guard);
+    parent.cancel();
     let report = threads.join_timeout(LONG);
     assert_eq!(
         report.finished[0].result.as_ref().unwrap(),

@@ -230,9 +230,9 @@ impl PoolBuilder {
     /// ```
     /// use quiesce::{Context, ContextError, Pool, pool::Refused};
     ///
-    /// let (app, stop_app) = Context::background().with_cancel();
+    /// let app = Context::background().with_cancel();
     /// let pool = Pool::builder().workers(1).context(&app).build().unwrap();
-    /// drop(stop_app); // Ctrl-C, say
+    /// app.cancel(); // Ctrl-C, say
     /// let err = pool.submit(|_ctx| {}).unwrap_err();
     /// assert_eq!(err.reason, Refused::ParentDone(ContextError::Canceled));
     /// assert_eq!(err.reason.to_string(), "the pool's parent context is done: context canceled");
@@ -333,12 +333,12 @@ impl PoolBuilder {
         let capacity = self.queue.unwrap_or(64 * self.max);
         let (queue_tx, queue_rx) = crossbeam_channel::bounded(capacity);
         let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
-        let (pool_ctx, cancel) = self.parent.with_cancel();
+        let pool_ctx = self.parent.with_cancel();
         let threads = Threads::new(&pool_ctx);
         let shared = Arc::new(Shared {
             name: self.name,
             ctx: threads.context().clone(),
-            cancel,
+            cancel: pool_ctx,
             queue_tx,
             queue_rx,
             wake_tx,

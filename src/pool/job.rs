@@ -66,8 +66,8 @@ impl Job {
     /// ```
     /// use quiesce::{Context, pool::Job};
     ///
-    /// let (ctx, guard) = Context::background().with_cancel();
-    /// drop(guard);
+    /// let ctx = Context::background().with_cancel();
+    /// ctx.cancel();
     /// let job = Job::new(|ctx| assert!(ctx.is_done(), "it gets the context given to run"));
     /// assert_eq!(job.run(&ctx), Ok(()));
     /// ```

@@ -142,7 +142,7 @@ impl Pool {
     /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
     /// pool.submit(move |_ctx| { let _ = hold.recv(); }).unwrap(); // the worker is busy
     /// pool.submit(|_ctx| {}).unwrap(); // the queue is full
-    /// let (request, _guard) = Context::background().with_timeout(Duration::from_millis(2));
+    /// let request = Context::background().with_timeout(Duration::from_millis(2));
     /// let err = pool.submit_ctx(|_ctx| {}, &request).unwrap_err();
     /// assert_eq!(err.reason, Refused::Done(ContextError::DeadlineExceeded));
     /// drop(release);

@@ -164,7 +164,8 @@ use service::FnService;
 ///     while ctx.sleep(Duration::from_millis(1)).is_ok() {}
 ///     Ok(())
 /// });
-/// let (stop, stop_now) = Context::background().with_cancel();
+/// let stop_now = Context::background().with_cancel();
+/// let stop = stop_now.context();
 /// let readiness = sup.readiness();
 /// let runner = std::thread::spawn(move || sup.run(&stop));
 /// let give_up = Instant::now() + Duration::from_secs(10);
@@ -211,7 +212,8 @@ use service::FnService;
 /// sup.add_fn("store", |ctx| { ctx.ready(); let _ = ctx.done().recv(); Ok(()) });
 /// sup.add_fn("stubborn", move |ctx| { ctx.ready(); let _ = hold.recv(); Ok(()) });
 /// let readiness = sup.readiness();
-/// let (stop, stop_now) = Context::background().with_cancel();
+/// let stop_now = Context::background().with_cancel();
+/// let stop = stop_now.context();
 /// let runner = std::thread::spawn(move || sup.run(&stop));
 /// let give_up = Instant::now() + Duration::from_secs(10);
 /// while !readiness.is_ready() && Instant::now() < give_up {
@@ -252,8 +254,8 @@ impl Supervisor {
     /// use quiesce::{Context, StopCause, Supervisor};
     ///
     /// let sup = Supervisor::new(); // no services yet
-    /// let (stop, stop_now) = Context::background().with_cancel();
-    /// drop(stop_now);
+    /// let stop = Context::background().with_cancel();
+    /// stop.cancel();
     /// let report = sup.run(&stop); // returns once `stop` is done
     /// assert!(report.services.is_empty());
     /// assert!(matches!(report.cause, StopCause::Requested(_)));
@@ -302,7 +304,8 @@ impl Supervisor {
     /// sup.add_fn("store", |ctx| { ctx.ready(); let _ = ctx.done().recv(); Ok(()) });
     /// sup.add_fn("stubborn", move |ctx| { ctx.ready(); let _ = hold.recv(); Ok(()) });
     /// let readiness = sup.readiness();
-    /// let (stop, stop_now) = Context::background().with_cancel();
+    /// let stop_now = Context::background().with_cancel();
+    /// let stop = stop_now.context();
     /// let runner = std::thread::spawn(move || sup.run(&stop));
     /// let give_up = Instant::now() + Duration::from_secs(10);
     /// while !readiness.is_ready() && Instant::now() < give_up {
@@ -331,8 +334,8 @@ impl Supervisor {
     /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
     /// let mut sup = Supervisor::new().shutdown_timeout(Duration::from_millis(5));
     /// sup.add_fn("stubborn", move |ctx| { ctx.ready(); let _ = hold.recv(); Ok(()) });
-    /// let (stop, stop_now) = Context::background().with_cancel();
-    /// drop(stop_now);
+    /// let stop = Context::background().with_cancel();
+    /// stop.cancel();
     /// let report = sup.run(&stop);
     /// assert_eq!(report.stuck[0].name, "stubborn");
     /// assert_eq!(report.exit_code(), exit::DEADLINE_EXCEEDED);
@@ -361,8 +364,8 @@ impl Supervisor {
     ///     assert!(!readiness.is_ready(), "not ready since the drain began");
     ///     Ok(())
     /// });
-    /// let (stop, stop_now) = Context::background().with_cancel();
-    /// drop(stop_now);
+    /// let stop = Context::background().with_cancel();
+    /// stop.cancel();
     /// assert_eq!(sup.run(&stop).exit_code(), 0);
     /// ```
     pub fn drain_delay(mut self, delay: Duration) -> Self {
@@ -392,8 +395,8 @@ impl Supervisor {
     /// }
     /// let mut sup = Supervisor::new();
     /// sup.add(Heartbeat).stop_timeout(Duration::from_secs(1));
-    /// let (stop, stop_now) = Context::background().with_cancel();
-    /// drop(stop_now);
+    /// let stop = Context::background().with_cancel();
+    /// stop.cancel();
     /// assert_eq!(sup.run(&stop).stop_order, ["heartbeat"]);
     /// ```
     pub fn add<S: Service>(&mut self, service: S) -> &mut ServiceSpec {
@@ -501,9 +504,9 @@ impl Supervisor {
     /// std::process::exit(report.exit_code()); // 0 after a graceful stop
     /// ```
     pub fn run_until_signal(self) -> std::io::Result<SupervisorReport> {
-        let (stop, signals) = crate::signals::signal_context(&Context::background())?;
-        let report = Run::new(self).run(&stop, signals.forced());
-        drop(signals);
+        let stop = crate::signals::signal_context(&Context::background())?;
+        let report = Run::new(self).run(&stop, stop.forced());
+        drop(stop);
         Ok(report)
     }
 }

@@ -71,7 +71,8 @@ mod with_systemd {
         }
 
         fn start_watchdog(&mut self, every: std::time::Duration) {
-            let (ctx, guard) = Context::background().with_cancel();
+            let guard = Context::background().with_cancel();
+            let ctx = guard.context();
             let (readiness, stopping) = (self.readiness.clone(), self.stopping.clone());
             let thread = crate::leak::spawn("quiesce-watchdog".to_string(), move || {
                 while ctx.sleep(every).is_ok() {

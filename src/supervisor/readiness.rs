@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// sup.add_fn("intake", |ctx| { ctx.ready(); let _ = ctx.done().recv(); Ok(()) });
 /// let readiness = sup.readiness(); // for a `/readyz` handler
 /// assert!(!readiness.is_ready());
-/// let (stop, stop_now) = Context::background().with_cancel();
+/// let stop_now = Context::background().with_cancel();
+/// let stop = stop_now.context();
 /// let runner = std::thread::spawn(move || sup.run(&stop));
 /// let give_up = Instant::now() + Duration::from_secs(10);
 /// while !readiness.is_ready() && Instant::now() < give_up {

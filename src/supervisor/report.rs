@@ -130,8 +130,8 @@ impl fmt::Display for Outcome {
 ///
 /// let mut sup = Supervisor::new();
 /// sup.add_fn("store", |ctx| { ctx.ready(); let _ = ctx.done().recv(); Ok(()) });
-/// let (stop, stop_now) = Context::background().with_cancel();
-/// drop(stop_now);
+/// let stop = Context::background().with_cancel();
+/// stop.cancel();
 /// let report = sup.run(&stop);
 /// let store = &report.services[0];
 /// assert_eq!((store.name.as_str(), store.restarts), ("store", 0));
@@ -167,8 +167,8 @@ pub struct ServiceReport {
 ///
 /// let mut sup = Supervisor::new();
 /// sup.add_fn("intake", |ctx| { ctx.ready(); let _ = ctx.done().recv(); Ok(()) });
-/// let (stop, stop_now) = Context::background().with_cancel();
-/// stop_now.cancel_with_cause("maintenance window"); // a signal gives `received SIGTERM`
+/// let stop = Context::background().with_cancel();
+/// stop.cancel_with_cause("maintenance window"); // a signal gives `received SIGTERM`
 /// let report = sup.run(&stop);
 /// assert_eq!(report.cause, StopCause::Requested("maintenance window".into()));
 /// ```
@@ -265,8 +265,8 @@ impl SupervisorReport {
     ///
     /// let mut graceful = Supervisor::new();
     /// graceful.add_fn("intake", |ctx| { ctx.ready(); let _ = ctx.done().recv(); Ok(()) });
-    /// let (stop, stop_now) = Context::background().with_cancel();
-    /// drop(stop_now);
+    /// let stop = Context::background().with_cancel();
+    /// stop.cancel();
     /// assert_eq!(graceful.run(&stop).exit_code(), exit::OK);
     ///
     /// let mut failing = Supervisor::new();

@@ -185,7 +185,8 @@ impl Run {
 
     fn spawn(&mut self, index: usize, service: Box<dyn Service>, spec: ServiceSpec) {
         // Its own root, not a child of the stop context (2).
-        let (ctx, cancel) = Context::background().with_cancel();
+        let cancel = Context::background().with_cancel();
+        let ctx = cancel.context();
         let events = self.events_tx.clone();
         let policy = spec.restart;
         let name = spec.name.clone();

@@ -62,7 +62,8 @@ pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
 /// let mut sup = Supervisor::new();
 /// sup.add(JobStore { path: "jobs.db".into() });
 /// let readiness = sup.readiness();
-/// let (stop, stop_now) = Context::background().with_cancel();
+/// let stop_now = Context::background().with_cancel();
+/// let stop = stop_now.context();
 /// let runner = std::thread::spawn(move || sup.run(&stop));
 /// let give_up = Instant::now() + Duration::from_secs(10);
 /// while !readiness.is_ready() && Instant::now() < give_up {
@@ -113,8 +114,8 @@ pub trait Service: Send + 'static {
 ///     while ctx.sleep(Duration::from_millis(1)).is_ok() {} // a `Context` method
 ///     Ok(())
 /// });
-/// let (stop, stop_now) = Context::background().with_cancel();
-/// drop(stop_now); // stop at once: the service is started, then cancelled
+/// let stop = Context::background().with_cancel();
+/// stop.cancel(); // stop at once: the service is started, then cancelled
 /// assert_eq!(sup.run(&stop).exit_code(), 0);
 /// ```
 pub struct ServiceContext {
@@ -147,7 +148,8 @@ impl ServiceContext {
     ///     });
     /// }
     /// let readiness = sup.readiness();
-    /// let (stop, stop_now) = Context::background().with_cancel();
+    /// let stop_now = Context::background().with_cancel();
+    /// let stop = stop_now.context();
     /// let runner = std::thread::spawn(move || sup.run(&stop));
     /// let give_up = Instant::now() + Duration::from_secs(10);
     /// while !readiness.is_ready() && Instant::now() < give_up {
@@ -181,8 +183,8 @@ impl ServiceContext {
     ///     assert!(pool.shutdown_timeout(Duration::from_secs(5)).stuck.is_empty());
     ///     Ok(())
     /// });
-    /// let (stop, stop_now) = Context::background().with_cancel();
-    /// drop(stop_now);
+    /// let stop = Context::background().with_cancel();
+    /// stop.cancel();
     /// assert_eq!(sup.run(&stop).exit_code(), 0);
     /// ```
     pub fn context(&self) -> &Context {
@@ -219,8 +221,8 @@ impl fmt::Debug for ServiceContext {
 ///     .start_timeout(Duration::from_secs(60)) // a large database to open
 ///     .stop_timeout(Duration::from_secs(20)) // and to flush
 ///     .restart(RestartPolicy::new(3, Duration::from_secs(300)));
-/// let (stop, stop_now) = Context::background().with_cancel();
-/// drop(stop_now);
+/// let stop = Context::background().with_cancel();
+/// stop.cancel();
 /// assert_eq!(sup.run(&stop).exit_code(), 0);
 /// ```
 #[derive(Debug)]
@@ -277,8 +279,8 @@ impl ServiceSpec {
     ///     Ok(())
     /// })
     /// .stop_timeout(Duration::from_millis(5));
-    /// let (stop, stop_now) = Context::background().with_cancel();
-    /// drop(stop_now);
+    /// let stop = Context::background().with_cancel();
+    /// stop.cancel();
     /// let report = sup.run(&stop); // gives up on it after 5 ms
     /// assert!(matches!(report.services[0].outcome, Outcome::Stuck(_)));
     /// assert_eq!(report.exit_code(), exit::DEADLINE_EXCEEDED);
@@ -312,7 +314,8 @@ impl ServiceSpec {
     /// })
     /// .restart(RestartPolicy::new(1, Duration::from_secs(60)).backoff(quick, quick));
     /// let readiness = sup.readiness();
-    /// let (stop, stop_now) = Context::background().with_cancel();
+    /// let stop_now = Context::background().with_cancel();
+    /// let stop = stop_now.context();
     /// let runner = std::thread::spawn(move || sup.run(&stop));
     /// let give_up = Instant::now() + Duration::from_secs(10);
     /// while !readiness.is_ready() && Instant::now() < give_up {

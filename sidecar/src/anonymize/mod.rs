@@ -101,13 +101,14 @@ impl Prepared {
         } = self;
         std::fs::create_dir_all(&settings.out)
             .with_context(|| format!("cannot create --out {}", settings.out.display()))?;
-        let (signals_ctx, signals) = signal_context(&Context::background())
+        let signals = signal_context(&Context::background())
             .context("cannot install the SIGINT/SIGTERM handlers")?;
         let _force = exit_on_second_signal(&signals)?;
         // SIGHUP (a closed terminal) stops the run like SIGTERM; the other
         // signals that would kill the process at once are logged and
         // ignored, so no partial output is ever left behind.
-        let (hup_ctx, hangup) = signals_ctx.with_cancel();
+        let hangup = signals.with_cancel();
+        let hup_ctx = hangup.context();
         let _others = crate::other_signals::watch(move |signal| {
             if signal == signal_hook::consts::SIGHUP {
                 log::info!("received SIGHUP: stopping like SIGTERM");
@@ -117,7 +118,7 @@ impl Prepared {
             }
         })
         .context("cannot install the signal handlers")?;
-        let (ctx, _deadline) = match settings.timeout {
+        let ctx = match settings.timeout {
             Some(timeout) => hup_ctx.with_timeout(timeout.saturating_sub(started.elapsed())),
             None => hup_ctx.with_cancel(),
         };
@@ -182,7 +183,7 @@ fn with_ticker<R>(progress: &Progress, f: impl FnOnce() -> R) -> R {
     if !progress.has_bar() {
         return f();
     }
-    let (ticking, stop) = Context::background().with_cancel();
+    let ticking = Context::background().with_cancel();
     let (result, ticker) = quiesce::scope(1, &ticking, |s| {
         let ticker = s.spawn(|ctx| {
             while ctx.sleep(TICK).is_ok() {
@@ -190,7 +191,7 @@ fn with_ticker<R>(progress: &Progress, f: impl FnOnce() -> R) -> R {
             }
         });
         let result = f();
-        drop(stop);
+        ticking.cancel();
         (result, ticker)
     });
     if let Err(err) = ticker.join() {

@@ -479,7 +479,7 @@ impl Pipeline {
         move |pool_ctx: &Context| {
             metrics.jobs_running.inc();
             let started = Instant::now();
-            let (ctx, _deadline) = pool_ctx.with_timeout(settings.job_timeout);
+            let ctx = pool_ctx.with_timeout(settings.job_timeout);
             // Scored by its instrument's rules (or the generic ones); a
             // report stored before its instrument was validated may not
             // fit them: retrying cannot help, it fails for good.
