@@ -18,7 +18,9 @@ The key:
   folding); empty values stay empty.
   The key is the content of --key-file (a trailing newline is ignored) or
   else the value of QUIESCE_ANON_KEY, at least 16 bytes. There is no default
-  key, on purpose. Keep it secret, and keep it: another key gives other
+  key, on purpose. As ssh does with a private key, a key file that group or
+  others can access is refused (unless --allow-insecure-key), and so is one
+  larger than 1 KiB or that is not a regular file or a pipe. Keep it secret, and keep it: another key gives other
   pseudonyms. To make one:
       openssl rand -hex 32 > anon.key && chmod 600 anon.key
 
@@ -29,8 +31,13 @@ Inputs and outputs:
   the --columns (and --drop columns) in it. An output is written to a hidden
   temporary file beside its final name, flushed to disk, then renamed: it is
   whole or absent. Existing outputs are replaced; an input is never
-  overwritten (the run is refused), and an --out directory inside an input
-  directory is skipped when searching.
+  overwritten (the run is refused; files are told apart by device and
+  inode, so a hard link, a bind mount or a symlink cannot hide one), and an
+  --out directory inside an input directory is skipped when searching.
+  A symbolic link found in an INPUT directory is read only if it points
+  inside that directory (or with --follow-symlinks); links to directories
+  are not followed. Names and headers read from the inputs are printed
+  with control characters escaped (\\x1b), never raw.
 
 Stopping:
   Ctrl-C, SIGTERM or --timeout stop the work between rows: the files not
@@ -103,6 +110,17 @@ pub struct Args {
     #[arg(long, value_name = "FILE", env = "QUIESCE_ANON_KEY_FILE")]
     key_file: Option<PathBuf>,
 
+    /// Use a --key-file that group or others can access (by default it is
+    /// refused, as ssh refuses such a private key: `chmod 600` it).
+    #[arg(long)]
+    allow_insecure_key: bool,
+
+    /// Read symbolic links found in an INPUT directory that point outside
+    /// it (by default they are skipped with a warning). Links to
+    /// directories are never followed.
+    #[arg(long)]
+    follow_symlinks: bool,
+
     /// No progress, no per-file lines and no summary table: only the
     /// files that failed, and why the run stopped early, if it did.
     #[arg(long, short = 'q')]
@@ -121,6 +139,8 @@ pub(crate) struct Settings {
     pub(crate) concurrency: usize,
     pub(crate) timeout: Option<Duration>,
     pub(crate) key_file: Option<PathBuf>,
+    pub(crate) allow_insecure_key: bool,
+    pub(crate) follow_symlinks: bool,
     pub(crate) quiet: bool,
     pub(crate) inputs: Vec<PathBuf>,
 }
@@ -151,6 +171,8 @@ impl Args {
             concurrency,
             timeout: self.timeout,
             key_file: self.key_file,
+            allow_insecure_key: self.allow_insecure_key,
+            follow_symlinks: self.follow_symlinks,
             quiet: self.quiet,
             inputs: self.inputs,
         })

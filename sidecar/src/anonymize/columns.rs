@@ -4,6 +4,10 @@
 use csv::ByteRecord;
 
 use super::args::Usage;
+use super::shown;
+
+/// Characters of one header name shown in a message, at most.
+const NAME_SHOWN: usize = 64;
 
 /// The column names given on the command line, checked.
 #[derive(Debug)]
@@ -31,7 +35,8 @@ impl Columns {
         let drop = dedup(drop, "--drop")?;
         if let Some(both) = identify.iter().find(|c| drop.contains(c)) {
             return Err(Usage(format!(
-                "column `{both}` is given to both --columns and --drop; keep it in one"
+                "column `{}` is given to both --columns and --drop; keep it in one",
+                shown::text(both)
             )));
         }
         Ok(Columns { identify, drop })
@@ -47,7 +52,8 @@ impl Columns {
         let has = |name: &str| header.iter().any(|h| h == name.as_bytes());
         let missing = |name: &String, what: &str| {
             format!(
-                "missing {what} column `{name}` (the header has: {})",
+                "missing {what} column `{}` (the header has: {})",
+                shown::text(name),
                 describe(header)
             )
         };
@@ -88,7 +94,16 @@ fn dedup(names: Vec<String>, flag: &str) -> Result<Vec<String>, Usage> {
     Ok(out)
 }
 
-/// The header's names, quoted, the first 20 of them.
+/// A header name, escaped (it is input), cut to [`NAME_SHOWN`] characters.
+fn shown_name(name: &[u8]) -> String {
+    let escaped = shown::bytes(name);
+    match escaped.char_indices().nth(NAME_SHOWN) {
+        Some((cut, _)) => format!("{}…", &escaped[..cut]),
+        None => escaped,
+    }
+}
+
+/// The header's names, quoted and escaped, the first 20 of them.
 fn describe(header: &ByteRecord) -> String {
     const SHOWN: usize = 20;
     if header.is_empty() {
@@ -97,7 +112,7 @@ fn describe(header: &ByteRecord) -> String {
     let mut names: Vec<String> = header
         .iter()
         .take(SHOWN)
-        .map(|h| format!("`{}`", String::from_utf8_lossy(h)))
+        .map(|h| format!("`{}`", shown_name(h)))
         .collect();
     if header.len() > SHOWN {
         names.push(format!("and {} more", header.len() - SHOWN));
@@ -138,6 +153,21 @@ mod tests {
         let c = columns(&["id"], &["phone"]).unwrap();
         let err = c.plan(&ByteRecord::from(vec!["id"])).unwrap_err();
         assert!(err.contains("--drop column `phone`"), "{err}");
+    }
+
+    #[test]
+    fn header_names_are_escaped_and_cut() {
+        let c = columns(&["id"], &[]).unwrap();
+        let long = "x".repeat(NAME_SHOWN + 10);
+        let header = ByteRecord::from(vec!["a\x1b[2Jb".as_bytes(), long.as_bytes(), &b"\xff"[..]]);
+        let err = c.plan(&header).unwrap_err();
+        assert!(!err.contains('\x1b'), "{err:?}");
+        assert!(err.contains("`a\\x1b[2Jb`"), "{err}");
+        assert!(
+            err.contains(&format!("`{}…`", "x".repeat(NAME_SHOWN))),
+            "{err}"
+        );
+        assert!(err.contains("`\\xff`"), "{err}");
     }
 
     #[test]

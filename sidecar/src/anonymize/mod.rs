@@ -13,7 +13,8 @@
 //!   [`dialect`], [`source`]), into an output (`crate::atomic_file`) that appears whole or not
 //!   at all;
 //! - [`progress`] while it runs, [`summary`] at the end, with the exit
-//!   status.
+//!   status; any text that comes from the inputs (file names, headers) is
+//!   printed through [`shown`], control characters escaped.
 
 mod args;
 mod batch;
@@ -24,6 +25,7 @@ mod inputs;
 mod key;
 mod progress;
 mod pseudonym;
+mod shown;
 mod source;
 mod summary;
 mod transform;
@@ -80,9 +82,9 @@ struct Prepared {
 }
 
 fn prepare(settings: Settings, started: Instant) -> Result<Prepared, Usage> {
-    let key = Key::load(settings.key_file.as_deref())?;
+    let key = Key::load(settings.key_file.as_deref(), settings.allow_insecure_key)?;
     let pseudonyms = Pseudonymizer::new(&key).map_err(|e| Usage(format!("{e:#}")))?;
-    let found = inputs::discover(&settings.inputs, &settings.out)?;
+    let found = inputs::discover(&settings.inputs, &settings.out, settings.follow_symlinks)?;
     Ok(Prepared {
         settings,
         pseudonyms,
@@ -100,7 +102,7 @@ impl Prepared {
             started,
         } = self;
         std::fs::create_dir_all(&settings.out)
-            .with_context(|| format!("cannot create --out {}", settings.out.display()))?;
+            .with_context(|| format!("cannot create --out {}", shown::path(&settings.out)))?;
         let signals = signal_context(&Context::background())
             .context("cannot install the SIGINT/SIGTERM handlers")?;
         let _force = exit_on_second_signal(&signals)?;
@@ -127,7 +129,7 @@ impl Prepared {
             "anonymizing {} ({}) into {}, {} at a time",
             summary::plural(found.jobs.len() as u64, "file"),
             HumanBytes(found.bytes()),
-            settings.out.display(),
+            shown::path(&settings.out),
             settings.concurrency
         );
         let progress = Progress::new(settings.quiet, found.jobs.len(), found.bytes());

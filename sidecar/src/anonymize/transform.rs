@@ -13,9 +13,10 @@ use quiesce::Context;
 use super::columns::{Action, Columns};
 use super::committer::Committer;
 use super::dialect::{self, BOM, Dialect};
-use super::inputs::Job;
+use super::inputs::{FileId, Job};
 use super::progress::Progress;
 use super::pseudonym::Pseudonymizer;
+use super::shown;
 use super::source::{MAX_RECORD, Source};
 use super::summary::{FileReport, Status};
 use crate::atomic_file::Pending;
@@ -96,6 +97,16 @@ impl Transform<'_> {
 
     fn stream(&self, job: &Job, ctx: &Context, tally: &mut Tally<'_>) -> Result<(), Unfinished> {
         let mut file = File::open(&job.input).map_err(|e| fail(format!("cannot open: {e}")))?;
+        // Invariant 2 of `inputs`: the file read is the file found and
+        // checked (a path swapped since, e.g. for a link, is not read).
+        let meta = file
+            .metadata()
+            .map_err(|e| fail(format!("cannot open: {e}")))?;
+        if FileId::of(&meta) != job.id {
+            return Err(fail(
+                "not read: it was replaced since the run started".to_string(),
+            ));
+        }
         let dialect = Dialect::sniff(&mut file).map_err(|e| fail(format!("cannot read: {e}")))?;
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
@@ -109,10 +120,11 @@ impl Transform<'_> {
         let plan = self.columns.plan(&header).map_err(Unfinished::Failed)?;
 
         let (pending, out_file) = Pending::create(&job.output)
-            .map_err(|e| fail(format!("cannot create {}: {e}", job.output.display())))?;
+            .map_err(|e| fail(format!("cannot create {}: {e}", shown::path(&job.output))))?;
         let mut writer = writer(out_file, dialect)
-            .map_err(|e| fail(format!("cannot write {}: {e}", job.output.display())))?;
-        let write_err = |e: csv::Error| fail(format!("cannot write {}: {e}", job.output.display()));
+            .map_err(|e| fail(format!("cannot write {}: {e}", shown::path(&job.output))))?;
+        let write_err =
+            |e: csv::Error| fail(format!("cannot write {}: {e}", shown::path(&job.output)));
 
         writer
             .write_byte_record(&header_out(&header, &plan))
@@ -164,7 +176,7 @@ impl Transform<'_> {
         let out_file = writer.into_inner().map_err(|e| {
             fail(format!(
                 "cannot write {}: {}",
-                job.output.display(),
+                shown::path(&job.output),
                 e.error()
             ))
         })?;
@@ -172,7 +184,7 @@ impl Transform<'_> {
         // turns this report into a failure afterwards.
         self.committer
             .submit(job.name(), pending, out_file)
-            .map_err(|e| fail(format!("cannot write {}: {e}", job.output.display())))
+            .map_err(|e| fail(format!("cannot write {}: {e}", shown::path(&job.output))))
     }
 }
 
