@@ -286,3 +286,56 @@ fn a_batch_interrupted_by_sigterm_loses_no_accepted_item() {
         Err(err) => panic!("no answer: {err:?}"),
     }
 }
+
+both_backends!(an_alert_is_claimed_before_a_backlog_of_routine_reports);
+
+/// Issue 15, item 2: a report whose answers raise an alert (PHQ-9 item 9)
+/// is not queued behind a backlog of routine ones: it is claimed in its
+/// own lane first. Posted after 300 routine reports on a slow analyzer, it
+/// is processed while most of them still wait (without the lane it would
+/// come last).
+fn an_alert_is_claimed_before_a_backlog_of_routine_reports(backend: Backend) {
+    let _heavy = heavy();
+    let analyzer = ScriptedAnalyzer::slow(Duration::from_millis(10));
+    let url = analyzer.url();
+    let dir = TempDir::new("urgent");
+    let mut serve = backend.serve(dir.path(), &["--workers", "1", "--analyzer-url", &url]);
+    let addr = serve.addr;
+    let ids: Vec<String> = (0..300).map(|i| format!("routine-{i}")).collect();
+    let body = serde_json::to_vec(
+        &ids.iter()
+            .map(|id| report(id, "P-R", "S", &[("q1", 1)]))
+            .collect::<Vec<_>>(),
+    )
+    .expect("json");
+    let batch = exchange(
+        addr,
+        &request(
+            "POST",
+            "/v1/reports:batch",
+            &[("Content-Type", "application/json")],
+            Some(&body),
+            false,
+        ),
+    );
+    assert_eq!(batch.status, 200, "{}", batch.text());
+    let mut answers: Vec<(String, u8)> = (1..=9).map(|i| (format!("q{i}"), 0)).collect();
+    answers[8].1 = 1;
+    let item9: Vec<(&str, u8)> = answers.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let posted = post_json(addr, &phq9("urgent-1", &item9));
+    assert_eq!(posted.status, 202, "{}", posted.text());
+    let settled = wait_settled(addr, "urgent-1", Duration::from_secs(60));
+    assert_eq!(settled["status"], "processed", "{settled}");
+    let waiting: usize = backend
+        .scalar(
+            dir.path(),
+            "SELECT COUNT(*) FROM reports WHERE status = 'queued' AND report_id LIKE 'routine-%'",
+        )
+        .parse()
+        .expect("a count");
+    assert!(
+        waiting >= 100,
+        "only {waiting} routine report(s) still waited when the alert was processed"
+    );
+    serve.stop_ok(Duration::from_secs(30));
+}

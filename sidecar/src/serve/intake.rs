@@ -62,6 +62,8 @@ pub struct Intake {
     pub max_backlog: i64,
     /// The most reports in one batch upload.
     pub max_batch: usize,
+    /// A generic total above this raises an alert (for the urgent lane).
+    pub alert_total: u32,
     /// How long the stop may take.
     pub stop_budget: Duration,
     /// The store.
@@ -110,6 +112,7 @@ impl Service for Intake {
             probes: probes.clone(),
             max_backlog: self.max_backlog,
             max_batch: self.max_batch,
+            alert_total: self.alert_total,
         };
         let readers = self.readers.clone();
         let server = Server::start(listener, self.limits.clone(), move || readers.reader(), api)?;
@@ -190,6 +193,8 @@ struct Api {
     max_backlog: i64,
     /// The most reports in one batch upload.
     max_batch: usize,
+    /// A generic total above this raises an alert (for the urgent lane).
+    alert_total: u32,
 }
 
 /// What both listeners serve: the probes and the metrics.
@@ -532,12 +537,14 @@ impl Api {
         };
         let report_id = report.report_id.clone();
         let hash = report.content_hash();
+        let urgent = urgent(&report, self.alert_total);
         let insert = Op::Insert {
             report,
             hash,
             max_backlog: self.max_backlog,
             who: who(request, caller),
             body_sha256: sha256_hex(&request.body),
+            urgent,
             raw,
         };
         let deadline = Instant::now() + STORE_WAIT;
@@ -939,6 +946,14 @@ fn request_id(request: &Request) -> String {
         sha256_hex(seed.as_bytes())[..12].to_string()
     });
     format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Whether `report`'s answers raise an alert (scored as the pipeline will):
+/// it goes in the urgent lane, claimed before routine work.
+fn urgent(report: &Report, alert_total: u32) -> bool {
+    report
+        .assess(alert_total)
+        .is_ok_and(|assessment| assessment.alert())
 }
 
 /// SHA-256 of `bytes`, in hex.

@@ -457,6 +457,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         max_backlog: i64::try_from(args.max_backlog).unwrap_or(i64::MAX),
         max_batch: args.max_batch as usize,
+        alert_total: args.alert_total,
         stop_budget: intake_stop.saturating_sub(Duration::from_millis(100)),
         store,
         shared: shared.clone(),

@@ -193,6 +193,7 @@ impl Api {
                 who: who(request, caller),
                 body_sha256: body_sha256.clone(),
                 raw: raw.clone(),
+                urgent: super::urgent(report, self.alert_total),
             })
             .collect();
         let mut stored = if inserts.is_empty() {

@@ -255,6 +255,9 @@ pub enum Op {
         /// The resource as the client sent it (FHIR), kept verbatim beside
         /// the normalised report.
         raw: Option<String>,
+        /// Its answers raise an alert (a self-harm item, say): claimed
+        /// before routine work, in a lane of its own.
+        urgent: bool,
     },
     /// Store many reports in one transaction (a batch upload): each item
     /// an [`Op::Insert`], each judged on its own (accepted, duplicate,
@@ -299,8 +302,8 @@ pub enum Op {
         error: String,
     },
     /// Claim up to `limit` due reports not claimed by another replica
-    /// (this replica's own claims included), for the lease: answered
-    /// [`Outcome::Claimed`].
+    /// (this replica's own claims included), for the lease, the urgent
+    /// ones (alerts) first: answered [`Outcome::Claimed`].
     Claim {
         /// The most reports to claim.
         limit: usize,

@@ -131,10 +131,17 @@ CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
 ALTER TABLE reports ADD COLUMN raw TEXT;
 ",
     ),
+    (
+        5,
+        "
+ALTER TABLE reports ADD COLUMN priority SMALLINT NOT NULL DEFAULT 0;
+CREATE INDEX reports_urgent ON reports (next_attempt_at) WHERE status = 'queued' AND priority > 0;
+",
+    ),
 ];
 
 /// The newest schema version this binary knows.
-const SCHEMA_VERSION: i32 = 4;
+const SCHEMA_VERSION: i32 = 5;
 
 /// Advisory lock keys (`pg_advisory_lock`): the migrations, and the
 /// summary of a period.
@@ -604,6 +611,7 @@ impl Tx<'_> {
                 hash,
                 max_backlog,
                 raw,
+                urgent,
                 ..
             } => {
                 if self.backlog + self.backlog_delta >= *max_backlog {
@@ -615,8 +623,8 @@ impl Tx<'_> {
                 // or roll back, then sees its row: the key decides.
                 let inserted = sql_query(
                     "INSERT INTO reports (report_id, patient_id, site_id, instrument, submitted_at,
-                                          answers, content_hash, received_at, status, raw)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9)
+                                          answers, content_hash, received_at, status, raw, priority)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $10)
                      ON CONFLICT (report_id) DO NOTHING",
                 )
                 .bind::<Text, _>(&report.report_id)
@@ -628,6 +636,7 @@ impl Tx<'_> {
                 .bind::<Text, _>(hash)
                 .bind::<BigInt, _>(now_ms())
                 .bind::<Nullable<Text>, _>(raw.as_deref())
+                .bind::<diesel::sql_types::SmallInt, _>(i16::from(*urgent))
                 .execute(self.conn)?;
                 if inserted == 0 {
                     let seen = self.seen(&report.report_id, hash)?;
@@ -732,27 +741,32 @@ impl Tx<'_> {
                 Ok(changed(rows).into())
             }
             Op::Claim { limit } => {
-                let rows = sql_query(format!(
-                    "WITH due AS (
-                         SELECT report_id FROM reports
-                         WHERE status = 'queued' AND next_attempt_at <= $3
-                           AND (claimed_by IS NULL OR claimed_by = $1)
-                         ORDER BY next_attempt_at, received_at
-                         LIMIT $4
-                         FOR UPDATE SKIP LOCKED)
-                     UPDATE reports r SET claimed_by = $1, lease_until = {NOW_MS} + $2
-                     FROM due WHERE r.report_id = due.report_id
-                     RETURNING r.report_id, r.patient_id, r.site_id, r.instrument, r.submitted_at,
-                               r.answers, r.attempts"
-                ))
-                .bind::<Text, _>(me)
-                .bind::<BigInt, _>(ms(self.claiming.lease))
-                .bind::<BigInt, _>(now_ms())
-                .bind::<BigInt, _>(i64::try_from(*limit).unwrap_or(i64::MAX))
-                .load::<ClaimRow>(self.conn)?;
-                let claimed = rows
-                    .into_iter()
-                    .map(|r| Claimed {
+                // Two lanes, urgent first, each on its own partial index.
+                let mut claimed = Vec::new();
+                for lane in ["priority > 0", "priority = 0"] {
+                    let room = limit.saturating_sub(claimed.len());
+                    if room == 0 {
+                        break;
+                    }
+                    let rows = sql_query(format!(
+                        "WITH due AS (
+                             SELECT report_id FROM reports
+                             WHERE status = 'queued' AND {lane} AND next_attempt_at <= $3
+                               AND (claimed_by IS NULL OR claimed_by = $1)
+                             ORDER BY next_attempt_at, received_at
+                             LIMIT $4
+                             FOR UPDATE SKIP LOCKED)
+                         UPDATE reports r SET claimed_by = $1, lease_until = {NOW_MS} + $2
+                         FROM due WHERE r.report_id = due.report_id
+                         RETURNING r.report_id, r.patient_id, r.site_id, r.instrument, r.submitted_at,
+                                   r.answers, r.attempts"
+                    ))
+                    .bind::<Text, _>(me)
+                    .bind::<BigInt, _>(ms(self.claiming.lease))
+                    .bind::<BigInt, _>(now_ms())
+                    .bind::<BigInt, _>(i64::try_from(room).unwrap_or(i64::MAX))
+                    .load::<ClaimRow>(self.conn)?;
+                    claimed.extend(rows.into_iter().map(|r| Claimed {
                         report_id: r.report_id,
                         patient_id: r.patient_id,
                         site_id: r.site_id,
@@ -760,8 +774,8 @@ impl Tx<'_> {
                         submitted_at: r.submitted_at,
                         answers: r.answers,
                         attempts: u32::try_from(r.attempts).unwrap_or(0),
-                    })
-                    .collect();
+                    }));
+                }
                 Ok(Outcome::Claimed(claimed).into())
             }
             Op::Heartbeat => {

@@ -110,10 +110,19 @@ BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 ALTER TABLE reports ADD COLUMN raw TEXT;
 ",
     ),
+    (
+        5,
+        "
+-- Reports whose answers raise an alert are claimed first (their own lane,
+-- their own small index), not queued behind a backlog of routine ones.
+ALTER TABLE reports ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX reports_urgent ON reports (next_attempt_at) WHERE status = 'queued' AND priority > 0;
+",
+    ),
 ];
 
 /// The newest schema version this binary knows.
-pub(super) const SCHEMA_VERSION: i64 = 4;
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// Brings the schema of `conn` to [`SCHEMA_VERSION`].
 ///
@@ -412,6 +421,7 @@ fn apply_sql(
             hash,
             max_backlog,
             raw,
+            urgent,
             ..
         } => {
             // A retry of the same report, or another one with its id?
@@ -437,8 +447,8 @@ fn apply_sql(
             let inserted = tx
                 .prepare_cached(
                     "INSERT INTO reports (report_id, patient_id, site_id, instrument, submitted_at, answers,
-                                          content_hash, received_at, status, raw)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9)
+                                          content_hash, received_at, status, raw, priority)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10)
                      ON CONFLICT (report_id) DO NOTHING",
                 )?
                 .execute(params![
@@ -450,7 +460,8 @@ fn apply_sql(
                     answers,
                     hash,
                     now_ms(),
-                    raw
+                    raw,
+                    i64::from(*urgent)
                 ])?;
             if inserted == 0 {
                 return Ok(seen(tx)?.unwrap_or(Outcome::Conflict).into());
@@ -533,30 +544,41 @@ fn apply_sql(
             Ok(changed(rows).into())
         }
         Op::Claim { limit } => {
-            // The limit is written into the SQL: a bound LIMIT makes SQLite
-            // re-plan the statement on every run.
+            // Two lanes, urgent first, each on its own partial index (one
+            // ORDER BY priority would sort the whole backlog at each
+            // claim). The limits are written into the SQL: a bound LIMIT
+            // makes SQLite re-plan the statement on every run.
             let now = now_ms();
-            let mut stmt = tx.prepare_cached(&format!(
-                "UPDATE reports SET claimed_by = ?1, lease_until = ?2 + ?3
-                 WHERE report_id IN (
-                     SELECT report_id FROM reports
-                     WHERE status = 'queued' AND next_attempt_at <= ?2
-                       AND (claimed_by IS NULL OR claimed_by = ?1)
-                     ORDER BY next_attempt_at, rowid LIMIT {limit})
-                 RETURNING report_id, patient_id, site_id, instrument, submitted_at, answers, attempts"
-            ))?;
-            let rows = stmt.query_map(params![me, now, ms(claiming.lease)], |r| {
-                Ok(Claimed {
-                    report_id: r.get(0)?,
-                    patient_id: r.get(1)?,
-                    site_id: r.get(2)?,
-                    instrument: r.get(3)?,
-                    submitted_at: r.get(4)?,
-                    answers: r.get(5)?,
-                    attempts: r.get(6)?,
-                })
-            })?;
-            let claimed = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut claimed = Vec::new();
+            for lane in ["priority > 0", "priority = 0"] {
+                let room = limit.saturating_sub(claimed.len());
+                if room == 0 {
+                    break;
+                }
+                let mut stmt = tx.prepare_cached(&format!(
+                    "UPDATE reports SET claimed_by = ?1, lease_until = ?2 + ?3
+                     WHERE report_id IN (
+                         SELECT report_id FROM reports
+                         WHERE status = 'queued' AND {lane} AND next_attempt_at <= ?2
+                           AND (claimed_by IS NULL OR claimed_by = ?1)
+                         ORDER BY next_attempt_at, rowid LIMIT {room})
+                     RETURNING report_id, patient_id, site_id, instrument, submitted_at, answers, attempts"
+                ))?;
+                let rows = stmt.query_map(params![me, now, ms(claiming.lease)], |r| {
+                    Ok(Claimed {
+                        report_id: r.get(0)?,
+                        patient_id: r.get(1)?,
+                        site_id: r.get(2)?,
+                        instrument: r.get(3)?,
+                        submitted_at: r.get(4)?,
+                        answers: r.get(5)?,
+                        attempts: r.get(6)?,
+                    })
+                })?;
+                for row in rows {
+                    claimed.push(row?);
+                }
+            }
             Ok(Outcome::Claimed(claimed).into())
         }
         Op::Heartbeat => {
@@ -705,6 +727,7 @@ mod tests {
             who: Default::default(),
             body_sha256: String::new(),
             raw: None,
+            urgent: false,
         };
         writer.commit_batch_of(
             vec![
