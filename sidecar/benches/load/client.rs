@@ -242,6 +242,19 @@ pub(crate) fn run_load<R>(
     window: Duration,
     at_window_end: impl FnOnce() -> R,
 ) -> (Load, R) {
+    run_load_split(&[addr], clients, tag, window, at_window_end)
+}
+
+/// [`run_load`] with the clients split across `addrs`: client `i` posts
+/// to `addrs[i % addrs.len()]` (one load generator for several replicas).
+pub(crate) fn run_load_split<R>(
+    addrs: &[SocketAddr],
+    clients: usize,
+    tag: &str,
+    window: Duration,
+    at_window_end: impl FnOnce() -> R,
+) -> (Load, R) {
+    assert!(!addrs.is_empty(), "run_load_split: no address");
     let stop = AtomicBool::new(false);
     let cpu_before = process_ticks("self");
     let started = Instant::now();
@@ -251,6 +264,7 @@ pub(crate) fn run_load<R>(
         let handles: Vec<_> = (0..clients)
             .map(|i| {
                 let stop = &stop;
+                let addr = addrs[i % addrs.len()];
                 thread::Builder::new()
                     .name(format!("load-{i}"))
                     .spawn_scoped(s, move || client(i, addr, tag, window_end, stop))

@@ -14,6 +14,66 @@ pub(crate) struct Config {
     pub(crate) backlog_reports: u64,
     pub(crate) backlog_window: Duration,
     pub(crate) idle_rounds: usize,
+    /// `LOAD_TARGETS`: whether to run the five runs of issue 5.
+    pub(crate) intake: bool,
+    /// `LOAD_TARGETS`: the targets of the replica comparison (issue 11), in
+    /// the order of its first round.
+    pub(crate) replica_targets: Vec<Target>,
+    /// `LOAD_ROUNDS`: rounds of the replica comparison.
+    pub(crate) rounds: usize,
+}
+
+/// A target of the replica comparison: one `quiesce serve` on SQLite, or
+/// `n` replicas sharing one PostgreSQL database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    Sqlite,
+    Postgres(usize),
+}
+
+impl Target {
+    pub(crate) fn name(self) -> String {
+        match self {
+            Target::Sqlite => "sqlite".into(),
+            Target::Postgres(n) => format!("pg-{n}"),
+        }
+    }
+}
+
+/// `LOAD_TARGETS`, a comma-separated list (default `all`): `intake` (the
+/// five runs of issue 5: bare server, sidecar, SIGTERMs, 1M backlog),
+/// `replicas` (SQLite, one PostgreSQL replica, two on one database), or
+/// single replica targets `sqlite`, `pg-1`, `pg-2`; `all` is `intake,replicas`.
+fn targets(spec: &str) -> (bool, Vec<Target>) {
+    let mut intake = false;
+    let mut replicas = Vec::new();
+    let all = [Target::Sqlite, Target::Postgres(1), Target::Postgres(2)];
+    let mut add = |t: Target| {
+        if !replicas.contains(&t) {
+            replicas.push(t);
+        }
+    };
+    for word in spec.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        match word {
+            "all" => {
+                intake = true;
+                all.into_iter().for_each(&mut add);
+            }
+            "intake" => intake = true,
+            "replicas" => all.into_iter().for_each(&mut add),
+            "sqlite" => add(Target::Sqlite),
+            "pg-1" => add(Target::Postgres(1)),
+            "pg-2" => add(Target::Postgres(2)),
+            other => panic!(
+                "LOAD_TARGETS: unknown target {other:?} (all, intake, replicas, sqlite, pg-1, pg-2)"
+            ),
+        }
+    }
+    assert!(
+        intake || !replicas.is_empty(),
+        "LOAD_TARGETS={spec:?} selects nothing"
+    );
+    (intake, replicas)
 }
 
 impl Config {
@@ -36,7 +96,12 @@ impl Config {
             })
         };
         let window = seconds("LOAD_SECONDS", 30.0);
+        let (intake, replica_targets) =
+            targets(&env::var("LOAD_TARGETS").unwrap_or_else(|_| "all".into()));
         Config {
+            intake,
+            replica_targets,
+            rounds: usize::try_from(count("LOAD_ROUNDS", 3).max(1)).unwrap_or(3),
             window,
             clients: usize::try_from(count("LOAD_CLIENTS", 32).max(1)).unwrap_or(32),
             sigterm_after: window.min(Duration::from_secs(5)),

@@ -7,6 +7,8 @@
 //! ```text
 //! CARGO_TARGET_DIR=target/load cargo bench --bench load   # 30 s per target: 2-3 minutes, plus the builds
 //! LOAD_SECONDS=5 cargo bench --bench load                 # a quick run
+//! LOAD_SECONDS=5 LOAD_TARGETS=replicas cargo bench -p quiesce-sidecar --bench load
+//!                     # only the comparison of SQLite and PostgreSQL replicas (issue 11)
 //! ```
 //!
 //! Nothing to install. Cargo builds the binary for the bench (the `bench`
@@ -23,9 +25,15 @@
 //!
 //! Knobs (environment): `LOAD_SECONDS` (30; fractions allowed), `LOAD_CLIENTS`
 //! (32), `LOAD_BACKLOG` (1000000), `LOAD_BACKLOG_SECONDS` (20),
-//! `LOAD_IDLE_ROUNDS` (5).
+//! `LOAD_IDLE_ROUNDS` (5), `LOAD_ROUNDS` (3, of the replica comparison),
+//! `LOAD_TARGETS` (`all`): what runs, a comma-separated list of `intake`
+//! (the five runs below), `replicas` (the comparison of SQLite and
+//! PostgreSQL replicas, see `replicas.rs`; it needs the PostgreSQL server
+//! binaries, else its PostgreSQL targets are skipped loudly), or single
+//! targets of that comparison, `sqlite`, `pg-1`, `pg-2`; `all` is
+//! `intake,replicas`.
 //!
-//! What is measured, in this order:
+//! What `intake` measures, in this order:
 //!
 //! 1. **bare** — a minimal HTTP/1.1 keep-alive server in this process (thread
 //!    per connection; it reads each request's head and `Content-Length`
@@ -91,8 +99,10 @@
 //! sampler), `http` (one message reader for both sides, `/metrics`),
 //! `bare` (the bare server), `client` (the load generator), `scenarios`
 //! (the five runs and the disk probe), `db` (the database check and fill),
-//! `summary` (the table). `temp` and `process` are the tests' harness files
-//! (`tests/support/`), included for `TempDir` and `send_signal`.
+//! `summary` (the table), `replicas` (the comparison of SQLite and
+//! PostgreSQL replicas, with its own table). `temp`, `process` and `pg` are
+//! the tests' harness files (`tests/support/`), included for `TempDir`,
+//! `send_signal` and the PostgreSQL cluster.
 
 // The tests' harness: one TempDir and one kill(1) for tests and benches.
 #[allow(dead_code)]
@@ -101,6 +111,11 @@ mod process;
 #[allow(dead_code)]
 #[path = "../../tests/support/temp.rs"]
 mod temp;
+// The tests' PostgreSQL cluster (initdb in a temporary directory, its own
+// port, stopped and removed at the end), for the replica comparison.
+#[allow(dead_code)]
+#[path = "../../tests/support/pg.rs"]
+mod pg;
 
 mod bare;
 mod client;
@@ -108,10 +123,12 @@ mod config;
 mod db;
 mod http;
 mod proc;
+mod replicas;
 mod scenarios;
 mod sidecar;
 mod summary;
 
+use std::path::Path;
 use std::thread;
 use std::time::Instant;
 
@@ -121,6 +138,7 @@ use scenarios::{
     backlog_run, bare_run, fsync_probe, sidecar_run, sigterm_idle, sigterm_under_load,
 };
 use summary::{Summary, ms, ms_of, percentile};
+use temp::TempDir;
 
 fn main() {
     let config = Config::from_env();
@@ -135,6 +153,16 @@ fn main() {
     println!("source: {}", source_version());
     let tmp = data_dir();
     println!("data under {}", tmp.path().display());
+    if config.intake {
+        intake(&bin, &tmp, &config);
+    }
+    if !config.replica_targets.is_empty() {
+        replicas::compare(&bin, &tmp, &config);
+    }
+}
+
+/// The five runs of issue 5 and their summary (`LOAD_TARGETS` `intake`).
+fn intake(bin: &Path, tmp: &TempDir, config: &Config) {
     let machine_before = machine_cpu();
     let load_before = load_average();
     let bench_started = Instant::now();
@@ -147,18 +175,18 @@ fn main() {
     );
 
     println!("[1/5] bare server: {} s", config.window.as_secs_f64());
-    let bare = bare_run(&config);
+    let bare = bare_run(config);
     println!("      {}", bare.load.line());
 
     println!("[2/5] sidecar: {} s", config.window.as_secs_f64());
-    let main_run = sidecar_run(&bin, &tmp, &config);
+    let main_run = sidecar_run(bin, tmp, config);
     println!("      {}", main_run.load.line());
 
     println!(
         "[3/5] SIGTERM under load (after {} s of load)",
         config.sigterm_after.as_secs_f64()
     );
-    let under_load = sigterm_under_load(&bin, &tmp, &config);
+    let under_load = sigterm_under_load(bin, tmp, config);
     println!(
         "      exit {} after {}",
         under_load.status,
@@ -169,18 +197,18 @@ fn main() {
         "[4/5] SIGTERM idle: {} fresh sidecar(s)",
         config.idle_rounds
     );
-    let idle = sigterm_idle(&bin, &tmp, &config);
+    let idle = sigterm_idle(bin, tmp, config);
 
     println!(
         "[5/5] backlog: {} queued reports, {} s with --workers 2",
         config.backlog_reports,
         config.backlog_window.as_secs_f64()
     );
-    let backlog = backlog_run(&bin, &tmp, &config);
+    let backlog = backlog_run(bin, tmp, config);
 
     let machine_after = machine_cpu();
     let summary = Summary {
-        config: &config,
+        config,
         fsync: &fsync,
         bare: &bare,
         main: &main_run,

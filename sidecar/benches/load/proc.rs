@@ -43,6 +43,49 @@ pub(crate) fn process_ticks(pid: &str) -> u64 {
         .map_or(0, |(_, ticks)| ticks)
 }
 
+/// The fields of a `stat` line after the name: `[0]` is field 3 (state),
+/// `[1]` the ppid, `[11..=14]` utime, stime, cutime, cstime.
+fn stat_fields(text: &str) -> Vec<u64> {
+    let Some(close) = text.rfind(')') else {
+        return Vec::new();
+    };
+    text[close + 1..]
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect()
+}
+
+/// CPU ticks of a process and of all its children, living or gone: its
+/// own utime + stime, its cutime + cstime (the children it has reaped,
+/// e.g. PostgreSQL backends that ended), and the utime + stime of each
+/// living child (any process whose ppid is `pid`). Grandchildren are not
+/// looked for (a postmaster's processes are all its children).
+pub(crate) fn process_tree_ticks(pid: u32) -> u64 {
+    let own = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or_else(|_| Vec::new(), |t| stat_fields(&t));
+    let mut ticks: u64 = own.get(11..15).map_or(0, |f| f.iter().sum());
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return ticks;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(child) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if child == pid {
+            continue;
+        }
+        let Ok(text) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let fields = stat_fields(&text);
+        if fields.get(1).is_some_and(|&ppid| ppid == u64::from(pid)) {
+            ticks += fields.get(11..13).map_or(0, |f| f.iter().sum::<u64>());
+        }
+    }
+    ticks
+}
+
 /// CPU ticks of each thread of `pid`, by thread id.
 pub(crate) fn thread_ticks(pid: u32) -> HashMap<String, (String, u64)> {
     let mut threads = HashMap::new();
