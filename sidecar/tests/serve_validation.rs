@@ -369,3 +369,42 @@ fn a_utf8_bom_before_the_body_is_tolerated() {
     assert_eq!(rows(dir.path()).1, 1);
     serve.stop_ok(Duration::from_secs(40));
 }
+
+/// Issue 12: the earliest `submitted_at` is configurable
+/// (`--min-submitted-at`): older reports are refused naming the field,
+/// alone or in a batch; the flag cannot go before 2000.
+#[test]
+fn reports_submitted_before_the_configured_floor_are_refused() {
+    let dir = TempDir::new("min-submitted");
+    let mut serve = Serve::start(dir.path(), &["--min-submitted-at", "2025-01-01T00:00:00Z"]);
+    let mut old = report("old-1", "P-1", "s", &[("q1", 1)]);
+    old["submitted_at"] = json!("2024-12-31T23:59:59Z");
+    let refused = post_json(serve.addr, &old);
+    assert_error(&refused, 400, Some("submitted_at"), "before the floor");
+    let fine = report("new-1", "P-1", "s", &[("q1", 1)]);
+    assert_eq!(post_json(serve.addr, &fine).status, 202);
+    let body =
+        serde_json::to_vec(&json!([old, report("new-2", "P-2", "s", &[("q1", 1)])])).unwrap();
+    let batch = exchange(
+        serve.addr,
+        &request(
+            "POST",
+            "/v1/reports:batch",
+            &[("Content-Type", "application/json")],
+            Some(&body),
+            false,
+        ),
+    );
+    assert_eq!(batch.status, 200, "{}", batch.text());
+    let results = batch.json()["results"].clone();
+    assert_eq!(results[0]["status"], "invalid", "{results}");
+    assert_eq!(results[0]["field"], "submitted_at", "{results}");
+    assert_eq!(results[1]["status"], "accepted", "{results}");
+    serve.stop_ok(Duration::from_secs(30));
+    let (status, log) = run_to_exit(
+        &["serve", "--min-submitted-at", "1999-12-31T00:00:00Z"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("must not be before 2000-01-01"), "{log}");
+}

@@ -35,6 +35,7 @@ use quiesce::{BoxError, Readiness, Service, ServiceContext};
 use serde_json::{Value, json};
 
 use super::auth::{Auth, Caller};
+use super::fhir;
 use super::http::{
     Deferred, Handler, Later, Limits, RETRY_AFTER, Request, Response, Server, status_text,
 };
@@ -64,6 +65,8 @@ pub struct Intake {
     pub max_batch: usize,
     /// A generic total above this raises an alert (for the urgent lane).
     pub alert_total: u32,
+    /// Reports submitted before this are refused.
+    pub min_submitted_at: time::OffsetDateTime,
     /// How long the stop may take.
     pub stop_budget: Duration,
     /// The store.
@@ -113,6 +116,7 @@ impl Service for Intake {
             max_backlog: self.max_backlog,
             max_batch: self.max_batch,
             alert_total: self.alert_total,
+            min_submitted_at: self.min_submitted_at,
         };
         let readers = self.readers.clone();
         let server = Server::start(listener, self.limits.clone(), move || readers.reader(), api)?;
@@ -195,6 +199,8 @@ struct Api {
     max_batch: usize,
     /// A generic total above this raises an alert (for the urgent lane).
     alert_total: u32,
+    /// Reports submitted before this are refused.
+    min_submitted_at: time::OffsetDateTime,
 }
 
 /// What both listeners serve: the probes and the metrics.
@@ -535,6 +541,19 @@ impl Api {
             Ok(validated) => validated,
             Err(response) => return refused(response),
         };
+        if let Err(why) = self.recent_enough(&report) {
+            let response = if fhir {
+                clinical::outcome_response(&fhir::OperationOutcome::error(
+                    400,
+                    fhir::IssueCode::Value,
+                    Some("QuestionnaireResponse.authored".into()),
+                    why,
+                ))
+            } else {
+                Response::json(400, &json!({ "error": why, "field": "submitted_at" }))
+            };
+            return refused(response);
+        }
         let report_id = report.report_id.clone();
         let hash = report.content_hash();
         let urgent = urgent(&report, self.alert_total);
@@ -564,6 +583,19 @@ impl Api {
             deadline,
         );
         None
+    }
+
+    /// Whether `report` was submitted at or after `--min-submitted-at`.
+    fn recent_enough(&self, report: &Report) -> Result<(), String> {
+        let at = time::OffsetDateTime::parse(
+            &report.submitted_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|_| "not an RFC 3339 timestamp".to_string())?;
+        if at < self.min_submitted_at {
+            return Err("submitted before --min-submitted-at".to_string());
+        }
+        Ok(())
     }
 
     /// A report from the request, or the answer refusing it.

@@ -177,6 +177,13 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_batch: u32,
 
+    /// Reports submitted before this time (RFC 3339) are refused (400): a
+    /// client's broken clock or default value, not a patient's answer.
+    /// Never earlier than 2000-01-01T00:00:00Z.
+    #[arg(long, env = "QUIESCE_MIN_SUBMITTED_AT", default_value = "2000-01-01T00:00:00Z",
+          value_parser = min_submitted_at)]
+    pub min_submitted_at: time::OffsetDateTime,
+
     /// A report whose answers total more than this raises an alert (as
     /// does any answer of 3 or 4).
     #[arg(long, env = "QUIESCE_ALERT_TOTAL", default_value_t = 20)]
@@ -237,6 +244,15 @@ fn addresses(flag: &str, listen: &str) -> anyhow::Result<Vec<std::net::SocketAdd
             "{flag} {listen:?} is not an address to listen on ({err}); examples: 127.0.0.1:8080, 0.0.0.0:8080, [::1]:8080"
         )),
     }
+}
+
+fn min_submitted_at(s: &str) -> Result<time::OffsetDateTime, String> {
+    let at = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| "must be an RFC 3339 time, e.g. 2025-01-01T00:00:00Z".to_string())?;
+    if at < time::macros::datetime!(2000-01-01 0:00 UTC) {
+        return Err("must not be before 2000-01-01T00:00:00Z".into());
+    }
+    Ok(at)
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -458,6 +474,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_backlog: i64::try_from(args.max_backlog).unwrap_or(i64::MAX),
         max_batch: args.max_batch as usize,
         alert_total: args.alert_total,
+        min_submitted_at: args.min_submitted_at,
         stop_budget: intake_stop.saturating_sub(Duration::from_millis(100)),
         store,
         shared: shared.clone(),

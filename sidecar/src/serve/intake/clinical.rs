@@ -236,8 +236,16 @@ impl Api {
         if stopping {
             return error(503, "shutting down").with_header("Retry-After", RETRY_AFTER);
         }
-        let items = match batch_items(&request.body, self.max_batch) {
-            Ok(items) => items,
+        let items: Vec<Item> = match batch_items(&request.body, self.max_batch) {
+            Ok(items) => items
+                .into_iter()
+                .map(|item| {
+                    let (report, raw) = item?;
+                    self.recent_enough(&report)
+                        .map_err(|why| ("submitted_at".to_string(), why))?;
+                    Ok((report, raw))
+                })
+                .collect(),
             Err(response) => return response,
         };
         let outcomes = match self.insert_many(request, caller, &items) {
@@ -310,6 +318,15 @@ impl Api {
         let items: Vec<Item> = entries
             .into_iter()
             .map(|entry| match entry {
+                Ok((report, _)) if self.recent_enough(&report).is_err() => {
+                    problems.push(Some(OperationOutcome::error(
+                        400,
+                        IssueCode::Value,
+                        Some("QuestionnaireResponse.authored".into()),
+                        "submitted before --min-submitted-at",
+                    )));
+                    Err((String::new(), String::new()))
+                }
                 Ok((report, raw)) => {
                     problems.push(None);
                     Ok((report, Some(raw)))
