@@ -35,8 +35,9 @@ ROOT = os.path.dirname(HERE)
 failures = []
 skipped = []
 
-# The flags issue 11 adds to `serve` (not in every build's --help yet).
-PENDING_ENV = {"QUIESCE_DATABASE_URL", "QUIESCE_REPLICA_ID", "QUIESCE_LEASE"}
+# Variables the recipes may set that no build lacks any more (kept for
+# recipes ahead of the binary).
+PENDING_ENV = set()
 
 
 def fail(msg):
@@ -75,7 +76,7 @@ def binary_help(binary):
 def help_defaults(help_text):
     """QUIESCE_* variable -> its default (None when it has none)."""
     found = {}
-    for m in re.finditer(r"\[env: (QUIESCE_[A-Z_]+)=[^\]]*\](?: \[default: ([^\]]+)\])?", help_text):
+    for m in re.finditer(r"\[env: (QUIESCE_[A-Z_]+)(?:=[^\]]*)?\](?: \[default: ([^\]]+)\])?", help_text):
         found[m.group(1)] = m.group(2)
     return found
 
