@@ -15,6 +15,8 @@
 
 use std::time::Instant;
 
+use quiesce::{Context, JobError};
+
 use serde_json::{Value, json};
 
 use super::super::fhir::{self, IssueCode, OperationOutcome};
@@ -141,17 +143,48 @@ fn batch_items(body: &[u8], max: usize) -> Result<Vec<Item>, Response> {
             &format!("a batch holds at most {max} reports (--max-batch); send the rest in another"),
         ));
     }
-    Ok(raw
-        .iter()
-        .map(|item| {
-            let report = Report::parse(item.as_bytes(), now)
-                .map_err(|invalid| (invalid.field, invalid.message))?;
-            instruments::check(&report.instrument, &report.answers)
-                .map_err(|invalid| (invalid[0].field.clone(), invalid[0].message.clone()))?;
-            Ok((report, None))
-        })
-        .collect())
+    let validate = |item: &String| -> Item {
+        let report = Report::parse(item.as_bytes(), now)
+            .map_err(|invalid| (invalid.field, invalid.message))?;
+        instruments::check(&report.instrument, &report.answers)
+            .map_err(|invalid| (invalid[0].field.clone(), invalid[0].message.clone()))?;
+        Ok((report, None))
+    };
+    // Validated on a bounded number of threads (the library's `scope`: at
+    // most VALIDATORS at once, joined before it returns), in slices, under
+    // the request's deadline: a slice not started in time is not run, and
+    // the batch is answered 503.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(VALIDATORS);
+    let slice = raw.len().div_ceil(threads).max(1);
+    let ctx = Context::background().with_timeout(STORE_WAIT);
+    let validate = &validate;
+    let slices: Vec<Result<Vec<Item>, JobError>> = quiesce::scope(threads, &ctx, |s| {
+        let handles: Vec<_> = raw
+            .chunks(slice)
+            .map(|chunk| s.spawn(move |_ctx| chunk.iter().map(validate).collect::<Vec<Item>>()))
+            .collect();
+        handles.into_iter().map(|h| h.join()).collect()
+    });
+    let mut items = Vec::with_capacity(raw.len());
+    for slice in slices {
+        match slice {
+            Ok(slice) => items.extend(slice),
+            Err(err) => {
+                log::warn!("a batch's validation did not finish: {err}");
+                return Err(
+                    error(503, "the batch could not be validated in time; retry")
+                        .with_header("Retry-After", RETRY_AFTER),
+                );
+            }
+        }
+    }
+    Ok(items)
 }
+
+/// The most threads that validate one batch.
+const VALIDATORS: usize = 4;
 
 impl Api {
     /// `POST /fhir/QuestionnaireResponse`: the report the resource holds,
