@@ -456,32 +456,22 @@ fn the_database_restarted_under_load() {
     }
     cluster.stop();
     // Not ready while the database is down.
-    let down_since = Instant::now();
-    loop {
-        if get(serve.addr, "/readyz").status == 503 {
-            break;
-        }
-        assert!(
-            down_since.elapsed() < Duration::from_secs(20),
-            "/readyz stayed 200 with the database down"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        "/readyz stayed 200 with the database down",
+        || get(serve.addr, "/readyz").status == 503,
+    );
     thread::sleep(Duration::from_secs(1));
     cluster.start();
     // Ready again without a restart of its own (the probe backs off: at
     // most 30 s between tries).
-    let up_since = Instant::now();
-    loop {
-        if get(serve.addr, "/readyz").status == 200 {
-            break;
-        }
-        assert!(
-            up_since.elapsed() < Duration::from_secs(40),
-            "never ready again after the database came back"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        Duration::from_secs(40),
+        Duration::from_millis(50),
+        "never ready again after the database came back",
+        || get(serve.addr, "/readyz").status == 200,
+    );
     // More load after the recovery, then stop.
     let after: usize = db
         .scalar("SELECT COUNT(*) FROM reports")
@@ -640,11 +630,12 @@ fn a_late_result_after_the_lease_ran_out_is_discarded() {
     let mut r1 = replica(&dir, &db, "r1", &extra);
     let posted = post_json(r1.addr, &report("late-1", "p", "S0", &[("q1", 1)]));
     assert_eq!(posted.status, 202, "{}", posted.text());
-    let give_up = Instant::now() + Duration::from_secs(10);
-    while analyzer.report_ids().is_empty() {
-        assert!(Instant::now() < give_up, "r1 never called the analyzer");
-        thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(5),
+        "r1 never called the analyzer",
+        || !analyzer.report_ids().is_empty(),
+    );
     r1.signal("STOP");
     let socket = db.socket_url();
     let mut r2 = Serve::start(
@@ -659,26 +650,29 @@ fn a_late_result_after_the_lease_ran_out_is_discarded() {
     // still working on it (r2's analyzer call takes 1.5 s), with its own
     // answer waiting in its socket: its result comes first, and must not
     // be stored, the report being r2's now.
-    let give_up = Instant::now() + Duration::from_secs(20);
-    while db.scalar("SELECT COALESCE(claimed_by, '-') FROM reports WHERE report_id = 'late-1'")
-        != "r2"
-    {
-        assert!(Instant::now() < give_up, "r2 never reclaimed the report");
-        thread::sleep(Duration::from_millis(10));
-    }
+    let ms = Duration::from_millis;
+    wait_until(
+        Duration::from_secs(20),
+        ms(10),
+        "r2 never reclaimed the report",
+        || {
+            db.scalar("SELECT COALESCE(claimed_by, '-') FROM reports WHERE report_id = 'late-1'")
+                == "r2"
+        },
+    );
     r1.signal("CONT");
-    let give_up = Instant::now() + Duration::from_secs(20);
-    while metric(&r1, "quiesce_results_discarded_total") == 0 {
-        assert!(
-            Instant::now() < give_up,
-            "r1's late result was not discarded"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-    while db.scalar("SELECT status FROM reports WHERE report_id = 'late-1'") != "processed" {
-        assert!(Instant::now() < give_up, "r2 never processed the report");
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(20),
+        ms(20),
+        "r1's late result was not discarded",
+        || metric(&r1, "quiesce_results_discarded_total") > 0,
+    );
+    wait_until(
+        Duration::from_secs(20),
+        ms(20),
+        "r2 never processed the report",
+        || db.scalar("SELECT status FROM reports WHERE report_id = 'late-1'") == "processed",
+    );
     assert_eq!(metric(&r1, "quiesce_results_discarded_total"), 1);
     assert_eq!(metric(&r1, "quiesce_reports_processed_total"), 0);
     assert_eq!(metric(&r2, "quiesce_reports_processed_total"), 1);

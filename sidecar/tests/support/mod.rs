@@ -47,6 +47,21 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(15);
 /// A `submitted_at` safely in the past.
 pub const SUBMITTED_AT: &str = "2025-06-01T09:30:00Z";
 
+/// Polls `done` every `every` until it holds; fails naming `what` if it
+/// still does not after `limit` (a bound on a wait, not a speed
+/// assertion).
+#[track_caller]
+pub fn wait_until(limit: Duration, every: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let give_up = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "{what} (waited {limit:?})"
+        );
+        std::thread::sleep(every);
+    }
+}
+
 /// Serialises the heavy tests (load, crashes) of one test binary, so that
 /// two of them do not compete for a small machine's cores.
 pub fn heavy() -> MutexGuard<'static, ()> {

@@ -113,7 +113,8 @@ mod tests {
     #[test]
     fn the_status_table_gives_both_the_code_as_text_and_the_reason() {
         for status in [
-            200, 201, 202, 400, 401, 403, 404, 405, 408, 409, 411, 413, 415, 429, 431, 500, 501, 503,
+            200, 201, 202, 400, 401, 403, 404, 405, 408, 409, 411, 413, 415, 429, 431, 500, 501,
+            503,
         ] {
             assert_eq!(status_text(status), Some(status.to_string().as_str()));
             assert!(!reason(status).is_empty(), "{status} has a reason phrase");

@@ -496,21 +496,8 @@ pub(crate) fn audit_rows(op: &Op, outcome: &Outcome, replica: &str) -> Vec<Audit
                 attempts,
                 error,
                 ..
-            },
-            outcome,
-        ) => vec![event(
-            "attempt",
-            pipeline(),
-            report_id,
-            if *outcome == Outcome::Changed {
-                "retry"
-            } else {
-                "discarded"
-            },
-            serde_json::json!({ "attempts": attempts, "error": error }),
-        )],
-        (
-            Op::Fail {
+            }
+            | Op::Fail {
                 report_id,
                 attempts,
                 error,
@@ -520,10 +507,10 @@ pub(crate) fn audit_rows(op: &Op, outcome: &Outcome, replica: &str) -> Vec<Audit
             "attempt",
             pipeline(),
             report_id,
-            if *outcome == Outcome::Changed {
-                "failed"
-            } else {
-                "discarded"
+            match (op, outcome) {
+                (_, outcome) if *outcome != Outcome::Changed => "discarded",
+                (Op::Retry { .. }, _) => "retry",
+                _ => "failed",
             },
             serde_json::json!({ "attempts": attempts, "error": error }),
         )],
