@@ -158,8 +158,11 @@ def main():
         run_tool("systemd-analyze", ["systemd-analyze", "verify", copy], "systemd-analyze verify quiesce.service")
 
     # Kubernetes
-    for name, kinds in [("sqlite-statefulset.yaml", ["StatefulSet", "Service"]),
-                        ("postgres-deployment.yaml", ["Deployment", "Service", "PodDisruptionBudget"])]:
+    for name, kinds, listen in [
+            ("sqlite-statefulset.yaml", ["StatefulSet", "Service"], "0.0.0.0:8080"),
+            ("postgres-deployment.yaml", ["Deployment", "Service", "PodDisruptionBudget"], "0.0.0.0:8080"),
+            # The sidecar pattern: the API on the pod's loopback, for the app beside it.
+            ("sidecar-pod.yaml", ["StatefulSet"], "127.0.0.1:8080")]:
         with open(path("kubernetes", name), encoding="utf-8") as f:
             docs = [d for d in yaml.safe_load_all(f) if d]
         found = [d["kind"] for d in docs]
@@ -185,8 +188,14 @@ def main():
                   ("startupProbe", "livenessProbe", "readinessProbe")}
         if probes != {"startupProbe": "/livez", "livenessProbe": "/livez", "readinessProbe": "/readyz"}:
             fail(f"{name}: probes {probes}")
-        if env.get("QUIESCE_LISTEN") != "0.0.0.0:8080":
-            fail(f"{name}: QUIESCE_LISTEN must be 0.0.0.0:8080 (probes and Prometheus use the pod IP)")
+        if env.get("QUIESCE_LISTEN") != listen:
+            fail(f"{name}: QUIESCE_LISTEN must be {listen}")
+        if listen.startswith("0.0.0.0") and not env.get("QUIESCE_TOKENS_FILE"):
+            fail(f"{name}: a listener on the pod IP needs QUIESCE_TOKENS_FILE")
+        probe_ports = {c.get(p, {}).get("httpGet", {}).get("port") for p in
+                       ("startupProbe", "livenessProbe", "readinessProbe")}
+        if probe_ports != {"admin"} or env.get("QUIESCE_ADMIN_LISTEN") != "0.0.0.0:9090":
+            fail(f"{name}: probes must use the admin listener on 0.0.0.0:9090, found {probe_ports}")
         mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
         data_dir = env.get("QUIESCE_DATA_DIR", "")
         if not data_dir.startswith(mounts.get("data", "?") + "/"):
@@ -206,7 +215,8 @@ def main():
             fail(f"{name}: SQLite allows one replica")
     run_tool("kubernetes-validate",
              ["kubernetes-validate", "--strict", "--quiet",
-              path("kubernetes", "sqlite-statefulset.yaml"), path("kubernetes", "postgres-deployment.yaml")],
+              path("kubernetes", "sqlite-statefulset.yaml"), path("kubernetes", "postgres-deployment.yaml"),
+              path("kubernetes", "sidecar-pod.yaml")],
              "kubernetes-validate --strict (schemas of the Kubernetes API)")
 
     # compose
