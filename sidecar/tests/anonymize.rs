@@ -1147,3 +1147,107 @@ fn a_bind_mount_cannot_make_an_output_overwrite_an_input() {
     assert_eq!(files_under(&src), ["a.csv"]);
     assert!(files_under(&alias).is_empty(), "the mount stayed private");
 }
+
+/// A malformed row is reported with the line an editor shows it on, whatever
+/// the line ends: CRLF files (with or without a BOM, a blank line, or a line
+/// break inside a quoted field) give the same line as their LF twin.
+#[test]
+fn a_malformed_row_is_reported_on_its_physical_line_with_crlf_too() {
+    let dir = TempDir::new("crlf-lines");
+    // (name, LF content, the physical line of the short row)
+    let cases: [(&str, &str, u32); 4] = [
+        ("plain", "patient_id,name,dob\nP-1,Ann,1970\nP-2,Bob\n", 3),
+        (
+            "quoted-newline",
+            "patient_id,name,dob\nP-1,\"Ann\nAnnson\",1970\nP-2,Bob,1971\nP-3\n",
+            5,
+        ),
+        (
+            "blank-lines",
+            "patient_id,name,dob\nP-1,Ann,1970\n\n\nP-2,Bob\n",
+            5,
+        ),
+        ("first-row", "patient_id,name,dob\nP-1,Ann\n", 2),
+    ];
+    for (name, lf, _) in &cases {
+        dir.write(format!("in/{name}-lf.csv"), lf.as_bytes());
+        let crlf = lf.replace('\n', "\r\n");
+        dir.write(format!("in/{name}-crlf.csv"), crlf.as_bytes());
+        let mut bom = b"\xef\xbb\xbf".to_vec();
+        bom.extend_from_slice(crlf.as_bytes());
+        dir.write(format!("in/{name}-bom-crlf.csv"), &bom);
+    }
+    let out = dir.join("out");
+    let done = run_expect(
+        anonymize(&["-c", "patient_id", "-o", s(&out), s(&dir.join("in"))]),
+        1,
+    );
+    let table = summary_rows(&done.stdout);
+    for (name, lf, line) in &cases {
+        let fields = lf.lines().rfind(|l| !l.is_empty()).unwrap();
+        let n = fields.split(',').count();
+        let shown = if n == 1 {
+            "1 field".to_string()
+        } else {
+            format!("{n} fields")
+        };
+        for variant in ["lf", "crlf", "bom-crlf"] {
+            let file = format!("{name}-{variant}.csv");
+            let status = &table
+                .iter()
+                .find(|(f, _)| f.ends_with(&file))
+                .unwrap_or_else(|| panic!("{file} not in {}", done.stdout))
+                .1;
+            assert_eq!(
+                status,
+                &format!("failed: line {line}: {shown} where the header has 3"),
+                "{file}"
+            );
+        }
+    }
+}
+
+/// Counts are said in the singular for one: "1 field", "1 row", "1 file",
+/// "1 byte"; in the plural otherwise.
+#[test]
+fn counts_of_one_are_singular() {
+    let dir = TempDir::new("plural");
+    let one = dir.write("one/a.csv", b"patient_id,name\nP-1,Ann\n");
+    let out = dir.join("out");
+    let done = run_expect(anonymize(&["-c", "patient_id", "-o", s(&out), s(&one)]), 0);
+    assert!(
+        done.stdout.contains("1 of 1 file done") && done.stdout.contains("; 1 row read"),
+        "{}",
+        done.stdout
+    );
+    assert!(done.log.contains("anonymizing 1 file ("), "{}", done.log);
+
+    dir.write("two/a.csv", b"patient_id,name\nP-1,Ann\nP-2,Bob\n");
+    dir.write("two/b.csv", b"patient_id,name,dob\nP-1\n");
+    let out2 = dir.join("out2");
+    let done = run_expect(
+        anonymize(&["-c", "patient_id", "-o", s(&out2), s(&dir.join("two"))]),
+        1,
+    );
+    assert!(
+        done.stdout.contains("1 of 2 files done") && done.stdout.contains("; 2 rows read"),
+        "{}",
+        done.stdout
+    );
+    assert!(
+        done.stdout
+            .contains("failed: line 2: 1 field where the header has 3"),
+        "{}",
+        done.stdout
+    );
+    assert!(done.log.contains("anonymizing 2 files ("), "{}", done.log);
+
+    let mut cmd = anonymize(&["-c", "patient_id", "-o", s(&out), s(&one)]);
+    cmd.env("QUIESCE_ANON_KEY", "k");
+    let done = run_expect(cmd, 2);
+    assert!(done.log.contains("is 1 byte long;"), "{}", done.log);
+    let mut cmd = anonymize(&["-c", "patient_id", "-o", s(&out), s(&one)]);
+    cmd.env("QUIESCE_ANON_KEY", "kk");
+    let done = run_expect(cmd, 2);
+    assert!(done.log.contains("is 2 bytes long;"), "{}", done.log);
+}

@@ -82,9 +82,9 @@ impl Key {
         }
         if bytes.len() < MIN_KEY_LEN {
             return Err(Usage(format!(
-                "the key in {source} is {} bytes long; at least {MIN_KEY_LEN} are needed \
+                "the key in {source} is {} long; at least {MIN_KEY_LEN} are needed \
                  (make one with `openssl rand -hex 32 > anon.key`)",
-                bytes.len()
+                super::summary::plural(bytes.len() as u64, "byte")
             )));
         }
         Ok(Key(bytes))

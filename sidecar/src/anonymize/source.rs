@@ -37,6 +37,11 @@ impl<R: Read> Source<R> {
         self.record_start = start;
     }
 
+    /// What it wraps (the file, to read a line number from it again).
+    pub(crate) fn inner(&self) -> &R {
+        &self.inner
+    }
+
     /// `true` once a record went past the limit (the read error was ours).
     pub(crate) fn tripped(&self) -> bool {
         self.tripped

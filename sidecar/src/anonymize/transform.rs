@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileExt as _;
 use std::time::Instant;
 
 use csv::{ByteRecord, Reader, Terminator};
@@ -18,7 +19,7 @@ use super::progress::Progress;
 use super::pseudonym::Pseudonymizer;
 use super::shown;
 use super::source::{MAX_RECORD, Source};
-use super::summary::{FileReport, Status};
+use super::summary::{FileReport, Status, plural};
 use crate::atomic_file::Pending;
 
 /// Rows between two looks at the context (and two progress updates).
@@ -169,8 +170,9 @@ impl Transform<'_> {
         if dialect::ends_inside_quotes(&job.input, last_start)
             .map_err(|e| fail(format!("cannot read: {e}")))?
         {
+            let line = physical_line(reader.get_ref().inner(), last_start).unwrap_or(last_line);
             return Err(fail(format!(
-                "line {last_line}: a quoted field is never closed (unclosed quote)"
+                "line {line}: a quoted field is never closed (unclosed quote)"
             )));
         }
         let out_file = writer.into_inner().map_err(|e| {
@@ -220,10 +222,15 @@ fn writer(mut file: File, dialect: Dialect) -> std::io::Result<csv::Writer<File>
 }
 
 /// Reads the next record; `Ok(false)` at the end. A malformed record fails
-/// the file with its line number.
+/// the file with its line number: the physical one, counted in the file
+/// itself, since the parser's own count is off after a `\r\n` line end.
 fn read(reader: &mut Reader<Source<File>>, record: &mut ByteRecord) -> Result<bool, Unfinished> {
-    let line = reader.position().line();
+    let start = reader.position().clone();
     reader.read_byte_record(record).map_err(|err| {
+        let line_of = |pos: &csv::Position| {
+            physical_line(reader.get_ref().inner(), pos.byte()).unwrap_or(pos.line())
+        };
+        let line = line_of(&start);
         if reader.get_ref().tripped() {
             return fail(format!(
                 "line {line}: a record longer than {} MiB (an unclosed quote?)",
@@ -236,11 +243,38 @@ fn read(reader: &mut Reader<Source<File>>, record: &mut ByteRecord) -> Result<bo
                 expected_len,
                 len,
             } => fail(format!(
-                "line {}: {len} fields where the header has {expected_len}",
-                pos.as_ref().map_or(line, |p| p.line())
+                "line {}: {} where the header has {expected_len}",
+                pos.as_ref().map_or(line, line_of),
+                plural(*len, "field")
             )),
             csv::ErrorKind::Io(e) => fail(format!("cannot read (near line {line}): {e}")),
             _ => fail(format!("line {line}: {err}")),
         }
     })
+}
+
+/// The physical line of the record the parser places at byte `offset` of
+/// `file`: one more than the `\n` bytes before its first byte, whatever the
+/// line ends (`\n`, `\r\n`, or a line break in a quoted field). The parser
+/// places a record just after the previous record's first terminator byte
+/// (on the `\n` of a `\r\n`, or on blank lines it skips), so line-end bytes
+/// at `offset` are counted too. Read with `pread`, leaving the parser's
+/// position alone; only called when a file fails.
+fn physical_line(file: &File, offset: u64) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut at, mut newlines) = (0u64, 0u64);
+    loop {
+        let n = file.read_at(&mut buf, at)?;
+        if n == 0 {
+            return Ok(newlines + 1);
+        }
+        for (i, &b) in buf[..n].iter().enumerate() {
+            let here = at + i as u64;
+            if here >= offset && b != b'\r' && b != b'\n' {
+                return Ok(newlines + 1);
+            }
+            newlines += u64::from(b == b'\n');
+        }
+        at += n as u64;
+    }
 }
