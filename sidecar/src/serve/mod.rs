@@ -16,6 +16,8 @@
 mod analyzer;
 mod auth;
 mod fhir;
+#[cfg(test)]
+mod fuzz_tests;
 mod http;
 mod instruments;
 mod intake;

@@ -135,7 +135,7 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
 }
 
 /// Why a request could not be read.
-enum ReadError {
+pub(super) enum ReadError {
     /// The peer closed, or the connection broke, or the idle wait ended:
     /// close without an answer.
     Closed,
@@ -478,7 +478,7 @@ impl ServedConn<'_> {
     }
 }
 
-enum Framing {
+pub(super) enum Framing {
     None,
     Length(usize),
     Chunked,
@@ -488,13 +488,13 @@ enum Framing {
 /// is framed, and whether this is the connection's last request by the
 /// client's wish (`Connection: close` on HTTP/1.1; on HTTP/1.0, anything
 /// but `Connection: keep-alive`).
-struct Head {
-    len: usize,
-    request: Request,
-    framing: Framing,
-    close: bool,
+pub(super) struct Head {
+    pub(super) len: usize,
+    pub(super) request: Request,
+    pub(super) framing: Framing,
+    pub(super) close: bool,
     /// HTTP/1.0 asking for keep-alive: its answers say `keep-alive`.
-    keep_alive_10: bool,
+    pub(super) keep_alive_10: bool,
 }
 
 /// Parses a complete head at the start of `buf`; `None` when more bytes
@@ -503,7 +503,7 @@ struct Head {
 /// `Content-Length` at most and it is `1*DIGIT`, never both; on HTTP/1.1
 /// exactly one `Host`. Anything else is `400` (and the connection closes),
 /// so that no proxy in front of us can read the request's end elsewhere.
-fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<Head>, ReadError> {
+pub(super) fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<Head>, ReadError> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {

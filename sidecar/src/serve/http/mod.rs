@@ -126,6 +126,8 @@ use std::time::Duration;
 
 mod conn;
 mod deferred;
+#[cfg(test)]
+mod fuzz_tests;
 mod server;
 mod wire;
 
