@@ -106,7 +106,9 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let stop_after = parse_stop_after();
 
-    let mut sup = Supervisor::new().shutdown_timeout(Duration::from_secs(10));
+    let mut sup = Supervisor::builder()
+        .shutdown_timeout(Duration::from_secs(10))
+        .build();
     sup.add(EhrSync {
         every: Duration::from_millis(150),
     });

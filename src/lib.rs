@@ -166,7 +166,7 @@ pub use scope::{Scope, scope};
 pub use semaphore::{AcquireError, Permit, Semaphore};
 pub use supervisor::{
     BoxError, Readiness, RestartPolicy, Service, ServiceContext, ServiceReport, ServiceSpec,
-    StopCause, Supervisor, SupervisorReport, exit,
+    StopCause, Supervisor, SupervisorBuilder, SupervisorReport, exit,
 };
 pub use threads::{JoinReport, Threads};
 pub use wait::{WaitGroup, WaitGuard};

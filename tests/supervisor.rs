@@ -280,7 +280,7 @@ fn a_stuck_service_is_named_and_the_deadline_holds() {
     let leaks = leak::track();
     let log: Log = Arc::default();
     let (release_tx, release_rx) = bounded::<()>(0);
-    let mut sup = Supervisor::new().shutdown_timeout(LONG);
+    let mut sup = Supervisor::builder().shutdown_timeout(LONG).build();
     polite(&mut sup, "store", &log);
     stubborn(&mut sup, "analyzer-call", &release_rx).stop_timeout(Duration::from_millis(30));
     polite(&mut sup, "intake", &log);
@@ -309,9 +309,10 @@ fn a_stuck_service_is_named_and_the_deadline_holds() {
 fn the_overall_shutdown_timeout_bounds_every_stop() {
     let leaks = leak::track();
     let (release_tx, release_rx) = bounded::<()>(0);
-    let mut sup = Supervisor::new()
+    let mut sup = Supervisor::builder()
         .shutdown_timeout(Duration::from_millis(50))
-        .stop_timeout(LONG);
+        .stop_timeout(LONG)
+        .build();
     for name in ["a", "b", "c"] {
         stubborn(&mut sup, name, &release_rx);
     }
@@ -436,7 +437,9 @@ fn readiness_is_false_from_the_first_moment_of_shutdown() {
 fn the_drain_delay_keeps_services_running_while_readiness_is_false() {
     let leaks = leak::track();
     let observed = Arc::new(Mutex::new(None));
-    let mut sup = Supervisor::new().drain_delay(Duration::from_millis(30));
+    let mut sup = Supervisor::builder()
+        .drain_delay(Duration::from_millis(30))
+        .build();
     let readiness = sup.readiness();
     let obs = observed.clone();
     sup.add_fn("intake", move |ctx| {
@@ -605,7 +608,7 @@ fn an_error_whose_message_panics_is_a_panicked_service_not_a_dead_thread() {
     impl std::error::Error for Unprintable {}
 
     let leaks = leak::track();
-    let mut sup = Supervisor::new().start_timeout(LONG);
+    let mut sup = Supervisor::builder().start_timeout(LONG).build();
     sup.add_fn("import", |_ctx| Err(Unprintable.into()));
     let report = sup.run(&Context::background());
     let Outcome::Panicked(panic) = &report.services[0].outcome else {
@@ -645,7 +648,7 @@ fn a_service_whose_drop_blocks_is_stuck_at_its_stop_deadline() {
     let leaks = leak::track();
     let log: Log = Arc::default();
     let (release, held) = bounded::<()>(0);
-    let mut sup = Supervisor::new().shutdown_timeout(LONG);
+    let mut sup = Supervisor::builder().shutdown_timeout(LONG).build();
     polite(&mut sup, "store", &log);
     sup.add(SlowToDrop { held })
         .stop_timeout(Duration::from_millis(30));
@@ -672,9 +675,10 @@ fn a_stuck_service_cannot_take_the_share_of_the_healthy_one_below_it() {
     let leaks = leak::track();
     let log: Log = Arc::default();
     let (release_tx, release_rx) = bounded::<()>(0);
-    let mut sup = Supervisor::new()
+    let mut sup = Supervisor::builder()
         .shutdown_timeout(Duration::from_secs(4))
-        .stop_timeout(LONG);
+        .stop_timeout(LONG)
+        .build();
     polite(&mut sup, "store", &log);
     stubborn(&mut sup, "stubborn", &release_rx);
     let (stop, readiness, runner) = start(sup);
@@ -707,9 +711,10 @@ fn a_stuck_service_cannot_take_the_share_of_the_healthy_one_below_it() {
 fn a_service_never_waited_for_is_reported_not_waited_not_stuck() {
     let leaks = leak::track();
     let (release_tx, release_rx) = bounded::<()>(0);
-    let mut sup = Supervisor::new()
+    let mut sup = Supervisor::builder()
         .shutdown_timeout(Duration::from_millis(100))
-        .stop_timeout(LONG);
+        .stop_timeout(LONG)
+        .build();
     stubborn(&mut sup, "no-share", &release_rx).stop_timeout(Duration::ZERO);
     stubborn(&mut sup, "stubborn", &release_rx);
     let (stop, readiness, runner) = start(sup);
@@ -747,10 +752,11 @@ fn a_service_never_waited_for_is_reported_not_waited_not_stuck() {
 fn the_drain_delay_cannot_take_the_share_of_the_services() {
     let leaks = leak::track();
     let log: Log = Arc::default();
-    let mut sup = Supervisor::new()
+    let mut sup = Supervisor::builder()
         .shutdown_timeout(Duration::from_secs(2))
         .stop_timeout(LONG)
-        .drain_delay(LONG);
+        .drain_delay(LONG)
+        .build();
     polite(&mut sup, "intake", &log);
     let (stop, readiness, runner) = start(sup);
     wait_ready(&readiness);
@@ -758,5 +764,44 @@ fn the_drain_delay_cannot_take_the_share_of_the_services() {
     let report = runner.join().unwrap();
     assert_eq!(report.services[0].outcome, Outcome::Clean, "{report}");
     assert_eq!(report.exit_code(), exit::OK);
+    leaks.assert_none();
+}
+
+#[test]
+#[allow(deprecated)]
+fn the_deprecated_setters_still_set_what_the_builder_sets() {
+    let leaks = leak::track();
+    // start_timeout: a service up after 200 ms fails a 5 ms start.
+    let mut sup = Supervisor::new().start_timeout(Duration::from_millis(5));
+    sup.add_fn("slow-start", |ctx| {
+        if ctx.sleep(Duration::from_millis(200)).is_ok() {
+            ctx.ready();
+        }
+        let _ = ctx.done().recv();
+        Ok(())
+    });
+    let report = sup.run(&Context::background());
+    assert!(
+        matches!(report.cause, StopCause::StartFailed { .. }),
+        "{report}"
+    );
+
+    // shutdown_timeout and stop_timeout: a 30 ms budget gives up on a
+    // service that would otherwise be waited for until it is released.
+    let (release_tx, release_rx) = bounded::<()>(0);
+    let mut sup = Supervisor::new()
+        .shutdown_timeout(Duration::from_millis(30))
+        .stop_timeout(LONG)
+        .drain_delay(Duration::ZERO);
+    stubborn(&mut sup, "stubborn", &release_rx);
+    let (stop, readiness, runner) = start(sup);
+    wait_ready(&readiness);
+    drop(stop);
+    let report = runner.join().unwrap();
+    assert!(
+        matches!(report.services[0].outcome, Outcome::Stuck(_)),
+        "{report}"
+    );
+    drop(release_tx);
     leaks.assert_none();
 }

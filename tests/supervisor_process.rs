@@ -28,7 +28,9 @@ fn child() {
     };
     let _ = env_logger::builder().is_test(false).try_init();
     signal_context_child(&scenario);
-    let mut sup = Supervisor::new().shutdown_timeout(Duration::from_secs(30));
+    let mut sup = Supervisor::builder()
+        .shutdown_timeout(Duration::from_secs(30))
+        .build();
     for name in ["store", "pipeline", "intake"] {
         let stubborn = scenario == "stubborn" && name == "pipeline";
         let stuck = scenario == "stuck" && name == "pipeline";

@@ -1,7 +1,9 @@
 //! `Supervisor`: a group of long-running services with one lifecycle. The
 //! public docs, with the Go libraries it follows, are on [`Supervisor`].
-//! This file is the public face (the builder); the machinery is beside it:
+//! This file is the public face (adding services, running); the machinery
+//! is beside it:
 //!
+//! - `builder`: [`SupervisorBuilder`], the supervisor's settings;
 //! - `service`: the [`Service`] trait, closures as services, what a service
 //!   is given ([`ServiceContext`]) and its settings ([`ServiceSpec`]);
 //! - `readiness`: the [`Readiness`] flag;
@@ -95,6 +97,7 @@
 //!    and [`exit::forced`] as its exit code. The library never exits the
 //!    process; the caller does, with that code.
 
+mod builder;
 mod notify;
 mod readiness;
 mod report;
@@ -107,6 +110,7 @@ use std::time::Duration;
 
 use crate::context::Context;
 
+pub use builder::SupervisorBuilder;
 pub use readiness::Readiness;
 pub use report::{Outcome, ServiceReport, StopCause, SupervisorReport, exit};
 pub use restart::RestartPolicy;
@@ -152,7 +156,7 @@ use service::FnService;
 /// use std::time::{Duration, Instant};
 /// use quiesce::{Context, Supervisor};
 ///
-/// let mut sup = Supervisor::new().shutdown_timeout(Duration::from_secs(5));
+/// let mut sup = Supervisor::builder().shutdown_timeout(Duration::from_secs(5)).build();
 /// sup.add_fn("store", |ctx| {
 ///     // open the database, then:
 ///     ctx.ready();
@@ -182,7 +186,7 @@ use service::FnService;
 ///
 /// # The shutdown budget
 ///
-/// The [shutdown timeout](Supervisor::shutdown_timeout) is the budget of
+/// The [shutdown timeout](SupervisorBuilder::shutdown_timeout) is the budget of
 /// the whole shutdown: the drain delay, then each service's stop, in turn.
 /// A stuck service must not spend it all and leave nothing for the
 /// well-behaved services below it, so each service running when the
@@ -206,9 +210,10 @@ use service::FnService;
 /// use quiesce::{exit, Context, Supervisor, supervisor::Outcome};
 ///
 /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
-/// let mut sup = Supervisor::new()
+/// let mut sup = Supervisor::builder()
 ///     .shutdown_timeout(Duration::from_secs(1))
-///     .stop_timeout(Duration::from_secs(60));
+///     .stop_timeout(Duration::from_secs(60))
+///     .build();
 /// sup.add_fn("store", |ctx| { ctx.ready(); let _ = ctx.done().recv(); Ok(()) });
 /// sup.add_fn("stubborn", move |ctx| { ctx.ready(); let _ = hold.recv(); Ok(()) });
 /// let readiness = sup.readiness();
@@ -244,9 +249,8 @@ impl Default for Supervisor {
 }
 
 impl Supervisor {
-    /// An empty group. Defaults: start timeout 30 s, stop timeout 10 s per
-    /// service, shutdown timeout 25 s in all (under Kubernetes' 30 s grace
-    /// period), no drain delay.
+    /// An empty group with the default settings: `Supervisor::builder().build()`
+    /// (see [`SupervisorBuilder::new`] for the defaults).
     ///
     /// # Examples
     ///
@@ -261,94 +265,11 @@ impl Supervisor {
     /// assert!(matches!(report.cause, StopCause::Requested(_)));
     /// ```
     pub fn new() -> Supervisor {
-        Supervisor {
-            specs: Vec::new(),
-            start_timeout: Duration::from_secs(30),
-            stop_timeout: Duration::from_secs(10),
-            shutdown_timeout: Duration::from_secs(25),
-            drain_delay: Duration::ZERO,
-            readiness: Readiness::new(),
-        }
+        SupervisorBuilder::new().build()
     }
 
-    /// The default time a service has to come up.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use quiesce::{exit, Context, StopCause, Supervisor};
-    ///
-    /// let mut sup = Supervisor::new().start_timeout(Duration::from_millis(5));
-    /// sup.add_fn("forgetful", |ctx| { let _ = ctx.done().recv(); Ok(()) }); // no ready()
-    /// let report = sup.run(&Context::background());
-    /// assert_eq!(report.exit_code(), exit::SERVICE_FAILED);
-    /// let StopCause::StartFailed { reason, .. } = report.cause else { panic!("it started") };
-    /// assert!(reason.contains("does it call ctx.ready()?"));
-    /// ```
-    pub fn start_timeout(mut self, timeout: Duration) -> Self {
-        self.start_timeout = timeout;
-        self
-    }
-
-    /// The default time a service has to stop once cancelled.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::time::{Duration, Instant};
-    /// use quiesce::{Context, Supervisor, supervisor::Outcome};
-    ///
-    /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
-    /// let mut sup = Supervisor::new().stop_timeout(Duration::from_millis(5));
-    /// sup.add_fn("store", |ctx| { ctx.ready(); let _ = ctx.done().recv(); Ok(()) });
-    /// sup.add_fn("stubborn", move |ctx| { ctx.ready(); let _ = hold.recv(); Ok(()) });
-    /// let readiness = sup.readiness();
-    /// let stop_now = Context::background().with_cancel();
-    /// let stop = stop_now.context();
-    /// let runner = std::thread::spawn(move || sup.run(&stop));
-    /// let give_up = Instant::now() + Duration::from_secs(10);
-    /// while !readiness.is_ready() && Instant::now() < give_up {
-    ///     std::thread::sleep(Duration::from_millis(1));
-    /// }
-    /// drop(stop_now);
-    /// let report = runner.join().unwrap();
-    /// assert_eq!(report.stop_order, ["stubborn", "store"]); // it moved on after 5 ms
-    /// assert!(matches!(report.services[1].outcome, Outcome::Stuck(_)));
-    /// assert_eq!(report.services[0].outcome, Outcome::Clean);
-    /// drop(release); // lets the detached thread end
-    /// ```
-    pub fn stop_timeout(mut self, timeout: Duration) -> Self {
-        self.stop_timeout = timeout;
-        self
-    }
-
-    /// The time the whole shutdown may take.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use quiesce::{exit, Context, Supervisor};
-    ///
-    /// let (release, hold) = crossbeam_channel::bounded::<()>(0);
-    /// let mut sup = Supervisor::new().shutdown_timeout(Duration::from_millis(5));
-    /// sup.add_fn("stubborn", move |ctx| { ctx.ready(); let _ = hold.recv(); Ok(()) });
-    /// let stop = Context::background().with_cancel();
-    /// stop.cancel();
-    /// let report = sup.run(&stop);
-    /// assert_eq!(report.stuck[0].name, "stubborn");
-    /// assert_eq!(report.exit_code(), exit::DEADLINE_EXCEEDED);
-    /// drop(release); // lets the detached thread end
-    /// ```
-    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
-        self.shutdown_timeout = timeout;
-        self
-    }
-
-    /// Between readiness turning false and the first service being
-    /// cancelled: time for a load balancer to stop sending traffic (5 s is
-    /// usual under Kubernetes). Counts against the shutdown timeout.
+    /// A builder with the defaults: set the timeouts and the drain delay,
+    /// then `build()`, then add the services.
     ///
     /// # Examples
     ///
@@ -356,18 +277,54 @@ impl Supervisor {
     /// use std::time::Duration;
     /// use quiesce::{Context, Supervisor};
     ///
-    /// let mut sup = Supervisor::new().drain_delay(Duration::from_millis(2));
-    /// let readiness = sup.readiness();
-    /// sup.add_fn("http", move |ctx| {
-    ///     ctx.ready();
-    ///     let _ = ctx.done().recv();
-    ///     assert!(!readiness.is_ready(), "not ready since the drain began");
-    ///     Ok(())
-    /// });
+    /// let mut sup = Supervisor::builder()
+    ///     .shutdown_timeout(Duration::from_secs(5))
+    ///     .drain_delay(Duration::from_millis(1))
+    ///     .build();
+    /// sup.add_fn("intake", |ctx| { ctx.ready(); let _ = ctx.done().recv(); Ok(()) });
     /// let stop = Context::background().with_cancel();
     /// stop.cancel();
     /// assert_eq!(sup.run(&stop).exit_code(), 0);
     /// ```
+    pub fn builder() -> SupervisorBuilder {
+        SupervisorBuilder::new()
+    }
+
+    /// The old form of [`SupervisorBuilder::start_timeout`].
+    #[deprecated(
+        since = "0.2.0",
+        note = "set it on the builder: `Supervisor::builder().start_timeout(d).build()`"
+    )]
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// The old form of [`SupervisorBuilder::stop_timeout`].
+    #[deprecated(
+        since = "0.2.0",
+        note = "set it on the builder: `Supervisor::builder().stop_timeout(d).build()`"
+    )]
+    pub fn stop_timeout(mut self, timeout: Duration) -> Self {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    /// The old form of [`SupervisorBuilder::shutdown_timeout`].
+    #[deprecated(
+        since = "0.2.0",
+        note = "set it on the builder: `Supervisor::builder().shutdown_timeout(d).build()`"
+    )]
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// The old form of [`SupervisorBuilder::drain_delay`].
+    #[deprecated(
+        since = "0.2.0",
+        note = "set it on the builder: `Supervisor::builder().drain_delay(d).build()`"
+    )]
     pub fn drain_delay(mut self, delay: Duration) -> Self {
         self.drain_delay = delay;
         self

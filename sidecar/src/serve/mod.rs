@@ -426,10 +426,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         store::new(&backend, claiming.clone(), shared.clone(), 4096)
             .map_err(|e| usage!("--database-url: {e}"))?;
 
-    let mut sup = Supervisor::new()
+    let mut sup = Supervisor::builder()
         .shutdown_timeout(args.shutdown_timeout)
         .drain_delay(args.drain_delay)
-        .start_timeout(Duration::from_secs(60));
+        .start_timeout(Duration::from_secs(60))
+        .build();
     let readiness = sup.readiness();
     sup.add(store_service).stop_timeout(store_stop);
     sup.add(Pipeline::new(
