@@ -191,14 +191,14 @@ fn posts(addr: SocketAddr, tag: &str, clients: u64, secs: u64) -> f64 {
     ok as f64 / started.elapsed().as_secs_f64()
 }
 
-fn measure(addr: SocketAddr, phase: &str) -> String {
+fn measure(addr: SocketAddr, phase: &str, tag: &str) -> String {
     let (n, clients, secs) = (
         knob("IDLE_PROBES", 500),
         knob("IDLE_CLIENTS", 16),
         knob("IDLE_SECONDS", 5),
     );
     let times = probes(addr, n);
-    let rate = posts(addr, phase, clients, secs);
+    let rate = posts(addr, tag, clients, secs);
     format!(
         "| {phase} | {:.2} | {:.2} | {:.2} | {rate:.0} |",
         pct(&times, 0.5),
@@ -211,7 +211,7 @@ fn main() {
     let sidecar = start();
     let addr = sidecar.addr;
     let (idle_n, slow_n) = (knob("IDLE_CONNS", 2000), knob("IDLE_SLOW", 500));
-    let quiet = measure(addr, "quiet");
+    let quiet = measure(addr, "quiet", "quiet");
     // The hostile clients: idle ones send nothing; slowloris ones trickle
     // a head, one byte per connection about every second.
     let idle: Vec<TcpStream> = (0..idle_n).map(|_| connect(addr)).collect();
@@ -235,7 +235,11 @@ fn main() {
         })
     };
     thread::sleep(Duration::from_secs(2));
-    let hostile = measure(addr, &format!("{idle_n} idle + {slow_n} slowloris"));
+    let hostile = measure(
+        addr,
+        &format!("{idle_n} idle + {slow_n} slowloris"),
+        "hostile",
+    );
     stop.store(true, Ordering::SeqCst);
     let slow = trickler.join().expect("trickler");
     // Still open: the server neither dropped nor timed them out.
