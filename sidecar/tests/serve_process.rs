@@ -16,6 +16,7 @@ const ALWAYS: &[&str] = &[
     "scheduler",
     "intake",
     "http-accept",
+    "http-poll",
     "signals-other",
 ];
 
@@ -80,7 +81,7 @@ fn every_thread_of_a_running_serve_is_named() {
     assert_eq!(
         names
             .iter()
-            .filter(|n| n.starts_with("http-") && *n != "http-accept")
+            .filter(|n| n.starts_with("http-") && *n != "http-accept" && *n != "http-poll")
             .count(),
         4
     );

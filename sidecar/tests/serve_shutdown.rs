@@ -73,16 +73,17 @@ fn every_graceful_stop_exits_zero() {
 
 #[test]
 fn readiness_turns_503_during_the_drain_then_intake_answers_503_with_retry_after() {
-    // One handler thread, so that a connection can be made to wait for it
-    // deterministically: B is accepted and queued while A holds the only
-    // handler, and is read only once A is closed by the stop, at which
-    // point intake is stopping and must answer B's POST 503.
+    // B's POST is read in full only once A is closed by the stop, at which
+    // point intake is stopping and must answer it 503: B sends all of it
+    // but its body's last byte before the stop, the rest after. (An idle
+    // connection holds no handler thread, so B cannot be made to wait
+    // behind A for one; its body being read holds one of the two.)
     let dir = TempDir::new("drain");
     let mut serve = Serve::start(
         dir.path(),
         &[
             "--http-threads",
-            "1",
+            "2",
             "--max-connections",
             "4",
             "--drain-delay",
@@ -101,8 +102,9 @@ fn readiness_turns_503_during_the_drain_then_intake_answers_503_with_retry_after
 
     let mut b = Conn::open(addr).expect("connect B");
     let late = report("late-1", "P-1", "site-a", &[("q1", 1)]).to_string();
-    b.write(&post_request(late.as_bytes(), true))
-        .expect("B's request");
+    let late = post_request(late.as_bytes(), true);
+    let (late_start, late_end) = late.split_at(late.len() - 1);
+    b.write(late_start).expect("B's request but its last byte");
 
     serve.signal("TERM");
     // Readiness turns 503 at once, while everything is still served.
@@ -141,6 +143,7 @@ fn readiness_turns_503_during_the_drain_then_intake_answers_503_with_retry_after
         .wait_closed(Duration::from_secs(10))
         .expect("the idle keep-alive connection is closed at the stop");
     assert!(bytes.is_empty(), "nothing unasked for: {bytes:?}");
+    b.write(late_end).expect("B's last byte");
     // ...and B, read only now, gets 503, Retry-After, Connection: close.
     let response = b.read_response().unwrap_or_else(|f| {
         panic!("B got no answer: {f:?}\n{}", serve.log());

@@ -191,7 +191,8 @@ pub struct Args {
     #[arg(long, env = "QUIESCE_ALERT_TOTAL", default_value_t = 20)]
     pub alert_total: u32,
 
-    /// HTTP connections served at once.
+    /// HTTP requests read and answered at once (connections waiting for a
+    /// request hold no thread).
     #[arg(long, env = "QUIESCE_HTTP_THREADS", default_value_t = 64)]
     pub http_threads: usize,
 

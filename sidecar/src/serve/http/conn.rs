@@ -3,14 +3,14 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use super::deferred::{Later, Outbox};
-use super::server::{OpenConn, ServerState};
+use super::deferred::Later;
+use super::poll::{Conn, park};
+use super::server::ServerState;
 use super::wire::{write_head_only, write_response};
 use super::{Handler, Request, Response};
 
@@ -34,19 +34,15 @@ fn body_stop_end(stop: Instant) -> Instant {
     stop.checked_sub(BODY_STOP_MARGIN).unwrap_or(stop)
 }
 
-/// What is being read: a request's head or its body.
-#[derive(Clone, Copy)]
-enum Phase {
-    Head,
-    Body,
-}
-
 /// Answers a connection a handler will not serve, without reading its
 /// request.
-fn refuse(mut stream: TcpStream, message: &str) {
+fn refuse(stream: &TcpStream, message: &str) {
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let Ok(mut stream) = stream.try_clone() else {
+        return;
+    };
     let _ = write_response(&mut stream, &Response::unavailable(message), true);
-    linger_close(stream, Duration::from_millis(50));
+    linger_close(&stream, Duration::from_millis(50));
 }
 
 /// Closes after an answer sent before the request was read in full: stop
@@ -54,7 +50,7 @@ fn refuse(mut stream: TcpStream, message: &str) {
 /// moment. Closing a socket with unread data makes the kernel send a reset,
 /// which can reach the client before it has read our answer (Go's server
 /// does the same "lingering close").
-fn linger_close(mut stream: TcpStream, linger: Duration) {
+fn linger_close(mut stream: &TcpStream, linger: Duration) {
     let _ = stream.shutdown(Shutdown::Write);
     let end = Instant::now() + linger;
     let mut sink = [0u8; 8192];
@@ -72,22 +68,26 @@ fn linger_close(mut stream: TcpStream, linger: Duration) {
     }
 }
 
+/// A handler thread: takes each connection the poller found readable,
+/// serves the requests whose bytes are there, and gives it back to the
+/// poller when it has to wait again (invariant 8).
 pub(super) fn handler_loop<S, H: Handler<S>>(
-    conns: &Receiver<(u64, TcpStream)>,
+    conns: &Receiver<Conn>,
     shared: &ServerState,
     handler: &H,
     make_state: &dyn Fn() -> io::Result<S>,
 ) {
     let mut state = None;
-    // Each connection is this thread's until it closes (invariant 1).
-    for (id, stream) in conns.iter() {
+    // Each connection is this thread's until it closes or goes back to the
+    // poller (invariant 1).
+    for conn in conns.iter() {
         if state.is_none() {
             match make_state() {
                 Ok(s) => state = Some(s),
                 Err(err) => {
                     log::error!("http handler cannot set up: {err}");
                     handler.refused(503, "handler unavailable", None);
-                    refuse(stream, "temporarily unavailable");
+                    refuse(&conn.stream, "temporarily unavailable");
                     continue;
                 }
             }
@@ -95,91 +95,66 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
         let Some(state) = state.as_mut() else {
             continue;
         };
-        let (Ok(for_stop), Ok(for_answers)) = (stream.try_clone(), stream.try_clone()) else {
-            handler.refused(503, "cannot serve the connection", None);
-            refuse(stream, "temporarily unavailable");
-            continue;
-        };
-        let outbox = Arc::new(Outbox::new(for_answers));
-        let open = {
-            let mut open = shared.open.lock().unwrap_or_else(|e| e.into_inner());
-            open.insert(
-                id,
-                OpenConn {
-                    stream: for_stop,
-                    idle: true,
-                    outbox: outbox.clone(),
-                },
-            );
-            open.len()
-        };
-        handler.connections(open);
-        let mut conn = ServedConn {
-            peer: stream.peer_addr().ok(),
-            stream,
-            buf: Vec::with_capacity(4096),
-            id,
+        let served = ServedConn {
+            conn,
             shared,
-            outbox,
             read_timeout: None,
             head: None,
         };
-        conn.serve(state, handler);
-        let open = {
-            let mut open = shared.open.lock().unwrap_or_else(|e| e.into_inner());
-            open.remove(&id);
-            open.len()
-        };
-        handler.connections(open);
+        if let Some(conn) = served.serve(state, handler) {
+            park(shared, conn);
+        }
     }
 }
 
 /// Why a request could not be read.
 pub(super) enum ReadError {
-    /// The peer closed, or the connection broke, or the idle wait ended:
-    /// close without an answer.
+    /// The peer closed, or the connection broke, or a head not complete
+    /// at the stop: close without an answer.
     Closed,
     /// Answer this status, then close.
     Reject(u16, &'static str),
+    /// No bytes to read now: the connection waits in the poller.
+    Park,
 }
 
 /// A connection as its handler thread serves it: the socket (read by this
 /// thread only, invariant 1), the bytes read ahead, and its outbox.
 struct ServedConn<'a> {
-    stream: TcpStream,
-    /// Bytes read and not yet consumed (pipelined requests).
-    buf: Vec<u8>,
-    id: u64,
+    conn: Conn,
     shared: &'a ServerState,
-    outbox: Arc<Outbox>,
     /// The read timeout set on the socket.
     read_timeout: Option<Duration>,
-    /// The peer's address, given to each request.
-    peer: Option<std::net::SocketAddr>,
     /// The method and path of the request being read, once its head is
     /// (for a refusal's metrics).
     head: Option<(String, String)>,
 }
 
 impl ServedConn<'_> {
-    fn serve<S, H: Handler<S>>(&mut self, state: &mut S, handler: &H) {
-        let _ = self.stream.set_nodelay(true);
-        self.serve_requests(state, handler);
+    /// Serves the requests there are bytes for; the connection when it
+    /// goes back to the poller.
+    fn serve<S, H: Handler<S>>(mut self, state: &mut S, handler: &H) -> Option<Conn> {
+        let park = self.serve_requests(state, handler);
         // Whatever happened, the answer owed is given before the
-        // connection closes (bounded by its own deadline).
-        let _ = self.settle(handler);
+        // connection closes or waits in the poller, which only holds
+        // connections that owe nothing (bounded by the answer's deadline;
+        // invariants 2, 7).
+        let settled = self.settle(handler);
+        (park && settled.is_ok()).then_some(self.conn)
     }
 
-    fn serve_requests<S, H: Handler<S>>(&mut self, state: &mut S, handler: &H) {
+    /// `true` when the connection is to wait in the poller.
+    fn serve_requests<S, H: Handler<S>>(&mut self, state: &mut S, handler: &H) -> bool {
         loop {
-            let (request, asks_close, keep_alive_10) = match self.read_request(handler) {
+            let (request, asks_close, keep_alive_10) = match self.read_request() {
                 Ok(read) => read,
-                Err(ReadError::Closed) => return,
+                Err(ReadError::Park) => return true,
+                Err(ReadError::Closed) => return false,
                 Err(ReadError::Reject(status, why)) => {
                     let head = self.head.as_ref().map(|(m, p)| (m.as_str(), p.as_str()));
                     handler.refused(status, why, head);
                     if self.settle(handler).is_err() {
-                        return;
+                        return false;
                     }
                     let response = if status == 503 {
                         Response::unavailable(why)
@@ -193,24 +168,22 @@ impl ServedConn<'_> {
                     } else {
                         Duration::from_millis(500)
                     };
-                    let _ = write_response(&mut self.stream, &response, true);
-                    if let Ok(stream) = self.stream.try_clone() {
-                        linger_close(stream, linger);
-                    }
-                    return;
+                    let _ = write_response(&mut self.conn.stream, &response, true);
+                    linger_close(&self.conn.stream, linger);
+                    return false;
                 }
             };
             // One answer outstanding at most: answers go in request order
             // (invariant 2).
             if self.settle(handler).is_err() {
-                return;
+                return false;
             }
             let stopping = self.shared.stopping.load(Ordering::SeqCst);
             // Invariant 6: after the stop begins, the last answer, closing.
             let close = stopping || asks_close;
             let head_only = request.method == "HEAD";
             let later = Later {
-                outbox: &self.outbox,
+                outbox: &self.conn.outbox,
                 close,
             };
             let written = match handler.handle(state, &request, stopping, &later) {
@@ -226,15 +199,15 @@ impl ServedConn<'_> {
                         write_response
                     };
                     self.settle(handler)
-                        .and_then(|()| write(&mut self.stream, &response, close))
+                        .and_then(|()| write(&mut self.conn.stream, &response, close))
                 }
                 // Answered by another thread; when it is the last one, wait for it.
                 None if close => self.settle(handler),
                 None => Ok(()),
             };
             if written.is_err() || close {
-                let _ = self.stream.shutdown(Shutdown::Write);
-                return;
+                let _ = self.conn.stream.shutdown(Shutdown::Write);
+                return false;
             }
         }
     }
@@ -246,57 +219,45 @@ impl ServedConn<'_> {
 
     /// [`Outbox::settle`], telling the handler of an answer given up.
     fn settle_until<S>(&self, deadline: Instant, handler: &impl Handler<S>) -> io::Result<()> {
-        self.outbox.settle(deadline, &|| {
+        self.conn.outbox.settle(deadline, &|| {
             handler.refused(503, "no answer in time", None);
         })
     }
 
-    fn set_idle(&self, idle: bool) {
-        if let Some(conn) = self
-            .shared
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&self.id)
-        {
-            conn.idle = idle;
-        }
-    }
-
-    /// Reads the next request: waits (idle) for its first byte, then reads
-    /// its head and body under their deadlines.
+    /// Reads the next request: its head from the bytes there are (when
+    /// they run out before its end, [`ReadError::Park`]: the connection
+    /// waits in the poller, under the header deadline counted from the
+    /// head's first byte), then its body under its deadline.
     /// Also whether the client wants this to be the connection's last
     /// request, and whether it is HTTP/1.0 asking for keep-alive.
-    fn read_request<S>(
-        &mut self,
-        handler: &impl Handler<S>,
-    ) -> Result<(Request, bool, bool), ReadError> {
+    fn read_request(&mut self) -> Result<(Request, bool, bool), ReadError> {
         self.head = None;
         let limits = &self.shared.limits;
-        if self.buf.is_empty() {
-            // Idle only until a request starts: a stop closes idle
-            // connections, never one with a request under way (invariant 7).
-            self.set_idle(true);
-            let first = self.wait_first_byte(handler);
-            self.set_idle(false);
-            first?;
+        if self.conn.buf.is_empty() && !self.read_now()? {
+            return Err(ReadError::Park);
         }
-        let head_deadline = Instant::now() + limits.header_timeout;
+        let started = *self.conn.head_started.get_or_insert_with(Instant::now);
+        let head_deadline = started + limits.header_timeout;
         let head = loop {
-            if let Some(parsed) = parse_head(&self.buf, limits.max_head)? {
+            if let Some(parsed) = parse_head(&self.conn.buf, limits.max_head)? {
                 break parsed;
             }
-            if self.buf.len() >= limits.max_head {
+            if self.conn.buf.len() >= limits.max_head {
                 return Err(ReadError::Reject(431, "request head too large"));
             }
-            self.read_more(
-                head_deadline,
-                Phase::Head,
-                408,
-                "request head not received in time",
-            )?;
+            // A head not yet complete is closed at the stop (invariant 7).
+            if self.shared.stop_deadline.get().is_some() {
+                return Err(ReadError::Closed);
+            }
+            if Instant::now() >= head_deadline {
+                return Err(ReadError::Reject(408, "request head not received in time"));
+            }
+            if !self.read_now()? {
+                return Err(ReadError::Park);
+            }
         };
-        self.buf.drain(..head.len);
+        self.conn.head_started = None;
+        self.conn.buf.drain(..head.len);
         let Head {
             mut request,
             framing,
@@ -304,7 +265,7 @@ impl ServedConn<'_> {
             keep_alive_10,
             ..
         } = head;
-        request.peer = self.peer;
+        request.peer = self.conn.peer;
         self.head = Some((request.method.clone(), request.path.clone()));
         request.body = match framing {
             Framing::None => Vec::new(),
@@ -323,50 +284,33 @@ impl ServedConn<'_> {
         Ok((request, close, keep_alive_10))
     }
 
-    /// Waits for the first byte of a request: up to the idle timeout, and,
-    /// once the server is stopping, up to the close grace.
-    fn wait_first_byte<S>(&mut self, handler: &impl Handler<S>) -> Result<(), ReadError> {
-        let limits = &self.shared.limits;
-        let idle_deadline = Instant::now() + limits.idle_timeout;
-        let mut stop_deadline: Option<Instant> = None;
+    /// Reads what is there without waiting: `false` when nothing is.
+    fn read_now(&mut self) -> Result<bool, ReadError> {
+        let socket = socket2::SockRef::from(&self.conn.stream);
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
         loop {
-            let now = Instant::now();
-            if self.shared.stopping.load(Ordering::SeqCst) {
-                let end = *stop_deadline.get_or_insert(now + limits.close_grace);
-                if now >= end {
-                    return Err(ReadError::Closed);
-                }
-            }
-            if now >= idle_deadline {
-                return Err(ReadError::Closed);
-            }
-            // An answer the socket did not take at once, or one given up
-            // at its deadline, is written from here (invariants 2, 3).
-            if self
-                .settle_until(now, handler)
-                .is_err_and(|e| !is_timeout(&e))
-            {
-                return Err(ReadError::Closed);
-            }
-            // Wake up now and then to notice a stop.
-            let slice = idle_deadline.min(now + Duration::from_millis(50));
-            match self.read_some(slice) {
+            match socket.recv_with_flags(&mut chunk, libc::MSG_DONTWAIT) {
                 Ok(0) => return Err(ReadError::Closed),
-                Ok(_) => return Ok(()),
-                Err(err) if is_timeout(&err) => continue,
+                Ok(n) => {
+                    // SAFETY: recv(2) initialised the first `n` bytes.
+                    let read =
+                        unsafe { std::slice::from_raw_parts(chunk.as_ptr().cast::<u8>(), n) };
+                    self.conn.buf.extend_from_slice(read);
+                    return Ok(true);
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(_) => return Err(ReadError::Closed),
             }
         }
     }
 
-    /// Reads more bytes into the buffer before `deadline`. Wakes up now and
-    /// then to notice a stop: a head not yet complete is then closed at
-    /// once, a body gets until [`body_stop_end`] and is answered `503`
-    /// (invariant 7).
+    /// Reads more of a body into the buffer before `deadline`. Wakes up
+    /// now and then to notice a stop: the body gets until
+    /// [`body_stop_end`] and is answered `503` (invariant 7).
     fn read_more(
         &mut self,
         deadline: Instant,
-        phase: Phase,
         status: u16,
         why: &'static str,
     ) -> Result<(), ReadError> {
@@ -374,10 +318,7 @@ impl ServedConn<'_> {
             let now = Instant::now();
             let mut slice = deadline.min(now + Duration::from_millis(50));
             if let Some(&stop) = self.shared.stop_deadline.get() {
-                let end = match phase {
-                    Phase::Head => return Err(ReadError::Closed),
-                    Phase::Body => body_stop_end(stop),
-                };
+                let end = body_stop_end(stop);
                 if now >= end {
                     return Err(ReadError::Reject(503, "shutting down"));
                 }
@@ -407,19 +348,19 @@ impl ServedConn<'_> {
             set <= left + Duration::from_millis(1) && left < set + Duration::from_millis(10)
         });
         if !keep {
-            self.stream.set_read_timeout(Some(left))?;
+            self.conn.stream.set_read_timeout(Some(left))?;
             self.read_timeout = Some(left);
         }
         let mut chunk = [0u8; 8192];
         let n = loop {
-            match self.stream.read(&mut chunk) {
+            match self.conn.stream.read(&mut chunk) {
                 // A stop signal interrupts a read with a timeout even under
                 // SA_RESTART (signal(7)): not the client's doing.
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 other => break other?,
             }
         };
-        self.buf.extend_from_slice(&chunk[..n]);
+        self.conn.buf.extend_from_slice(&chunk[..n]);
         Ok(n)
     }
 
@@ -427,9 +368,10 @@ impl ServedConn<'_> {
         if request
             .header("expect")
             .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
-            && self.buf.is_empty()
+            && self.conn.buf.is_empty()
         {
-            self.stream
+            self.conn
+                .stream
                 .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                 .map_err(|_| ReadError::Closed)?;
         }
@@ -437,10 +379,10 @@ impl ServedConn<'_> {
     }
 
     fn read_exact_body(&mut self, len: usize, deadline: Instant) -> Result<Vec<u8>, ReadError> {
-        while self.buf.len() < len {
-            self.read_more(deadline, Phase::Body, 408, BODY_LATE)?;
+        while self.conn.buf.len() < len {
+            self.read_more(deadline, 408, BODY_LATE)?;
         }
-        Ok(self.buf.drain(..len).collect())
+        Ok(self.conn.buf.drain(..len).collect())
     }
 
     fn read_chunked_body(&mut self, deadline: Instant) -> Result<Vec<u8>, ReadError> {
@@ -448,10 +390,10 @@ impl ServedConn<'_> {
         let mut body = Vec::new();
         loop {
             let (start, size) = loop {
-                match httparse::parse_chunk_size(&self.buf) {
+                match httparse::parse_chunk_size(&self.conn.buf) {
                     Ok(httparse::Status::Complete((start, size))) => break (start, size),
-                    Ok(httparse::Status::Partial) if self.buf.len() < 1024 => {
-                        self.read_more(deadline, Phase::Body, 408, BODY_LATE)?;
+                    Ok(httparse::Status::Partial) if self.conn.buf.len() < 1024 => {
+                        self.read_more(deadline, 408, BODY_LATE)?;
                     }
                     _ => return Err(ReadError::Reject(400, "malformed chunked body")),
                 }
@@ -463,14 +405,14 @@ impl ServedConn<'_> {
             // The chunk, then its CRLF (or, after the last one, the final CRLF;
             // trailers are not supported).
             let need = start + size + 2;
-            while self.buf.len() < need {
-                self.read_more(deadline, Phase::Body, 408, BODY_LATE)?;
+            while self.conn.buf.len() < need {
+                self.read_more(deadline, 408, BODY_LATE)?;
             }
-            if &self.buf[start + size..need] != b"\r\n" {
+            if &self.conn.buf[start + size..need] != b"\r\n" {
                 return Err(ReadError::Reject(400, "malformed chunked body"));
             }
-            body.extend_from_slice(&self.buf[start..start + size]);
-            self.buf.drain(..need);
+            body.extend_from_slice(&self.conn.buf[start..start + size]);
+            self.conn.buf.drain(..need);
             if size == 0 {
                 return Ok(body);
             }

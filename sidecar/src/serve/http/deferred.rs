@@ -109,20 +109,6 @@ impl Outbox {
         written
     }
 
-    /// Shuts the connection down if it owes its client nothing: no answer
-    /// pending, nothing unsent or being written (invariant 7). `true` when
-    /// it did. The look and the shutdown are under the lock, so no answer
-    /// can start between them (only a pending one could, and a shutdown
-    /// does not block: the lock rule).
-    pub(super) fn shutdown_if_quiet(&self) -> bool {
-        let state = self.lock();
-        if state.pending.is_some() || !state.unsent.is_empty() || state.writing {
-            return false;
-        }
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        true
-    }
-
     #[cfg(test)]
     fn is_pending(&self) -> bool {
         self.lock().pending.is_some()
@@ -416,50 +402,5 @@ mod tests {
             settled.map_err(|e| e.kind()),
             Err(io::ErrorKind::BrokenPipe)
         );
-    }
-
-    #[test]
-    fn an_idle_connection_is_shut_down_only_once_it_owes_its_client_nothing() {
-        let (server, mut client) = pair();
-        socket2::SockRef::from(&server)
-            .set_send_buffer_size(4096)
-            .expect("small send buffer");
-        let outbox = outbox(&server);
-        let deferred = later(&outbox).defer(Instant::now() + Duration::from_secs(10));
-        assert!(!outbox.shutdown_if_quiet(), "an answer is pending");
-        // An answer far larger than the socket takes: most of it is left
-        // for the handler thread.
-        let big = Response {
-            status: 200,
-            content_type: "text/plain",
-            headers: Vec::new(),
-            body: vec![b'x'; 4 << 20],
-        };
-        assert!(deferred.respond(big, || {}));
-        assert!(!outbox.shutdown_if_quiet(), "part of an answer is unsent");
-        // While the handler thread writes it (blocked: the client does not
-        // read yet), the connection still owes it.
-        let writer = {
-            let outbox = outbox.clone();
-            std::thread::spawn(move || {
-                outbox.settle(Instant::now() + Duration::from_secs(10), &|| {})
-            })
-        };
-        let give_up = Instant::now() + Duration::from_secs(10);
-        while !outbox.lock().writing {
-            assert!(
-                Instant::now() < give_up,
-                "the handler thread never began writing"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        assert!(!outbox.shutdown_if_quiet(), "an answer is being written");
-        let responses = read_responses(&mut client, 1);
-        assert_eq!(responses[0].0, 200);
-        assert_eq!(responses[0].1.len(), 4 << 20);
-        writer.join().expect("writer").expect("written");
-        assert!(outbox.shutdown_if_quiet(), "nothing owed: shut down");
-        let mut rest = [0u8; 16];
-        assert_eq!(client.read(&mut rest).expect("read after the shutdown"), 0);
     }
 }

@@ -51,6 +51,8 @@ fn parse(buf: &[u8]) -> Result<Option<Head>, u16> {
             Err(status)
         }
         Err(ReadError::Closed) => panic!("parse_head answered Closed for {buf:?}"),
+        // Only the reader of a connection parks it; parsing a buffer never does.
+        Err(ReadError::Park) => panic!("parse_head answered Park for {buf:?}"),
     }
 }
 

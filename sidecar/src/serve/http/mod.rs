@@ -5,8 +5,15 @@
 //! starts threads we could neither name nor join. Parsing is `httparse`'s
 //! (hyper's parser); what is ours is the connection handling around it:
 //!
-//! - a deadline for the request head (from its first byte) and another for
-//!   the body, enforced with per-read socket timeouts computed from them;
+//! - idle connections cost no thread: a connection waits in a readiness
+//!   poller (`polling`, epoll) for its first byte, its next request, or
+//!   the rest of a head not yet complete, and a handler thread is taken
+//!   only while there are bytes to read (thousands of idle connections
+//!   cost file descriptors: three each, the socket and two clones);
+//! - a deadline for the request head (from its first byte, kept while the
+//!   connection waits in the poller) and another for the body, enforced
+//!   with per-read socket timeouts computed from it (a body being read
+//!   holds its handler thread, for `body_timeout` at most);
 //! - a body limit checked on the bytes actually read (chunked bodies
 //!   included), and answered before reading on `Content-Length` /
 //!   `Expect: 100-continue`;
@@ -31,46 +38,58 @@
 //!
 //! # What it owns
 //!
-//! A [`Server`] owns the listener, its threads (`http-accept` and
-//! `http-0`..`http-N`, all in one [`quiesce::Threads`], joined by
-//! [`Server::stop`]), the queue of accepted connections between them, and
-//! `ServerState`: the limits, the `stopping` flag and the registry of open
-//! connections (`open`). Each open connection has an outbox (its write side
-//! for deferred answers, `deferred.rs`).
+//! A [`Server`] owns the listener, its threads (`http-accept`, `http-poll`
+//! and `http-0`..`http-N`, all in one [`quiesce::Threads`], joined by
+//! [`Server::stop`]), the channels between them (to the poller: `park`;
+//! from it to the handlers: the ready queue), and `ServerState`: the
+//! limits, the `stopping` flag, the poller and the registry of open
+//! connections (`open`). Each open connection (`poll::Conn`) has an outbox
+//! (its write side for deferred answers, `deferred.rs`).
 //!
 //! | File | The idea |
 //! |------|----------|
-//! | `server.rs` | start, the accept loop, refusing past the cap, the stop (draining the backlog, closing idle connections) |
-//! | `conn.rs` | one connection on a handler thread: reading requests under their deadlines, calling the [`Handler`], writing its answers |
+//! | `server.rs` | start, the accept loop, refusing past the cap, the stop (draining the backlog) |
+//! | `poll.rs` | where connections wait for bytes: their idle and head deadlines, closing idle ones at the stop |
+//! | `conn.rs` | one connection on a handler thread while it has bytes: reading requests under their deadlines, calling the [`Handler`], writing its answers |
 //! | `deferred.rs` | answers written by another thread: [`Later`], [`Deferred`], the outbox |
 //! | `wire.rs` | a response's bytes, status reasons, writing them |
 //!
 //! # Which thread touches what
 //!
 //! - `http-accept` owns the listener and the connections it refuses (they
-//!   linger a moment, non-blocking). It hands each accepted connection to
-//!   the queue and reads `stopping`.
-//! - `http-0`..`http-N` each take one connection at a time off the queue
-//!   and serve it until it closes; each owns its per-thread state `S` (the
-//!   intake's database connection), the connection's socket and read
-//!   buffer. It adds the connection to `open`, marks it idle or busy there,
-//!   removes it at the end, and settles its outbox.
+//!   linger a moment, non-blocking). It adds each accepted connection to
+//!   `open` (or refuses it past the cap), hands it to the poller and reads
+//!   `stopping`.
+//! - `http-poll` owns the connections waiting for bytes, their deadlines
+//!   and the poller's registrations. It hands a connection with bytes (or
+//!   a hang-up) to the ready queue, closes one whose idle time is up,
+//!   answers `408` (without blocking) to one whose head is late, and at
+//!   the stop closes heads not yet complete at once and idle connections
+//!   after the grace; then it ends, and with it the ready queue.
+//! - `http-0`..`http-N` each take one ready connection at a time off the
+//!   queue and serve the requests whose bytes are there; each owns its
+//!   per-thread state `S` (the intake's database connection) and, while it
+//!   serves one, the connection's socket and read buffer. When no bytes
+//!   are left to read it settles the outbox and gives the connection back
+//!   to the poller. Whoever drops a connection removes it from `open`.
 //! - Whoever holds a [`Deferred`] (the store's thread, which answers a
 //!   report once it is committed) locks that connection's outbox and sends
 //!   without blocking.
 //! - The thread calling [`Server::stop`] (the intake service's) sets
-//!   `stopping`, wakes `http-accept` with a connection of its own, joins the
-//!   threads, and shuts down sockets found in `open` (idle ones through
-//!   their outbox).
+//!   `stopping`, wakes `http-poll` (`notify`) and `http-accept` (with a
+//!   connection of its own), joins the threads, and at its deadline shuts
+//!   down the sockets still in `open`.
 //!
 //! # Invariants
 //!
 //! 1. A connection is owned by exactly one thread at a time: `http-accept`
-//!    until it is queued (or refused), then one handler thread until it is
-//!    closed. Only the owner reads it. Clones of the socket serve two
-//!    things only: the outbox's, through which deferred answers are written
-//!    (2 to 4) and an idle connection is shut down (7), and the one in
-//!    `open`, for the stop to shut it down at its deadline (7).
+//!    until it is parked (or refused), then `http-poll` while it waits for
+//!    bytes and one handler thread while it is read, in turn, until it is
+//!    closed. Only the owner reads it; the poller only registers it and
+//!    waits, it never reads (it writes only the `408` of a late head).
+//!    Clones of the socket serve two things only: the outbox's, through
+//!    which deferred answers are written (2 to 4), and the one in `open`,
+//!    for the stop to shut it down at its deadline (7).
 //! 2. Answers on one connection go out in request order: at most one answer
 //!    is outstanding per connection. The handler thread settles the outbox
 //!    (waits for the deferred answer, writes what the socket did not take)
@@ -87,8 +106,9 @@
 //! 4. A thread answering a [`Deferred`] never blocks on a client: it sends
 //!    with `MSG_DONTWAIT` and leaves what the socket does not take in the
 //!    outbox, for the handler thread to write under its write deadline.
-//! 5. The accept thread never blocks on a client: it queues connections
-//!    with `try_send` and, past the cap, answers `503` itself: one small
+//! 5. The accept thread never blocks on a client: it parks connections
+//!    (an unbounded channel: `open`, at most `max_connections`, bounds it)
+//!    and, past the cap (`open` full), answers `503` itself: one small
 //!    answer on a fresh socket (its send buffer takes it at once; a 100 ms
 //!    write timeout bounds the rest), then a non-blocking linger looked at
 //!    again at each accept, a bounded number at once. At the stop, draining
@@ -100,21 +120,32 @@
 //!    answer and into the `503` that may replace it. Connections refused
 //!    before a handler sees them are always answered `Connection: close`.
 //! 7. Before its deadline, the stop closes only idle connections that owe
-//!    their client nothing: idle means its handler thread waits for the
-//!    first byte of a request with nothing buffered; owing nothing, that no
-//!    deferred answer is pending and none of one is left unsent or being
-//!    written from that wait. A request whose head has been read, or its
-//!    answer, is never cut; but a head not yet complete is closed as soon
-//!    as its handler thread sees the stop (within 50 ms: reads wake up to
-//!    look), and a body still being read gets until a moment before the
+//!    their client nothing: idle means it waits in the poller with nothing
+//!    buffered; owing nothing holds for every connection in the poller (8).
+//!    The poller closes them after the close grace (a request that arrives
+//!    in it is still served, its answer closing), then ends: a connection
+//!    given back to it later is closed at once. A request whose head has
+//!    been read, or its answer, is never cut; but a head not yet complete
+//!    is closed as soon as the stop is seen (by the poller at once, by a
+//!    handler thread before it reads more), and a body still being read
+//!    gets until a moment before the
 //!    deadline (`BODY_STOP_MARGIN`, set with `stopping`) and is then
 //!    answered `503`, closing, with a short linger: slow clients cannot
 //!    hold a thread past the deadline. At the deadline every socket in
 //!    `open` is shut down, so that the threads return.
+//! 8. A connection waits in the poller, not on a handler thread, whenever
+//!    it has no bytes to read: a handler thread reads without blocking
+//!    until a head is complete, and when the bytes run out first (no
+//!    request, or part of a head) it gives the connection back. Only a
+//!    connection that owes its client nothing is given back: the handler
+//!    thread settles its outbox first (waits for a deferred answer, up to
+//!    its deadline, and writes what is unsent). Pipelined bytes already
+//!    read are served before that, never parked. In the poller a new or
+//!    keep-alive connection waits up to `idle_timeout`, part of a head up
+//!    to `header_timeout` from its first byte.
 //!
-//! Lock rule: there are two kinds of lock, `open` and each outbox's state.
-//! `open` may be held while an outbox's lock is taken (the stop's
-//! `close_idle`), never the reverse. Nothing blocks under either: under
+//! Lock rule: there are two kinds of lock, `open` and each outbox's state,
+//! never held together. Nothing blocks under either: under
 //! `open` sockets are only shut down; under an outbox's lock they are only
 //! sent to with `MSG_DONTWAIT`, or shut down (the handler thread drops it
 //! before writing what is unsent). The callbacks that count an answer before the client
@@ -128,6 +159,7 @@ mod conn;
 mod deferred;
 #[cfg(test)]
 mod fuzz_tests;
+mod poll;
 mod server;
 mod wire;
 
@@ -146,9 +178,10 @@ pub const RETRY_AFTER: &str = "5";
 /// Limits and timeouts of a [`Server`].
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Handler threads: connections served at once.
+    /// Handler threads: requests read and answered at once (connections
+    /// waiting for bytes hold none).
     pub handlers: usize,
-    /// Open connections at most (served or waiting for a handler).
+    /// Open connections at most (served, or waiting for bytes or a handler).
     pub max_connections: usize,
     /// From a request's first byte to the end of its head.
     pub header_timeout: Duration,
@@ -259,6 +292,6 @@ pub trait Handler<S>: Send + Sync + 'static {
     /// large, say).
     fn refused(&self, status: u16, why: &str, head: Option<(&str, &str)>);
 
-    /// How many connections are being served now, after each change.
+    /// How many connections are open now, after each change.
     fn connections(&self, _open: usize) {}
 }

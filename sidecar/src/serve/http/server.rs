@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::Sender;
+use polling::Poller;
 use quiesce::{Context, Threads};
 
 use super::conn::handler_loop;
-use super::deferred::Outbox;
+use super::poll::{Conn, park, poll_loop};
 use super::wire::write_response;
 use super::{Handler, Limits, Response};
 
@@ -26,19 +27,22 @@ pub(super) struct ServerState {
     /// way is read until a moment before it, a head not yet complete is
     /// closed at once (invariant 7).
     pub(super) stop_deadline: OnceLock<Instant>,
-    /// Open connections by id, to close idle ones at the stop (invariant
-    /// 7). Taken before an outbox's lock, never after (the lock rule).
+    /// Open connections by id: the cap (invariant 5) and the stop's
+    /// deadline (invariant 7). Nothing else is locked under it.
     pub(super) open: Mutex<HashMap<u64, OpenConn>>,
     next_id: AtomicU64,
+    /// Where connections wait for bytes (invariant 8); `notify` wakes
+    /// `http-poll` for a connection sent on `park` and for the stop.
+    pub(super) poller: Poller,
+    pub(super) park: Sender<Conn>,
+    /// Tells the handler how many connections are open, after each change.
+    pub(super) counted: Box<dyn Fn(usize) + Send + Sync>,
 }
 
 /// An open connection as the stop sees it.
 pub(super) struct OpenConn {
     /// A clone of the socket, only ever shut down (invariant 1).
     pub(super) stream: TcpStream,
-    /// Its handler thread waits for a request's first byte (invariant 7).
-    pub(super) idle: bool,
-    pub(super) outbox: Arc<Outbox>,
 }
 
 /// A running server; [`Server::stop`] stops it gracefully.
@@ -66,20 +70,22 @@ impl Server {
         F: Fn() -> io::Result<S> + Send + Sync + 'static,
     {
         let addr = listener.local_addr()?;
+        let handler = Arc::new(handler);
+        let counting = handler.clone();
+        // Both unbounded: `open` bounds what they hold (invariant 5).
+        let (park_tx, park_rx) = crossbeam_channel::unbounded::<Conn>();
+        let (ready_tx, conn_rx) = crossbeam_channel::unbounded::<Conn>();
         let shared = Arc::new(ServerState {
             limits: limits.clone(),
             stopping: AtomicBool::new(false),
             stop_deadline: OnceLock::new(),
             open: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
+            poller: Poller::new()?,
+            park: park_tx,
+            counted: Box::new(move |open| counting.connections(open)),
         });
-        let queue = limits
-            .max_connections
-            .saturating_sub(limits.handlers)
-            .max(1);
-        let (conn_tx, conn_rx) = crossbeam_channel::bounded::<(u64, TcpStream)>(queue);
         let mut threads = Threads::new(&Context::background());
-        let handler = Arc::new(handler);
         let make_state = Arc::new(make_state);
         for i in 0..limits.handlers.max(1) {
             let (rx, shared, handler, make_state) = (
@@ -93,11 +99,24 @@ impl Server {
             })?;
         }
         drop(conn_rx);
+        let poll_shared = shared.clone();
+        let poll_handler = handler.clone();
+        threads.spawn("http-poll", move |_ctx| {
+            // Ends after the stop's grace; dropping `ready_tx` then ends
+            // the handler threads once they are done.
+            poll_loop(&poll_shared, &park_rx, &ready_tx, poll_handler.as_ref());
+        })?;
         let accept_shared = shared.clone();
         let accept_handler = handler.clone();
-        threads.spawn("http-accept", move |_ctx| {
-            accept_loop(&listener, &conn_tx, &accept_shared, accept_handler.as_ref());
-        })?;
+        let accepting = threads.spawn("http-accept", move |_ctx| {
+            accept_loop(&listener, &accept_shared, accept_handler.as_ref());
+        });
+        if let Err(err) = accepting {
+            // The poller ends after the stop's grace, the handlers after it.
+            shared.stopping.store(true, Ordering::SeqCst);
+            let _ = shared.poller.notify();
+            return Err(err);
+        }
         Ok(Server {
             addr,
             shared,
@@ -119,10 +138,12 @@ impl Server {
         // with it, for the connections still reading, invariant 7).
         let _ = self.shared.stop_deadline.set(deadline);
         self.shared.stopping.store(true, Ordering::SeqCst);
+        // The poller closes heads not yet complete, and idle connections
+        // after the grace (invariant 7).
+        let _ = self.shared.poller.notify();
         // Wake the accept thread, blocked in accept(), with a connection of
         // our own; it sees `stopping` and ends.
         let _ = TcpStream::connect_timeout(&wake_addr(self.addr), Duration::from_secs(1));
-        let grace_end = Instant::now() + self.shared.limits.close_grace;
         loop {
             let slice_end = (Instant::now() + Duration::from_millis(20)).min(deadline);
             for finished in self.threads.join_deadline(slice_end).finished {
@@ -132,11 +153,6 @@ impl Server {
             }
             if self.threads.is_empty() || Instant::now() >= deadline {
                 break;
-            }
-            // Idle connections close themselves after the grace; this is
-            // for any that missed it.
-            if Instant::now() >= grace_end {
-                close_idle(&self.shared);
             }
         }
         let stuck: Vec<String> = self.threads.running().into_iter().map(|r| r.name).collect();
@@ -171,21 +187,7 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
     wake
 }
 
-/// Shuts down the connections waiting for a request (invariant 7). Holds
-/// `open` while each outbox's lock is taken: the lock rule's order.
-fn close_idle(shared: &ServerState) {
-    let open = shared.open.lock().unwrap_or_else(|e| e.into_inner());
-    for conn in open.values().filter(|c| c.idle) {
-        conn.outbox.shutdown_if_quiet();
-    }
-}
-
-fn accept_loop<S>(
-    listener: &TcpListener,
-    conns: &Sender<(u64, TcpStream)>,
-    shared: &ServerState,
-    handler: &impl Handler<S>,
-) {
+fn accept_loop<S>(listener: &TcpListener, shared: &Arc<ServerState>, handler: &impl Handler<S>) {
     let mut refusals = Refusals::default();
     for stream in listener.incoming() {
         refusals.sweep();
@@ -206,13 +208,21 @@ fn accept_loop<S>(
             }
         };
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        // Never waits for a handler (invariant 5): past the cap, refused.
-        match conns.try_send((id, stream)) {
-            Ok(()) => {}
-            Err(TrySendError::Full((_, stream))) | Err(TrySendError::Disconnected((_, stream))) => {
-                handler.refused(503, "too many connections", None);
-                refusals.add(stream, "too many open connections; retry shortly");
-            }
+        // Never waits for a handler (invariant 5): past the cap, refused;
+        // under it, the connection waits in the poller for its first byte
+        // (invariant 8).
+        let full = shared.open.lock().unwrap_or_else(|e| e.into_inner()).len()
+            >= shared.limits.max_connections;
+        let refused = if full {
+            Some(stream)
+        } else {
+            Conn::open(id, stream, shared)
+                .map(|conn| park(shared, conn))
+                .err()
+        };
+        if let Some(stream) = refused {
+            handler.refused(503, "too many connections", None);
+            refusals.add(stream, "too many open connections; retry shortly");
         }
     }
 }

@@ -1,0 +1,216 @@
+//! The readiness poller (`http-poll`): where connections wait, costing no
+//! thread, for their next bytes: a new connection for its first, a
+//! keep-alive one for its next request, one whose head is not yet
+//! complete for the rest of it. Each is handed to a handler thread as soon
+//! as bytes arrive (invariant 8).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use polling::{Event, Events};
+
+use super::deferred::Outbox;
+use super::server::{OpenConn, ServerState};
+use super::wire::{encode, send_now};
+use super::{Handler, Response};
+
+/// An open connection, owned by one thread at a time (invariant 1): the
+/// accept thread, then the poller while it waits, a handler thread while
+/// bytes are there to read, and so on. Dropping it forgets it in `open`.
+pub(super) struct Conn {
+    pub(super) id: u64,
+    pub(super) stream: TcpStream,
+    /// Bytes read and not yet consumed (a head not yet complete, or
+    /// pipelined requests: the latter never wait in the poller).
+    pub(super) buf: Vec<u8>,
+    pub(super) outbox: Arc<Outbox>,
+    pub(super) peer: Option<SocketAddr>,
+    /// The first byte of the request head under way, when one is: the
+    /// header deadline runs from it, in the poller too.
+    pub(super) head_started: Option<Instant>,
+    shared: Arc<ServerState>,
+}
+
+impl Conn {
+    /// Registers a connection just accepted in `open`; gives the socket
+    /// back when it cannot be cloned.
+    pub(super) fn open(
+        id: u64,
+        stream: TcpStream,
+        shared: &Arc<ServerState>,
+    ) -> Result<Conn, TcpStream> {
+        let _ = stream.set_nodelay(true);
+        let (Ok(for_stop), Ok(for_answers)) = (stream.try_clone(), stream.try_clone()) else {
+            return Err(stream);
+        };
+        let count = {
+            let mut open = shared.open.lock().unwrap_or_else(|e| e.into_inner());
+            open.insert(id, OpenConn { stream: for_stop });
+            open.len()
+        };
+        (shared.counted)(count);
+        Ok(Conn {
+            id,
+            peer: stream.peer_addr().ok(),
+            stream,
+            buf: Vec::new(),
+            outbox: Arc::new(Outbox::new(for_answers)),
+            head_started: None,
+            shared: shared.clone(),
+        })
+    }
+
+    /// Closes it now (both directions), whoever holds a clone.
+    pub(super) fn close(self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let count = {
+            let mut open = self.shared.open.lock().unwrap_or_else(|e| e.into_inner());
+            open.remove(&self.id);
+            open.len()
+        };
+        (self.shared.counted)(count);
+    }
+}
+
+/// Hands a connection to the poller to wait for its next bytes; closes it
+/// when the poller has ended (after the stop's grace).
+pub(super) fn park(shared: &ServerState, conn: Conn) {
+    match shared.park.send(conn) {
+        Ok(()) => {
+            let _ = shared.poller.notify();
+        }
+        Err(err) => err.into_inner().close(),
+    }
+}
+
+struct Parked {
+    conn: Conn,
+    deadline: Instant,
+}
+
+/// The poller's loop: until the stop's grace has passed.
+pub(super) fn poll_loop<S>(
+    shared: &ServerState,
+    inbox: &Receiver<Conn>,
+    ready: &Sender<Conn>,
+    handler: &impl Handler<S>,
+) {
+    let limits = &shared.limits;
+    let mut parked: HashMap<u64, Parked> = HashMap::new();
+    let mut deadlines: BTreeSet<(Instant, u64)> = BTreeSet::new();
+    let mut events = Events::new();
+    let mut grace_end: Option<Instant> = None;
+    let unpark = |parked: &mut HashMap<u64, Parked>,
+                  deadlines: &mut BTreeSet<(Instant, u64)>,
+                  id: u64|
+     -> Option<Conn> {
+        let p = parked.remove(&id)?;
+        deadlines.remove(&(p.deadline, id));
+        // Deleted before it leaves (the crate's safety rule for `add`).
+        let _ = shared.poller.delete(&p.conn.stream);
+        Some(p.conn)
+    };
+    loop {
+        let now = Instant::now();
+        let stopping = shared.stopping.load(Ordering::SeqCst);
+        while let Ok(conn) = inbox.try_recv() {
+            let deadline = match conn.head_started {
+                Some(start) => start + limits.header_timeout,
+                None => now + limits.idle_timeout,
+            };
+            // SAFETY: the socket is deleted from the poller before the
+            // connection leaves `parked` (`unpark`), hence before it closes.
+            let added = unsafe {
+                shared
+                    .poller
+                    .add(&conn.stream, Event::readable(conn.id as usize))
+            };
+            if let Err(err) = added {
+                log::warn!("cannot poll a connection: {err}");
+                conn.close();
+                continue;
+            }
+            deadlines.insert((deadline, conn.id));
+            parked.insert(conn.id, Parked { conn, deadline });
+        }
+        if stopping {
+            // Invariant 7: a head not yet complete is closed at once, an
+            // idle connection after the grace.
+            let end = *grace_end.get_or_insert(now + limits.close_grace);
+            let partial: Vec<u64> = parked
+                .iter()
+                .filter(|(_, p)| p.conn.head_started.is_some() || now >= end)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in partial {
+                if let Some(conn) = unpark(&mut parked, &mut deadlines, id) {
+                    conn.close();
+                }
+            }
+            if now >= end {
+                // Given back after the grace: closed (invariant 7).
+                while let Ok(conn) = inbox.try_recv() {
+                    conn.close();
+                }
+                return;
+            }
+        }
+        while let Some(&(due, id)) = deadlines.first() {
+            if due > now {
+                break;
+            }
+            if let Some(conn) = unpark(&mut parked, &mut deadlines, id) {
+                expire(conn, handler);
+            }
+        }
+        let mut wait = deadlines
+            .first()
+            .map_or(Duration::from_secs(1), |(due, _)| {
+                due.saturating_duration_since(now)
+            })
+            .min(Duration::from_secs(1));
+        if let Some(end) = grace_end {
+            wait = wait.min(end.saturating_duration_since(now));
+        }
+        events.clear();
+        if let Err(err) = shared.poller.wait(&mut events, Some(wait))
+            && err.kind() != std::io::ErrorKind::Interrupted
+        {
+            log::warn!("http poller: {err}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for event in events.iter() {
+            if let Some(conn) = unpark(&mut parked, &mut deadlines, event.key as u64)
+                && let Err(err) = ready.send(conn)
+            {
+                err.into_inner().close();
+            }
+        }
+    }
+}
+
+/// A connection whose wait has ended: an idle one is closed; one with a
+/// head not complete in time is answered `408`, without blocking (a
+/// fresh answer on a socket whose client sends nothing: its send buffer
+/// takes it), then closed.
+fn expire<S>(conn: Conn, handler: &impl Handler<S>) {
+    if conn.head_started.is_some() {
+        const WHY: &str = "request head not received in time";
+        handler.refused(408, WHY, None);
+        let answer = encode(
+            &Response::json(408, &serde_json::json!({ "error": WHY })),
+            true,
+        );
+        let _ = send_now(&conn.stream, &answer);
+    }
+    conn.close();
+}
