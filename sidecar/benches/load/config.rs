@@ -19,7 +19,10 @@ pub(crate) struct Config {
     /// `LOAD_TARGETS`: the targets of the replica comparison (issue 11), in
     /// the order of its first round.
     pub(crate) replica_targets: Vec<Target>,
-    /// `LOAD_ROUNDS`: rounds of the replica comparison.
+    /// `LOAD_TARGETS`: whether to run the comparison with the axum + tokio
+    /// peer (issue 14, `peers`; not part of `all`).
+    pub(crate) peers: bool,
+    /// `LOAD_ROUNDS`: rounds of the replica comparison and of the peers'.
     pub(crate) rounds: usize,
 }
 
@@ -43,9 +46,11 @@ impl Target {
 /// `LOAD_TARGETS`, a comma-separated list (default `all`): `intake` (the
 /// five runs of issue 5: bare server, sidecar, SIGTERMs, 1M backlog),
 /// `replicas` (SQLite, one PostgreSQL replica, two on one database), or
-/// single replica targets `sqlite`, `pg-1`, `pg-2`; `all` is `intake,replicas`.
-fn targets(spec: &str) -> (bool, Vec<Target>) {
+/// single replica targets `sqlite`, `pg-1`, `pg-2`; `all` is `intake,replicas`;
+/// `peers` (quiesce vs the axum + tokio peer, issue 14) runs only when named.
+fn targets(spec: &str) -> (bool, Vec<Target>, bool) {
     let mut intake = false;
+    let mut peers = false;
     let mut replicas = Vec::new();
     let all = [Target::Sqlite, Target::Postgres(1), Target::Postgres(2)];
     let mut add = |t: Target| {
@@ -60,20 +65,21 @@ fn targets(spec: &str) -> (bool, Vec<Target>) {
                 all.into_iter().for_each(&mut add);
             }
             "intake" => intake = true,
+            "peers" => peers = true,
             "replicas" => all.into_iter().for_each(&mut add),
             "sqlite" => add(Target::Sqlite),
             "pg-1" => add(Target::Postgres(1)),
             "pg-2" => add(Target::Postgres(2)),
             other => panic!(
-                "LOAD_TARGETS: unknown target {other:?} (all, intake, replicas, sqlite, pg-1, pg-2)"
+                "LOAD_TARGETS: unknown target {other:?} (all, intake, replicas, sqlite, pg-1, pg-2, peers)"
             ),
         }
     }
     assert!(
-        intake || !replicas.is_empty(),
+        intake || peers || !replicas.is_empty(),
         "LOAD_TARGETS={spec:?} selects nothing"
     );
-    (intake, replicas)
+    (intake, replicas, peers)
 }
 
 impl Config {
@@ -96,11 +102,12 @@ impl Config {
             })
         };
         let window = seconds("LOAD_SECONDS", 30.0);
-        let (intake, replica_targets) =
+        let (intake, replica_targets, peers) =
             targets(&env::var("LOAD_TARGETS").unwrap_or_else(|_| "all".into()));
         Config {
             intake,
             replica_targets,
+            peers,
             rounds: usize::try_from(count("LOAD_ROUNDS", 3).max(1)).unwrap_or(3),
             window,
             clients: usize::try_from(count("LOAD_CLIENTS", 32).max(1)).unwrap_or(32),

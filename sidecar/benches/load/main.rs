@@ -9,6 +9,9 @@
 //! LOAD_SECONDS=5 cargo bench --bench load                 # a quick run
 //! LOAD_SECONDS=5 LOAD_TARGETS=replicas cargo bench -p quiesce-sidecar --bench load
 //!                     # only the comparison of SQLite and PostgreSQL replicas (issue 11)
+//! LOAD_SECONDS=15 LOAD_ROUNDS=3 LOAD_TARGETS=peers cargo bench -p quiesce-sidecar --bench load
+//!                     # only quiesce vs the axum + tokio peer (issue 14), at LOAD_PEER_CLIENTS
+//!                     # (32,128); builds the peer package peers/axum first
 //! ```
 //!
 //! Nothing to install. Cargo builds the binary for the bench (the `bench`
@@ -31,7 +34,8 @@
 //! PostgreSQL replicas, see `replicas.rs`; it needs the PostgreSQL server
 //! binaries, else its PostgreSQL targets are skipped loudly), or single
 //! targets of that comparison, `sqlite`, `pg-1`, `pg-2`; `all` is
-//! `intake,replicas`.
+//! `intake,replicas`; `peers` (quiesce vs an axum + tokio peer, issue 14,
+//! see `peers.rs`; `LOAD_PEER_CLIENTS`, default `32,128`) only when named.
 //!
 //! What `intake` measures, in this order:
 //!
@@ -100,7 +104,8 @@
 //! `bare` (the bare server), `client` (the load generator), `scenarios`
 //! (the five runs and the disk probe), `db` (the database check and fill),
 //! `summary` (the table), `replicas` (the comparison of SQLite and
-//! PostgreSQL replicas, with its own table). `temp`, `process` and `pg` are
+//! PostgreSQL replicas, with its own table), `peers` (quiesce vs the axum +
+//! tokio peer of `peers/axum/`, with its own table). `temp`, `process` and `pg` are
 //! the tests' harness files (`tests/support/`), included for `TempDir`,
 //! `send_signal` and the PostgreSQL cluster.
 
@@ -122,6 +127,7 @@ mod client;
 mod config;
 mod db;
 mod http;
+mod peers;
 mod proc;
 mod replicas;
 mod scenarios;
@@ -158,6 +164,9 @@ fn main() {
     }
     if !config.replica_targets.is_empty() {
         replicas::compare(&bin, &tmp, &config);
+    }
+    if config.peers {
+        peers::compare(&bin, &tmp, &config);
     }
 }
 
