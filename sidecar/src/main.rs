@@ -16,7 +16,16 @@ use clap::{Parser, Subcommand};
 /// intake sidecar and a CSV de-identification job built on the quiesce
 /// library.
 #[derive(Debug, Parser)]
-#[command(name = "quiesce", version, about, propagate_version = true)]
+#[command(
+    name = "quiesce",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "The README tells more: 'Try the sidecar' (a first session), 'Security' (tokens, \
+listening), 'HTTP API', 'Clinical data' (FHIR, PHQ-9, GAD-7), 'Running more than one replica' \
+(PostgreSQL), 'De-identify CSV exports'; deploy/README.md the Docker, systemd and Kubernetes \
+recipes."
+)]
 struct Cli {
     /// How log lines look on stderr: `text` for people, `json` (one object
     /// per line: time, level, target, message) for log pipelines. RUST_LOG

@@ -55,7 +55,8 @@ use self::scheduler::Scheduler;
 2 refused as unsafe for patient data (a non-loopback --listen without --tokens-file, a tokens \
 file others can read or that does not parse) or a command-line error; \
 3 shutdown deadline exceeded (stuck threads are named in the log); 130/143 forced by a second \
-SIGINT/SIGTERM. Durations take units: 500ms, 25s, 24h. RUST_LOG sets the log level (default info)."
+SIGINT/SIGTERM. Durations take units: 500ms, 25s, 24h. RUST_LOG sets the log level (default info). The README's 'Try the sidecar', 'HTTP API', \
+'Security' and 'Running more than one replica' sections tell more."
 )]
 pub struct Args {
     /// Address to listen on. Port 0 picks a free port; the bound address is
