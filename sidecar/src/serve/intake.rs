@@ -289,11 +289,7 @@ impl Handler<Reader> for Api {
                     json!({ "method": request.method, "path": route_of(&request.path) })
                         .to_string(),
                 );
-                let _ = self.store.send(
-                    Op::Audit(event),
-                    Box::new(|_| {}),
-                    Instant::now() + Duration::from_millis(100),
-                );
+                self.store.audit_later(event, Duration::from_millis(100));
                 return Some(refused);
             }
         };

@@ -519,11 +519,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(n) => format!("{n} token(s)"),
                 Err(_) => "refused: the tokens loaded before stay valid".into(),
             });
-            let _ = audit.send(
-                store::Op::Audit(event),
-                Box::new(|_| {}),
-                std::time::Instant::now() + Duration::from_secs(1),
-            );
+            audit.audit_later(event, Duration::from_secs(1));
         } else if signal == signal_hook::consts::SIGHUP {
             log::warn!(
                 "received SIGHUP: ignored (no --tokens-file to reload; quiesce serve stops on \

@@ -751,6 +751,22 @@ impl StoreHandle {
         }
     }
 
+    /// Appends `event` to the audit trail without waiting for its commit
+    /// (for what must stay cheap: a refused request, a signal). Waits at
+    /// most `wait` for room; a row not taken or not stored is logged,
+    /// never dropped in silence.
+    pub fn audit_later(&self, event: AuditEvent, wait: Duration) {
+        let action = event.action;
+        let reply: Reply = Box::new(move |outcome| {
+            if let Err(failure) = outcome {
+                log::warn!("audit row {action} not recorded: {failure}");
+            }
+        });
+        if let Err(err) = self.send(Op::Audit(event), reply, Instant::now() + wait) {
+            log::warn!("audit row {action} not recorded: {err}");
+        }
+    }
+
     /// Queues `op` (waiting until `deadline` for room) without waiting for
     /// its commit; `reply` gets the outcome once committed.
     ///
