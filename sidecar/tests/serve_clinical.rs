@@ -160,16 +160,7 @@ fn a_batch_answers_each_item_and_keeps_the_good_ones(backend: Backend) {
     bad["submitted_at"] = json!("yesterday");
     let other = report("b-3", "P-3", "S", &[("q1", 2)]);
     let body = serde_json::to_vec(&json!([good, good, bad, other])).expect("json");
-    let batch = exchange(
-        addr,
-        &request(
-            "POST",
-            "/v1/reports:batch",
-            &[("Content-Type", "application/json")],
-            Some(&body),
-            false,
-        ),
-    );
+    let batch = post_batch(addr, "application/json", &body);
     assert_eq!(batch.status, 200, "{}", batch.text());
     let results = batch.json()["results"].clone();
     let statuses: Vec<&str> = results
@@ -186,16 +177,7 @@ fn a_batch_answers_each_item_and_keeps_the_good_ones(backend: Backend) {
     assert_eq!(results[2]["field"], "submitted_at", "{results}");
     // NDJSON too; the same reports are duplicates now.
     let ndjson = format!("{good}\n{other}\n");
-    let again = exchange(
-        addr,
-        &request(
-            "POST",
-            "/v1/reports:batch",
-            &[("Content-Type", "application/x-ndjson")],
-            Some(ndjson.as_bytes()),
-            false,
-        ),
-    );
+    let again = post_batch(addr, "application/x-ndjson", ndjson.as_bytes());
     assert_eq!(again.status, 200, "{}", again.text());
     assert_eq!(again.json()["counts"]["duplicate"], 2, "{}", again.text());
     // Over the limit: refused whole, nothing stored.
@@ -207,16 +189,7 @@ fn a_batch_answers_each_item_and_keeps_the_good_ones(backend: Backend) {
         report("c-5", "P", "S", &[]),
     ]))
     .expect("json");
-    let over = exchange(
-        addr,
-        &request(
-            "POST",
-            "/v1/reports:batch",
-            &[("Content-Type", "application/json")],
-            Some(&five),
-            false,
-        ),
-    );
+    let over = post_batch(addr, "application/json", &five);
     assert_eq!(over.status, 413, "{}", over.text());
     // A FHIR batch Bundle: each entry answered on its own.
     let bundle = fhir_post(addr, "/fhir", BUNDLE.as_bytes());
@@ -308,16 +281,7 @@ fn an_alert_is_claimed_before_a_backlog_of_routine_reports(backend: Backend) {
             .collect::<Vec<_>>(),
     )
     .expect("json");
-    let batch = exchange(
-        addr,
-        &request(
-            "POST",
-            "/v1/reports:batch",
-            &[("Content-Type", "application/json")],
-            Some(&body),
-            false,
-        ),
-    );
+    let batch = post_batch(addr, "application/json", &body);
     assert_eq!(batch.status, 200, "{}", batch.text());
     let mut answers: Vec<(String, u8)> = (1..=9).map(|i| (format!("q{i}"), 0)).collect();
     answers[8].1 = 1;

@@ -301,9 +301,9 @@ fn a_stopped_replica_releases_its_claims_and_enrollment_converges() {
 }
 
 /// Issue 11, item 4: the backlog limit is judged on the shared backlog: a
-/// replica that has accepted nothing refuses (429) once the others have
-/// filled it, and a report accepted on one shows in the other's enrollment
-/// once processed.
+/// replica that has accepted nothing refuses (429) once another has filled
+/// it, and still recognises a duplicate. (Enrollment converging is
+/// checked by the SIGTERM test.)
 #[test]
 fn the_backlog_limit_is_shared_by_the_replicas() {
     let Some(cluster) = pg_cluster() else { return };

@@ -385,16 +385,7 @@ fn reports_submitted_before_the_configured_floor_are_refused() {
     assert_eq!(post_json(serve.addr, &fine).status, 202);
     let body =
         serde_json::to_vec(&json!([old, report("new-2", "P-2", "s", &[("q1", 1)])])).unwrap();
-    let batch = exchange(
-        serve.addr,
-        &request(
-            "POST",
-            "/v1/reports:batch",
-            &[("Content-Type", "application/json")],
-            Some(&body),
-            false,
-        ),
-    );
+    let batch = post_batch(serve.addr, "application/json", &body);
     assert_eq!(batch.status, 200, "{}", batch.text());
     let results = batch.json()["results"].clone();
     assert_eq!(results[0]["status"], "invalid", "{results}");

@@ -65,6 +65,21 @@ pub fn report(id: &str, patient: &str, site: &str, answers: &[(&str, u8)]) -> Va
     })
 }
 
+/// `POST /v1/reports:batch` with `body` as `content_type` (a JSON array
+/// of reports, or NDJSON), on a fresh connection.
+pub fn post_batch(addr: SocketAddr, content_type: &str, body: &[u8]) -> Response {
+    exchange(
+        addr,
+        &request(
+            "POST",
+            "/v1/reports:batch",
+            &[("Content-Type", content_type)],
+            Some(body),
+            false,
+        ),
+    )
+}
+
 /// Asserts an error answer: `status`, a JSON body with a non-empty
 /// `error`, and (when given) the `field`.
 #[track_caller]
