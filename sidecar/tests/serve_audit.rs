@@ -12,13 +12,6 @@ use sha2::Digest as _;
 use support::*;
 
 /// Runs `quiesce <args>` to its exit: its status, stdout and stderr.
-fn cli(args: &[&str]) -> (std::process::ExitStatus, String, String) {
-    let mut command = quiesce(args);
-    command.stdout(std::process::Stdio::piped());
-    let exit = Process::start(command).wait_exit(Duration::from_secs(30));
-    (exit.status, exit.stdout, exit.log)
-}
-
 /// Posts, re-posts, conflicts, reads (found and not) and waits for the
 /// processing: the audit rows every action leaves. Returns the body
 /// first posted.

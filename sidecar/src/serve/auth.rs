@@ -127,7 +127,8 @@ pub enum Need {
 /// authenticated: for the logs, and for the audit trail.
 #[derive(Clone, Debug, Default)]
 pub struct Caller {
-    /// The token's name; `None` without a tokens file, and on open routes.
+    /// The token's name; without one (no tokens file, an open route), the
+    /// subject of the client's certificate under mutual TLS; else `None`.
     pub name: Option<String>,
     /// The peer's address (the TCP peer: a proxy's, behind one).
     pub peer: Option<SocketAddr>,
@@ -263,7 +264,7 @@ impl TokenSet {
         if !meta.is_file() {
             return Err(format!("the tokens file {shown} is not a regular file"));
         }
-        check_private(path, &meta)?;
+        check_private(path, &meta, "the tokens file")?;
         let mut text = String::new();
         file.take(MAX_FILE + 1)
             .read_to_string(&mut text)
@@ -305,11 +306,16 @@ impl TokenSet {
     }
 }
 
-/// Refuses a tokens file others may read or change: like PostgreSQL's
-/// rule for its key file, 0600 or less when it is the process user's, and
-/// 0640 or less when it is root's (a Kubernetes Secret volume with an
-/// `fsGroup` is root's and group-readable).
-fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
+/// Refuses a file of secrets (`what`: "the tokens file", "the TLS key")
+/// that others may read or change: like PostgreSQL's rule for its key
+/// file, 0600 or less when it is the process user's, and 0640 or less when
+/// it is root's (a Kubernetes Secret volume with an `fsGroup` is root's
+/// and group-readable).
+pub(crate) fn check_private(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    what: &str,
+) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt as _;
     let shown = path.display();
     let mode = meta.mode() & 0o777;
@@ -317,20 +323,20 @@ fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
     if meta.uid() == me {
         if mode & 0o077 != 0 {
             return Err(format!(
-                "the tokens file {shown} is readable or writable by others (mode {mode:04o}); \
+                "{what} {shown} is readable or writable by others (mode {mode:04o}); \
                  it holds secrets: chmod 600 {shown}"
             ));
         }
     } else if meta.uid() == 0 {
         if mode & 0o037 != 0 {
             return Err(format!(
-                "the tokens file {shown} (owned by root) is accessible to others \
+                "{what} {shown} (owned by root) is accessible to others \
                  (mode {mode:04o}); it holds secrets: chmod 640 {shown} (or 600)"
             ));
         }
     } else {
         return Err(format!(
-            "the tokens file {shown} belongs to uid {}; it must belong to this process's \
+            "{what} {shown} belongs to uid {}; it must belong to this process's \
              user (uid {me}) or to root",
             meta.uid()
         ));
@@ -476,7 +482,7 @@ impl Auth {
     /// The answer refusing the request.
     pub fn check(&self, request: &Request) -> Result<Caller, Response> {
         let mut caller = Caller {
-            name: None,
+            name: request.client.as_deref().map(String::from),
             peer: request.peer,
         };
         let need = self.need(request);
@@ -591,6 +597,7 @@ mod tests {
             headers,
             body: Vec::new(),
             peer: None,
+            client: None,
             received: std::time::Instant::now(),
         }
     }

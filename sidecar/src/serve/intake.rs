@@ -37,7 +37,7 @@ use serde_json::{Value, json};
 use super::auth::{Auth, Caller};
 use super::fhir;
 use super::http::{
-    Deferred, Handler, Later, Limits, RETRY_AFTER, Request, Response, Server, status_text,
+    Deferred, Handler, Later, Limits, RETRY_AFTER, Request, Response, Server, Tls, status_text,
 };
 use super::instruments;
 use super::operate;
@@ -77,6 +77,9 @@ pub struct Intake {
     pub readiness: Readiness,
     /// Who may call the API.
     pub auth: Arc<Auth>,
+    /// TLS for the API's listener (the admin listener stays plain: it
+    /// serves no patient data).
+    pub tls: Option<Arc<Tls>>,
     /// Where the admin listener listens, if there is one.
     pub admin_listen: Option<String>,
     /// Where to write its bound address.
@@ -119,7 +122,14 @@ impl Service for Intake {
             min_submitted_at: self.min_submitted_at,
         };
         let readers = self.readers.clone();
-        let server = Server::start(listener, self.limits.clone(), move || readers.reader(), api)?;
+        let server = Server::start(
+            "http",
+            listener,
+            self.tls.clone(),
+            self.limits.clone(),
+            move || readers.reader(),
+            api,
+        )?;
         let bound = server.local_addr();
         let admin = match admin_listener {
             Some(listener) => {
@@ -129,7 +139,8 @@ impl Service for Intake {
                     max_connections: 32,
                     ..self.limits.clone()
                 };
-                let admin = Server::start(listener, limits, || Ok(()), Admin { probes });
+                let admin =
+                    Server::start("admin", listener, None, limits, || Ok(()), Admin { probes });
                 let admin = match admin {
                     Ok(admin) => admin,
                     Err(err) => {
@@ -151,7 +162,13 @@ impl Service for Intake {
         };
         crate::atomic_file::write(&self.addr_file, format!("{bound}\n").as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", self.addr_file.display()))?;
-        log::info!("listening on http://{bound}");
+        match &self.tls {
+            Some(tls) if tls.mutual() => {
+                log::info!("listening on https://{bound} (clients need a certificate)");
+            }
+            Some(_) => log::info!("listening on https://{bound}"),
+            None => log::info!("listening on http://{bound}"),
+        }
         if !self.auth.enabled() {
             log::warn!("no --tokens-file: anyone who can reach {bound} can read and write reports");
         }

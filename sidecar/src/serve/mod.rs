@@ -41,7 +41,7 @@ use crate::Refused;
 
 use self::analyzer::Analyzer;
 use self::auth::Auth;
-use self::http::Limits;
+use self::http::{Limits, Tls, TlsFiles};
 use self::intake::Intake;
 use self::metrics::Metrics;
 use self::pipeline::Pipeline;
@@ -77,9 +77,29 @@ pub struct Args {
     #[arg(long, env = "QUIESCE_METRICS_TOKEN_REQUIRED")]
     pub metrics_token_required: bool,
 
-    /// Listen on a non-loopback --listen address without --tokens-file:
-    /// anyone who reaches it reads and writes patient reports. For a
-    /// network you trust entirely.
+    /// Serve the API over TLS with this certificate chain (PEM, leaf
+    /// first); needs --tls-key. Re-read on SIGHUP (new connections get the
+    /// new one).
+    #[arg(long, env = "QUIESCE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1). Mode
+    /// 0600 (0640 if root's). Re-read on SIGHUP.
+    #[arg(long, env = "QUIESCE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: clients must present a certificate issued by one of
+    /// these CAs (PEM); others are refused at the handshake. The
+    /// certificate's subject is the caller in the audit trail when no
+    /// bearer token names one. Needs --tls-cert. Re-read on SIGHUP.
+    #[arg(long, env = "QUIESCE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Listen on a non-loopback --listen address without TLS
+    /// (--tls-cert) and authenticated callers (--tokens-file or
+    /// --tls-client-ca): anyone on the path reads patient reports. For a
+    /// network you trust entirely (a mesh that encrypts and authenticates
+    /// for you).
     #[arg(long, env = "QUIESCE_ALLOW_INSECURE")]
     pub allow_insecure: bool,
 
@@ -293,12 +313,28 @@ impl Args {
             addresses("--admin-listen", admin)?;
         }
         let loopback = listen.iter().all(|addr| addr.ip().is_loopback());
-        if !loopback && self.tokens_file.is_none() && !self.allow_insecure {
+        let authenticated = self.tokens_file.is_some() || self.tls_client_ca.is_some();
+        let safe = authenticated && self.tls_cert.is_some();
+        if !(loopback || safe || self.allow_insecure) {
+            let missing = match (self.tls_cert.is_some(), authenticated) {
+                (false, false) => {
+                    "without TLS (--tls-cert, --tls-key) and without \
+                                   authenticated callers (--tokens-file or --tls-client-ca), \
+                                   anyone who can reach it could read and write patient reports"
+                }
+                (false, true) => {
+                    "without TLS (--tls-cert, --tls-key), patient reports and \
+                                  bearer tokens would cross the network in clear"
+                }
+                _ => {
+                    "without authenticated callers (--tokens-file or --tls-client-ca), \
+                      anyone who can reach it could read and write patient reports"
+                }
+            };
             return Err(Refused(format!(
-                "--listen {} is not a loopback address, and without --tokens-file anyone who \
-                 can reach it could read and write patient reports: give --tokens-file (see \
-                 --help), or listen on 127.0.0.1 (with --admin-listen for probes and metrics), \
-                 or pass --allow-insecure if the network is yours alone",
+                "--listen {} is not a loopback address, and {missing}: see \"Security\" in \
+                 the README, or listen on 127.0.0.1 (with --admin-listen for probes and \
+                 metrics), or pass --allow-insecure if the network is yours alone",
                 self.listen
             ))
             .into());
@@ -364,6 +400,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let auth = Arc::new(
         Auth::new(args.tokens_file.clone(), args.metrics_token_required).map_err(Refused)?,
     );
+    // So do certificates that cannot be used, and a key others can read.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            Tls::load(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.tls_client_ca.clone(),
+            })
+            .map_err(Refused)?,
+        )),
+        _ => None,
+    };
     let analyzer = args
         .analyzer_url
         .as_deref()
@@ -485,6 +533,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         shared: shared.clone(),
         readiness,
         auth: auth.clone(),
+        tls: tls.clone(),
         admin_listen: args.admin_listen.clone(),
         admin_addr_file,
         access_log: args.access_log,
@@ -499,11 +548,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         args.shutdown_timeout
     );
-    // SIGHUP re-reads the tokens file; it and the others that would kill
-    // the process at once are otherwise logged and ignored (serve stops on
-    // SIGINT and SIGTERM only).
+    // SIGHUP re-reads the tokens file and the TLS files; it and the others
+    // that would kill the process at once are otherwise logged and ignored
+    // (serve stops on SIGINT and SIGTERM only).
     let audit = store_for_signals;
     let _others = crate::other_signals::watch(move |signal| {
+        if signal == signal_hook::consts::SIGHUP
+            && let Some(tls) = &tls
+        {
+            log::info!("received SIGHUP: reloading the TLS certificate and key");
+            let reloaded = tls.reload();
+            match &reloaded {
+                Ok(()) => log::info!("TLS files reloaded: new connections use them"),
+                Err(err) => log::error!("{err}; not reloaded: the TLS files loaded before stay"),
+            }
+            let mut event = store::AuditEvent::new(
+                "tls.reloaded",
+                store::Who {
+                    caller: Some("SIGHUP".into()),
+                    ..store::Who::default()
+                },
+            );
+            event.outcome = Some(match &reloaded {
+                Ok(()) => "reloaded".into(),
+                Err(_) => "refused: the files loaded before stay".into(),
+            });
+            audit.audit_later(event, Duration::from_secs(1));
+        }
         if signal == signal_hook::consts::SIGHUP && auth.enabled() {
             log::info!("received SIGHUP: reloading the tokens file");
             let reloaded = auth.reload();
@@ -520,6 +591,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Err(_) => "refused: the tokens loaded before stay valid".into(),
             });
             audit.audit_later(event, Duration::from_secs(1));
+        } else if signal == signal_hook::consts::SIGHUP && tls.is_some() {
+            // Reloaded above.
         } else if signal == signal_hook::consts::SIGHUP {
             log::warn!(
                 "received SIGHUP: ignored (no --tokens-file to reload; quiesce serve stops on \

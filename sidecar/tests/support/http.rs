@@ -104,9 +104,21 @@ fn is_timeout(err: &io::Error) -> bool {
     )
 }
 
-/// A client connection (keep-alive capable).
-pub struct Conn {
-    stream: TcpStream,
+/// What a [`Conn`] talks over: a TCP stream, or TLS over one (`tls.rs`).
+pub trait Socket: Read + Write {
+    /// The TCP stream underneath.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Socket for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+/// A client connection (keep-alive capable), over TCP or TLS.
+pub struct Conn<S: Socket = TcpStream> {
+    stream: S,
     buf: Vec<u8>,
     /// Responses read on this connection so far.
     pub answered: u32,
@@ -117,24 +129,41 @@ pub struct Conn {
 impl Conn {
     /// Connects (within 5 s).
     pub fn open(addr: SocketAddr) -> Result<Conn, Failure> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| {
-            if e.kind() == io::ErrorKind::ConnectionRefused {
-                Failure::new(FailKind::Refused, e.to_string())
-            } else {
-                Failure::new(FailKind::Other, format!("connect: {e}"))
-            }
-        })?;
-        stream
-            .set_read_timeout(Some(IO_TIMEOUT))
-            .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
-            .and_then(|()| stream.set_nodelay(true))
-            .map_err(|e| Failure::new(FailKind::Other, format!("socket options: {e}")))?;
-        Ok(Conn {
+        Ok(Conn::over(connect(addr)?))
+    }
+}
+
+/// Connects to `addr` (within 5 s), with the client's timeouts.
+pub fn connect(addr: SocketAddr) -> Result<TcpStream, Failure> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| {
+        if e.kind() == io::ErrorKind::ConnectionRefused {
+            Failure::new(FailKind::Refused, e.to_string())
+        } else {
+            Failure::new(FailKind::Other, format!("connect: {e}"))
+        }
+    })?;
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
+        .and_then(|()| stream.set_nodelay(true))
+        .map_err(|e| Failure::new(FailKind::Other, format!("socket options: {e}")))?;
+    Ok(stream)
+}
+
+impl<S: Socket> Conn<S> {
+    /// A connection over `stream`, already connected.
+    pub fn over(stream: S) -> Conn<S> {
+        Conn {
             stream,
             buf: Vec::new(),
             answered: 0,
             closed: false,
-        })
+        }
+    }
+
+    /// The socket as it is (a TLS session, say).
+    pub fn socket(&self) -> &S {
+        &self.stream
     }
 
     /// Whether a request was already answered on this connection.
@@ -143,7 +172,7 @@ impl Conn {
     }
 
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        self.stream.tcp()
     }
 
     /// Writes raw bytes.
@@ -305,7 +334,7 @@ impl Conn {
             if left.is_zero() {
                 return Err(format!("still open after {limit:?}"));
             }
-            let _ = self.stream.set_read_timeout(Some(left));
+            let _ = self.stream.tcp().set_read_timeout(Some(left));
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Ok(got),
                 Ok(n) => got.extend_from_slice(&chunk[..n]),
@@ -316,7 +345,7 @@ impl Conn {
     }
 
     pub fn shutdown(&self) {
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.stream.tcp().shutdown(Shutdown::Both);
     }
 }
 

@@ -33,12 +33,13 @@ mod process;
 mod rng;
 mod serve;
 mod temp;
+mod tls;
 
 // Each test binary uses part of it.
 #[allow(unused_imports)]
 pub use self::{
     analyzer::*, api::*, backend::*, db::*, http::*, load::*, pg::*, process::*, rng::*, serve::*,
-    temp::*,
+    temp::*, tls::*,
 };
 
 /// The read and write timeout of the test client's sockets: far longer

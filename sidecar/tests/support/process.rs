@@ -94,6 +94,15 @@ pub fn assert_graceful(exit: &Exit) {
     );
 }
 
+/// Runs `quiesce <args>` to its end (30 s at most): its status, its
+/// standard output and its log (standard error).
+pub fn cli(args: &[&str]) -> (ExitStatus, String, String) {
+    let mut command = quiesce(args);
+    command.stdout(std::process::Stdio::piped());
+    let exit = Process::start(command).wait_exit(Duration::from_secs(30));
+    (exit.status, exit.stdout, exit.log)
+}
+
 /// Runs `quiesce <args>` to its end (killed, and the test failed, past
 /// `limit`); returns its exit status and what it wrote to stderr.
 pub fn run_to_exit(args: &[&str], limit: Duration) -> (ExitStatus, String) {

@@ -22,6 +22,21 @@ impl Serve {
     /// plus `extra`, and waits until it has written its address.
     #[track_caller]
     pub fn start(data_dir: &Path, extra: &[&str]) -> Serve {
+        Serve::start_probed(data_dir, extra, &|addr| {
+            Conn::open(addr)
+                .and_then(|mut c| c.send(&request("GET", "/readyz", &[], None, false)))
+                .is_ok_and(|r| r.status == 200)
+        })
+    }
+
+    /// [`Serve::start`], with `ready` saying when the server at an address
+    /// is ready (over TLS, say).
+    #[track_caller]
+    pub fn start_probed(
+        data_dir: &Path,
+        extra: &[&str],
+        ready: &dyn Fn(SocketAddr) -> bool,
+    ) -> Serve {
         let addr_file = data_dir.join("listen.addr");
         // A previous run's address must not be mistaken for this one's.
         let _ = std::fs::remove_file(&addr_file);
@@ -61,10 +76,7 @@ impl Serve {
         // The address is written as intake starts, a moment before the
         // whole group is up: wait for /readyz.
         loop {
-            let ready = Conn::open(serve.addr)
-                .and_then(|mut c| c.send(&request("GET", "/readyz", &[], None, false)))
-                .is_ok_and(|r| r.status == 200);
-            if ready {
+            if ready(serve.addr) {
                 return serve;
             }
             if let Some(status) = serve.process.try_exit() {

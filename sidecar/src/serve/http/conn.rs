@@ -1,17 +1,18 @@
 //! One connection on a handler thread: reading requests under their
 //! deadlines, handing them to the [`Handler`], writing the answers.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use super::deferred::Later;
+use super::deferred::{Incoming, Later};
 use super::poll::{Conn, park};
 use super::server::ServerState;
-use super::wire::{write_head_only, write_response};
+use super::wire::{encode, encode_head, write_response};
 use super::{Handler, Request, Response};
 
 /// How long a handler thread waits for an outstanding answer before going
@@ -35,10 +36,15 @@ fn body_stop_end(stop: Instant) -> Instant {
 }
 
 /// Answers a connection a handler will not serve, without reading its
-/// request.
-fn refuse(stream: &TcpStream, message: &str) {
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let Ok(mut stream) = stream.try_clone() else {
+/// request (a TLS one is closed: no answer can be written before its
+/// handshake).
+fn refuse(conn: &Conn, message: &str) {
+    if conn.outbox.is_tls() {
+        linger_close(&conn.stream, Duration::from_millis(50));
+        return;
+    }
+    let _ = conn.stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let Ok(mut stream) = conn.stream.try_clone() else {
         return;
     };
     let _ = write_response(&mut stream, &Response::unavailable(message), true);
@@ -87,7 +93,7 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
                 Err(err) => {
                     log::error!("http handler cannot set up: {err}");
                     handler.refused(503, "handler unavailable", None);
-                    refuse(&conn.stream, "temporarily unavailable");
+                    refuse(&conn, "temporarily unavailable");
                     continue;
                 }
             }
@@ -146,7 +152,7 @@ impl ServedConn<'_> {
     /// `true` when the connection is to wait in the poller.
     fn serve_requests<S, H: Handler<S>>(&mut self, state: &mut S, handler: &H) -> bool {
         loop {
-            let (request, asks_close, keep_alive_10) = match self.read_request() {
+            let (request, asks_close, keep_alive_10) = match self.read_request(handler) {
                 Ok(read) => read,
                 Err(ReadError::Park) => return true,
                 Err(ReadError::Closed) => return false,
@@ -168,7 +174,11 @@ impl ServedConn<'_> {
                     } else {
                         Duration::from_millis(500)
                     };
-                    let _ = write_response(&mut self.conn.stream, &response, true);
+                    // Not during a TLS handshake: no HTTP can be said yet.
+                    if !self.conn.outbox.handshaking() {
+                        let _ = self.conn.outbox.write_own(encode(&response, true));
+                    }
+                    self.conn.outbox.close_notify();
                     linger_close(&self.conn.stream, linger);
                     return false;
                 }
@@ -193,19 +203,23 @@ impl ServedConn<'_> {
                     }
                     // A HEAD answer: GET's head, Content-Length included,
                     // without its body (RFC 9110 §9.3.2).
-                    let write = if head_only {
-                        write_head_only
+                    let wire = if head_only {
+                        encode_head(&response, close)
                     } else {
-                        write_response
+                        encode(&response, close)
                     };
                     self.settle(handler)
-                        .and_then(|()| write(&mut self.conn.stream, &response, close))
+                        .and_then(|()| self.conn.outbox.write_own(wire))
                 }
                 // Answered by another thread; when it is the last one, wait for it.
                 None if close => self.settle(handler),
                 None => Ok(()),
             };
             if written.is_err() || close {
+                if written.is_ok() {
+                    self.conn.outbox.close_notify();
+                    let _ = self.settle(handler);
+                }
                 let _ = self.conn.stream.shutdown(Shutdown::Write);
                 return false;
             }
@@ -230,10 +244,22 @@ impl ServedConn<'_> {
     /// head's first byte), then its body under its deadline.
     /// Also whether the client wants this to be the connection's last
     /// request, and whether it is HTTP/1.0 asking for keep-alive.
-    fn read_request(&mut self) -> Result<(Request, bool, bool), ReadError> {
+    fn read_request<S>(
+        &mut self,
+        handler: &impl Handler<S>,
+    ) -> Result<(Request, bool, bool), ReadError> {
         self.head = None;
         let limits = &self.shared.limits;
-        if self.conn.buf.is_empty() && !self.read_now()? {
+        // A head starts with its first byte, or with the first byte of a
+        // TLS handshake (which is read under the same deadline). Records
+        // after the handshake that carry no data (a TLS key update) leave
+        // the connection idle.
+        while self.conn.buf.is_empty() && !self.conn.outbox.handshaking() {
+            if !self.read_now()? {
+                return Err(ReadError::Park);
+            }
+        }
+        if self.conn.buf.is_empty() && self.conn.head_started.is_none() && !self.read_now()? {
             return Err(ReadError::Park);
         }
         let started = *self.conn.head_started.get_or_insert_with(Instant::now);
@@ -266,6 +292,10 @@ impl ServedConn<'_> {
             ..
         } = head;
         request.peer = self.conn.peer;
+        if self.conn.outbox.is_tls() && self.conn.client.is_none() {
+            self.conn.client = Some(self.conn.outbox.client_subject().map(Arc::from));
+        }
+        request.client = self.conn.client.clone().flatten();
         self.head = Some((request.method.clone(), request.path.clone()));
         request.body = match framing {
             Framing::None => Vec::new(),
@@ -273,11 +303,11 @@ impl ServedConn<'_> {
                 return Err(ReadError::Reject(413, "request body too large"));
             }
             Framing::Length(n) => {
-                self.continue_if_expected(&request)?;
+                self.continue_if_expected(&request, handler)?;
                 self.read_exact_body(n, Instant::now() + limits.body_timeout)?
             }
             Framing::Chunked => {
-                self.continue_if_expected(&request)?;
+                self.continue_if_expected(&request, handler)?;
                 self.read_chunked_body(Instant::now() + limits.body_timeout)?
             }
         };
@@ -285,7 +315,11 @@ impl ServedConn<'_> {
     }
 
     /// Reads what is there without waiting: `false` when nothing is.
+    /// (`true` may add nothing to the buffer: TLS records of the handshake.)
     fn read_now(&mut self) -> Result<bool, ReadError> {
+        if self.conn.peer_closed {
+            return Err(ReadError::Closed);
+        }
         let socket = socket2::SockRef::from(&self.conn.stream);
         let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
         loop {
@@ -295,7 +329,7 @@ impl ServedConn<'_> {
                     // SAFETY: recv(2) initialised the first `n` bytes.
                     let read =
                         unsafe { std::slice::from_raw_parts(chunk.as_ptr().cast::<u8>(), n) };
-                    self.conn.buf.extend_from_slice(read);
+                    self.take_in(read)?;
                     return Ok(true);
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
@@ -351,6 +385,9 @@ impl ServedConn<'_> {
             self.conn.stream.set_read_timeout(Some(left))?;
             self.read_timeout = Some(left);
         }
+        if self.conn.peer_closed {
+            return Ok(0);
+        }
         let mut chunk = [0u8; 8192];
         let n = loop {
             match self.conn.stream.read(&mut chunk) {
@@ -360,19 +397,45 @@ impl ServedConn<'_> {
                 other => break other?,
             }
         };
-        self.conn.buf.extend_from_slice(&chunk[..n]);
+        if self.take_in(&chunk[..n]).is_err() {
+            return Err(io::ErrorKind::InvalidData.into());
+        }
         Ok(n)
     }
 
-    fn continue_if_expected(&mut self, request: &Request) -> Result<(), ReadError> {
+    /// Adds bytes read to the buffer: as they are, or decrypted (`tls.rs`).
+    /// A TLS peer that broke the protocol closes the connection; one that
+    /// closed its session is served what it sent before.
+    fn take_in(&mut self, read: &[u8]) -> Result<(), ReadError> {
+        match self.conn.outbox.take_in(read, &mut self.conn.buf) {
+            Ok(Incoming::Open) => Ok(()),
+            Ok(Incoming::Closed) => {
+                self.conn.peer_closed = true;
+                Ok(())
+            }
+            Err(()) => Err(ReadError::Closed),
+        }
+    }
+
+    /// Says `100 Continue` to a client waiting for it before it sends the
+    /// body: after the answer before it (invariant 2: it is this
+    /// request's interim answer).
+    fn continue_if_expected<S>(
+        &mut self,
+        request: &Request,
+        handler: &impl Handler<S>,
+    ) -> Result<(), ReadError> {
         if request
             .header("expect")
             .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
             && self.conn.buf.is_empty()
         {
-            self.conn
-                .stream
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.settle(handler)
+                .and_then(|()| {
+                    self.conn
+                        .outbox
+                        .write_own(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+                })
                 .map_err(|_| ReadError::Closed)?;
         }
         Ok(())
@@ -483,6 +546,7 @@ pub(super) fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<Head>, Re
         body: Vec::new(),
         received: Instant::now(),
         peer: None,
+        client: None,
     };
     let framing = framing(&request, http10)?;
     if !http10 && request.headers.iter().filter(|(n, _)| n == "host").count() != 1 {

@@ -1,13 +1,18 @@
 //! Answers written by another thread: [`Later`] hands out a [`Deferred`],
 //! and the connection's [`Outbox`] keeps them in request order.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rustls::ServerConnection;
+
 use super::Response;
 use super::wire::{encode, send_now};
+
+/// How long writing what is unsent may take, per answer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The write side of a connection, shared by its handler thread and by
 /// whoever answers a [`Deferred`] request (the store's reply thread).
@@ -21,8 +26,15 @@ use super::wire::{encode, send_now};
 /// handler thread to write, with its write deadline). One answer is
 /// outstanding per connection at most, so answers stay in request order
 /// (invariant 2).
+///
+/// On a TLS connection the session lives here too (`tls.rs`): bytes are
+/// encrypted under the lock by the thread that writes them, so records
+/// are numbered in the order they go out, and bytes read are decrypted
+/// under it by the handler thread (reading itself is outside the lock).
 pub(super) struct Outbox {
     stream: TcpStream,
+    /// Whether the connection speaks TLS (fixed when it opens).
+    tls: bool,
     state: Mutex<OutState>,
     changed: std::sync::Condvar,
 }
@@ -34,7 +46,8 @@ struct OutState {
     /// Counts deferred answers given out; an answer for an older one (taken
     /// over at its deadline) is dropped.
     serial: u64,
-    /// Bytes of an answer the socket did not take at once.
+    /// Bytes of an answer the socket did not take at once (on the wire:
+    /// TLS records, on a TLS connection).
     unsent: Vec<u8>,
     /// The handler thread is writing bytes it took from `unsent` (outside
     /// the lock): the connection still owes them (invariant 7).
@@ -43,19 +56,207 @@ struct OutState {
     broken: bool,
     /// The answer written asks the client to close.
     closing: bool,
+    /// The TLS session, on a TLS connection.
+    session: Option<Box<ServerConnection>>,
+}
+
+impl OutState {
+    /// What goes on the wire for `plain`: itself, or its TLS records.
+    fn seal(&mut self, plain: Vec<u8>) -> Vec<u8> {
+        let Some(session) = self.session.as_mut() else {
+            return plain;
+        };
+        // No buffer limit is set (`Outbox::new`), so the session takes it
+        // all; what it has to send is drained at once.
+        if session.writer().write_all(&plain).is_err() {
+            self.broken = true;
+        }
+        records(session)
+    }
+
+    /// Queues `wire` behind what is still unsent, sending at once what the
+    /// socket takes when nothing is ahead of it (never blocking:
+    /// invariant 4).
+    fn push(&mut self, stream: &TcpStream, wire: &[u8]) {
+        if wire.is_empty() || self.broken {
+            return;
+        }
+        let sent = if self.unsent.is_empty() && !self.writing {
+            send_now(stream, wire)
+        } else {
+            Ok(0)
+        };
+        match sent {
+            Ok(n) => self.unsent.extend_from_slice(&wire[n..]),
+            Err(_) => self.broken = true,
+        }
+    }
+}
+
+/// The TLS records a session has to send.
+fn records(session: &mut ServerConnection) -> Vec<u8> {
+    let mut out = Vec::new();
+    while session.wants_write() {
+        match session.write_tls(&mut out) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    out
+}
+
+/// What bytes read from the socket held, beyond the data.
+pub(super) enum Incoming {
+    /// More may come.
+    Open,
+    /// The peer closed the TLS session (`close_notify`): nothing more comes.
+    Closed,
 }
 
 impl Outbox {
-    pub(super) fn new(stream: TcpStream) -> Outbox {
+    pub(super) fn new(stream: TcpStream, session: Option<ServerConnection>) -> Outbox {
+        let session = session.map(|mut session| {
+            // Our own `unsent` bounds nothing either: one answer at most
+            // is outstanding (invariant 2).
+            session.set_buffer_limit(None);
+            Box::new(session)
+        });
         Outbox {
             stream,
-            state: Mutex::new(OutState::default()),
+            tls: session.is_some(),
+            state: Mutex::new(OutState {
+                session,
+                ..OutState::default()
+            }),
             changed: std::sync::Condvar::new(),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, OutState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the connection speaks TLS.
+    pub(super) fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Whether the TLS handshake is still under way (never, without TLS):
+    /// no HTTP answer can be written yet.
+    pub(super) fn handshaking(&self) -> bool {
+        self.tls
+            && self
+                .lock()
+                .session
+                .as_ref()
+                .is_some_and(|s| s.is_handshaking())
+    }
+
+    /// Takes bytes the handler thread read from the socket: their data is
+    /// added to `data` (decrypted, on a TLS connection), and what the
+    /// session has to say back (its side of the handshake, session
+    /// tickets, an alert) is queued like an answer's bytes. `Err` when the
+    /// peer broke the protocol: the connection is to be closed (the alert
+    /// saying why is sent if the socket takes it).
+    pub(super) fn take_in(&self, raw: &[u8], data: &mut Vec<u8>) -> Result<Incoming, ()> {
+        if !self.tls {
+            data.extend_from_slice(raw);
+            return Ok(Incoming::Open);
+        }
+        let mut state = self.lock();
+        let state = &mut *state;
+        let Some(session) = state.session.as_mut() else {
+            return Err(());
+        };
+        let mut rest = raw;
+        let mut incoming = Incoming::Open;
+        let mut failed = false;
+        while !rest.is_empty() && !failed {
+            if session.read_tls(&mut rest).is_err() {
+                failed = true;
+                break;
+            }
+            if session.process_new_packets().is_err() {
+                failed = true;
+                break;
+            }
+            let mut chunk = [0u8; 8192];
+            loop {
+                match session.reader().read(&mut chunk) {
+                    Ok(0) => {
+                        incoming = Incoming::Closed;
+                        break;
+                    }
+                    Ok(n) => data.extend_from_slice(&chunk[..n]),
+                    // No more data for now.
+                    Err(_) => break,
+                }
+            }
+        }
+        let wire = records(session);
+        state.push(&self.stream, &wire);
+        if failed { Err(()) } else { Ok(incoming) }
+    }
+
+    /// The subject of the certificate the client presented (mutual TLS),
+    /// verified at the handshake: RFC 4514 text, `CN=…`.
+    pub(super) fn client_subject(&self) -> Option<String> {
+        use x509_cert::der::Decode as _;
+        let state = self.lock();
+        let der = state
+            .session
+            .as_ref()?
+            .peer_certificates()?
+            .first()?
+            .clone();
+        drop(state);
+        match x509_cert::Certificate::from_der(&der) {
+            Ok(cert) => Some(cert.tbs_certificate.subject.to_string()),
+            Err(err) => {
+                log::warn!("a client certificate's subject cannot be read: {err}");
+                None
+            }
+        }
+    }
+
+    /// Sends `plain` without blocking, as the connection's last bytes (the
+    /// poller's `408`); nothing while a TLS handshake is under way.
+    pub(super) fn send_final(&self, plain: Vec<u8>) {
+        let mut state = self.lock();
+        if state.session.as_ref().is_some_and(|s| s.is_handshaking()) {
+            return;
+        }
+        let wire = state.seal(plain);
+        state.push(&self.stream, &wire);
+    }
+
+    /// Tells a TLS peer the connection closes (`close_notify`), without
+    /// blocking; nothing without TLS.
+    pub(super) fn close_notify(&self) {
+        if !self.tls {
+            return;
+        }
+        let mut state = self.lock();
+        let state = &mut *state;
+        if let Some(session) = state.session.as_mut() {
+            session.send_close_notify();
+            let wire = records(session);
+            state.push(&self.stream, &wire);
+        }
+    }
+
+    /// Writes an answer of the handler thread's own (nothing is pending:
+    /// invariant 3), under the write deadline.
+    pub(super) fn write_own(&self, plain: Vec<u8>) -> io::Result<()> {
+        if !self.tls {
+            let mut stream = &self.stream;
+            let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+            return stream.write_all(&plain);
+        }
+        let mut state = self.lock();
+        let wire = state.seal(plain);
+        state.push(&self.stream, &wire);
+        self.write_unsent(state)
     }
 
     /// Waits (until `deadline`) for the outstanding answer, then writes
@@ -76,8 +277,9 @@ impl Outbox {
                 // invariant 3). Counted before the client can see it.
                 state.pending = None;
                 state.serial += 1;
-                let bytes = encode(&no_answer_in_time(), state.closing);
-                state.unsent.extend_from_slice(&bytes);
+                let closing = state.closing;
+                let wire = state.seal(encode(&no_answer_in_time(), closing));
+                state.unsent.extend_from_slice(&wire);
                 gave_up();
                 break;
             }
@@ -90,16 +292,23 @@ impl Outbox {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        self.write_unsent(state)
+    }
+
+    /// Writes what is unsent, with nothing pending: only this thread
+    /// writes now (invariant 3), and not under the lock (the lock rule).
+    fn write_unsent(&self, mut state: std::sync::MutexGuard<'_, OutState>) -> io::Result<()> {
+        if state.broken {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
         if state.unsent.is_empty() {
             return Ok(());
         }
-        // Nothing pending: only this thread writes now (invariant 3), and
-        // not under the lock (the lock rule).
         let unsent = std::mem::take(&mut state.unsent);
         state.writing = true;
         drop(state);
         let mut stream = &self.stream;
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
         let written = stream.write_all(&unsent);
         let mut state = self.lock();
         state.writing = false;
@@ -163,19 +372,12 @@ impl Deferred {
             return false;
         }
         before();
-        let bytes = encode(response, state.closing);
+        let closing = state.closing;
+        let wire = state.seal(encode(response, closing));
         state.pending = None;
         // Behind what is still unsent (invariant 2), and never blocking
         // (invariant 4).
-        let sent = if state.unsent.is_empty() {
-            send_now(&outbox.stream, &bytes)
-        } else {
-            Ok(0)
-        };
-        match sent {
-            Ok(n) => state.unsent.extend_from_slice(&bytes[n..]),
-            Err(_) => state.broken = true,
-        }
+        state.push(&outbox.stream, &wire);
         drop(state);
         outbox.changed.notify_all();
         true
@@ -217,7 +419,7 @@ mod tests {
     }
 
     fn outbox(server: &TcpStream) -> Arc<Outbox> {
-        Arc::new(Outbox::new(server.try_clone().expect("clone")))
+        Arc::new(Outbox::new(server.try_clone().expect("clone"), None))
     }
 
     fn later(outbox: &Arc<Outbox>) -> Later<'_> {

@@ -161,10 +161,12 @@ mod deferred;
 mod fuzz_tests;
 mod poll;
 mod server;
+mod tls;
 mod wire;
 
 pub use deferred::{Deferred, Later};
 pub use server::Server;
+pub use tls::{Tls, TlsFiles};
 pub use wire::status_text;
 
 /// The `Retry-After` of every `503` and `429`, in seconds: the server's own
@@ -213,6 +215,9 @@ pub struct Request {
     pub body: Vec<u8>,
     /// The connection's peer (`None` when the socket could not tell).
     pub peer: Option<std::net::SocketAddr>,
+    /// Under mutual TLS, the subject of the client's certificate
+    /// (`CN=…,O=…`, RFC 4514), verified at the handshake.
+    pub client: Option<std::sync::Arc<str>>,
     /// When its head was read (for the request's duration).
     pub received: std::time::Instant,
 }

@@ -15,7 +15,7 @@ use polling::{Event, Events};
 
 use super::deferred::Outbox;
 use super::server::{OpenConn, ServerState};
-use super::wire::{encode, send_now};
+use super::wire::encode;
 use super::{Handler, Response};
 
 /// An open connection, owned by one thread at a time (invariant 1): the
@@ -29,21 +29,34 @@ pub(super) struct Conn {
     pub(super) buf: Vec<u8>,
     pub(super) outbox: Arc<Outbox>,
     pub(super) peer: Option<SocketAddr>,
-    /// The first byte of the request head under way, when one is: the
-    /// header deadline runs from it, in the poller too.
+    /// The first byte of the request head under way (or of the TLS
+    /// handshake), when one is: the header deadline runs from it, in the
+    /// poller too.
     pub(super) head_started: Option<Instant>,
+    /// The TLS peer closed its session: nothing more will be read.
+    pub(super) peer_closed: bool,
+    /// The subject of the client's certificate, once looked up (TLS).
+    pub(super) client: Option<Option<Arc<str>>>,
     shared: Arc<ServerState>,
 }
 
 impl Conn {
-    /// Registers a connection just accepted in `open`; gives the socket
-    /// back when it cannot be cloned.
+    /// Registers a connection just accepted in `open` (with its TLS
+    /// session, on a TLS server); gives the socket back when it cannot be
+    /// cloned or its session not made.
     pub(super) fn open(
         id: u64,
         stream: TcpStream,
         shared: &Arc<ServerState>,
     ) -> Result<Conn, TcpStream> {
         let _ = stream.set_nodelay(true);
+        let session = match shared.tls.as_ref().map(|tls| tls.session()).transpose() {
+            Ok(session) => session,
+            Err(err) => {
+                log::error!("cannot start a TLS session: {err}");
+                return Err(stream);
+            }
+        };
         let (Ok(for_stop), Ok(for_answers)) = (stream.try_clone(), stream.try_clone()) else {
             return Err(stream);
         };
@@ -58,8 +71,10 @@ impl Conn {
             peer: stream.peer_addr().ok(),
             stream,
             buf: Vec::new(),
-            outbox: Arc::new(Outbox::new(for_answers)),
+            outbox: Arc::new(Outbox::new(for_answers, session)),
             head_started: None,
+            peer_closed: false,
+            client: None,
             shared: shared.clone(),
         })
     }
@@ -201,16 +216,15 @@ pub(super) fn poll_loop<S>(
 /// A connection whose wait has ended: an idle one is closed; one with a
 /// head not complete in time is answered `408`, without blocking (a
 /// fresh answer on a socket whose client sends nothing: its send buffer
-/// takes it), then closed.
+/// takes it; none for a TLS handshake not complete), then closed.
 fn expire<S>(conn: Conn, handler: &impl Handler<S>) {
     if conn.head_started.is_some() {
         const WHY: &str = "request head not received in time";
         handler.refused(408, WHY, None);
-        let answer = encode(
+        conn.outbox.send_final(encode(
             &Response::json(408, &serde_json::json!({ "error": WHY })),
             true,
-        );
-        let _ = send_now(&conn.stream, &answer);
+        ));
     }
     conn.close();
 }

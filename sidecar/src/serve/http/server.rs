@@ -14,12 +14,15 @@ use quiesce::{Context, Threads};
 
 use super::conn::handler_loop;
 use super::poll::{Conn, park, poll_loop};
+use super::tls::Tls;
 use super::wire::write_response;
 use super::{Handler, Limits, Response};
 
 /// What the accept thread and the handlers share.
 pub(super) struct ServerState {
     pub(super) limits: Limits,
+    /// TLS, on a TLS server: each connection's session is made from it.
+    pub(super) tls: Option<Arc<Tls>>,
     /// Set once, when the stop begins: answer `Connection: close` from now
     /// on (invariant 6).
     pub(super) stopping: AtomicBool,
@@ -53,13 +56,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts serving `listener` on named threads.
+    /// Starts serving `listener` (over TLS when `tls` is given) on threads
+    /// named after `name`: `{name}-accept`, `{name}-poll`, `{name}-0`…
     ///
     /// # Errors
     ///
     /// When a thread cannot be started (those started are stopped).
     pub fn start<S, H, F>(
+        name: &str,
         listener: TcpListener,
+        tls: Option<Arc<Tls>>,
         limits: Limits,
         make_state: F,
         handler: H,
@@ -77,6 +83,7 @@ impl Server {
         let (ready_tx, conn_rx) = crossbeam_channel::unbounded::<Conn>();
         let shared = Arc::new(ServerState {
             limits: limits.clone(),
+            tls,
             stopping: AtomicBool::new(false),
             stop_deadline: OnceLock::new(),
             open: Mutex::new(HashMap::new()),
@@ -94,21 +101,21 @@ impl Server {
                 handler.clone(),
                 make_state.clone(),
             );
-            threads.spawn(format!("http-{i}"), move |_ctx| {
+            threads.spawn(format!("{name}-{i}"), move |_ctx| {
                 handler_loop(&rx, &shared, handler.as_ref(), make_state.as_ref());
             })?;
         }
         drop(conn_rx);
         let poll_shared = shared.clone();
         let poll_handler = handler.clone();
-        threads.spawn("http-poll", move |_ctx| {
+        threads.spawn(format!("{name}-poll"), move |_ctx| {
             // Ends after the stop's grace; dropping `ready_tx` then ends
             // the handler threads once they are done.
             poll_loop(&poll_shared, &park_rx, &ready_tx, poll_handler.as_ref());
         })?;
         let accept_shared = shared.clone();
         let accept_handler = handler.clone();
-        let accepting = threads.spawn("http-accept", move |_ctx| {
+        let accepting = threads.spawn(format!("{name}-accept"), move |_ctx| {
             accept_loop(&listener, &accept_shared, accept_handler.as_ref());
         });
         if let Err(err) = accepting {
@@ -195,7 +202,7 @@ fn accept_loop<S>(listener: &TcpListener, shared: &Arc<ServerState>, handler: &i
             // Answer whatever completed its handshake before the stop (our
             // own wake-up connection among them), then close the listener.
             drop(stream);
-            drain_backlog(listener, handler, &mut refusals);
+            drain_backlog(listener, shared, handler, &mut refusals);
             refusals.finish();
             return;
         }
@@ -222,7 +229,11 @@ fn accept_loop<S>(listener: &TcpListener, shared: &Arc<ServerState>, handler: &i
         };
         if let Some(stream) = refused {
             handler.refused(503, "too many connections", None);
-            refusals.add(stream, "too many open connections; retry shortly");
+            refusals.add(
+                stream,
+                shared.tls.is_none(),
+                "too many open connections; retry shortly",
+            );
         }
     }
 }
@@ -230,7 +241,12 @@ fn accept_loop<S>(listener: &TcpListener, shared: &Arc<ServerState>, handler: &i
 /// At the stop: answers `503` to the connections already waiting in the
 /// kernel, for a bounded time (clients that keep connecting must not hold
 /// the stop up), then lets the listener close.
-fn drain_backlog<S>(listener: &TcpListener, handler: &impl Handler<S>, refusals: &mut Refusals) {
+fn drain_backlog<S>(
+    listener: &TcpListener,
+    shared: &ServerState,
+    handler: &impl Handler<S>,
+    refusals: &mut Refusals,
+) {
     // Shrink the accept queue to its least first: from now on the kernel
     // drops most new handshakes (the client's own retry, a second later,
     // finds the port closed) rather than completing ones that closing the
@@ -251,7 +267,11 @@ fn drain_backlog<S>(listener: &TcpListener, handler: &impl Handler<S>, refusals:
             break;
         };
         handler.refused(503, "shutting down", None);
-        refusals.add(stream, "shutting down; retry on another instance");
+        refusals.add(
+            stream,
+            shared.tls.is_none(),
+            "shutting down; retry on another instance",
+        );
         refusals.sweep();
     }
 }
@@ -271,12 +291,16 @@ impl Refusals {
     const MAX: usize = 1024;
     const LINGER: Duration = Duration::from_millis(50);
 
-    fn add(&mut self, mut stream: TcpStream, message: &str) {
+    /// `answer`: say `503` (not on a TLS server, where nothing can be said
+    /// before a handshake: the connection is only closed).
+    fn add(&mut self, mut stream: TcpStream, answer: bool, message: &str) {
         // A small answer on a fresh socket: its send buffer takes it at once;
         // the timeout bounds the rest (invariant 5). Always closing
         // (invariant 6).
-        let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-        let _ = write_response(&mut stream, &Response::unavailable(message), true);
+        if answer {
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+            let _ = write_response(&mut stream, &Response::unavailable(message), true);
+        }
         let _ = stream.shutdown(Shutdown::Write);
         if stream.set_nonblocking(true).is_err() {
             return;

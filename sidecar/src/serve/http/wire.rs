@@ -70,18 +70,12 @@ pub(super) fn write_response(
     stream.flush()
 }
 
-/// Writes a response's head only, as the answer to `HEAD`: its
-/// `Content-Length` is the length of the body it would have.
-pub(super) fn write_head_only(
-    stream: &mut TcpStream,
-    response: &Response,
-    close: bool,
-) -> io::Result<()> {
+/// A response's head only, as the answer to `HEAD`: its `Content-Length`
+/// is the length of the body it would have.
+pub(super) fn encode_head(response: &Response, close: bool) -> Vec<u8> {
     let mut bytes = encode(response, close);
     bytes.truncate(bytes.len() - response.body.len());
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
-    stream.write_all(&bytes)?;
-    stream.flush()
+    bytes
 }
 
 /// A response's bytes on the wire.
