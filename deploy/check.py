@@ -190,8 +190,14 @@ def main():
             fail(f"{name}: probes {probes}")
         if env.get("QUIESCE_LISTEN") != listen:
             fail(f"{name}: QUIESCE_LISTEN must be {listen}")
-        if listen.startswith("0.0.0.0") and not env.get("QUIESCE_TOKENS_FILE"):
-            fail(f"{name}: a listener on the pod IP needs QUIESCE_TOKENS_FILE")
+        if listen.startswith("0.0.0.0") and not (
+                env.get("QUIESCE_TOKENS_FILE") and env.get("QUIESCE_TLS_CERT") and env.get("QUIESCE_TLS_KEY")):
+            fail(f"{name}: a listener on the pod IP needs QUIESCE_TOKENS_FILE, QUIESCE_TLS_CERT and QUIESCE_TLS_KEY")
+        for var, mount in (("QUIESCE_TLS_CERT", "tls"), ("QUIESCE_TLS_KEY", "tls"), ("QUIESCE_TOKENS_FILE", "tokens")):
+            value = env.get(var)
+            mounted = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}.get(mount)
+            if value and not (mounted and value.startswith(mounted + "/")):
+                fail(f"{name}: {var}={value} is not on the {mount!r} volume")
         probe_ports = {c.get(p, {}).get("httpGet", {}).get("port") for p in
                        ("startupProbe", "livenessProbe", "readinessProbe")}
         if probe_ports != {"admin"} or env.get("QUIESCE_ADMIN_LISTEN") != "0.0.0.0:9090":

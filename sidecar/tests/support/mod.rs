@@ -16,7 +16,8 @@
 //! `both_backends!`: one test per backend), `pg` (a real PostgreSQL
 //! cluster started by the tests, a database per test, `psql`), `analyzer`
 //! (stand-ins for the external analyzer), `rng` (a seeded generator),
-//! `load` (load clients).
+//! `load` (load clients), `tls` (certificates made in the test, a TLS
+//! client).
 #![allow(dead_code)]
 
 use std::sync::{Mutex, MutexGuard};

@@ -22,6 +22,9 @@
 //!   `chunked`; one `Content-Length` at most, `1*DIGIT`; never both; one
 //!   `Host` on HTTP/1.1; anything else `400` and closed, so that a proxy in
 //!   front cannot read a request's end elsewhere than we do;
+//! - TLS in the process, optional (`tls.rs`: rustls, no runtime), mutual
+//!   TLS too; the handshake is read like a request head, under the same
+//!   deadline, waiting in the poller between its bytes;
 //! - keep-alive, with an idle timeout (HTTP/1.0 only when it asks for it);
 //!   `HEAD` answered with GET's head (its `Content-Length` too), no body;
 //! - answers that wait on another thread ([`Later`], [`Deferred`]): the
@@ -38,13 +41,15 @@
 //!
 //! # What it owns
 //!
-//! A [`Server`] owns the listener, its threads (`http-accept`, `http-poll`
-//! and `http-0`..`http-N`, all in one [`quiesce::Threads`], joined by
-//! [`Server::stop`]), the channels between them (to the poller: `park`;
+//! A [`Server`] owns the listener, its threads (`NAME-accept`, `NAME-poll`
+//! and `NAME-0`..`NAME-N`, `NAME` given at the start: `http` for the API,
+//! `admin` for the admin listener; all in one [`quiesce::Threads`], joined
+//! by [`Server::stop`]), the channels between them (to the poller: `park`;
 //! from it to the handlers: the ready queue), and `ServerState`: the
 //! limits, the `stopping` flag, the poller and the registry of open
-//! connections (`open`). Each open connection (`poll::Conn`) has an outbox
-//! (its write side for deferred answers, `deferred.rs`).
+//! connections (`open`), and the TLS configuration if any. Each open
+//! connection (`poll::Conn`) has an outbox (its write side for deferred
+//! answers, and its TLS session, `deferred.rs`).
 //!
 //! | File | The idea |
 //! |------|----------|
@@ -53,6 +58,7 @@
 //! | `conn.rs` | one connection on a handler thread while it has bytes: reading requests under their deadlines, calling the [`Handler`], writing its answers |
 //! | `deferred.rs` | answers written by another thread: [`Later`], [`Deferred`], the outbox |
 //! | `wire.rs` | a response's bytes, status reasons, writing them |
+//! | `tls.rs` | certificates and keys loaded, reloaded, and a session per connection |
 //!
 //! # Which thread touches what
 //!
@@ -89,7 +95,10 @@
 //!    waits, it never reads (it writes only the `408` of a late head).
 //!    Clones of the socket serve two things only: the outbox's, through
 //!    which deferred answers are written (2 to 4), and the one in `open`,
-//!    for the stop to shut it down at its deadline (7).
+//!    for the stop to shut it down at its deadline (7). A TLS session is
+//!    the outbox's, under its lock: the owner decrypts what it read there,
+//!    and whoever writes encrypts there, so records go out in the order
+//!    they are numbered.
 //! 2. Answers on one connection go out in request order: at most one answer
 //!    is outstanding per connection. The handler thread settles the outbox
 //!    (waits for the deferred answer, writes what the socket did not take)
@@ -148,7 +157,8 @@
 //! never held together. Nothing blocks under either: under
 //! `open` sockets are only shut down; under an outbox's lock they are only
 //! sent to with `MSG_DONTWAIT`, or shut down (the handler thread drops it
-//! before writing what is unsent). The callbacks that count an answer before the client
+//! before writing what is unsent), and TLS records are only encrypted or
+//! decrypted in memory (reading the socket happens before the lock). The callbacks that count an answer before the client
 //! can see it (`before` of [`Deferred::respond`], the `gave_up` of a
 //! settle) run under the outbox's lock: they must be quick and must not call
 //! back into the server.
