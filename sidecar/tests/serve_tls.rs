@@ -411,3 +411,69 @@ fn mutual_tls_refuses_clients_without_a_valid_certificate_and_audits_the_subject
         received[0]
     );
 }
+
+/// Requests pipelined in one TLS write, POSTs (answered by the store's
+/// thread) between GETs (answered by the handler thread): every answer
+/// comes, in request order, each decrypting cleanly, so the two threads
+/// never encrypted out of turn. Then a hundred handshaken connections wait
+/// idle with two handler threads, and each is still served after a new
+/// one is: idle TLS connections hold no thread.
+#[test]
+fn pipelined_answers_keep_their_order_and_idle_tls_connections_hold_no_thread() {
+    let dir = TempDir::new("tls-pipeline");
+    let pki = Pki::new(dir.path(), "pipeline");
+    let server = pki.server("server");
+    let config = client_config(&pki.ca, None);
+    let mut serve = serve_tls(
+        &dir,
+        (&server.cert_file, &server.key_file),
+        &config,
+        &["--http-threads", "2", "--max-connections", "256"],
+    );
+    let mut conn = tls_connect(serve.addr, &config).expect("connect");
+    let mut batch = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..30 {
+        let id = format!("pl-{i:02}");
+        let body = report(&id, "P-1", "site-1", &[("q1", 1)]).to_string();
+        batch.extend(request(
+            "POST",
+            "/v1/reports",
+            &[("Content-Type", "application/json")],
+            Some(body.as_bytes()),
+            true,
+        ));
+        expected.push((202, id.clone()));
+        batch.extend(request(
+            "GET",
+            &format!("/v1/reports/{id}"),
+            &[],
+            None,
+            true,
+        ));
+        expected.push((200, id));
+    }
+    conn.write(&batch).expect("write the batch");
+    for (status, id) in expected {
+        let answer = conn.read_response().expect("an answer");
+        assert_eq!(answer.status, status, "{id}: {}", answer.text());
+        assert_eq!(answer.json()["report_id"], id);
+    }
+
+    let mut idle: Vec<_> = (0..100)
+        .map(|_| tls_connect(serve.addr, &config).expect("connect"))
+        .collect();
+    let answer = tls_connect(serve.addr, &config)
+        .expect("connect")
+        .send(&request("GET", "/livez", &[], None, false))
+        .expect("served while 100 wait");
+    assert_eq!(answer.status, 200);
+    for (i, conn) in idle.iter_mut().enumerate() {
+        let answer = conn
+            .send(&request("GET", "/livez", &[], None, true))
+            .unwrap_or_else(|f| panic!("idle connection {i}: {f:?}"));
+        assert_eq!(answer.status, 200);
+    }
+    drop(idle);
+    serve.stop_ok(Duration::from_secs(30));
+}
