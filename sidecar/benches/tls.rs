@@ -6,8 +6,9 @@
 //! - durable reports: `TLS_CLIENTS` keep-alive clients post unique reports
 //!   for `TLS_SECONDS` (each answered `202` once committed, and processed);
 //! - new connections: `TLS_CONNECTS` (2000) `GET /livez`, each on a fresh
-//!   connection, one after another (a full TLS handshake each: ECDSA P-256
-//!   certificate, TLS 1.3, no resumption).
+//!   connection, one after another: with TLS, once resuming the session
+//!   (the client keeps the server's tickets, as real clients do), once
+//!   with full handshakes (ECDSA P-256 certificate, TLS 1.3).
 //!
 //! ```text
 //! cargo bench -p quiesce-sidecar --bench tls
@@ -223,17 +224,38 @@ fn reports(
     (acked, started.elapsed(), sidecar.cpu() - before)
 }
 
-/// `n` `GET /livez`, each on a new connection: the server's CPU.
-fn connects(sidecar: &Sidecar, tls: Option<&Arc<ClientConfig>>, n: u64) -> (Duration, Duration) {
+/// `n` `GET /livez`, each on a new connection: the server's CPU, and how
+/// many TLS handshakes were resumed (the client's config keeps the
+/// server's session tickets, as a real client's does).
+fn connects(
+    sidecar: &Sidecar,
+    tls: Option<&Arc<ClientConfig>>,
+    n: u64,
+) -> (Duration, Duration, u64) {
     let request = b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
     let before = sidecar.cpu();
     let started = Instant::now();
     let mut buf = Vec::new();
+    let mut resumed = 0;
     for _ in 0..n {
-        let mut stream = connect(sidecar.addr, tls);
-        assert_eq!(exchange(stream.as_mut(), request, &mut buf), 200);
+        match tls {
+            None => {
+                let mut stream = connect(sidecar.addr, None);
+                assert_eq!(exchange(stream.as_mut(), request, &mut buf), 200);
+            }
+            Some(config) => {
+                let tcp = TcpStream::connect(sidecar.addr).expect("connect");
+                let name = ServerName::try_from("127.0.0.1").expect("name");
+                let session = ClientConnection::new(config.clone(), name).expect("session");
+                let mut stream = StreamOwned::new(session, tcp);
+                assert_eq!(exchange(&mut stream, request, &mut buf), 200);
+                if stream.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    resumed += 1;
+                }
+            }
+        }
     }
-    (started.elapsed(), sidecar.cpu() - before)
+    (started.elapsed(), sidecar.cpu() - before, resumed)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -253,26 +275,32 @@ fn main() {
     let (ca, cert, key) = certificates(&dir);
     let mut roots = RootCertStore::empty();
     roots.add(ca).expect("root");
-    let config = Arc::new(
+    let mut base =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .expect("versions")
             .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
+            .with_no_client_auth();
+    let config = Arc::new(base.clone());
+    // Every handshake a full one: no session kept.
+    base.resumption = rustls::client::Resumption::disabled();
+    let full = Arc::new(base);
     println!(
         "TLS bench: {rounds} round(s) of {seconds} s, {clients} keep-alive clients, \
          {connect_count} fresh connections; plain and TLS interleaved"
     );
-    // (per report µs, reports/s, per connection µs, connections/s) per round.
+    // (per report µs, reports/s, per connection µs, connections/s) per round,
+    // plain and TLS (resumed handshakes); then TLS with full handshakes
+    // (per connection µs, connections/s).
     let mut results: [Vec<(f64, f64, f64, f64)>; 2] = [Vec::new(), Vec::new()];
+    let mut full_results: Vec<(f64, f64)> = Vec::new();
     for round in 0..rounds {
         for (which, tls) in [None, Some(&config)].into_iter().enumerate() {
             let tag = format!("r{round}{}", ["plain", "tls"][which]);
             let files = tls.map(|_| (cert.as_path(), key.as_path()));
             let sidecar = Sidecar::start(&tag, files);
             let (acked, wall, cpu) = reports(&sidecar, tls, clients, seconds, &tag);
-            let (cwall, ccpu) = connects(&sidecar, tls, connect_count);
+            let (cwall, ccpu, resumed) = connects(&sidecar, tls, connect_count);
             let row = (
                 cpu.as_secs_f64() * 1e6 / acked as f64,
                 acked as f64 / wall.as_secs_f64(),
@@ -281,7 +309,7 @@ fn main() {
             );
             println!(
                 "round {round} {:5}: {acked} reports, {:.1} µs CPU/report, {:.0}/s; \
-                 connections {:.1} µs CPU each, {:.0}/s",
+                 connections {:.1} µs CPU each, {:.0}/s ({resumed} TLS sessions resumed)",
                 ["plain", "TLS"][which],
                 row.0,
                 row.1,
@@ -289,6 +317,19 @@ fn main() {
                 row.3
             );
             results[which].push(row);
+            if tls.is_some() {
+                let (fwall, fcpu, resumed) = connects(&sidecar, Some(&full), connect_count);
+                assert_eq!(resumed, 0, "a session was resumed with resumption off");
+                let full_row = (
+                    fcpu.as_secs_f64() * 1e6 / connect_count as f64,
+                    connect_count as f64 / fwall.as_secs_f64(),
+                );
+                println!(
+                    "round {round} TLS  : full handshakes {:.1} µs CPU each, {:.0}/s",
+                    full_row.0, full_row.1
+                );
+                full_results.push(full_row);
+            }
         }
     }
     println!();
@@ -309,5 +350,10 @@ fn main() {
             median(r.iter().map(|x| x.3).collect()),
         );
     }
+    println!(
+        "| TLS, full handshakes (no resumption) | | | {:.1} | {:.0} |",
+        median(full_results.iter().map(|x| x.0).collect()),
+        median(full_results.iter().map(|x| x.1).collect()),
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
