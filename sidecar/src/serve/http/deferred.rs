@@ -172,7 +172,8 @@ impl Outbox {
         let mut incoming = Incoming::Open;
         let mut failed = false;
         while !rest.is_empty() && !failed {
-            if session.read_tls(&mut rest).is_err() {
+            // Ok(0) with bytes left would mean no progress: never loop on it.
+            if !matches!(session.read_tls(&mut rest), Ok(n) if n > 0) {
                 failed = true;
                 break;
             }
