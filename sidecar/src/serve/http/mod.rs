@@ -165,6 +165,8 @@
 
 use std::time::Duration;
 
+#[cfg(test)]
+mod chunk_tests;
 mod conn;
 mod deferred;
 #[cfg(test)]
