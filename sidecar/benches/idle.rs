@@ -18,8 +18,8 @@
 //! timeouts of 10 minutes, so that nothing it holds times out during the
 //! run; its other settings are the defaults (64 handler threads). All
 //! traffic is on 127.0.0.1; the data directory is under cargo's target tmp
-//! dir and removed at the end. Each process needs about 3 file
-//! descriptors per server-side connection (`ulimit -n`).
+//! dir and removed at the end. Each process needs a file descriptor per
+//! connection (`ulimit -n`).
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};

@@ -44,11 +44,8 @@ fn refuse(conn: &Conn, message: &str) {
         return;
     }
     let _ = conn.stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let Ok(mut stream) = conn.stream.try_clone() else {
-        return;
-    };
-    let _ = write_response(&mut stream, &Response::unavailable(message), true);
-    linger_close(&stream, Duration::from_millis(50));
+    let _ = write_response(&conn.stream, &Response::unavailable(message), true);
+    linger_close(&conn.stream, Duration::from_millis(50));
 }
 
 /// Closes after an answer sent before the request was read in full: stop
@@ -390,7 +387,7 @@ impl ServedConn<'_> {
         }
         let mut chunk = [0u8; 8192];
         let n = loop {
-            match self.conn.stream.read(&mut chunk) {
+            match (&*self.conn.stream).read(&mut chunk) {
                 // A stop signal interrupts a read with a timeout even under
                 // SA_RESTART (signal(7)): not the client's doing.
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}

@@ -32,7 +32,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// are numbered in the order they go out, and bytes read are decrypted
 /// under it by the handler thread (reading itself is outside the lock).
 pub(super) struct Outbox {
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
     /// Whether the connection speaks TLS (fixed when it opens).
     tls: bool,
     state: Mutex<OutState>,
@@ -114,7 +114,7 @@ pub(super) enum Incoming {
 }
 
 impl Outbox {
-    pub(super) fn new(stream: TcpStream, session: Option<ServerConnection>) -> Outbox {
+    pub(super) fn new(stream: Arc<TcpStream>, session: Option<ServerConnection>) -> Outbox {
         let session = session.map(|mut session| {
             // Our own `unsent` bounds nothing either: one answer at most
             // is outstanding (invariant 2).
@@ -250,7 +250,7 @@ impl Outbox {
     /// invariant 3), under the write deadline.
     pub(super) fn write_own(&self, plain: Vec<u8>) -> io::Result<()> {
         if !self.tls {
-            let mut stream = &self.stream;
+            let mut stream = &*self.stream;
             let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
             return stream.write_all(&plain);
         }
@@ -308,7 +308,7 @@ impl Outbox {
         let unsent = std::mem::take(&mut state.unsent);
         state.writing = true;
         drop(state);
-        let mut stream = &self.stream;
+        let mut stream = &*self.stream;
         let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
         let written = stream.write_all(&unsent);
         let mut state = self.lock();
@@ -420,7 +420,10 @@ mod tests {
     }
 
     fn outbox(server: &TcpStream) -> Arc<Outbox> {
-        Arc::new(Outbox::new(server.try_clone().expect("clone"), None))
+        Arc::new(Outbox::new(
+            Arc::new(server.try_clone().expect("clone")),
+            None,
+        ))
     }
 
     fn later(outbox: &Arc<Outbox>) -> Later<'_> {

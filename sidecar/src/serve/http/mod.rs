@@ -9,7 +9,7 @@
 //!   poller (`polling`, epoll) for its first byte, its next request, or
 //!   the rest of a head not yet complete, and a handler thread is taken
 //!   only while there are bytes to read (thousands of idle connections
-//!   cost file descriptors: three each, the socket and two clones);
+//!   cost a file descriptor each: the socket, shared, never duplicated);
 //! - a deadline for the request head (from its first byte, kept while the
 //!   connection waits in the poller) and another for the body, enforced
 //!   with per-read socket timeouts computed from it (a body being read
@@ -93,9 +93,10 @@
 //!    bytes and one handler thread while it is read, in turn, until it is
 //!    closed. Only the owner reads it; the poller only registers it and
 //!    waits, it never reads (it writes only the `408` of a late head).
-//!    Clones of the socket serve two things only: the outbox's, through
-//!    which deferred answers are written (2 to 4), and the one in `open`,
-//!    for the stop to shut it down at its deadline (7). A TLS session is
+//!    Shares of the socket (one descriptor, behind an `Arc`) serve two
+//!    things only: the outbox's, through which deferred answers are
+//!    written (2 to 4), and the one in `open`, for the stop to shut it
+//!    down at its deadline (7). A TLS session is
 //!    the outbox's, under its lock: the owner decrypts what it read there,
 //!    and whoever writes encrypts there, so records go out in the order
 //!    they are numbered.

@@ -23,7 +23,9 @@ use super::{Handler, Response};
 /// bytes are there to read, and so on. Dropping it forgets it in `open`.
 pub(super) struct Conn {
     pub(super) id: u64,
-    pub(super) stream: TcpStream,
+    /// The socket, shared (not duplicated: one file descriptor per
+    /// connection) with the outbox and with `open`.
+    pub(super) stream: Arc<TcpStream>,
     /// Bytes read and not yet consumed (a head not yet complete, or
     /// pipelined requests: the latter never wait in the poller).
     pub(super) buf: Vec<u8>,
@@ -42,8 +44,8 @@ pub(super) struct Conn {
 
 impl Conn {
     /// Registers a connection just accepted in `open` (with its TLS
-    /// session, on a TLS server); gives the socket back when it cannot be
-    /// cloned or its session not made.
+    /// session, on a TLS server); gives the socket back when its session
+    /// cannot be made.
     pub(super) fn open(
         id: u64,
         stream: TcpStream,
@@ -57,21 +59,24 @@ impl Conn {
                 return Err(stream);
             }
         };
-        let (Ok(for_stop), Ok(for_answers)) = (stream.try_clone(), stream.try_clone()) else {
-            return Err(stream);
-        };
+        let stream = Arc::new(stream);
         let count = {
             let mut open = shared.open.lock().unwrap_or_else(|e| e.into_inner());
-            open.insert(id, OpenConn { stream: for_stop });
+            open.insert(
+                id,
+                OpenConn {
+                    stream: stream.clone(),
+                },
+            );
             open.len()
         };
         (shared.counted)(count);
         Ok(Conn {
             id,
             peer: stream.peer_addr().ok(),
-            stream,
             buf: Vec::new(),
-            outbox: Arc::new(Outbox::new(for_answers, session)),
+            outbox: Arc::new(Outbox::new(stream.clone(), session)),
+            stream,
             head_started: None,
             peer_closed: false,
             client: None,
@@ -131,7 +136,7 @@ pub(super) fn poll_loop<S>(
         let p = parked.remove(&id)?;
         deadlines.remove(&(p.deadline, id));
         // Deleted before it leaves (the crate's safety rule for `add`).
-        let _ = shared.poller.delete(&p.conn.stream);
+        let _ = shared.poller.delete(&*p.conn.stream);
         Some(p.conn)
     };
     loop {
@@ -147,7 +152,7 @@ pub(super) fn poll_loop<S>(
             let added = unsafe {
                 shared
                     .poller
-                    .add(&conn.stream, Event::readable(conn.id as usize))
+                    .add(&*conn.stream, Event::readable(conn.id as usize))
             };
             if let Err(err) = added {
                 log::warn!("cannot poll a connection: {err}");

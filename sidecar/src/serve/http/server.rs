@@ -44,8 +44,9 @@ pub(super) struct ServerState {
 
 /// An open connection as the stop sees it.
 pub(super) struct OpenConn {
-    /// A clone of the socket, only ever shut down (invariant 1).
-    pub(super) stream: TcpStream,
+    /// The connection's socket, shared, only ever shut down here
+    /// (invariant 1).
+    pub(super) stream: Arc<TcpStream>,
 }
 
 /// A running server; [`Server::stop`] stops it gracefully.
@@ -293,13 +294,13 @@ impl Refusals {
 
     /// `answer`: say `503` (not on a TLS server, where nothing can be said
     /// before a handshake: the connection is only closed).
-    fn add(&mut self, mut stream: TcpStream, answer: bool, message: &str) {
+    fn add(&mut self, stream: TcpStream, answer: bool, message: &str) {
         // A small answer on a fresh socket: its send buffer takes it at once;
         // the timeout bounds the rest (invariant 5). Always closing
         // (invariant 6).
         if answer {
             let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-            let _ = write_response(&mut stream, &Response::unavailable(message), true);
+            let _ = write_response(&stream, &Response::unavailable(message), true);
         }
         let _ = stream.shutdown(Shutdown::Write);
         if stream.set_nonblocking(true).is_err() {

@@ -61,7 +61,7 @@ fn reason(status: u16) -> &'static str {
 }
 
 pub(super) fn write_response(
-    stream: &mut TcpStream,
+    mut stream: &TcpStream,
     response: &Response,
     close: bool,
 ) -> io::Result<()> {
