@@ -11,19 +11,22 @@ image's base names, bookworm), as root:
 
   build stage:   its RUN commands as written (apt-get included, and the
                  release build: about 400 s of CPU from a cold target/),
-                 with WORKDIR /src
-                 being the checkout, so `COPY . .` copies nothing and the
-                 cache mount /src/target is the checkout's target/ (the
-                 image sets no CARGO_TARGET_DIR, so neither does this);
-                 `--mount=type=cache` options are dropped (the host's
-                 cargo registry is the cache); the binary is installed
-                 under a temporary root instead of /usr/local/bin.
+                 with WORKDIR /src being the checkout, so `COPY . .`
+                 copies nothing and the cache mount /src/target is the
+                 checkout's target/ (the image sets no CARGO_TARGET_DIR,
+                 so neither does this); `--mount=type=cache` options are
+                 dropped (the host's cargo registry is the cache); the
+                 binary is installed under a temporary root instead of
+                 /usr/local/bin.
   runtime stage: its RUN commands (apt-get included; groupadd and useradd
                  are skipped when the group and user exist already with
                  the same ids, and fail loudly when a name or id is taken
                  by another), with /var/lib/quiesce and every other path
                  the image owns (COPY destinations, VOLUME, WORKDIR, ENV
                  values, mounts) under a temporary root; then COPY --from.
+  context:       every file of the checkout the build read (the binary's
+                 dep-info, and cargo metadata's manifests and targets) is
+                 one that .dockerignore lets into the context.
   libraries:     every shared library the binary loads (ldd) comes from
                  a package of the runtime image, taken as the Essential and
                  Priority: required ones, what its RUN installs, and their
@@ -44,16 +47,17 @@ image's base names, bookworm), as root:
                  anything else on the machine; requests go to 127.0.0.1.
   checks:        /readyz answers 200; a report POSTed without a token is
                  401, with the writer's token 202, then found and seen
-                 processed by a GET with the reader's token; the data dir is 0700 and every
-                 file in it 0600 (or less), all owned by the USER's
-                 uid/gid; then the STOPSIGNAL, and the process must exit 0
+                 processed by a GET with the reader's token; the data
+                 dir is 0700 and every file in it 0600 (or less), all
+                 owned by the USER's uid/gid; then the STOPSIGNAL, and the process must exit 0
                  within the `docker stop -t N` of the header comment.
 
 What this does not prove: that the image builds with Docker (layers,
-the base images' own packages and paths, BuildKit's cache mounts,
-.dockerignore: the build sees the whole checkout), that the slim image has
-what the binary opens without linking it (dlopen, NSS, files), nor anything
-about Docker's network or storage drivers. Left on the machine (CI's is thrown
+the base images' own packages and paths, BuildKit's cache mounts; the
+build sees the whole checkout, so a file a build script reads that
+.dockerignore leaves out goes unnoticed), that the slim image has what the
+binary opens without linking it (dlopen, NSS, files), nor anything about
+Docker's network or storage drivers. Left on the machine (CI's is thrown
 away): the packages apt-get installs, the user and group of the image,
 and the build in target/release (the cache mount's contents, as BuildKit
 keeps them). Everything else is removed on every path, the process killed.
@@ -62,6 +66,7 @@ Exit status 0 when every step passed, 1 (with the reason) otherwise.
 """
 
 import argparse
+import filecmp
 import grp
 import json
 import os
@@ -383,6 +388,93 @@ def run_instruction(stage, args, line):
             die(f"Dockerfile line {line}: `{part}` exited {rc}")
 
 
+def glob_regex(pattern):
+    """A .dockerignore pattern (Go's filepath.Match, plus `**`) as a regular expression."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        elif pattern[i] == "[" and "]" in pattern[i:]:
+            j = pattern.index("]", i)
+            out, i = out + pattern[i:j + 1], j + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out + r"\Z")
+
+
+def dockerignore(dockerfile):
+    """(which file, [(negated, regex)]): <Dockerfile>.dockerignore if present, else the context's."""
+    for path in (dockerfile + ".dockerignore", os.path.join(CHECKOUT, ".dockerignore")):
+        if os.path.exists(path):
+            pats = []
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    p = line.strip()
+                    if not p or p.startswith("#"):
+                        continue
+                    neg = p.startswith("!")
+                    p = os.path.normpath(p[1:].strip() if neg else p).lstrip("/")
+                    pats.append((neg, glob_regex(p)))
+            return path, pats
+    return None, []
+
+
+def ignored(rel, pats):
+    """Docker's rule: the last pattern matching the path, or a directory above it, decides."""
+    parts = rel.split("/")
+    candidates = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    out = False
+    for neg, rx in pats:
+        if any(rx.match(c) for c in candidates):
+            out = not neg
+    return out
+
+
+def check_context(stage, binary):
+    """`COPY . .` sends the context minus .dockerignore: every file the build read must be in it.
+
+    Here the build ran on the whole checkout, so an ignored source file would
+    go unnoticed: the files are the binary's dep-info (what rustc read, from
+    target/<profile>/<name>.d next to the binary that was installed) and, from
+    `cargo metadata`, every workspace manifest, target source and Cargo.lock."""
+    target = os.path.realpath(os.path.join(CHECKOUT, "target"))
+    name = os.path.basename(binary)
+    built = [os.path.join(target, d, name) for d in sorted(os.listdir(target))
+             if os.path.isfile(os.path.join(target, d, name))]
+    built = [b for b in built if filecmp.cmp(b, binary, shallow=False)]
+    if not built or not os.path.exists(built[0] + ".d"):
+        die(f"no target/<profile>/{name} (with its .d) identical to the binary the build stage installed")
+    with open(built[0] + ".d", encoding="utf-8") as f:
+        deps = f.read().split(":", 1)[1]
+    files = [p.replace("\\ ", " ") for p in re.split(r"(?<!\\)\s+", deps.strip()) if p]
+    meta = json.loads(subprocess.run(["cargo", "metadata", "--no-deps", "--format-version", "1"], cwd=CHECKOUT,
+                                     env=run_env(stage), capture_output=True, text=True, check=True).stdout)
+    files.append(os.path.join(meta["workspace_root"], "Cargo.lock"))
+    files.append(os.path.join(meta["workspace_root"], "Cargo.toml"))
+    for pkg in meta["packages"]:
+        files.append(pkg["manifest_path"])
+        files += [t["src_path"] for t in pkg["targets"]]
+    which, pats = dockerignore(opts_dockerfile[0])
+    checkout = os.path.realpath(CHECKOUT)
+    needed = set()
+    for path in files:
+        real = os.path.realpath(path)
+        if real.startswith(target + "/") or not real.startswith(checkout + "/"):
+            continue  # made by the build (OUT_DIR), or the registry's
+        needed.add(os.path.relpath(real, checkout))
+    lost = sorted(p for p in needed if ignored(p, pats))
+    if lost:
+        die(f"{which} leaves out of the context files the build reads: {', '.join(lost)}")
+    say(f"{len(needed)} files of the checkout the build reads (dep-info of {os.path.relpath(built[0], target)}, "
+        f"cargo metadata), none left out by {which or 'a .dockerignore (there is none)'}")
+
+
 def copy_instruction(stage, stages, args, line):
     words = shlex.split(args)
     flags = [w for w in words if w.startswith("--")]
@@ -408,6 +500,12 @@ def copy_instruction(stage, stages, args, line):
     shutil.copy2(s, d)
     os.chown(d, 0, 0)
     say(f"COPY {args}: {s} -> {d}")
+    if src_stage is stages_in_order(stages)[0]:
+        check_context(src_stage, s)
+
+
+def stages_in_order(stages):
+    return list(stages.values())
 
 
 def build(text):
@@ -557,6 +655,7 @@ def check_libraries(stage, binary):
 # ---------------------------------------------------------------- the run
 
 cleanup_dirs = []
+opts_dockerfile = []  # the Dockerfile's path (for <Dockerfile>.dockerignore)
 cleanup_procs = []
 cleanup_pids = []  # the entrypoints' host pids (unshare's children)
 
@@ -822,6 +921,7 @@ def main():
     ap.add_argument("--dockerfile", default=os.path.join(HERE, "Dockerfile"))
     ap.add_argument("--keep", action="store_true", help="keep the temporary root (printed) for a look")
     opts = ap.parse_args()
+    opts_dockerfile.append(os.path.abspath(opts.dockerfile))
     if os.geteuid() != 0:
         print("run_dockerfile.py: must run as root (apt-get, useradd, setpriv), as CI does", file=sys.stderr)
         return 1
