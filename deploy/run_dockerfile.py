@@ -925,7 +925,10 @@ def main():
     if os.geteuid() != 0:
         print("run_dockerfile.py: must run as root (apt-get, useradd, setpriv), as CI does", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    def stopped(signum, _frame):
+        raise Failure(f"stopped by {signal.Signals(signum).name} (cleaning up)")
+    signal.signal(signal.SIGTERM, stopped)
+    signal.signal(signal.SIGINT, stopped)
     started = time.monotonic()
     try:
         with open(opts.dockerfile, encoding="utf-8") as f:
