@@ -36,8 +36,10 @@ image's base names, bookworm), as root:
                  naming the tokens file (what deploy/README.md documents),
                  leaving the data dir as it was;
                  then the `docker run` line of the Dockerfile's header
-                 comment (its -e variables, its named volume, its tokens
-                 file bind mount, filled in with a tokens file made here):
+                 comment (its -e variables, its named volume, its bind
+                 mounts of the tokens file and the TLS certificate and key,
+                 filled in with a tokens file and a certificate for
+                 127.0.0.1 made here; requests trust only that one):
                  the ENTRYPOINT in exec form as the Dockerfile's USER
                  (setpriv), as PID 1 of a new PID namespace (unshare), with
                  only the image's ENV (plus Docker's PATH and HOME) in its
@@ -81,6 +83,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import ssl
 import urllib.error
 import urllib.request
 
@@ -661,7 +664,17 @@ cleanup_pids = []  # the entrypoints' host pids (unshare's children)
 
 
 # No proxy, whatever the environment says: every request goes to 127.0.0.1.
+# Over TLS, the certificate made here is the only one trusted (set in
+# `run_image`).
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def trust(cert_file):
+    """From now on, requests are made over TLS trusting only `cert_file`."""
+    global OPENER
+    context = ssl.create_default_context(cafile=cert_file)
+    OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                         urllib.request.HTTPSHandler(context=context))
 
 
 def http(method, url, token=None, body=None):
@@ -757,7 +770,7 @@ def run_image(stage, run_line, text, tmp):
     step("the binary's shared libraries")
     check_libraries(stage, stage.host(stage.entrypoint[0]))
 
-    step("`docker run IMAGE` as is (no tokens file): refused with exit 2, naming the tokens file, nothing created")
+    step("`docker run IMAGE` as is (no tokens, no TLS): refused with exit 2, naming both, nothing created")
     before = sorted(os.listdir(host_data))
     log = os.path.join(tmp, "refused.log")
     with open(log, "w") as f:
@@ -768,8 +781,9 @@ def run_image(stage, run_line, text, tmp):
         die(f"`docker run IMAGE` without a tokens file is still running after {REFUSAL_TIMEOUT:.0f} s "
             "(deploy/README.md says it is refused with exit 2):\n" + tail(log))
     out = tail(log)
-    if rc != 2 or "tokens-file" not in out:
-        die(f"`docker run IMAGE` without a tokens file exited {rc} (expected 2, naming --tokens-file):\n{out}")
+    if rc != 2 or "tokens-file" not in out or "tls-cert" not in out:
+        die(f"`docker run IMAGE` without a tokens file exited {rc} "
+            f"(expected 2, naming --tokens-file and --tls-cert):\n{out}")
     if sorted(os.listdir(host_data)) != before:
         die(f"the refused start left files in the data dir: {sorted(os.listdir(host_data))}")
     say(f"exit 2: {out.strip().splitlines()[-1]}")
@@ -777,6 +791,18 @@ def run_image(stage, run_line, text, tmp):
     step(f"the header's `docker run` line: {run_line}")
     extra = dict(spec["env"])
     tokens_dst = extra.get("QUIESCE_TOKENS_FILE") or die("the `docker run` line sets no QUIESCE_TOKENS_FILE")
+    cert_dst = extra.get("QUIESCE_TLS_CERT") or die("the `docker run` line sets no QUIESCE_TLS_CERT")
+    key_dst = extra.get("QUIESCE_TLS_KEY") or die("the `docker run` line sets no QUIESCE_TLS_KEY")
+    # A certificate for 127.0.0.1, made here with openssl as the README
+    # shows (the key the image's user's and private, like the tokens).
+    made = os.path.join(tmp, "tls")
+    os.makedirs(made)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                    "-keyout", os.path.join(made, "tls.key"), "-out", os.path.join(made, "tls.crt")],
+                   check=True, capture_output=True)
+    trust(os.path.join(made, "tls.crt"))
     writer, reader = secrets.token_hex(32), secrets.token_hex(32)
     for v in spec["volumes"]:
         src, dst = v.split(":")[:2]
@@ -793,6 +819,13 @@ def run_image(stage, run_line, text, tmp):
             os.chown(host, uid, gid)
             os.chmod(host, 0o600)
             say(f"-v {v}: a tokens file made here, {uid}:{gid} 0600 ({host})")
+        elif dst in (cert_dst, key_dst):
+            host = stage.host(dst)
+            os.makedirs(os.path.dirname(host), exist_ok=True)
+            shutil.copyfile(os.path.join(made, "tls.key" if dst == key_dst else "tls.crt"), host)
+            os.chown(host, uid, gid)
+            os.chmod(host, 0o600 if dst == key_dst else 0o644)
+            say(f"-v {v}: a {'key' if dst == key_dst else 'certificate'} made here ({host})")
         else:
             die(f"-v {v}: a bind mount this script does not know how to fill")
     extra["QUIESCE_LISTEN"] = listen.rsplit(":", 1)[0] + ":0"
@@ -818,7 +851,7 @@ def run_image(stage, run_line, text, tmp):
             with open(addr_file, encoding="utf-8") as f:
                 bound = f.read().strip()
             if bound:
-                base = f"http://127.0.0.1:{int(bound.rsplit(':', 1)[1])}"
+                base = f"https://127.0.0.1:{int(bound.rsplit(':', 1)[1])}"
                 say(f"listen.addr: {bound}")
         if base:
             try:
