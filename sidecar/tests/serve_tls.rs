@@ -55,6 +55,24 @@ fn assert_no_key_material(text: &str, key: &Path) {
     }
 }
 
+/// A fresh CA, its server certificate, a client trusting it, and
+/// `quiesce serve` over TLS with that certificate and the arguments
+/// `extra` gives (from the test's directory).
+#[track_caller]
+fn tls_serve(
+    tag: &str,
+    extra: &dyn Fn(&TempDir) -> Vec<String>,
+) -> (TempDir, Arc<ClientConfig>, Serve) {
+    let dir = TempDir::new(&format!("tls-{tag}"));
+    let pki = Pki::new(dir.path(), tag);
+    let server = pki.server("server");
+    let config = client_config(&pki.ca, None);
+    let extra = extra(&dir);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let serve = serve_tls(&dir, (&server.cert_file, &server.key_file), &config, &extra);
+    (dir, config, serve)
+}
+
 fn post_over<S: Socket>(conn: &mut Conn<S>, id: &str, token: Option<&str>) -> Response {
     let body = report(id, "P-1", "site-1", &[("q1", 1)]).to_string();
     let auth = token.map(|t| format!("Bearer {t}"));
@@ -79,17 +97,8 @@ fn post_over<S: Socket>(conn: &mut Conn<S>, id: &str, token: Option<&str>) -> Re
 /// gets no HTTP answer.
 #[test]
 fn reports_go_in_over_tls_on_one_kept_alive_connection() {
-    let dir = TempDir::new("tls-basic");
-    let pki = Pki::new(dir.path(), "basic");
-    let server = pki.server("server");
-    let config = client_config(&pki.ca, None);
-    let tokens = tokens(&dir);
-    let mut serve = serve_tls(
-        &dir,
-        (&server.cert_file, &server.key_file),
-        &config,
-        &["--tokens-file", &tokens],
-    );
+    let (_dir, config, mut serve) =
+        tls_serve("basic", &|dir| vec!["--tokens-file".into(), tokens(dir)]);
     assert!(
         serve
             .log()
@@ -146,16 +155,11 @@ fn reports_go_in_over_tls_on_one_kept_alive_connection() {
 /// handshake.
 #[test]
 fn a_stalled_handshake_holds_no_thread_and_is_closed_at_the_head_deadline() {
-    let dir = TempDir::new("tls-stall");
-    let pki = Pki::new(dir.path(), "stall");
-    let server = pki.server("server");
-    let config = client_config(&pki.ca, None);
-    let mut serve = serve_tls(
-        &dir,
-        (&server.cert_file, &server.key_file),
-        &config,
-        &["--http-threads", "1", "--header-timeout", "1s"],
-    );
+    let (dir, config, mut serve) = tls_serve("stall", &|_| {
+        ["--http-threads", "1", "--header-timeout", "1s"]
+            .map(String::from)
+            .to_vec()
+    });
     // The first bytes of a ClientHello (a record header and part of the
     // message), then nothing.
     let mut stalled = std::net::TcpStream::connect(serve.addr).expect("connect");
@@ -420,16 +424,11 @@ fn mutual_tls_refuses_clients_without_a_valid_certificate_and_audits_the_subject
 /// one is: idle TLS connections hold no thread.
 #[test]
 fn pipelined_answers_keep_their_order_and_idle_tls_connections_hold_no_thread() {
-    let dir = TempDir::new("tls-pipeline");
-    let pki = Pki::new(dir.path(), "pipeline");
-    let server = pki.server("server");
-    let config = client_config(&pki.ca, None);
-    let mut serve = serve_tls(
-        &dir,
-        (&server.cert_file, &server.key_file),
-        &config,
-        &["--http-threads", "2", "--max-connections", "256"],
-    );
+    let (_dir, config, mut serve) = tls_serve("pipeline", &|_| {
+        ["--http-threads", "2", "--max-connections", "256"]
+            .map(String::from)
+            .to_vec()
+    });
     let mut conn = tls_connect(serve.addr, &config).expect("connect");
     let mut batch = Vec::new();
     let mut expected = Vec::new();

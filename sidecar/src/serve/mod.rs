@@ -302,6 +302,20 @@ fn size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// Records a reload asked for by SIGHUP (`kind`: what was reloaded) in the
+/// audit trail, without waiting.
+fn audit_reload(audit: &store::StoreHandle, kind: &'static str, outcome: String) {
+    let mut event = store::AuditEvent::new(
+        kind,
+        store::Who {
+            caller: Some("SIGHUP".into()),
+            ..store::Who::default()
+        },
+    );
+    event.outcome = Some(outcome);
+    audit.audit_later(event, Duration::from_secs(1));
+}
+
 impl Args {
     /// Checks what clap cannot check alone (values against each other,
     /// the listen address): a [`Usage`] error, exit 2.
@@ -553,56 +567,41 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // (serve stops on SIGINT and SIGTERM only).
     let audit = store_for_signals;
     let _others = crate::other_signals::watch(move |signal| {
-        if signal == signal_hook::consts::SIGHUP
-            && let Some(tls) = &tls
-        {
-            log::info!("received SIGHUP: reloading the TLS certificate and key");
-            let reloaded = tls.reload();
-            match &reloaded {
-                Ok(()) => log::info!("TLS files reloaded: new connections use them"),
-                Err(err) => log::error!("{err}; not reloaded: the TLS files loaded before stay"),
-            }
-            let mut event = store::AuditEvent::new(
-                "tls.reloaded",
-                store::Who {
-                    caller: Some("SIGHUP".into()),
-                    ..store::Who::default()
-                },
-            );
-            event.outcome = Some(match &reloaded {
-                Ok(()) => "reloaded".into(),
-                Err(_) => "refused: the files loaded before stay".into(),
-            });
-            audit.audit_later(event, Duration::from_secs(1));
-        }
-        if signal == signal_hook::consts::SIGHUP && auth.enabled() {
-            log::info!("received SIGHUP: reloading the tokens file");
-            let reloaded = auth.reload();
-            // In the audit trail (no names, no secrets): how many, or why not.
-            let mut event = store::AuditEvent::new(
-                "tokens.reloaded",
-                store::Who {
-                    caller: Some("SIGHUP".into()),
-                    ..store::Who::default()
-                },
-            );
-            event.outcome = Some(match &reloaded {
-                Ok(n) => format!("{n} token(s)"),
-                Err(_) => "refused: the tokens loaded before stay valid".into(),
-            });
-            audit.audit_later(event, Duration::from_secs(1));
-        } else if signal == signal_hook::consts::SIGHUP && tls.is_some() {
-            // Reloaded above.
-        } else if signal == signal_hook::consts::SIGHUP {
-            log::warn!(
-                "received SIGHUP: ignored (no --tokens-file to reload; quiesce serve stops on \
-                 SIGINT or SIGTERM)"
-            );
-        } else {
+        if signal != signal_hook::consts::SIGHUP {
             log::warn!(
                 "received {}: ignored (quiesce serve stops on SIGINT or SIGTERM)",
                 quiesce::signals::signal_name(signal)
             );
+            return;
+        }
+        if tls.is_none() && !auth.enabled() {
+            log::warn!(
+                "received SIGHUP: ignored (no --tokens-file or TLS files to reload; quiesce \
+                 serve stops on SIGINT or SIGTERM)"
+            );
+        }
+        if let Some(tls) = &tls {
+            log::info!("received SIGHUP: reloading the TLS certificate and key");
+            let outcome = match tls.reload() {
+                Ok(()) => {
+                    log::info!("TLS files reloaded: new connections use them");
+                    "reloaded".to_string()
+                }
+                Err(err) => {
+                    log::error!("{err}; not reloaded: the TLS files loaded before stay");
+                    "refused: the files loaded before stay".to_string()
+                }
+            };
+            audit_reload(&audit, "tls.reloaded", outcome);
+        }
+        if auth.enabled() {
+            log::info!("received SIGHUP: reloading the tokens file");
+            // In the audit trail (no names, no secrets): how many, or why not.
+            let outcome = match auth.reload() {
+                Ok(n) => format!("{n} token(s)"),
+                Err(_) => "refused: the tokens loaded before stay valid".into(),
+            };
+            audit_reload(&audit, "tokens.reloaded", outcome);
         }
     })
     .context("cannot install the signal handlers")?;
