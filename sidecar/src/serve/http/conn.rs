@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use super::deferred::{Incoming, Later};
+use super::deferred::{Incoming, Later, Owed};
 use super::poll::{Conn, park};
 use super::server::ServerState;
 use super::wire::{encode, encode_head, write_response};
@@ -138,9 +138,18 @@ impl ServedConn<'_> {
     /// goes back to the poller.
     fn serve<S, H: Handler<S>>(mut self, state: &mut S, handler: &H) -> Option<Conn> {
         let park = self.serve_requests(state, handler);
-        // Whatever happened, the answer owed is given before the
-        // connection closes or waits in the poller, which only holds
-        // connections that owe nothing (bounded by the answer's deadline;
+        // A connection whose only debt is an answer another thread will
+        // write waits for its next bytes in the poller at once: this thread
+        // is not woken for the answer (invariant 8). Before the stop only:
+        // after it, the poller holds only connections that owe nothing.
+        if park
+            && !self.shared.stopping.load(Ordering::SeqCst)
+            && self.conn.outbox.owes() != Owed::Bytes
+        {
+            return Some(self.conn);
+        }
+        // Otherwise the answer owed is given before the connection closes
+        // or waits in the poller (bounded by the answer's deadline;
         // invariants 2, 7).
         let settled = self.settle(handler);
         (park && settled.is_ok()).then_some(self.conn)

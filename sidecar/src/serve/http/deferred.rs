@@ -35,6 +35,10 @@ pub(super) struct Outbox {
     stream: Arc<TcpStream>,
     /// Whether the connection speaks TLS (fixed when it opens).
     tls: bool,
+    /// Called when a deferred answer left bytes the socket did not take:
+    /// asks the poller to hand the connection to a handler thread once the
+    /// socket can take more (it may be waiting there, invariant 8).
+    on_unsent: Option<Box<dyn Fn() + Send + Sync>>,
     state: Mutex<OutState>,
     changed: std::sync::Condvar,
 }
@@ -105,6 +109,17 @@ fn records(session: &mut ServerConnection) -> Vec<u8> {
     out
 }
 
+/// What a connection owes its client ([`Outbox::owes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Owed {
+    Nothing,
+    /// A deferred answer, which the thread that has it writes.
+    Answer,
+    /// Bytes to write (or a broken connection to close): a handler
+    /// thread's work.
+    Bytes,
+}
+
 /// What bytes read from the socket held, beyond the data.
 pub(super) enum Incoming {
     /// More may come.
@@ -124,6 +139,7 @@ impl Outbox {
         Outbox {
             stream,
             tls: session.is_some(),
+            on_unsent: None,
             state: Mutex::new(OutState {
                 session,
                 ..OutState::default()
@@ -132,8 +148,33 @@ impl Outbox {
         }
     }
 
+    /// With `on_unsent` (see the field).
+    pub(super) fn with_on_unsent(mut self, on_unsent: Box<dyn Fn() + Send + Sync>) -> Outbox {
+        self.on_unsent = Some(on_unsent);
+        self
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, OutState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The deadline of the answer awaited, if one is.
+    pub(super) fn answer_due(&self) -> Option<Instant> {
+        self.lock().pending
+    }
+
+    /// What the connection still owes its client: nothing, only an answer
+    /// another thread will write (in full if the socket takes it), or
+    /// bytes this connection's handler thread must write.
+    pub(super) fn owes(&self) -> Owed {
+        let state = self.lock();
+        if state.broken || state.writing || !state.unsent.is_empty() {
+            Owed::Bytes
+        } else if state.pending.is_some() {
+            Owed::Answer
+        } else {
+            Owed::Nothing
+        }
     }
 
     /// Whether the connection speaks TLS.
@@ -379,8 +420,12 @@ impl Deferred {
         // Behind what is still unsent (invariant 2), and never blocking
         // (invariant 4).
         state.push(&outbox.stream, &wire);
+        let left = !state.unsent.is_empty();
         drop(state);
         outbox.changed.notify_all();
+        if left && let Some(on_unsent) = &outbox.on_unsent {
+            on_unsent();
+        }
         true
     }
 }

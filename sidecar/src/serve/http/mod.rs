@@ -131,10 +131,13 @@
 //!    before a handler sees them are always answered `Connection: close`.
 //! 7. Before its deadline, the stop closes only idle connections that owe
 //!    their client nothing: idle means it waits in the poller with nothing
-//!    buffered; owing nothing holds for every connection in the poller (8).
-//!    The poller closes them after the close grace (a request that arrives
-//!    in it is still served, its answer closing), then ends: a connection
-//!    given back to it later is closed at once. A request whose head has
+//!    buffered. A connection in the poller that still awaits an answer (8)
+//!    is handed to a handler thread at the stop, which waits for the
+//!    answer, writes it and closes. The poller closes the others after
+//!    the close grace (a request that arrives in it is still served, its
+//!    answer closing), then ends: a connection given back to it later is
+//!    closed at once (after the stop a handler thread settles a
+//!    connection's answer before giving it back). A request whose head has
 //!    been read, or its answer, is never cut; but a head not yet complete
 //!    is closed as soon as the stop is seen (by the poller at once, by a
 //!    handler thread before it reads more), and a body still being read
@@ -146,13 +149,19 @@
 //! 8. A connection waits in the poller, not on a handler thread, whenever
 //!    it has no bytes to read: a handler thread reads without blocking
 //!    until a head is complete, and when the bytes run out first (no
-//!    request, or part of a head) it gives the connection back. Only a
-//!    connection that owes its client nothing is given back: the handler
-//!    thread settles its outbox first (waits for a deferred answer, up to
-//!    its deadline, and writes what is unsent). Pipelined bytes already
-//!    read are served before that, never parked. In the poller a new or
-//!    keep-alive connection waits up to `idle_timeout`, part of a head up
-//!    to `header_timeout` from its first byte.
+//!    request, or part of a head) it gives the connection back, at once
+//!    even while a deferred answer is awaited (the thread that has the
+//!    answer writes it; the handler thread is not woken for it). Bytes the
+//!    handler thread must write (an answer the socket did not take in
+//!    full) are written first: the poller holds no connection with bytes
+//!    unsent, except those a deferred answer left, for which it is asked
+//!    (`on_unsent`, and a check when it takes a connection) to wait for
+//!    the socket to take more and then hand the connection to a handler
+//!    thread. Pipelined bytes already read are served before that, never
+//!    parked. In the poller a new or keep-alive connection waits up to
+//!    `idle_timeout`, part of a head up to `header_timeout` from its first
+//!    byte, and one awaiting an answer no longer than the answer's
+//!    deadline, when a handler thread answers `503` if it has not come.
 //!
 //! Lock rule: there are two kinds of lock, `open` and each outbox's state,
 //! never held together. Nothing blocks under either: under

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use polling::{Event, Events};
 
-use super::deferred::Outbox;
+use super::deferred::{Outbox, Owed};
 use super::server::{OpenConn, ServerState};
 use super::wire::encode;
 use super::{Handler, Response};
@@ -75,7 +75,15 @@ impl Conn {
             id,
             peer: stream.peer_addr().ok(),
             buf: Vec::new(),
-            outbox: Arc::new(Outbox::new(stream.clone(), session)),
+            outbox: Arc::new(Outbox::new(stream.clone(), session).with_on_unsent({
+                // Re-arms the connection's registration for writing too: it
+                // fails harmlessly when the connection is not in the poller
+                // (a handler thread has it, and writes what is unsent).
+                let (shared, stream) = (shared.clone(), stream.clone());
+                Box::new(move || {
+                    let _ = shared.poller.modify(&*stream, Event::all(id as usize));
+                })
+            })),
             stream,
             head_started: None,
             peer_closed: false,
@@ -114,7 +122,11 @@ pub(super) fn park(shared: &ServerState, conn: Conn) {
 
 struct Parked {
     conn: Conn,
+    /// When its wait ends: `wait_end`, or sooner the deadline of an answer
+    /// it awaits.
     deadline: Instant,
+    /// The end of its idle or head wait.
+    wait_end: Instant,
 }
 
 /// The poller's loop: until the stop's grace has passed.
@@ -143,10 +155,16 @@ pub(super) fn poll_loop<S>(
         let now = Instant::now();
         let stopping = shared.stopping.load(Ordering::SeqCst);
         while let Ok(conn) = inbox.try_recv() {
-            let deadline = match conn.head_started {
+            let wait_end = match conn.head_started {
                 Some(start) => start + limits.header_timeout,
                 None => now + limits.idle_timeout,
             };
+            // An answer awaited: no later than its deadline, when a handler
+            // thread answers 503 in its place if it has not come.
+            let deadline = conn
+                .outbox
+                .answer_due()
+                .map_or(wait_end, |due| due.min(wait_end));
             // SAFETY: the socket is deleted from the poller before the
             // connection leaves `parked` (`unpark`), hence before it closes.
             let added = unsafe {
@@ -159,21 +177,41 @@ pub(super) fn poll_loop<S>(
                 conn.close();
                 continue;
             }
+            // Bytes a deferred answer left while the connection was on its
+            // way here: wake when the socket can take them (after `add`,
+            // so that `on_unsent` and this check cannot both miss).
+            if conn.outbox.owes() == Owed::Bytes {
+                let _ = shared
+                    .poller
+                    .modify(&*conn.stream, Event::all(conn.id as usize));
+            }
             deadlines.insert((deadline, conn.id));
-            parked.insert(conn.id, Parked { conn, deadline });
+            parked.insert(
+                conn.id,
+                Parked {
+                    conn,
+                    deadline,
+                    wait_end,
+                },
+            );
         }
         if stopping {
             // Invariant 7: a head not yet complete is closed at once, an
-            // idle connection after the grace.
+            // idle connection after the grace; one that owes an answer goes
+            // to a handler thread, which waits for it and closes.
             let end = *grace_end.get_or_insert(now + limits.close_grace);
             let partial: Vec<u64> = parked
                 .iter()
-                .filter(|(_, p)| p.conn.head_started.is_some() || now >= end)
+                .filter(|(_, p)| {
+                    p.conn.head_started.is_some()
+                        || now >= end
+                        || p.conn.outbox.owes() != Owed::Nothing
+                })
                 .map(|(id, _)| *id)
                 .collect();
             for id in partial {
                 if let Some(conn) = unpark(&mut parked, &mut deadlines, id) {
-                    conn.close();
+                    close_or_serve(conn, ready);
                 }
             }
             if now >= end {
@@ -188,8 +226,25 @@ pub(super) fn poll_loop<S>(
             if due > now {
                 break;
             }
+            // An answer's deadline, the answer given in time: the
+            // connection waits on until its own wait ends.
+            if let Some(p) = parked.get_mut(&id)
+                && p.wait_end > due
+                && p.conn.outbox.owes() == Owed::Nothing
+            {
+                deadlines.remove(&(due, id));
+                p.deadline = p.wait_end;
+                deadlines.insert((p.wait_end, id));
+                continue;
+            }
             if let Some(conn) = unpark(&mut parked, &mut deadlines, id) {
-                expire(conn, handler);
+                if conn.outbox.owes() == Owed::Nothing {
+                    expire(conn, handler);
+                } else {
+                    // Its answer is late or unsent: a handler thread waits
+                    // for it (up to its deadline) and writes it.
+                    close_or_serve(conn, ready);
+                }
             }
         }
         let mut wait = deadlines
@@ -215,6 +270,17 @@ pub(super) fn poll_loop<S>(
                 err.into_inner().close();
             }
         }
+    }
+}
+
+/// Closes a connection that owes nothing; hands one that owes its client
+/// an answer to a handler thread, which waits for it and writes it
+/// (invariant 7: an answer is never cut).
+fn close_or_serve(conn: Conn, ready: &Sender<Conn>) {
+    if conn.outbox.owes() == Owed::Nothing {
+        conn.close();
+    } else if let Err(err) = ready.send(conn) {
+        err.into_inner().close();
     }
 }
 
