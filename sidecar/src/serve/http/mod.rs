@@ -181,6 +181,8 @@ mod conn;
 mod deferred;
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod park_tests;
 mod poll;
 mod server;
 mod tls;

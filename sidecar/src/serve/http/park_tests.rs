@@ -1,0 +1,150 @@
+//! Tests of a connection that waits in the poller while its answer is
+//! written by another thread (invariants 7 and 8), through a real
+//! [`Server`] on loopback and a handler whose answers come from a thread
+//! of the test's, after a delay.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{Handler, Later, Limits, Request, Response, Server};
+
+/// Defers every request; a thread of its own answers after `delay` with a
+/// body of `size` bytes. Its threads are joined when it drops.
+struct Slow {
+    delay: Duration,
+    size: usize,
+    answering: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Handler<()> for Slow {
+    fn handle(
+        &self,
+        _state: &mut (),
+        _request: &Request,
+        _stopping: bool,
+        later: &Later<'_>,
+    ) -> Option<Response> {
+        let deferred = later.defer(Instant::now() + Duration::from_secs(60));
+        let (delay, size) = (self.delay, self.size);
+        let thread = std::thread::Builder::new()
+            .name("park-test-answer".into())
+            .spawn(move || {
+                std::thread::sleep(delay);
+                let response = Response {
+                    status: 200,
+                    content_type: "application/octet-stream",
+                    headers: Vec::new(),
+                    body: vec![b'a'; size],
+                };
+                deferred.respond(response, || {});
+            })
+            .expect("spawn");
+        self.answering.lock().expect("lock").push(thread);
+        None
+    }
+
+    fn refused(&self, _status: u16, _why: &str, _head: Option<(&str, &str)>) {}
+}
+
+impl Drop for Slow {
+    fn drop(&mut self) {
+        for thread in self.answering.lock().expect("lock").drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn start(delay: Duration, size: usize) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let limits = Limits {
+        handlers: 2,
+        max_connections: 16,
+        header_timeout: Duration::from_secs(60),
+        body_timeout: Duration::from_secs(60),
+        idle_timeout: Duration::from_secs(60),
+        max_body: 1024,
+        max_head: 8192,
+        close_grace: Duration::from_millis(50),
+    };
+    let handler = Slow {
+        delay,
+        size,
+        answering: Mutex::new(Vec::new()),
+    };
+    Server::start("park-test", listener, None, limits, || Ok(()), handler).expect("start")
+}
+
+/// Reads one response with a `Content-Length`: its status and body
+/// length; `None` when the connection ends first.
+fn read_response(stream: &mut TcpStream) -> Option<(u16, usize)> {
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut response = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head)) = response.parse(&got) {
+            let length: usize = response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+                .expect("a Content-Length");
+            if got.len() >= head + length {
+                return Some((response.code.unwrap_or(0), length));
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// An answer too large for the socket, written by the answering thread
+/// while the connection waits in the poller: the rest is written as soon
+/// as the client reads (the poller is asked to wait for writability), not
+/// at the answer's deadline (60 s, past the client's 20 s read timeout).
+#[test]
+fn what_a_deferred_answer_leaves_unsent_is_written_once_the_client_reads() {
+    const SIZE: usize = 32 << 20;
+    let server = start(Duration::from_millis(100), SIZE);
+    let mut client = TcpStream::connect(server.local_addr()).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    client
+        .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    // The handler thread gives the connection back; the answer comes and
+    // fills the socket while nobody reads.
+    std::thread::sleep(Duration::from_millis(500));
+    let answer = read_response(&mut client);
+    drop(client);
+    // Stopped before the verdict: a failure must not leave threads behind.
+    server.stop(Instant::now() + Duration::from_secs(5));
+    assert_eq!(answer, Some((200, SIZE)));
+}
+
+/// A stop while a connection waits in the poller for its answer: the
+/// answer is still written, not cut by the close of idle connections.
+#[test]
+fn a_stop_lets_an_answer_awaited_in_the_poller_arrive() {
+    let server = start(Duration::from_millis(600), 10);
+    let mut client = TcpStream::connect(server.local_addr()).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    std::thread::sleep(Duration::from_millis(200));
+    let stopping = std::thread::Builder::new()
+        .name("park-test-stop".into())
+        .spawn(move || server.stop(Instant::now() + Duration::from_secs(10)))
+        .expect("spawn");
+    assert_eq!(read_response(&mut client), Some((200, 10)));
+    let stuck = stopping.join().expect("stop");
+    assert!(stuck.is_empty(), "threads left: {stuck:?}");
+}
