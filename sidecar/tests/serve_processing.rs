@@ -185,6 +185,60 @@ fn a_report_in_work_when_the_server_is_killed_is_processed_once_after_a_restart(
     serve.stop_ok(Duration::from_secs(25) + MARGIN);
 }
 
+both_backends!(without_an_analyzer_a_report_is_processed_by_the_commit_its_202_waits_for);
+// Issue 14: with no analyzer, a report is scored at intake and stored
+// processed by its own insert: processed when its 202 (or its batch's 200)
+// is answered, never queued, the counters in step.
+fn without_an_analyzer_a_report_is_processed_by_the_commit_its_202_waits_for(backend: Backend) {
+    let dir = TempDir::new(&format!("inline-{}", backend.name()));
+    let mut serve = backend.serve(dir.path(), &[]);
+    let addr = serve.addr;
+    let check = |id: &str| {
+        // No waiting: read at once after the answer.
+        let got = get(addr, &format!("/v1/reports/{id}")).json();
+        assert_eq!(got["status"], "processed", "{got}");
+        assert_eq!(got["attempts"], 1, "{got}");
+        assert_eq!(got["result"]["analysis"], Value::Null, "{got}");
+        assert_eq!(got["result"]["score"]["total"], 4, "{got}");
+    };
+    for i in 0..3 {
+        let id = format!("in-{i}");
+        let response = post_json(addr, &report(&id, "P-1", "site-i", &[("q1", 1), ("q2", 3)]));
+        assert_eq!(response.status, 202, "{}", response.text());
+        check(&id);
+    }
+    let batch: Vec<Value> = (0..3)
+        .map(|i| {
+            report(
+                &format!("inb-{i}"),
+                "P-2",
+                "site-i",
+                &[("q1", 1), ("q2", 3)],
+            )
+        })
+        .collect();
+    let body = serde_json::to_vec(&batch).expect("json");
+    let response = post_batch(addr, "application/json", &body);
+    assert_eq!(response.status, 200, "{}", response.text());
+    for i in 0..3 {
+        check(&format!("inb-{i}"));
+    }
+    let metrics = get(addr, "/metrics").text();
+    for line in [
+        "quiesce_reports_accepted_total 6",
+        "quiesce_reports_processed_total 6",
+        "quiesce_backlog 0",
+        "quiesce_alerts_total{instrument=\"unregistered\",rule=\"generic\"} 6",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
+    }
+    assert_eq!(
+        enrollment(&serve),
+        json!({ "sites": { "SITE-I": 2 }, "total": 2 })
+    );
+    serve.stop_ok(Duration::from_secs(25) + MARGIN);
+}
+
 /// The summary files written so far, oldest first, as JSON.
 fn summaries(dir: &Path) -> Vec<(String, Value)> {
     let mut files: Vec<String> = std::fs::read_dir(dir.join("summaries"))

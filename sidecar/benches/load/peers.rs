@@ -28,16 +28,23 @@
 //!   and the load average after the window.
 //!
 //! The summary gives every run and, per server and concurrency, medians.
+//!
+//! Checked after each run (a failed check panics: the bench fails, which
+//! is what `.ci/run`'s short smoke run relies on; no speed is asserted):
+//! the server answered at least one `202`, exited 0 on SIGTERM, and every
+//! report it answered `202` is in its database (`quiesce.db`, `peer.db`);
+//! for quiesce, once its backlog was drained, every one is `processed`.
 
 use std::env;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::client::run_load;
+use crate::client::{Load, run_load};
 use crate::config::Config;
+use crate::db;
 use crate::http::metrics;
 use crate::proc::{TICKS_PER_SECOND, load_average, machine_cpu, process_ticks};
 use crate::scenarios::DRAIN_TIMEOUT;
@@ -196,10 +203,12 @@ fn run_one(
         });
     let load_avg = load_average();
     let mut per_processed = None;
+    let mut drained = false;
     if let Some(p0) = processed_0 {
         let drain_started = Instant::now();
         while drain_started.elapsed() < DRAIN_TIMEOUT {
             if metrics(process.addr).is_ok_and(|m| m.backlog <= 0.0) {
+                drained = true;
                 break;
             }
             thread::sleep(Duration::from_millis(20));
@@ -209,6 +218,7 @@ fn run_one(
         per_processed = Some((t2 - t0) as f64 * 1e6 / TICKS_PER_SECOND / processed);
     }
     let (took, status) = process.sigterm();
+    check(server, clients, &data, &load, status, drained);
     let secs = window.as_secs_f64();
     let accepted = load.tally.accepted_us.len() as f64;
     let server_ticks = t1 - t0;
@@ -255,6 +265,54 @@ fn run_one(
         took.as_secs_f64() * 1000.0
     );
     run
+}
+
+/// The run's promises (see the module's doc): panics when one is broken.
+fn check(
+    server: Server,
+    clients: usize,
+    data: &Path,
+    load: &Load,
+    status: ExitStatus,
+    drained: bool,
+) {
+    let what = format!("{} at {clients} clients", server.name());
+    let accepted = load.accepted_count() as u64;
+    assert!(accepted > 0, "{what}: no report was answered 202");
+    assert!(
+        status.success(),
+        "{what}: exit {} after SIGTERM",
+        exit_code(status)
+    );
+    let file = data.join(match server {
+        Server::Quiesce => "quiesce.db",
+        Server::Peer => "peer.db",
+    });
+    let found = db::find(&file, load.accepted_ids())
+        .unwrap_or_else(|e| panic!("{what}: cannot read {}: {e}", file.display()));
+    assert_eq!(
+        found.missing,
+        0,
+        "{what}: {} of {accepted} report(s) answered 202 are not in {}",
+        found.missing,
+        file.display()
+    );
+    if server == Server::Quiesce && drained {
+        assert_eq!(
+            found.processed, accepted,
+            "{what}: the backlog was drained, but of {accepted} report(s) answered 202 only {} are processed ({found:?})",
+            found.processed
+        );
+    }
+    println!(
+        "      database: all {accepted} report(s) answered 202 are in {}{}",
+        file.display(),
+        if server == Server::Quiesce && drained {
+            ", processed"
+        } else {
+            ""
+        }
+    );
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -65,6 +65,9 @@ pub struct Intake {
     pub max_batch: usize,
     /// A generic total above this raises an alert (for the urgent lane).
     pub alert_total: u32,
+    /// Score each report here and store it processed with its insert (no
+    /// analyzer is configured: processing is scoring alone).
+    pub score_at_intake: bool,
     /// Reports submitted before this are refused.
     pub min_submitted_at: time::OffsetDateTime,
     /// How long the stop may take.
@@ -119,6 +122,7 @@ impl Service for Intake {
             max_backlog: self.max_backlog,
             max_batch: self.max_batch,
             alert_total: self.alert_total,
+            score_at_intake: self.score_at_intake,
             min_submitted_at: self.min_submitted_at,
         };
         let readers = self.readers.clone();
@@ -216,6 +220,8 @@ struct Api {
     max_batch: usize,
     /// A generic total above this raises an alert (for the urgent lane).
     alert_total: u32,
+    /// Score each report here, stored processed with its insert.
+    score_at_intake: bool,
     /// Reports submitted before this are refused.
     min_submitted_at: time::OffsetDateTime,
 }
@@ -569,7 +575,7 @@ impl Api {
         }
         let report_id = report.report_id.clone();
         let hash = report.content_hash();
-        let urgent = urgent(&report, self.alert_total);
+        let (urgent, scored) = score(&report, self.alert_total, self.score_at_intake);
         let insert = Op::Insert {
             report,
             hash,
@@ -578,6 +584,7 @@ impl Api {
             body_sha256: sha256_hex(&request.body),
             urgent,
             raw,
+            scored,
         };
         let deadline = Instant::now() + STORE_WAIT;
         let posted = Posted {
@@ -993,12 +1000,20 @@ fn request_id(request: &Request) -> String {
     format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Whether `report`'s answers raise an alert (scored as the pipeline will):
-/// it goes in the urgent lane, claimed before routine work.
-fn urgent(report: &Report, alert_total: u32) -> bool {
-    report
-        .assess(alert_total)
-        .is_ok_and(|assessment| assessment.alert())
+/// Scores `report` once: whether its answers raise an alert (it goes in
+/// the urgent lane, claimed before routine work) and, when `at_intake`
+/// (no analyzer is configured), its result, stored with its insert (see
+/// the [store](super::store)'s "Where a report is scored"). A report
+/// whose answers do not fit its instrument gets no result: it is queued,
+/// and the pipeline fails it for good, saying why.
+fn score(report: &Report, alert_total: u32, at_intake: bool) -> (bool, Option<store::Scored>) {
+    match report.assess(alert_total) {
+        Ok(assessment) => (
+            assessment.alert(),
+            at_intake.then(|| super::pipeline::scored_at_intake(&assessment)),
+        ),
+        Err(_) => (false, None),
+    }
 }
 
 /// SHA-256 of `bytes`, in hex.

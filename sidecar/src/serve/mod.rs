@@ -541,6 +541,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_backlog: i64::try_from(args.max_backlog).unwrap_or(i64::MAX),
         max_batch: args.max_batch as usize,
         alert_total: args.alert_total,
+        score_at_intake: args.analyzer_url.is_none(),
         min_submitted_at: args.min_submitted_at,
         stop_budget: intake_stop.saturating_sub(Duration::from_millis(100)),
         store,

@@ -10,7 +10,12 @@
 //! ([`Op::Release`]), so the others take them at once.
 //!
 //! A job scores the report and, when an analyzer is configured, posts it
-//! there under the job's deadline. Its outcome goes to the store without
+//! there under the job's deadline. Without an analyzer a report is scored
+//! at intake and stored processed by its own insert ([`scored_at_intake`];
+//! the [store](super::store)'s "Where a report is scored"): the jobs are
+//! then only for the reports that were not (queued before an upgrade,
+//! re-driven, or whose answers do not fit their instrument, failed for
+//! good here). Its outcome goes to the store without
 //! waiting for the commit, so the workers stay busy while the store groups
 //! many results into one transaction; the dispatcher learns that a report
 //! is settled (its result or retry committed) from the store's reply, and
@@ -77,7 +82,7 @@ use std::time::{Duration, Instant};
 use super::analyzer::Analyzer;
 use super::report::{Assessment, Report};
 use super::store::{
-    self, CallError, Claiming, LOG_EVERY, Op, Outcome, StoreHandle, Throttle, now_ms,
+    self, CallError, Claiming, LOG_EVERY, Op, Outcome, Scored, StoreHandle, Throttle, now_ms,
 };
 use crossbeam_channel::{Receiver, Sender, select, tick};
 use quiesce::{Backoff, BoxError, Context, Pool, Service, ServiceContext};
@@ -590,8 +595,6 @@ impl Pipeline {
     }
 }
 
-/// Scores a report and, with an analyzer, gets its analysis; the result as
-/// JSON text, and whether it raised an alert.
 /// The alerts an assessment raised, as metric labels: the instrument (a
 /// registered one's name, else `unregistered`: a client must not make new
 /// series at will) and the rule.
@@ -624,11 +627,29 @@ fn process(
             analyzer.analyze(ctx, &body)?
         }
     };
-    let result = serde_json::json!({
+    Ok((result_json(score, &analysis), score.alert()))
+}
+
+/// A report's result as stored: its score and the analyzer's answer
+/// (`null` without an analyzer).
+fn result_json(score: &Assessment, analysis: &serde_json::Value) -> String {
+    serde_json::json!({
         "score": score,
         "analysis": analysis,
-    });
-    Ok((result.to_string(), score.alert()))
+    })
+    .to_string()
+}
+
+/// What a job would store for a report scored as `score` when no analyzer
+/// is configured: intake sends it with the report's insert, which stores
+/// the report processed (see the [store](super::store)'s "Where a report
+/// is scored"), and the report never comes here.
+pub(super) fn scored_at_intake(score: &Assessment) -> Scored {
+    Scored {
+        result: result_json(score, &serde_json::Value::Null),
+        alert: score.alert(),
+        alert_labels: alert_labels(Some(score)),
+    }
 }
 
 #[cfg(test)]

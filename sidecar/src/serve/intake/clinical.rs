@@ -219,14 +219,18 @@ impl Api {
         let inserts: Vec<Op> = items
             .iter()
             .filter_map(|item| item.as_ref().ok())
-            .map(|(report, raw)| Op::Insert {
-                report: report.clone(),
-                hash: report.content_hash(),
-                max_backlog: self.max_backlog,
-                who: who(request, caller),
-                body_sha256: body_sha256.clone(),
-                raw: raw.clone(),
-                urgent: super::urgent(report, self.alert_total),
+            .map(|(report, raw)| {
+                let (urgent, scored) = super::score(report, self.alert_total, self.score_at_intake);
+                Op::Insert {
+                    report: report.clone(),
+                    hash: report.content_hash(),
+                    max_backlog: self.max_backlog,
+                    who: who(request, caller),
+                    body_sha256: body_sha256.clone(),
+                    raw: raw.clone(),
+                    urgent,
+                    scored,
+                }
             })
             .collect();
         let mut stored = if inserts.is_empty() {

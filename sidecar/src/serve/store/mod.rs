@@ -13,6 +13,20 @@
 //! every update is conditional on `status = 'queued'`, so processing a
 //! report twice (after a crash) stores it once.
 //!
+//! # Where a report is scored
+//!
+//! When no analyzer is configured (`--analyzer-url` absent), processing is
+//! scoring alone, which takes microseconds: intake scores the report (on
+//! its HTTP thread, off the writer) and sends it with its result
+//! ([`Op::Insert`]'s `scored`), and the insert stores it `processed` in
+//! its own transaction — the row with its result, the enrollment, and the
+//! audit rows of an attempt and of its alert, as [`Op::Complete`] would —
+//! so it is never queued, claimed or updated: one transaction, one write
+//! of its row. The pipeline works on the rest: every report when an
+//! analyzer is configured, a report whose answers do not fit its
+//! instrument (queued, and failed for good by the pipeline, as before),
+//! reports queued before an upgrade, and re-driven ones.
+//!
 //! # Claims and leases
 //!
 //! Work is claimed, whatever the backend: a claim ([`Op::Claim`]) marks
@@ -57,10 +71,14 @@
 //!    updates conditional on `queued` and on the report being claimed by
 //!    this replica: a second result for a report, or a late one after its
 //!    lease ran out and another replica claimed it, changes nothing
-//!    (`Outcome::Unchanged`, counted as discarded).
+//!    (`Outcome::Unchanged`, counted as discarded). (A report scored at
+//!    intake is inserted `processed`, with its result, and never moves.)
+//!    Only `failed` → `queued` goes back, by an operator's re-drive.
 //! 5. At every batch boundary, [`Live::backlog`] is the number of `queued`
 //!    rows as this replica knows it: with SQLite, counted at start, +1 per
-//!    accepted insert, −1 per report processed or failed (exact: nobody
+//!    accepted insert not scored at intake (one scored is stored
+//!    `processed`) and per re-drive, −1 per report processed or failed
+//!    by the pipeline (exact: nobody
 //!    else writes); with PostgreSQL, the shared `counts` row, which every
 //!    committing transaction of every replica updates with its own
 //!    changes, read back at each tick (so it converges within one tick);
@@ -258,6 +276,12 @@ pub enum Op {
         /// Its answers raise an alert (a self-harm item, say): claimed
         /// before routine work, in a lane of its own.
         urgent: bool,
+        /// Its result, when it was scored at intake (no analyzer is
+        /// configured): the report is stored `processed` with it, its
+        /// enrollment and its processing's audit rows, in this insert's
+        /// transaction, and never queued. `None`: stored `queued`, for the
+        /// pipeline.
+        scored: Option<Scored>,
     },
     /// Store many reports in one transaction (a batch upload): each item
     /// an [`Op::Insert`], each judged on its own (accepted, duplicate,
@@ -340,6 +364,19 @@ pub enum Op {
         /// The summary, as JSON.
         body: String,
     },
+}
+
+/// A report's result computed before its insert (at intake, when no
+/// analyzer is configured): what [`Op::Complete`] would store for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scored {
+    /// The result, as JSON.
+    pub result: String,
+    /// Whether it raised an alert.
+    pub alert: bool,
+    /// The alerts raised, as metric labels (instrument, rule): counted
+    /// once the report is stored.
+    pub alert_labels: Vec<(&'static str, &'static str)>,
 }
 
 /// How a command went, once committed.
@@ -427,12 +464,33 @@ pub(crate) fn audit_rows(op: &Op, outcome: &Outcome, replica: &str) -> Vec<Audit
             outcome: Some(outcome.to_string()),
             detail: (!detail.is_null()).then(|| detail.to_string()),
         };
+    // A report processed: its attempt, and the alert it raised.
+    let processed_rows = |report_id: &str, attempts: u32, alert: bool| {
+        let mut rows = vec![event(
+            "attempt",
+            pipeline(),
+            report_id,
+            "processed",
+            serde_json::json!({ "attempts": attempts }),
+        )];
+        if alert {
+            rows.push(event(
+                "alert.raised",
+                pipeline(),
+                report_id,
+                "alert",
+                serde_json::Value::Null,
+            ));
+        }
+        rows
+    };
     match (op, outcome) {
         (
             Op::Insert {
                 report,
                 who,
                 body_sha256,
+                scored,
                 ..
             },
             outcome,
@@ -452,7 +510,13 @@ pub(crate) fn audit_rows(op: &Op, outcome: &Outcome, replica: &str) -> Vec<Audit
                 serde_json::Value::Null,
             );
             row.body_sha256 = Some(body_sha256.clone());
-            vec![row]
+            let mut rows = vec![row];
+            if let (Some(scored), Outcome::Accepted) = (scored, outcome) {
+                // Processed in this transaction: the rows its processing
+                // writes (as `Op::Complete`'s), first attempt.
+                rows.extend(processed_rows(&report.report_id, 1, scored.alert));
+            }
+            rows
         }
         (
             Op::Complete {
@@ -472,23 +536,7 @@ pub(crate) fn audit_rows(op: &Op, outcome: &Outcome, replica: &str) -> Vec<Audit
                     serde_json::json!({ "attempts": attempts, "why": "no longer claimed by this replica, or settled" }),
                 )];
             }
-            let mut rows = vec![event(
-                "attempt",
-                pipeline(),
-                report_id,
-                "processed",
-                serde_json::json!({ "attempts": attempts }),
-            )];
-            if *alert {
-                rows.push(event(
-                    "alert.raised",
-                    pipeline(),
-                    report_id,
-                    "alert",
-                    serde_json::Value::Null,
-                ));
-            }
-            rows
+            processed_rows(report_id, *attempts, *alert)
         }
         (
             Op::Retry {

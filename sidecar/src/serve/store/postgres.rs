@@ -595,16 +595,33 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Enrolls `patient_id` at `site_id`: whether it is the first time
+    /// (then counted in the site's shared count at the commit).
+    fn enroll(&mut self, site_id: &str, patient_id: &str, now: i64) -> Result<bool, DbError> {
+        let enrolled = sql_query(
+            "INSERT INTO enrollment (site_id, patient_id, enrolled_at) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind::<Text, _>(site_id)
+        .bind::<Text, _>(patient_id)
+        .bind::<BigInt, _>(now)
+        .execute(self.conn)?;
+        if enrolled > 0 {
+            self.enrolled.push(site_id.to_string());
+        }
+        Ok(enrolled > 0)
+    }
+
     fn apply(&mut self, op: &Op) -> Result<Effect, DbError> {
         let me = self.claiming.replica.as_str();
         match op {
             Op::InsertMany { items } => {
-                let mut outcomes = Vec::with_capacity(items.len());
+                let mut effects = Vec::with_capacity(items.len());
                 for item in items {
                     // Its audit rows are written with the batch's.
-                    outcomes.push(self.apply(item)?.outcome);
+                    effects.push(self.apply(item)?);
                 }
-                Ok(Outcome::Many(outcomes).into())
+                Ok(Effect::many(effects))
             }
             Op::Insert {
                 report,
@@ -612,6 +629,7 @@ impl Tx<'_> {
                 max_backlog,
                 raw,
                 urgent,
+                scored,
                 ..
             } => {
                 if self.backlog + self.backlog_delta >= *max_backlog {
@@ -619,12 +637,16 @@ impl Tx<'_> {
                     return Ok(seen.unwrap_or(Outcome::BacklogFull).into());
                 }
                 let answers = serde_json::to_string(&report.answers).expect("answers serialise");
+                let now = now_ms();
                 // Waits for another replica inserting the same id to commit
-                // or roll back, then sees its row: the key decides.
+                // or roll back, then sees its row: the key decides. Scored
+                // at intake: stored as `Op::Complete` leaves a report (its
+                // first attempt), never queued.
                 let inserted = sql_query(
                     "INSERT INTO reports (report_id, patient_id, site_id, instrument, submitted_at,
-                                          answers, content_hash, received_at, status, raw, priority)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $10)
+                                          answers, content_hash, received_at, status, raw, priority,
+                                          result, alert, attempts, processed_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
                      ON CONFLICT (report_id) DO NOTHING",
                 )
                 .bind::<Text, _>(&report.report_id)
@@ -634,16 +656,30 @@ impl Tx<'_> {
                 .bind::<Text, _>(&report.submitted_at)
                 .bind::<Text, _>(&answers)
                 .bind::<Text, _>(hash)
-                .bind::<BigInt, _>(now_ms())
+                .bind::<BigInt, _>(now)
+                .bind::<Text, _>(if scored.is_some() {
+                    "processed"
+                } else {
+                    "queued"
+                })
                 .bind::<Nullable<Text>, _>(raw.as_deref())
                 .bind::<diesel::sql_types::SmallInt, _>(i16::from(*urgent))
+                .bind::<Nullable<Text>, _>(scored.as_ref().map(|s| s.result.as_str()))
+                .bind::<Nullable<Bool>, _>(scored.as_ref().map(|s| s.alert))
+                .bind::<Integer, _>(i32::from(scored.is_some()))
+                .bind::<Nullable<BigInt>, _>(scored.is_some().then_some(now))
                 .execute(self.conn)?;
                 if inserted == 0 {
                     let seen = self.seen(&report.report_id, hash)?;
                     return Ok(seen.unwrap_or(Outcome::Conflict).into());
                 }
-                self.backlog_delta += 1;
-                Ok(Outcome::Accepted.into())
+                if scored.is_none() {
+                    self.backlog_delta += 1;
+                    return Ok(Outcome::Accepted.into());
+                }
+                let mut effect = Effect::from(Outcome::Accepted);
+                effect.new_enrollment = self.enroll(&report.site_id, &report.patient_id, now)?;
+                Ok(effect)
             }
             Op::Complete {
                 report_id,
@@ -671,18 +707,7 @@ impl Tx<'_> {
                 let mut effect = Effect::from(changed(rows));
                 if rows > 0 {
                     self.backlog_delta -= 1;
-                    let enrolled = sql_query(
-                        "INSERT INTO enrollment (site_id, patient_id, enrolled_at) VALUES ($1, $2, $3)
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .bind::<Text, _>(site_id)
-                    .bind::<Text, _>(patient_id)
-                    .bind::<BigInt, _>(now)
-                    .execute(self.conn)?;
-                    effect.new_enrollment = enrolled > 0;
-                    if effect.new_enrollment {
-                        self.enrolled.push(site_id.clone());
-                    }
+                    effect.new_enrollment = self.enroll(site_id, patient_id, now)?;
                 }
                 Ok(effect)
             }

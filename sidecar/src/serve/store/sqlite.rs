@@ -395,6 +395,21 @@ fn insert_audit(tx: &Transaction<'_>, row: &AuditEvent) -> rusqlite::Result<()> 
     Ok(())
 }
 
+/// Enrolls `patient_id` at `site_id`: whether it is the first time.
+fn enroll(
+    tx: &Transaction<'_>,
+    site_id: &str,
+    patient_id: &str,
+    now: i64,
+) -> rusqlite::Result<bool> {
+    let enrolled = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO enrollment (site_id, patient_id, enrolled_at) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![site_id, patient_id, now])?;
+    Ok(enrolled > 0)
+}
+
 /// Milliseconds as SQLite stores them.
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -409,12 +424,12 @@ fn apply_sql(
     let me = claiming.replica.as_str();
     match op {
         Op::InsertMany { items } => {
-            let mut outcomes = Vec::with_capacity(items.len());
+            let mut effects = Vec::with_capacity(items.len());
             for item in items {
                 // Its audit rows are written with the batch's (see `apply`).
-                outcomes.push(apply_sql(tx, item, backlog, claiming)?.outcome);
+                effects.push(apply_sql(tx, item, backlog, claiming)?);
             }
-            Ok(Outcome::Many(outcomes).into())
+            Ok(Effect::many(effects))
         }
         Op::Insert {
             report,
@@ -422,6 +437,7 @@ fn apply_sql(
             max_backlog,
             raw,
             urgent,
+            scored,
             ..
         } => {
             // A retry of the same report, or another one with its id?
@@ -444,30 +460,62 @@ fn apply_sql(
             // Usually a new report: insert first, look only if the id is
             // taken (one lookup saved per new report).
             let answers = serde_json::to_string(&report.answers).expect("answers serialise");
-            let inserted = tx
-                .prepare_cached(
-                    "INSERT INTO reports (report_id, patient_id, site_id, instrument, submitted_at, answers,
-                                          content_hash, received_at, status, raw, priority)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10)
-                     ON CONFLICT (report_id) DO NOTHING",
-                )?
-                .execute(params![
-                    report.report_id,
-                    report.patient_id,
-                    report.site_id,
-                    report.instrument,
-                    report.submitted_at,
-                    answers,
-                    hash,
-                    now_ms(),
-                    raw,
-                    i64::from(*urgent)
-                ])?;
+            let now = now_ms();
+            let inserted = match scored {
+                None => tx
+                    .prepare_cached(
+                        "INSERT INTO reports (report_id, patient_id, site_id, instrument, submitted_at, answers,
+                                              content_hash, received_at, status, raw, priority)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10)
+                         ON CONFLICT (report_id) DO NOTHING",
+                    )?
+                    .execute(params![
+                        report.report_id,
+                        report.patient_id,
+                        report.site_id,
+                        report.instrument,
+                        report.submitted_at,
+                        answers,
+                        hash,
+                        now,
+                        raw,
+                        i64::from(*urgent)
+                    ])?,
+                // Scored at intake: stored as `Op::Complete` leaves a
+                // report (its first attempt), never queued.
+                Some(scored) => tx
+                    .prepare_cached(
+                        "INSERT INTO reports (report_id, patient_id, site_id, instrument, submitted_at, answers,
+                                              content_hash, received_at, status, raw, priority,
+                                              result, alert, attempts, processed_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'processed', ?9, ?10, ?11, ?12, 1, ?8)
+                         ON CONFLICT (report_id) DO NOTHING",
+                    )?
+                    .execute(params![
+                        report.report_id,
+                        report.patient_id,
+                        report.site_id,
+                        report.instrument,
+                        report.submitted_at,
+                        answers,
+                        hash,
+                        now,
+                        raw,
+                        i64::from(*urgent),
+                        scored.result,
+                        scored.alert
+                    ])?,
+            };
             if inserted == 0 {
                 return Ok(seen(tx)?.unwrap_or(Outcome::Conflict).into());
             }
-            *backlog += 1;
-            Ok(Outcome::Accepted.into())
+            if scored.is_none() {
+                *backlog += 1;
+                return Ok(Outcome::Accepted.into());
+            }
+            let mut effect = Effect::from(Outcome::Accepted);
+            effect.new_enrollment = enroll(tx, &report.site_id, &report.patient_id, now)?;
+            Ok(effect)
         }
         Op::Complete {
             report_id,
@@ -490,12 +538,7 @@ fn apply_sql(
                 .execute(params![report_id, result, alert, attempts, now, me])?;
             let mut effect = Effect::from(changed(rows));
             if rows > 0 {
-                let enrolled = tx
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO enrollment (site_id, patient_id, enrolled_at) VALUES (?1, ?2, ?3)",
-                    )?
-                    .execute(params![site_id, patient_id, now])?;
-                effect.new_enrollment = enrolled > 0;
+                effect.new_enrollment = enroll(tx, site_id, patient_id, now)?;
             }
             Ok(effect)
         }
@@ -666,6 +709,123 @@ mod tests {
     }
 
     #[test]
+    fn a_report_scored_at_intake_is_stored_processed_by_its_insert_with_its_rows() {
+        use super::super::Scored;
+        use super::super::writer::Engine as _;
+        use crate::serve::report::Report;
+
+        let dir = std::env::temp_dir().join(format!(
+            "quiesce-store-scored-{}-{}",
+            std::process::id(),
+            now_ms()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("quiesce.db");
+        let claiming = Claiming {
+            replica: "test".into(),
+            lease: Duration::from_secs(30),
+        };
+        let mut engine = Engine::new(path.clone(), claiming);
+        assert_eq!(engine.open().unwrap().backlog, 0);
+        let insert = |id: &str, patient: &str, scored: Option<Scored>| Op::Insert {
+            report: Report {
+                report_id: id.to_string(),
+                patient_id: patient.into(),
+                site_id: "S".into(),
+                instrument: "i".into(),
+                submitted_at: "2025-06-01T09:30:00Z".into(),
+                answers: [("q1".to_string(), 3)].into(),
+            },
+            hash: format!("hash-{id}"),
+            max_backlog: 100,
+            who: Default::default(),
+            body_sha256: String::new(),
+            raw: None,
+            urgent: true,
+            scored,
+        };
+        let scored = Some(Scored {
+            result: r#"{"score":1}"#.into(),
+            alert: true,
+            alert_labels: vec![("unregistered", "generic")],
+        });
+        let ops = [
+            insert("a", "p1", scored.clone()),
+            insert("b", "p1", scored.clone()),
+            insert("c", "p2", None),
+            insert("a", "p1", scored.clone()),
+        ];
+        let refs: Vec<&Op> = ops.iter().collect();
+        let effects = engine.apply(&refs, 0).results.unwrap();
+        let effects: Vec<(Outcome, bool)> = effects
+            .into_iter()
+            .map(|e| e.map(|e| (e.outcome, e.new_enrollment)).unwrap())
+            .collect();
+        assert_eq!(
+            effects,
+            [
+                (Outcome::Accepted, true),
+                (Outcome::Accepted, false),
+                (Outcome::Accepted, false),
+                (Outcome::Duplicate, false),
+            ]
+        );
+        engine.close().unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let row = |id: &str| -> (String, Option<String>, Option<bool>, u32, bool) {
+            conn.query_row(
+                "SELECT status, result, alert, attempts, processed_at IS NOT NULL FROM reports WHERE report_id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .unwrap()
+        };
+        let processed = (
+            "processed".to_string(),
+            Some(r#"{"score":1}"#.to_string()),
+            Some(true),
+            1,
+            true,
+        );
+        assert_eq!(row("a"), processed);
+        assert_eq!(row("b"), processed);
+        assert_eq!(row("c"), ("queued".to_string(), None, None, 0, false));
+        let enrolled: i64 = conn
+            .query_row("SELECT COUNT(*) FROM enrollment", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(enrolled, 1, "p1 once; p2's report is still queued");
+        let mut stmt = conn
+            .prepare("SELECT report_id, action, outcome, caller FROM audit ORDER BY id")
+            .unwrap();
+        let audit: Vec<(String, String, String, Option<String>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let rows: Vec<(&str, &str, &str)> = audit
+            .iter()
+            .map(|(id, action, outcome, _)| (id.as_str(), action.as_str(), outcome.as_str()))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("a", "report.received", "202 accepted"),
+                ("a", "attempt", "processed"),
+                ("a", "alert.raised", "alert"),
+                ("b", "report.received", "202 accepted"),
+                ("b", "attempt", "processed"),
+                ("b", "alert.raised", "alert"),
+                ("c", "report.received", "202 accepted"),
+                ("a", "report.received", "200 duplicate"),
+            ]
+        );
+        assert_eq!(audit[1].3.as_deref(), Some("pipeline"), "{audit:?}");
+        drop(stmt);
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn while_another_process_holds_the_lock_a_batch_tries_once_and_marks_the_store_failing() {
         use std::sync::Arc;
         use std::sync::atomic::AtomicI64;
@@ -728,6 +888,7 @@ mod tests {
             body_sha256: String::new(),
             raw: None,
             urgent: false,
+            scored: None,
         };
         writer.commit_batch_of(
             vec![

@@ -38,6 +38,8 @@ pub(super) struct Effect {
     pub(super) outcome: Outcome,
     /// A patient enrolled at the command's site for the first time.
     pub(super) new_enrollment: bool,
+    /// Each item's effect ([`Op::InsertMany`]), in order; empty otherwise.
+    pub(super) items: Vec<Effect>,
 }
 
 impl From<Outcome> for Effect {
@@ -45,6 +47,18 @@ impl From<Outcome> for Effect {
         Effect {
             outcome,
             new_enrollment: false,
+            items: Vec::new(),
+        }
+    }
+}
+
+impl Effect {
+    /// The effect of an [`Op::InsertMany`]: its items'.
+    pub(super) fn many(items: Vec<Effect>) -> Effect {
+        Effect {
+            outcome: Outcome::Many(items.iter().map(|e| e.outcome.clone()).collect()),
+            new_enrollment: false,
+            items,
         }
     }
 }
@@ -306,16 +320,11 @@ impl Writer {
         self.note(fault);
         let replies: Replies = match applied.results {
             Ok(results) => {
-                let mut woke = false;
                 batch
                     .into_iter()
                     .zip(results)
                     .map(|(cmd, result)| {
                         let outcome = result.map_err(Failure::NotStored).map(|effect| {
-                            if effect.outcome == Outcome::Accepted && !woke {
-                                woke = true;
-                                let _ = self.shared.work_added.try_send(());
-                            }
                             // Here, before the next batch reads the backlog (1).
                             self.account(&cmd.op, &effect);
                             effect.outcome
@@ -396,9 +405,32 @@ impl Writer {
             metrics.backlog.set(now);
         };
         match (op, &effect.outcome) {
-            (Op::Insert { .. }, Outcome::Accepted) => {
+            (Op::Insert { scored: None, .. }, Outcome::Accepted) => {
                 metrics.accepted.inc();
                 backlog(1);
+                // Work for the pipeline (the channel holds one wake-up:
+                // the rest of a batch's find it taken).
+                let _ = shared.work_added.try_send(());
+            }
+            (
+                Op::Insert {
+                    scored: Some(scored),
+                    report,
+                    ..
+                },
+                Outcome::Accepted,
+            ) => {
+                // Stored processed: no backlog, no work for the pipeline.
+                metrics.accepted.inc();
+                metrics.processed.inc();
+                if effect.new_enrollment {
+                    shared.enrollment.add(report.site_id.clone(), 1);
+                }
+                // The alerts raised, counted once: with the report that
+                // stored them (as the pipeline does with a result).
+                for (instrument, rule) in &scored.alert_labels {
+                    metrics.alerts.with_label_values(&[instrument, rule]).inc();
+                }
             }
             (Op::Complete { site_id, .. }, Outcome::Changed) => {
                 metrics.processed.inc();
@@ -420,12 +452,9 @@ impl Writer {
             (Op::Complete { .. } | Op::Retry { .. } | Op::Fail { .. }, Outcome::Unchanged) => {
                 metrics.results_discarded.inc();
             }
-            (Op::InsertMany { items }, Outcome::Many(outcomes)) => {
-                for (item, outcome) in items.iter().zip(outcomes) {
-                    if *outcome == Outcome::Accepted {
-                        let _ = shared.work_added.try_send(());
-                    }
-                    self.account(item, &Effect::from(outcome.clone()));
+            (Op::InsertMany { items }, Outcome::Many(_)) => {
+                for (item, effect) in items.iter().zip(&effect.items) {
+                    self.account(item, effect);
                 }
             }
             (Op::Reap, Outcome::Rows(n)) => metrics.leases_reclaimed.inc_by(*n),
