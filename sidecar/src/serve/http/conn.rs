@@ -7,10 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
-
 use super::deferred::{Incoming, Later, Owed};
-use super::poll::{Conn, park};
+use super::poll::{Conn, Ready, park};
 use super::server::ServerState;
 use super::wire::{encode, encode_head, write_response};
 use super::{Handler, Request, Response};
@@ -75,7 +73,7 @@ fn linger_close(mut stream: &TcpStream, linger: Duration) {
 /// serves the requests whose bytes are there, and gives it back to the
 /// poller when it has to wait again (invariant 8).
 pub(super) fn handler_loop<S, H: Handler<S>>(
-    conns: &Receiver<Conn>,
+    conns: &Ready,
     shared: &ServerState,
     handler: &H,
     make_state: &dyn Fn() -> io::Result<S>,
@@ -83,7 +81,7 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
     let mut state = None;
     // Each connection is this thread's until it closes or goes back to the
     // poller (invariant 1).
-    for conn in conns.iter() {
+    while let Some(conn) = conns.recv() {
         if state.is_none() {
             match make_state() {
                 Ok(s) => state = Some(s),

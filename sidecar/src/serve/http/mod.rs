@@ -44,8 +44,9 @@
 //! A [`Server`] owns the listener, its threads (`NAME-accept`, `NAME-poll`
 //! and `NAME-0`..`NAME-N`, `NAME` given at the start: `http` for the API,
 //! `admin` for the admin listener; all in one [`quiesce::Threads`], joined
-//! by [`Server::stop`]), the channels between them (to the poller: `park`;
-//! from it to the handlers: the ready queue), and `ServerState`: the
+//! by [`Server::stop`]), the queues between them (to the poller: the
+//! `park` channel; from it to the handlers: the ready queue, `poll::Ready`,
+//! a mutex and a condition variable), and `ServerState`: the
 //! limits, the `stopping` flag, the poller and the registry of open
 //! connections (`open`), and the TLS configuration if any. Each open
 //! connection (`poll::Conn`) has an outbox (its write side for deferred

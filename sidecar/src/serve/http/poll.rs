@@ -4,13 +4,13 @@
 //! complete for the rest of it. Each is handed to a handler thread as soon
 //! as bytes arrive (invariant 8).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use polling::{Event, Events};
 
 use super::deferred::{Outbox, Owed};
@@ -120,6 +120,70 @@ pub(super) fn park(shared: &ServerState, conn: Conn) {
     }
 }
 
+/// The connections with bytes to read, from the poller to the handler
+/// threads: a queue under a mutex, with a condition variable. Not a
+/// channel: an idle receiver of a crossbeam channel spins and yields
+/// before it sleeps, and with dozens of handler threads taking turns that
+/// was several `sched_yield` calls per request on a busy machine; here an
+/// idle handler thread sleeps in the kernel at once.
+#[derive(Default)]
+pub(super) struct Ready {
+    /// The queue, and whether the poller has ended (no more will come).
+    state: Mutex<(VecDeque<Conn>, bool)>,
+    changed: Condvar,
+}
+
+impl Ready {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (VecDeque<Conn>, bool)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a connection for a handler thread; closes it once the queue
+    /// is closed.
+    pub(super) fn send(&self, conn: Conn) {
+        let mut state = self.lock();
+        if state.1 {
+            drop(state);
+            conn.close();
+            return;
+        }
+        state.0.push_back(conn);
+        drop(state);
+        self.changed.notify_one();
+    }
+
+    /// The next connection, waiting for one; `None` once the queue is
+    /// closed and empty.
+    pub(super) fn recv(&self) -> Option<Conn> {
+        let mut state = self.lock();
+        loop {
+            if let Some(conn) = state.0.pop_front() {
+                return Some(conn);
+            }
+            if state.1 {
+                return None;
+            }
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// No more connections will come: the handler threads end once the
+    /// queue is empty.
+    pub(super) fn close(&self) {
+        self.lock().1 = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Closes the queue when dropped: when the poller's thread ends, however.
+pub(super) struct CloseOnDrop<'a>(pub(super) &'a Ready);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 struct Parked {
     conn: Conn,
     /// When its wait ends: `wait_end`, or sooner the deadline of an answer
@@ -133,7 +197,7 @@ struct Parked {
 pub(super) fn poll_loop<S>(
     shared: &ServerState,
     inbox: &Receiver<Conn>,
-    ready: &Sender<Conn>,
+    ready: &Ready,
     handler: &impl Handler<S>,
 ) {
     let limits = &shared.limits;
@@ -264,10 +328,8 @@ pub(super) fn poll_loop<S>(
             std::thread::sleep(Duration::from_millis(10));
         }
         for event in events.iter() {
-            if let Some(conn) = unpark(&mut parked, &mut deadlines, event.key as u64)
-                && let Err(err) = ready.send(conn)
-            {
-                err.into_inner().close();
+            if let Some(conn) = unpark(&mut parked, &mut deadlines, event.key as u64) {
+                ready.send(conn);
             }
         }
     }
@@ -276,11 +338,11 @@ pub(super) fn poll_loop<S>(
 /// Closes a connection that owes nothing; hands one that owes its client
 /// an answer to a handler thread, which waits for it and writes it
 /// (invariant 7: an answer is never cut).
-fn close_or_serve(conn: Conn, ready: &Sender<Conn>) {
+fn close_or_serve(conn: Conn, ready: &Ready) {
     if conn.outbox.owes() == Owed::Nothing {
         conn.close();
-    } else if let Err(err) = ready.send(conn) {
-        err.into_inner().close();
+    } else {
+        ready.send(conn);
     }
 }
 

@@ -13,7 +13,7 @@ use polling::Poller;
 use quiesce::{Context, Threads};
 
 use super::conn::handler_loop;
-use super::poll::{Conn, park, poll_loop};
+use super::poll::{CloseOnDrop, Conn, Ready, park, poll_loop};
 use super::tls::Tls;
 use super::wire::write_response;
 use super::{Handler, Limits, Response};
@@ -81,7 +81,7 @@ impl Server {
         let counting = handler.clone();
         // Both unbounded: `open` bounds what they hold (invariant 5).
         let (park_tx, park_rx) = crossbeam_channel::unbounded::<Conn>();
-        let (ready_tx, conn_rx) = crossbeam_channel::unbounded::<Conn>();
+        let ready = Arc::new(Ready::default());
         let shared = Arc::new(ServerState {
             limits: limits.clone(),
             tls,
@@ -97,23 +97,33 @@ impl Server {
         let make_state = Arc::new(make_state);
         for i in 0..limits.handlers.max(1) {
             let (rx, shared, handler, make_state) = (
-                conn_rx.clone(),
+                ready.clone(),
                 shared.clone(),
                 handler.clone(),
                 make_state.clone(),
             );
-            threads.spawn(format!("{name}-{i}"), move |_ctx| {
+            let spawned = threads.spawn(format!("{name}-{i}"), move |_ctx| {
                 handler_loop(&rx, &shared, handler.as_ref(), make_state.as_ref());
-            })?;
+            });
+            if let Err(err) = spawned {
+                // Those started end (and are joined) once it is closed.
+                ready.close();
+                return Err(err);
+            }
         }
-        drop(conn_rx);
         let poll_shared = shared.clone();
         let poll_handler = handler.clone();
-        threads.spawn(format!("{name}-poll"), move |_ctx| {
-            // Ends after the stop's grace; dropping `ready_tx` then ends
-            // the handler threads once they are done.
-            poll_loop(&poll_shared, &park_rx, &ready_tx, poll_handler.as_ref());
-        })?;
+        let poll_ready = ready.clone();
+        let polling = threads.spawn(format!("{name}-poll"), move |_ctx| {
+            // Ends after the stop's grace; closing the ready queue then
+            // ends the handler threads once they are done.
+            let _closes = CloseOnDrop(&poll_ready);
+            poll_loop(&poll_shared, &park_rx, &poll_ready, poll_handler.as_ref());
+        });
+        if let Err(err) = polling {
+            ready.close();
+            return Err(err);
+        }
         let accept_shared = shared.clone();
         let accept_handler = handler.clone();
         let accepting = threads.spawn(format!("{name}-accept"), move |_ctx| {
