@@ -282,3 +282,37 @@ fn rows_name_the_caller_and_refusals_and_reloads_are_recorded() {
     assert_eq!(reloads.len(), 1, "{stdout}");
     assert_eq!(reloads[0]["outcome"], "2 token(s)");
 }
+
+/// A request without `X-Request-Id` gets one id, made once: the audit
+/// row of the report received and the access log line of its POST name
+/// the same.
+#[test]
+fn a_request_without_an_id_is_named_by_one_made_up_id_everywhere() {
+    let dir = TempDir::new("audit-request-id");
+    let mut serve = Serve::start(&dir.join("data"), &["--access-log"]);
+    let answer = post_json(serve.addr, &report("rid-1", "P-1", "site-1", &[("q1", 1)]));
+    assert_eq!(answer.status, 202, "{}", answer.text());
+    let exit = serve.stop_ok(Duration::from_secs(30));
+    let data = dir.join("data");
+    let (status, stdout, _) = cli(&["audit", "--data-dir", data.to_str().expect("utf-8")]);
+    assert!(status.success());
+    let received: serde_json::Value = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+        .find(|row| row["action"] == "report.received")
+        .unwrap_or_else(|| panic!("no report.received row:\n{stdout}"));
+    let id = received["request_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no request id: {received}"));
+    let access: Vec<&str> = exit
+        .log
+        .lines()
+        .filter(|l| l.contains("quiesce::access") && l.contains("POST /v1/reports "))
+        .collect();
+    assert_eq!(access.len(), 1, "{}", exit.log);
+    assert!(
+        access[0].contains(&format!("id={id} ")),
+        "audit id {id}, access line {}",
+        access[0]
+    );
+}

@@ -599,6 +599,7 @@ mod tests {
             peer: None,
             client: None,
             received: std::time::Instant::now(),
+            id: std::sync::OnceLock::new(),
         }
     }
 

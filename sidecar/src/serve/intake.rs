@@ -978,8 +978,13 @@ fn refused_served<'a>(status: u16, head: Option<(&'a str, &'a str)>) -> Served<'
 }
 
 /// The request's id: the client's `X-Request-Id` (1 to 64 characters of
-/// `A-Z a-z 0-9 . _ -`), or this process's next one.
+/// `A-Z a-z 0-9 . _ -`), or this process's next one, made once per request
+/// (the audit row and the access log line of one request name the same).
 fn request_id(request: &Request) -> String {
+    request.id.get_or_init(|| new_request_id(request)).clone()
+}
+
+fn new_request_id(request: &Request) -> String {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
     if let Some(id) = request.header("x-request-id")

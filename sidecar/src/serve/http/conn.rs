@@ -551,6 +551,7 @@ pub(super) fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<Head>, Re
         received: Instant::now(),
         peer: None,
         client: None,
+        id: std::sync::OnceLock::new(),
     };
     let framing = framing(&request, http10)?;
     if !http10 && request.headers.iter().filter(|(n, _)| n == "host").count() != 1 {

@@ -245,6 +245,9 @@ pub struct Request {
     pub client: Option<std::sync::Arc<str>>,
     /// When its head was read (for the request's duration).
     pub received: std::time::Instant,
+    /// Its id, once the handler has given it one (the handler's to fill:
+    /// the same id wherever the request is named).
+    pub id: std::sync::OnceLock<String>,
 }
 
 impl Request {
