@@ -172,7 +172,16 @@ fn run_one(
         if server == Server::Quiesce { "q" } else { "a" }
     );
     let data = tmp.sub(&tag);
-    let mut process = Sidecar::start(exe, &data, &[]);
+    // The connection cap (256 by default, past it an immediate 503) set
+    // for the clients, as an operator expecting them would: the peer has
+    // no cap. The other settings are the defaults.
+    let cap = (clients + 64).max(256).to_string();
+    let extra: &[&str] = if server == Server::Quiesce {
+        &["--max-connections", &cap]
+    } else {
+        &[]
+    };
+    let mut process = Sidecar::start(exe, &data, extra);
     let pid = process.pid.to_string();
     let quiesce = server == Server::Quiesce;
     let processed_now = || {
