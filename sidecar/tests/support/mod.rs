@@ -15,7 +15,8 @@
 //! a test runs on, its database read the same way for both, and
 //! `both_backends!`: one test per backend), `pg` (a real PostgreSQL
 //! cluster started by the tests, a database per test, `psql`), `analyzer`
-//! (stand-ins for the external analyzer), `rng` (a seeded generator),
+//! (stand-ins for the external analyzer, over HTTP or TLS), `pki`
+//! (certificates made with rcgen), `rng` (a seeded generator),
 //! `load` (load clients).
 #![allow(dead_code)]
 
@@ -29,6 +30,7 @@ mod db;
 mod http;
 mod load;
 mod pg;
+mod pki;
 mod process;
 mod rng;
 mod serve;
@@ -37,8 +39,8 @@ mod temp;
 // Each test binary uses part of it.
 #[allow(unused_imports)]
 pub use self::{
-    analyzer::*, api::*, backend::*, db::*, http::*, load::*, pg::*, process::*, rng::*, serve::*,
-    temp::*,
+    analyzer::*, api::*, backend::*, db::*, http::*, load::*, pg::*, pki::*, process::*, rng::*,
+    serve::*, temp::*,
 };
 
 /// The read and write timeout of the test client's sockets: far longer
