@@ -513,7 +513,8 @@ fn a_port_already_taken_or_a_bad_option_exits_1() {
         &["--max-attempts", "0"],
         &["--drain-delay", "30s", "--shutdown-timeout", "10s"],
         &["--max-body", "3 parsecs"],
-        &["--analyzer-url", "https://example.invalid/"],
+        &["--analyzer-url", "ftp://example.invalid/"],
+        &["--analyzer-ca", "/nonexistent/ca.pem"],
     ] {
         let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", &data_dir];
         args.extend_from_slice(bad);

@@ -164,7 +164,7 @@ fn keyed() -> Hmac<Sha256> {
 }
 
 /// Whether `c` may be in a bearer token (RFC 6750 §2.1's `b64token`).
-fn token_char(c: char) -> bool {
+pub(super) fn token_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "-._~+/=".contains(c)
 }
 
@@ -254,27 +254,8 @@ impl TokenSet {
     /// When it cannot be read, is readable by others (with the `chmod`
     /// that fixes it) or does not parse.
     pub fn load(path: &Path) -> Result<TokenSet, String> {
-        let shown = path.display();
-        let file =
-            File::open(path).map_err(|e| format!("cannot open the tokens file {shown}: {e}"))?;
-        // The mode of the file opened, not of whatever the path names later.
-        let meta = file
-            .metadata()
-            .map_err(|e| format!("cannot read the tokens file {shown}: {e}"))?;
-        if !meta.is_file() {
-            return Err(format!("the tokens file {shown} is not a regular file"));
-        }
-        check_private(path, &meta, "the tokens file")?;
-        let mut text = String::new();
-        file.take(MAX_FILE + 1)
-            .read_to_string(&mut text)
-            .map_err(|e| format!("cannot read the tokens file {shown}: {e}"))?;
-        if text.len() as u64 > MAX_FILE {
-            return Err(format!(
-                "the tokens file {shown} is larger than {MAX_FILE} bytes"
-            ));
-        }
-        TokenSet::parse(&text).map_err(|e| format!("the tokens file {shown}: {e}"))
+        let text = read_private("tokens file", path, MAX_FILE)?;
+        TokenSet::parse(&text).map_err(|e| format!("the tokens file {}: {e}", path.display()))
     }
 
     /// The number of tokens.
@@ -306,16 +287,41 @@ impl TokenSet {
     }
 }
 
-/// Refuses a file of secrets (`what`: "the tokens file", "the TLS key")
-/// that others may read or change: like PostgreSQL's rule for its key
-/// file, 0600 or less when it is the process user's, and 0640 or less when
-/// it is root's (a Kubernetes Secret volume with an `fsGroup` is root's
-/// and group-readable).
-pub(crate) fn check_private(
-    path: &Path,
-    meta: &std::fs::Metadata,
-    what: &str,
-) -> Result<(), String> {
+/// Reads the file at `path`, which holds secrets (`what` names it in the
+/// errors: "tokens file"), as text: a regular file, private (see
+/// [`check_private`]), at most `max` bytes.
+///
+/// # Errors
+///
+/// When it cannot be read, is not a regular file, is readable by others
+/// (with the `chmod` that fixes it) or is larger than `max`; never with
+/// its contents.
+pub(super) fn read_private(what: &str, path: &Path, max: u64) -> Result<String, String> {
+    let shown = path.display();
+    let file = File::open(path).map_err(|e| format!("cannot open the {what} {shown}: {e}"))?;
+    // The mode of the file opened, not of whatever the path names later.
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read the {what} {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("the {what} {shown} is not a regular file"));
+    }
+    check_private(what, path, &meta)?;
+    let mut text = String::new();
+    file.take(max + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read the {what} {shown}: {e}"))?;
+    if text.len() as u64 > max {
+        return Err(format!("the {what} {shown} is larger than {max} bytes"));
+    }
+    Ok(text)
+}
+
+/// Refuses a file of secrets (`what`: "tokens file") others may read or
+/// change: like PostgreSQL's rule for its key file, 0600 or less when it
+/// is the process user's, and 0640 or less when it is root's (a Kubernetes
+/// Secret volume with an `fsGroup` is root's and group-readable).
+fn check_private(what: &str, path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt as _;
     let shown = path.display();
     let mode = meta.mode() & 0o777;
@@ -323,20 +329,20 @@ pub(crate) fn check_private(
     if meta.uid() == me {
         if mode & 0o077 != 0 {
             return Err(format!(
-                "{what} {shown} is readable or writable by others (mode {mode:04o}); \
+                "the {what} {shown} is readable or writable by others (mode {mode:04o}); \
                  it holds secrets: chmod 600 {shown}"
             ));
         }
     } else if meta.uid() == 0 {
         if mode & 0o037 != 0 {
             return Err(format!(
-                "{what} {shown} (owned by root) is accessible to others \
+                "the {what} {shown} (owned by root) is accessible to others \
                  (mode {mode:04o}); it holds secrets: chmod 640 {shown} (or 600)"
             ));
         }
     } else {
         return Err(format!(
-            "{what} {shown} belongs to uid {}; it must belong to this process's \
+            "the {what} {shown} belongs to uid {}; it must belong to this process's \
              user (uid {me}) or to root",
             meta.uid()
         ));

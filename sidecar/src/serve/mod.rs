@@ -53,7 +53,8 @@ use self::scheduler::Scheduler;
 #[command(
     after_help = "Exit codes: 0 graceful stop; 1 a service failed or could not start; \
 2 refused as unsafe for patient data (a non-loopback --listen without --tokens-file, a tokens \
-file others can read or that does not parse) or a command-line error; \
+file others can read or that does not parse, an analyzer token file others can read or that would \
+go in clear to a non-loopback host) or a command-line error (a bad --analyzer-ca too); \
 3 shutdown deadline exceeded (stuck threads are named in the log); 130/143 forced by a second \
 SIGINT/SIGTERM. Durations take units: 500ms, 25s, 24h. RUST_LOG sets the log level (default info). The README's 'Try the sidecar', 'HTTP API', \
 'Security' and 'Running more than one replica' sections tell more."
@@ -97,9 +98,10 @@ pub struct Args {
 
     /// Listen on a non-loopback --listen address without TLS
     /// (--tls-cert) and authenticated callers (--tokens-file or
-    /// --tls-client-ca): anyone on the path reads patient reports. For a
-    /// network you trust entirely (a mesh that encrypts and authenticates
-    /// for you).
+    /// --tls-client-ca): anyone on the path reads patient reports; and send
+    /// --analyzer-token-file's token over http:// to a non-loopback host,
+    /// in clear. For a network you trust entirely (a mesh that encrypts and
+    /// authenticates for you).
     #[arg(long, env = "QUIESCE_ALLOW_INSECURE")]
     pub allow_insecure: bool,
 
@@ -178,10 +180,27 @@ pub struct Args {
     #[arg(long, env = "QUIESCE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = duration)]
     pub shutdown_timeout: Duration,
 
-    /// External analysis service, e.g. http://127.0.0.1:9000/v1/analyze.
-    /// Each report is posted there under the job's deadline.
+    /// External analysis service, e.g. http://127.0.0.1:9000/v1/analyze
+    /// or https://analyzer.example:8443/v1/analyze (port 80 or 443 by
+    /// default; an IPv6 address in brackets). Each report is posted there
+    /// under the job's deadline. https:// checks the service's certificate
+    /// against webpki-roots (Mozilla's CAs) or --analyzer-ca, for the URL's
+    /// host (a name, or an IP address).
     #[arg(long, env = "QUIESCE_ANALYZER_URL")]
     pub analyzer_url: Option<String>,
+
+    /// PEM file of the CA certificates an https:// analyzer's certificate
+    /// must be signed by (one or more), instead of webpki-roots: a private
+    /// CA's.
+    #[arg(long, env = "QUIESCE_ANALYZER_CA")]
+    pub analyzer_ca: Option<PathBuf>,
+
+    /// File holding one bearer token sent to the analyzer on every call
+    /// (Authorization: Bearer <token>); surrounding whitespace is trimmed.
+    /// Mode 0600 (0640 if root's), like --tokens-file; re-read on SIGHUP.
+    /// Sent over http:// only to a loopback host, unless --allow-insecure.
+    #[arg(long, env = "QUIESCE_ANALYZER_TOKEN_FILE")]
+    pub analyzer_token_file: Option<PathBuf>,
 
     /// One log line per request (target `quiesce::access`, at info): method,
     /// route pattern, status, bytes, duration, request id, caller. Never a
@@ -426,12 +445,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )),
         _ => None,
     };
-    let analyzer = args
-        .analyzer_url
-        .as_deref()
-        .map(Analyzer::parse)
-        .transpose()
-        .map_err(|e| usage!("--analyzer-url: {e}"))?;
+    let analyzer = analyzer(&args)?;
+    let analyzer_token = analyzer.as_ref().and_then(Analyzer::token);
     if let Some(url) = &args.database_url {
         store::check_database_url(url).map_err(|e| usage!("--database-url: {e}"))?;
     }
@@ -563,8 +578,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         args.shutdown_timeout
     );
-    // SIGHUP re-reads the tokens file and the TLS files; it and the others
-    // that would kill the process at once are otherwise logged and ignored
+    // SIGHUP re-reads the tokens file, the TLS files and the analyzer's
+    // token file (each reload in the audit trail); it and the others that
+    // would kill the process at once are otherwise logged and ignored
     // (serve stops on SIGINT and SIGTERM only).
     let audit = store_for_signals;
     let _others = crate::other_signals::watch(move |signal| {
@@ -575,10 +591,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
             return;
         }
-        if tls.is_none() && !auth.enabled() {
+        if tls.is_none() && !auth.enabled() && analyzer_token.is_none() {
             log::warn!(
-                "received SIGHUP: ignored (no --tokens-file or TLS files to reload; quiesce \
-                 serve stops on SIGINT or SIGTERM)"
+                "received SIGHUP: ignored (no --tokens-file, TLS files or --analyzer-token-file \
+                 to reload; quiesce serve stops on SIGINT or SIGTERM)"
             );
         }
         if let Some(tls) = &tls {
@@ -595,14 +611,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             audit_reload(&audit, "tls.reloaded", outcome);
         }
+        // In the audit trail (no names, no secrets): how many, or why not.
         if auth.enabled() {
             log::info!("received SIGHUP: reloading the tokens file");
-            // In the audit trail (no names, no secrets): how many, or why not.
             let outcome = match auth.reload() {
                 Ok(n) => format!("{n} token(s)"),
                 Err(_) => "refused: the tokens loaded before stay valid".into(),
             };
             audit_reload(&audit, "tokens.reloaded", outcome);
+        }
+        if let Some(token) = &analyzer_token {
+            log::info!("received SIGHUP: reloading the analyzer token file");
+            let outcome = match token.reload() {
+                Ok(()) => "reloaded".into(),
+                Err(_) => "refused: the token loaded before stays in use".into(),
+            };
+            audit_reload(&audit, "analyzer_token.reloaded", outcome);
         }
     })
     .context("cannot install the signal handlers")?;
@@ -641,6 +665,69 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// The analyzer of `--analyzer-url`, with its TLS configuration
+/// (`--analyzer-ca`) and its token (`--analyzer-token-file`), checked and
+/// built before anything is created: a bad URL or CA file is a usage error,
+/// a token file others can read or a token in clear on a network is
+/// refused (exit 2 either way).
+fn analyzer(args: &Args) -> anyhow::Result<Option<Analyzer>> {
+    let Some(url) = &args.analyzer_url else {
+        for (given, flag) in [
+            (args.analyzer_ca.is_some(), "--analyzer-ca"),
+            (args.analyzer_token_file.is_some(), "--analyzer-token-file"),
+        ] {
+            if given {
+                return Err(usage!("{flag} needs --analyzer-url"));
+            }
+        }
+        return Ok(None);
+    };
+    let mut analyzer = Analyzer::parse(url).map_err(|e| usage!("--analyzer-url: {e}"))?;
+    match analyzer.scheme() {
+        analyzer::Scheme::Https => {
+            let config = analyzer::client_config(args.analyzer_ca.as_deref())
+                .map_err(|e| usage!("--analyzer-ca: {e}"))?;
+            analyzer = analyzer
+                .with_tls(config)
+                .map_err(|e| usage!("--analyzer-url: {e}"))?;
+        }
+        analyzer::Scheme::Http if args.analyzer_ca.is_some() => {
+            return Err(usage!("--analyzer-ca needs an https:// --analyzer-url"));
+        }
+        analyzer::Scheme::Http => {}
+    }
+    if let Some(path) = &args.analyzer_token_file {
+        if analyzer.scheme() == analyzer::Scheme::Http
+            && !analyzer.host_is_loopback()
+            && !args.allow_insecure
+        {
+            return Err(Refused(format!(
+                "--analyzer-token-file with --analyzer-url {}: the token would cross the \
+                 network in clear to a host that is not a loopback address; use an https:// \
+                 URL, or pass --allow-insecure if the network is yours alone",
+                analyzer.url()
+            ))
+            .into());
+        }
+        let token = analyzer::BearerToken::load(path).map_err(Refused)?;
+        analyzer = analyzer.with_token(Arc::new(token));
+    }
+    log::info!(
+        "analyzer: {}{}{}",
+        analyzer.url(),
+        match (analyzer.scheme(), &args.analyzer_ca) {
+            (analyzer::Scheme::Http, _) => String::new(),
+            (analyzer::Scheme::Https, None) => ", TLS trusting webpki-roots".to_string(),
+            (analyzer::Scheme::Https, Some(ca)) => format!(", TLS trusting {}", ca.display()),
+        },
+        match &args.analyzer_token_file {
+            Some(path) => format!(", bearer token from {}", path.display()),
+            None => String::new(),
+        }
+    );
+    Ok(Some(analyzer))
 }
 
 /// This replica's default id: the host's name and the process id, unique

@@ -1,4 +1,4 @@
-//! Stand-in analyzers.
+//! Stand-in analyzers: silent, scripted, over HTTP or TLS.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -79,28 +79,57 @@ impl Drop for SilentAnalyzer {
 pub type Received = (String, Vec<u8>);
 
 /// An analyzer that answers each connection with the next of its scripted
-/// answers (the last one repeats), and keeps every request body.
+/// answers (the last one repeats), and keeps every request body; over
+/// plain HTTP, or TLS ([`start_tls`](Self::start_tls)).
 pub struct ScriptedAnalyzer {
     pub addr: SocketAddr,
     pub requests: Arc<Mutex<Vec<Received>>>,
+    /// Connections that ended before a whole request was read: under TLS,
+    /// a handshake the client refused.
+    pub unfinished: Arc<AtomicUsize>,
+    tls: bool,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// A connection the scripted analyzer accepted, plain or TLS (a rustls
+/// `ServerConnection` on the analyzer's own thread).
+enum Accepted {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Accepted {
+    /// Sends `out`, and ends the connection (with a TLS close_notify).
+    fn answer(self, out: &[u8]) {
+        match self {
+            Accepted::Plain(mut stream) => {
+                let _ = stream.write_all(out);
+                let _ = stream.shutdown(Shutdown::Write);
+            }
+            Accepted::Tls(mut stream) => {
+                let _ = stream.write_all(out);
+                stream.conn.send_close_notify();
+                let _ = stream.flush();
+                let _ = stream.sock.shutdown(Shutdown::Write);
+            }
+        }
+    }
+}
+
+impl Read for Accepted {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Accepted::Plain(stream) => stream.read(buf),
+            Accepted::Tls(stream) => stream.read(buf),
+        }
+    }
 }
 
 impl ScriptedAnalyzer {
     /// `script`: (status, JSON body) answers, in order.
     pub fn start(script: Vec<(u16, String)>) -> ScriptedAnalyzer {
-        let raw = script
-            .into_iter()
-            .map(|(status, answer)| {
-                format!(
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-                    answer.len()
-                )
-                .into_bytes()
-            })
-            .collect();
-        ScriptedAnalyzer::start_raw(raw)
+        ScriptedAnalyzer::start_raw(answers(script))
     }
 
     /// `script`: whole answers, bytes on the wire, in order.
@@ -130,29 +159,75 @@ impl ScriptedAnalyzer {
             .collect()
     }
 
+    /// `script` as [`start`](Self::start), over TLS with `config` (see
+    /// `ServerCert::server_config`).
+    pub fn start_tls(
+        script: Vec<(u16, String)>,
+        config: Arc<rustls::ServerConfig>,
+    ) -> ScriptedAnalyzer {
+        ScriptedAnalyzer::run(answers(script), Duration::ZERO, Some(config))
+    }
+
+    /// `script` as [`start_tls`](Self::start_tls), each answer sent
+    /// `delay` after its request was read.
+    pub fn start_tls_delayed(
+        script: Vec<(u16, String)>,
+        config: Arc<rustls::ServerConfig>,
+        delay: Duration,
+    ) -> ScriptedAnalyzer {
+        ScriptedAnalyzer::run(answers(script), delay, Some(config))
+    }
+
     /// `script` as [`start_raw`](Self::start_raw), each answer sent `delay`
     /// after its request was read.
     pub fn start_delayed(script: Vec<Vec<u8>>, delay: Duration) -> ScriptedAnalyzer {
+        ScriptedAnalyzer::run(script, delay, None)
+    }
+
+    fn run(
+        script: Vec<Vec<u8>>,
+        delay: Duration,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> ScriptedAnalyzer {
         assert!(!script.is_empty());
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the analyzer");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("its address");
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let unfinished = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let with_tls = tls.is_some();
         let thread = {
-            let (requests, stop) = (requests.clone(), stop.clone());
+            let (requests, unfinished, stop) = (requests.clone(), unfinished.clone(), stop.clone());
             thread::Builder::new()
-                .name("scripted-analyzer".into())
+                .name(
+                    if with_tls {
+                        "tls-analyzer"
+                    } else {
+                        "scripted-analyzer"
+                    }
+                    .into(),
+                )
                 .spawn(move || {
                     let mut next = 0;
                     while !stop.load(Ordering::SeqCst) {
-                        let Ok((mut stream, _)) = listener.accept() else {
+                        let Ok((stream, _)) = listener.accept() else {
                             thread::sleep(Duration::from_millis(5));
                             continue;
                         };
                         let _ = stream.set_nonblocking(false);
                         let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                        let mut stream = match &tls {
+                            None => Accepted::Plain(stream),
+                            Some(config) => {
+                                let conn = rustls::ServerConnection::new(config.clone())
+                                    .expect("a TLS server connection");
+                                Accepted::Tls(Box::new(rustls::StreamOwned::new(conn, stream)))
+                            }
+                        };
+                        // Under TLS the handshake is made by the first read.
                         let Some((head, body)) = read_request(&mut stream) else {
+                            unfinished.fetch_add(1, Ordering::SeqCst);
                             continue;
                         };
                         requests
@@ -162,8 +237,7 @@ impl ScriptedAnalyzer {
                         thread::sleep(delay);
                         let out = &script[next.min(script.len() - 1)];
                         next += 1;
-                        let _ = stream.write_all(out);
-                        let _ = stream.shutdown(Shutdown::Write);
+                        stream.answer(out);
                     }
                 })
                 .expect("spawn the analyzer")
@@ -171,13 +245,17 @@ impl ScriptedAnalyzer {
         ScriptedAnalyzer {
             addr,
             requests,
+            unfinished,
+            tls: with_tls,
             stop,
             thread: Some(thread),
         }
     }
 
+    /// Its URL: `https://` when it speaks TLS.
     pub fn url(&self) -> String {
-        format!("http://{}/v1/analyze", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/v1/analyze", self.addr)
     }
 
     pub fn requests(&self) -> Vec<Received> {
@@ -197,8 +275,22 @@ impl Drop for ScriptedAnalyzer {
     }
 }
 
+/// (status, JSON body) answers as bytes on the wire.
+fn answers(script: Vec<(u16, String)>) -> Vec<Vec<u8>> {
+    script
+        .into_iter()
+        .map(|(status, answer)| {
+            format!(
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            )
+            .into_bytes()
+        })
+        .collect()
+}
+
 /// Reads a request's head and its Content-Length body.
-fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+fn read_request(stream: &mut impl Read) -> Option<(String, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {

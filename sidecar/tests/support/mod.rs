@@ -15,9 +15,10 @@
 //! a test runs on, its database read the same way for both, and
 //! `both_backends!`: one test per backend), `pg` (a real PostgreSQL
 //! cluster started by the tests, a database per test, `psql`), `analyzer`
-//! (stand-ins for the external analyzer), `rng` (a seeded generator),
-//! `load` (load clients), `tls` (certificates made in the test, a TLS
-//! client).
+//! (stand-ins for the external analyzer, over HTTP or TLS), `pki`
+//! (certificates made with rcgen, for the stand-in analyzer), `rng` (a
+//! seeded generator), `load` (load clients), `tls` (certificates made in
+//! the test for `serve`'s TLS, a TLS client).
 #![allow(dead_code)]
 
 use std::sync::{Mutex, MutexGuard};
@@ -30,6 +31,7 @@ mod db;
 mod http;
 mod load;
 mod pg;
+mod pki;
 mod process;
 mod rng;
 mod serve;
@@ -39,8 +41,8 @@ mod tls;
 // Each test binary uses part of it.
 #[allow(unused_imports)]
 pub use self::{
-    analyzer::*, api::*, backend::*, db::*, http::*, load::*, pg::*, process::*, rng::*, serve::*,
-    temp::*, tls::*,
+    analyzer::*, api::*, backend::*, db::*, http::*, load::*, pg::*, pki::*, process::*, rng::*,
+    serve::*, temp::*, tls::*,
 };
 
 /// The read and write timeout of the test client's sockets: far longer

@@ -122,8 +122,15 @@ fn build(files: &TlsFiles) -> Result<ServerConfig, String> {
 }
 
 /// Reads a PEM file of at most [`MAX_PEM`] bytes, opened once (the checks
-/// apply to the file read, not to whatever the path names later).
+/// apply to the file read, not to whatever the path names later); a
+/// `private` one (the key) as the tokens file is read: private to this
+/// user or root's, never its contents in an error.
 fn read_pem(path: &Path, flag: &str, private: bool) -> Result<Vec<u8>, String> {
+    if private {
+        return crate::serve::auth::read_private("TLS key", path, MAX_PEM)
+            .map(String::into_bytes)
+            .map_err(|e| format!("{flag}: {e}"));
+    }
     let shown = path.display();
     let file = File::open(path).map_err(|e| format!("{flag} {shown}: {e}"))?;
     let meta = file
@@ -131,9 +138,6 @@ fn read_pem(path: &Path, flag: &str, private: bool) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("{flag} {shown}: {e}"))?;
     if !meta.is_file() {
         return Err(format!("{flag} {shown} is not a regular file"));
-    }
-    if private {
-        crate::serve::auth::check_private(path, &meta, "the TLS key")?;
     }
     let mut bytes = Vec::new();
     file.take(MAX_PEM + 1)
