@@ -13,11 +13,14 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::temp::TempDir;
 
-/// A certificate authority made for one test.
+/// A certificate authority made for one test (in memory; `tls.rs`'s
+/// `Pki` writes one and its certificates to files).
 pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
     /// Its certificate, PEM.
     pub pem: String,
+    /// Its certificate, DER.
+    pub der: CertificateDer<'static>,
 }
 
 impl TestCa {
@@ -36,7 +39,28 @@ impl TestCa {
         TestCa {
             issuer: Issuer::new(params, key),
             pem: cert.pem(),
+            der: cert.der().clone(),
         }
+    }
+
+    /// A certificate signed by this CA for `names` (DNS names, or IP
+    /// addresses as IP SANs), its subject `CN=<common_name>`, for `usage`,
+    /// and its new key.
+    pub fn issue(
+        &self,
+        names: &[&str],
+        common_name: &str,
+        usage: ExtendedKeyUsagePurpose,
+    ) -> (rcgen::Certificate, KeyPair) {
+        let key = KeyPair::generate().expect("a key");
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).expect("params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &self.issuer).expect("a certificate");
+        (cert, key)
     }
 
     /// Writes its certificate (PEM) to `name` in `dir`.
@@ -47,16 +71,7 @@ impl TestCa {
     /// A server certificate signed by this CA for `names` (DNS names, or
     /// IP addresses as IP SANs: "127.0.0.1").
     pub fn server(&self, names: &[&str]) -> ServerCert {
-        let key = KeyPair::generate().expect("a server key");
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).expect("server params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "test analyzer");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("the server's certificate");
+        let (cert, key) = self.issue(names, "test analyzer", ExtendedKeyUsagePurpose::ServerAuth);
         ServerCert {
             cert: cert.der().clone(),
             key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),

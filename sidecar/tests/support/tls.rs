@@ -1,5 +1,6 @@
-//! TLS in the tests: a certificate authority made in the test (rcgen), the
-//! server and client certificates it issues, written as PEM files the way
+//! TLS in the tests: a certificate authority made in the test (`pki.rs`'s,
+//! rcgen), the server and client certificates it issues, written as PEM
+//! files the way
 //! an operator would give them to `quiesce serve`, and a TLS client
 //! (rustls, the same library as the server's, but a client of its own
 //! configuration) that the HTTP client of `http.rs` talks over.
@@ -9,14 +10,12 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use rcgen::ExtendedKeyUsagePurpose;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 use super::http::{Conn, Socket, connect};
+use super::pki::TestCa;
 
 /// A TLS session over TCP, as the client sees it.
 pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
@@ -43,9 +42,9 @@ impl Identity {
     }
 }
 
-/// A certificate authority of the test's own.
+/// A certificate authority of the test's own, with its files.
 pub struct Pki {
-    issuer: Issuer<'static, KeyPair>,
+    ca_made: TestCa,
     /// Its certificate.
     pub ca: CertificateDer<'static>,
     /// Its certificate (PEM): what `--tls-client-ca` or a client trusts.
@@ -57,19 +56,12 @@ pub struct Pki {
 impl Pki {
     /// A new CA called `name`, its files in `dir`.
     pub fn new(dir: &Path, name: &str) -> Pki {
-        let key = KeyPair::generate().expect("a CA key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{name} test CA"));
-        let cert = params.self_signed(&key).expect("the CA certificate");
+        let ca_made = TestCa::new(&format!("{name} test CA"));
         let ca_file = dir.join(format!("{name}-ca.pem"));
-        std::fs::write(&ca_file, cert.pem()).expect("write the CA certificate");
+        std::fs::write(&ca_file, &ca_made.pem).expect("write the CA certificate");
         Pki {
-            issuer: Issuer::new(params, key),
-            ca: cert.der().clone(),
+            ca: ca_made.der.clone(),
+            ca_made,
             ca_file,
             dir: dir.to_path_buf(),
             name: name.to_string(),
@@ -104,14 +96,7 @@ impl Pki {
         names: &[&str],
         usage: ExtendedKeyUsagePurpose,
     ) -> Identity {
-        let key = KeyPair::generate().expect("a key");
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).expect("params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &self.issuer).expect("a certificate");
+        let (cert, key) = self.ca_made.issue(names, common_name, usage);
         let cert_file = self.dir.join(format!("{}-{stem}.crt", self.name));
         let key_file = self.dir.join(format!("{}-{stem}.key", self.name));
         std::fs::write(&cert_file, cert.pem()).expect("write a certificate");
