@@ -1,9 +1,8 @@
 //! TLS in the tests: a certificate authority made in the test (`pki.rs`'s,
 //! rcgen), the server and client certificates it issues, written as PEM
-//! files the way
-//! an operator would give them to `quiesce serve`, and a TLS client
-//! (rustls, the same library as the server's, but a client of its own
-//! configuration) that the HTTP client of `http.rs` talks over.
+//! files the way an operator would give them to `quiesce serve`, and a TLS
+//! client (rustls, the same library as the server's, but a client of its
+//! own configuration) that the HTTP client of `http.rs` talks over.
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt as _;
