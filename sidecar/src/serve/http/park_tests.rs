@@ -148,3 +148,43 @@ fn a_stop_lets_an_answer_awaited_in_the_poller_arrive() {
     let stuck = stopping.join().expect("stop");
     assert!(stuck.is_empty(), "threads left: {stuck:?}");
 }
+
+/// A request asking `Expect: 100-continue`, pipelined behind one whose
+/// answer is still to come: its `100 Continue` follows that answer (an
+/// interim answer of the second request must not come before the first
+/// request's final one, RFC 9110 §15.2).
+#[test]
+fn a_100_continue_waits_for_the_answer_before_it() {
+    let server = start(Duration::from_millis(300), 3);
+    let mut client = TcpStream::connect(server.local_addr()).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    client
+        .write_all(
+            b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n\
+              POST /second HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+        )
+        .expect("write");
+    // Everything up to the 100 Continue, without sending the body.
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !got.windows(12).any(|w| w == b"100 Continue") {
+        match client.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    client.write_all(b"hello").expect("the body");
+    drop(client);
+    server.stop(Instant::now() + Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&got);
+    let first = text.find("HTTP/1.1 200").expect("the first answer");
+    let interim = text
+        .find("HTTP/1.1 100 Continue")
+        .expect("the 100 Continue");
+    assert!(
+        first < interim,
+        "100 Continue before the first answer: {text:?}"
+    );
+}
