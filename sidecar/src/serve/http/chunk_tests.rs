@@ -12,7 +12,7 @@
 //!    inserted) gets one answer or a close, never a hang past the body
 //!    deadline, never a panic (the server answers the next connection).
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -142,20 +142,20 @@ fn exchange(addr: SocketAddr, bytes: &[u8], cuts: &[u16]) -> Option<(u16, Vec<u8
             from = to;
         }
     }
-    let started = Instant::now();
     let mut got = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
         match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
             Ok(n) => got.extend_from_slice(&buf[..n]),
+            // Neither an answer nor a close within the read timeout (20
+            // times the body deadline): the server hung.
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("no answer and no close in 10 s: the server hung")
+            }
+            Err(_) => break,
         }
     }
-    // Never far past the body deadline (0.5 s).
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "the server hung"
-    );
     let mut headers = [httparse::EMPTY_HEADER; 16];
     let mut response = httparse::Response::new(&mut headers);
     let Ok(httparse::Status::Complete(head)) = response.parse(&got) else {

@@ -6,16 +6,26 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
 use super::{Handler, Later, Limits, Request, Response, Server};
 
 /// Defers every request; a thread of its own answers after `delay` with a
-/// body of `size` bytes. Its threads are joined when it drops.
+/// body of `size` bytes. It says on `events` when it has deferred a
+/// request (`Deferred`) and when an answer has been handed over
+/// (`Answered`). Its threads are joined when it drops.
 struct Slow {
     delay: Duration,
     size: usize,
+    events: Mutex<Sender<Event>>,
     answering: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Event {
+    Deferred,
+    Answered,
 }
 
 impl Handler<()> for Slow {
@@ -28,6 +38,8 @@ impl Handler<()> for Slow {
     ) -> Option<Response> {
         let deferred = later.defer(Instant::now() + Duration::from_secs(60));
         let (delay, size) = (self.delay, self.size);
+        let events = self.events.lock().expect("lock").clone();
+        let _ = events.send(Event::Deferred);
         let thread = std::thread::Builder::new()
             .name("park-test-answer".into())
             .spawn(move || {
@@ -39,6 +51,7 @@ impl Handler<()> for Slow {
                     body: vec![b'a'; size],
                 };
                 deferred.respond(response, || {});
+                let _ = events.send(Event::Answered);
             })
             .expect("spawn");
         self.answering.lock().expect("lock").push(thread);
@@ -56,7 +69,8 @@ impl Drop for Slow {
     }
 }
 
-fn start(delay: Duration, size: usize) -> Server {
+/// The server, and what its handler says it did.
+fn start(delay: Duration, size: usize) -> (Server, Receiver<Event>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let limits = Limits {
         handlers: 2,
@@ -68,12 +82,22 @@ fn start(delay: Duration, size: usize) -> Server {
         max_head: 8192,
         close_grace: Duration::from_millis(50),
     };
+    let (events, said) = channel();
     let handler = Slow {
         delay,
         size,
+        events: Mutex::new(events),
         answering: Mutex::new(Vec::new()),
     };
-    Server::start("park-test", listener, None, limits, || Ok(()), handler).expect("start")
+    let server =
+        Server::start("park-test", listener, None, limits, || Ok(()), handler).expect("start");
+    (server, said)
+}
+
+/// Waits (10 s at most) for the handler to say `event`.
+fn wait_for(said: &Receiver<Event>, event: Event) {
+    let got = said.recv_timeout(Duration::from_secs(10));
+    assert_eq!(got, Ok(event));
 }
 
 /// Reads one response with a `Content-Length`: its status and body
@@ -109,7 +133,7 @@ fn read_response(stream: &mut TcpStream) -> Option<(u16, usize)> {
 #[test]
 fn what_a_deferred_answer_leaves_unsent_is_written_once_the_client_reads() {
     const SIZE: usize = 32 << 20;
-    let server = start(Duration::from_millis(100), SIZE);
+    let (server, said) = start(Duration::from_millis(100), SIZE);
     let mut client = TcpStream::connect(server.local_addr()).expect("connect");
     client
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -117,9 +141,10 @@ fn what_a_deferred_answer_leaves_unsent_is_written_once_the_client_reads() {
     client
         .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
         .expect("write");
-    // The handler thread gives the connection back; the answer comes and
-    // fills the socket while nobody reads.
-    std::thread::sleep(Duration::from_millis(500));
+    // The answer comes and fills the socket while nobody reads; what it
+    // leaves is for whoever the poller wakes.
+    wait_for(&said, Event::Deferred);
+    wait_for(&said, Event::Answered);
     let answer = read_response(&mut client);
     drop(client);
     // Stopped before the verdict: a failure must not leave threads behind.
@@ -131,7 +156,7 @@ fn what_a_deferred_answer_leaves_unsent_is_written_once_the_client_reads() {
 /// answer is still written, not cut by the close of idle connections.
 #[test]
 fn a_stop_lets_an_answer_awaited_in_the_poller_arrive() {
-    let server = start(Duration::from_millis(600), 10);
+    let (server, said) = start(Duration::from_millis(600), 10);
     let mut client = TcpStream::connect(server.local_addr()).expect("connect");
     client
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -139,7 +164,9 @@ fn a_stop_lets_an_answer_awaited_in_the_poller_arrive() {
     client
         .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
         .expect("write");
-    std::thread::sleep(Duration::from_millis(200));
+    // Deferred: the connection is on its way back to the poller while the
+    // answer is 600 ms away.
+    wait_for(&said, Event::Deferred);
     let stopping = std::thread::Builder::new()
         .name("park-test-stop".into())
         .spawn(move || server.stop(Instant::now() + Duration::from_secs(10)))
@@ -155,7 +182,7 @@ fn a_stop_lets_an_answer_awaited_in_the_poller_arrive() {
 /// request's final one, RFC 9110 §15.2).
 #[test]
 fn a_100_continue_waits_for_the_answer_before_it() {
-    let server = start(Duration::from_millis(300), 3);
+    let (server, _said) = start(Duration::from_millis(300), 3);
     let mut client = TcpStream::connect(server.local_addr()).expect("connect");
     client
         .set_read_timeout(Some(Duration::from_secs(20)))
