@@ -106,9 +106,19 @@ impl Sidecar {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        // Let the group finish starting.
-        std::thread::sleep(Duration::from_millis(300));
         Sidecar { child, addr, dir }
+    }
+
+    /// Waits (30 s at most) until `/readyz` answers 200 (over TLS with
+    /// `tls`): the whole group is up.
+    fn wait_ready(&self, tls: Option<&Arc<ClientConfig>>) {
+        let request = b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        while exchange(connect(self.addr, tls).as_mut(), request, &mut buf) != 200 {
+            assert!(started.elapsed() < Duration::from_secs(30), "never ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// utime + stime of the process so far.
@@ -299,6 +309,7 @@ fn main() {
             let tag = format!("r{round}{}", ["plain", "tls"][which]);
             let files = tls.map(|_| (cert.as_path(), key.as_path()));
             let sidecar = Sidecar::start(&tag, files);
+            sidecar.wait_ready(tls);
             let (acked, wall, cpu) = reports(&sidecar, tls, clients, seconds, &tag);
             let (cwall, ccpu, resumed) = connects(&sidecar, tls, connect_count);
             let row = (
