@@ -45,10 +45,11 @@
 //! and `NAME-0`..`NAME-N`, `NAME` given at the start: `http` for the API,
 //! `admin` for the admin listener; all in one [`quiesce::Threads`], joined
 //! by [`Server::stop`]), the queues between them (to the poller: the
-//! `park` channel; from it to the handlers: the ready queue, `poll::Ready`,
-//! a mutex and a condition variable), and `ServerState`: the
-//! limits, the `stopping` flag, the poller and the registry of open
-//! connections (`open`), and the TLS configuration if any. Each open
+//! parked connections, `poll::Parking`, a map under a mutex; from it to
+//! the handlers: the ready queue, `poll::Ready`, a mutex and a condition
+//! variable), and `ServerState`: the limits, the `stopping` flag, the
+//! poller and the registry of open connections (`open`), and the TLS
+//! configuration if any. Each open
 //! connection (`poll::Conn`) has an outbox (its write side for deferred
 //! answers, and its TLS session, `deferred.rs`).
 //!
@@ -67,8 +68,11 @@
 //!   linger a moment, non-blocking). It adds each accepted connection to
 //!   `open` (or refuses it past the cap), hands it to the poller and reads
 //!   `stopping`.
-//! - `http-poll` owns the connections waiting for bytes, their deadlines
-//!   and the poller's registrations. It hands a connection with bytes (or
+//! - `http-poll` owns the connections waiting for bytes and their
+//!   deadlines (in `Parking`, under its lock). Whoever parks a connection
+//!   puts it there and arms its one-shot registration under that lock
+//!   (added at its first wait, deleted when it is dropped); the poller
+//!   takes it out under the lock when it fires. It hands a connection with bytes (or
 //!   a hang-up) to the ready queue, closes one whose idle time is up,
 //!   answers `408` (without blocking) to one whose head is late, and at
 //!   the stop closes heads not yet complete at once and idle connections
@@ -92,8 +96,8 @@
 //! 1. A connection is owned by exactly one thread at a time: `http-accept`
 //!    until it is parked (or refused), then `http-poll` while it waits for
 //!    bytes and one handler thread while it is read, in turn, until it is
-//!    closed. Only the owner reads it; the poller only registers it and
-//!    waits, it never reads (it writes only the `408` of a late head).
+//!    closed. Only the owner reads it; the poller only waits for it, it
+//!    never reads (it writes only the `408` of a late head).
 //!    Shares of the socket (one descriptor, behind an `Arc`) serve two
 //!    things only: the outbox's, through which deferred answers are
 //!    written (2 to 4), and the one in `open`, for the stop to shut it
@@ -118,7 +122,7 @@
 //!    with `MSG_DONTWAIT` and leaves what the socket does not take in the
 //!    outbox, for the handler thread to write under its write deadline.
 //! 5. The accept thread never blocks on a client: it parks connections
-//!    (an unbounded channel: `open`, at most `max_connections`, bounds it)
+//!    (an unbounded map: `open`, at most `max_connections`, bounds it)
 //!    and, past the cap (`open` full), answers `503` itself: one small
 //!    answer on a fresh socket (its send buffer takes it at once; a 100 ms
 //!    write timeout bounds the rest), then a non-blocking linger looked at
@@ -164,9 +168,13 @@
 //!    byte, and one awaiting an answer no longer than the answer's
 //!    deadline, when a handler thread answers `503` if it has not come.
 //!
-//! Lock rule: there are two kinds of lock, `open` and each outbox's state,
-//! never held together. Nothing blocks under either: under
-//! `open` sockets are only shut down; under an outbox's lock they are only
+//! Lock rule: there are three kinds of lock, `open`, `Parking`'s and each
+//! outbox's state. `Parking`'s may be held while an outbox's is taken
+//! (the poller asks what a parked connection owes), never the other way,
+//! and `open` is never held with another (no connection is dropped under
+//! `Parking`'s lock: the poller closes what it takes out after it). Nothing
+//! blocks under any: under `Parking`'s the poller is only re-armed
+//! (`epoll_ctl`) and maps changed; under `open` sockets are only shut down; under an outbox's lock they are only
 //! sent to with `MSG_DONTWAIT`, or shut down (the handler thread drops it
 //! before writing what is unsent), and TLS records are only encrypted or
 //! decrypted in memory (reading the socket happens before the lock). The callbacks that count an answer before the client

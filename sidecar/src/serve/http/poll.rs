@@ -3,14 +3,21 @@
 //! keep-alive one for its next request, one whose head is not yet
 //! complete for the rest of it. Each is handed to a handler thread as soon
 //! as bytes arrive (invariant 8).
+//!
+//! A connection is registered with the poller once, when it is first
+//! parked, and deleted when it is dropped; its registration is one-shot,
+//! so it is disarmed when it fires. Whoever parks a connection (the accept
+//! thread, a handler thread) puts it in [`Parking`] and re-arms it itself,
+//! under `Parking`'s lock: one `epoll_ctl` per wait, and the poller is not
+//! woken to take it in (it is woken only when the connection's deadline
+//! comes before the poller's next look at its deadlines).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
 use polling::{Event, Events};
 
 use super::deferred::{Outbox, Owed};
@@ -39,6 +46,8 @@ pub(super) struct Conn {
     pub(super) peer_closed: bool,
     /// The subject of the client's certificate, once looked up (TLS).
     pub(super) client: Option<Option<Arc<str>>>,
+    /// Added to the poller (by its first [`park`]): deleted when dropped.
+    registered: bool,
     shared: Arc<ServerState>,
 }
 
@@ -76,9 +85,10 @@ impl Conn {
             peer: stream.peer_addr().ok(),
             buf: Vec::new(),
             outbox: Arc::new(Outbox::new(stream.clone(), session).with_on_unsent({
-                // Re-arms the connection's registration for writing too: it
-                // fails harmlessly when the connection is not in the poller
-                // (a handler thread has it, and writes what is unsent).
+                // Re-arms the connection's registration for writing too.
+                // When a handler thread has the connection (and writes what
+                // is unsent itself), the event finds it not parked and is
+                // ignored; it is re-armed when parked again.
                 let (shared, stream) = (shared.clone(), stream.clone());
                 Box::new(move || {
                     let _ = shared.poller.modify(&*stream, Event::all(id as usize));
@@ -88,6 +98,7 @@ impl Conn {
             head_started: None,
             peer_closed: false,
             client: None,
+            registered: false,
             shared: shared.clone(),
         })
     }
@@ -100,6 +111,11 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        if self.registered {
+            // Deleted before the socket can close (the crate's safety rule
+            // for `add`: this is the last use of the registration).
+            let _ = self.shared.poller.delete(&*self.stream);
+        }
         let count = {
             let mut open = self.shared.open.lock().unwrap_or_else(|e| e.into_inner());
             open.remove(&self.id);
@@ -109,14 +125,106 @@ impl Drop for Conn {
     }
 }
 
-/// Hands a connection to the poller to wait for its next bytes; closes it
-/// when the poller has ended (after the stop's grace).
-pub(super) fn park(shared: &ServerState, conn: Conn) {
-    match shared.park.send(conn) {
-        Ok(()) => {
-            let _ = shared.poller.notify();
-        }
-        Err(err) => err.into_inner().close(),
+/// The connections waiting in the poller, with their deadlines; parked by
+/// whoever owned them, taken out by the poller (when bytes come, or a
+/// deadline) or at its end.
+#[derive(Default)]
+pub(super) struct Parking {
+    state: Mutex<Waiting>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    parked: HashMap<u64, Parked>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    /// When the poller looks at the deadlines next without being woken
+    /// (`None` while it is awake): a connection parked with an earlier
+    /// deadline wakes it.
+    next_look: Option<Instant>,
+    /// The poller has ended (after the stop's grace): a connection parked
+    /// now is closed.
+    ended: bool,
+}
+
+impl Parking {
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Waiting {
+    /// Takes a connection out: it is the caller's (its registration is
+    /// disarmed, or will fire for nobody).
+    fn take(&mut self, id: u64) -> Option<Conn> {
+        let p = self.parked.remove(&id)?;
+        self.deadlines.remove(&(p.deadline, id));
+        Some(p.conn)
+    }
+}
+
+/// Hands a connection to the poller to wait for its next bytes (its
+/// registration armed by this thread); closes it when the poller has
+/// ended (after the stop's grace).
+pub(super) fn park(shared: &ServerState, mut conn: Conn) {
+    let limits = &shared.limits;
+    let now = Instant::now();
+    let wait_end = match conn.head_started {
+        Some(start) => start + limits.header_timeout,
+        None => now + limits.idle_timeout,
+    };
+    // An answer awaited: no later than its deadline, when a handler
+    // thread answers 503 in its place if it has not come.
+    let deadline = conn
+        .outbox
+        .answer_due()
+        .map_or(wait_end, |due| due.min(wait_end));
+    let (id, stream, outbox) = (conn.id, conn.stream.clone(), conn.outbox.clone());
+    let mut waiting = shared.parking.lock();
+    if waiting.ended {
+        drop(waiting);
+        conn.close();
+        return;
+    }
+    // Armed under the lock: the poller takes a connection out only under
+    // it, so an event that fires at once finds the connection parked.
+    let interest = Event::readable(id as usize);
+    let armed = if conn.registered {
+        shared.poller.modify(&*stream, interest)
+    } else {
+        // SAFETY: the socket is deleted from the poller when the
+        // connection is dropped (`Drop for Conn`), before it can close:
+        // the connection holds a share of it until then.
+        let added = unsafe { shared.poller.add(&*stream, interest) };
+        conn.registered = added.is_ok();
+        added
+    };
+    if let Err(err) = armed {
+        drop(waiting);
+        log::warn!("cannot poll a connection: {err}");
+        conn.close();
+        return;
+    }
+    let wake = waiting.next_look.is_some_and(|look| deadline < look);
+    waiting.deadlines.insert((deadline, id));
+    waiting.parked.insert(
+        id,
+        Parked {
+            conn,
+            deadline,
+            wait_end,
+        },
+    );
+    drop(waiting);
+    if wake {
+        let _ = shared.poller.notify();
+    }
+    // Bytes a deferred answer left while the connection was on its way
+    // here: wake when the socket can take them. After arming for reading,
+    // so that `on_unsent` and this check cannot both miss; if the
+    // connection has already left the poller, the extra event finds
+    // nobody, or wakes it once for nothing.
+    if outbox.owes() == Owed::Bytes {
+        let _ = shared.poller.modify(&*stream, Event::all(id as usize));
     }
 }
 
@@ -194,77 +302,27 @@ struct Parked {
 }
 
 /// The poller's loop: until the stop's grace has passed.
-pub(super) fn poll_loop<S>(
-    shared: &ServerState,
-    inbox: &Receiver<Conn>,
-    ready: &Ready,
-    handler: &impl Handler<S>,
-) {
+pub(super) fn poll_loop<S>(shared: &ServerState, ready: &Ready, handler: &impl Handler<S>) {
     let limits = &shared.limits;
-    let mut parked: HashMap<u64, Parked> = HashMap::new();
-    let mut deadlines: BTreeSet<(Instant, u64)> = BTreeSet::new();
     let mut events = Events::new();
     let mut grace_end: Option<Instant> = None;
-    let unpark = |parked: &mut HashMap<u64, Parked>,
-                  deadlines: &mut BTreeSet<(Instant, u64)>,
-                  id: u64|
-     -> Option<Conn> {
-        let p = parked.remove(&id)?;
-        deadlines.remove(&(p.deadline, id));
-        // Deleted before it leaves (the crate's safety rule for `add`).
-        let _ = shared.poller.delete(&*p.conn.stream);
-        Some(p.conn)
-    };
+    // Connections taken out under the lock, handled after it (closing one
+    // takes `open`'s lock, and answering a late head writes).
+    let mut to_close: Vec<Conn> = Vec::new();
+    let mut to_serve: Vec<Conn> = Vec::new();
+    let mut to_expire: Vec<Conn> = Vec::new();
     loop {
         let now = Instant::now();
         let stopping = shared.stopping.load(Ordering::SeqCst);
-        while let Ok(conn) = inbox.try_recv() {
-            let wait_end = match conn.head_started {
-                Some(start) => start + limits.header_timeout,
-                None => now + limits.idle_timeout,
-            };
-            // An answer awaited: no later than its deadline, when a handler
-            // thread answers 503 in its place if it has not come.
-            let deadline = conn
-                .outbox
-                .answer_due()
-                .map_or(wait_end, |due| due.min(wait_end));
-            // SAFETY: the socket is deleted from the poller before the
-            // connection leaves `parked` (`unpark`), hence before it closes.
-            let added = unsafe {
-                shared
-                    .poller
-                    .add(&*conn.stream, Event::readable(conn.id as usize))
-            };
-            if let Err(err) = added {
-                log::warn!("cannot poll a connection: {err}");
-                conn.close();
-                continue;
-            }
-            // Bytes a deferred answer left while the connection was on its
-            // way here: wake when the socket can take them (after `add`,
-            // so that `on_unsent` and this check cannot both miss).
-            if conn.outbox.owes() == Owed::Bytes {
-                let _ = shared
-                    .poller
-                    .modify(&*conn.stream, Event::all(conn.id as usize));
-            }
-            deadlines.insert((deadline, conn.id));
-            parked.insert(
-                conn.id,
-                Parked {
-                    conn,
-                    deadline,
-                    wait_end,
-                },
-            );
-        }
+        let mut waiting = shared.parking.lock();
+        waiting.next_look = None;
         if stopping {
             // Invariant 7: a head not yet complete is closed at once, an
             // idle connection after the grace; one that owes an answer goes
             // to a handler thread, which waits for it and closes.
             let end = *grace_end.get_or_insert(now + limits.close_grace);
-            let partial: Vec<u64> = parked
+            let partial: Vec<u64> = waiting
+                .parked
                 .iter()
                 .filter(|(_, p)| {
                     p.conn.head_started.is_some()
@@ -274,44 +332,51 @@ pub(super) fn poll_loop<S>(
                 .map(|(id, _)| *id)
                 .collect();
             for id in partial {
-                if let Some(conn) = unpark(&mut parked, &mut deadlines, id) {
-                    close_or_serve(conn, ready);
+                if let Some(conn) = waiting.take(id) {
+                    if conn.outbox.owes() == Owed::Nothing {
+                        to_close.push(conn);
+                    } else {
+                        to_serve.push(conn);
+                    }
                 }
             }
             if now >= end {
                 // Given back after the grace: closed (invariant 7).
-                while let Ok(conn) = inbox.try_recv() {
-                    conn.close();
-                }
+                waiting.ended = true;
+                drop(waiting);
+                to_close.into_iter().for_each(Conn::close);
+                to_serve.into_iter().for_each(|conn| ready.send(conn));
                 return;
             }
         }
-        while let Some(&(due, id)) = deadlines.first() {
+        while let Some(&(due, id)) = waiting.deadlines.first() {
             if due > now {
                 break;
             }
             // An answer's deadline, the answer given in time: the
             // connection waits on until its own wait ends.
-            if let Some(p) = parked.get_mut(&id)
+            if let Some(p) = waiting.parked.get_mut(&id)
                 && p.wait_end > due
                 && p.conn.outbox.owes() == Owed::Nothing
             {
-                deadlines.remove(&(due, id));
-                p.deadline = p.wait_end;
-                deadlines.insert((p.wait_end, id));
+                let wait_end = p.wait_end;
+                p.deadline = wait_end;
+                waiting.deadlines.remove(&(due, id));
+                waiting.deadlines.insert((wait_end, id));
                 continue;
             }
-            if let Some(conn) = unpark(&mut parked, &mut deadlines, id) {
+            if let Some(conn) = waiting.take(id) {
                 if conn.outbox.owes() == Owed::Nothing {
-                    expire(conn, handler);
+                    to_expire.push(conn);
                 } else {
                     // Its answer is late or unsent: a handler thread waits
                     // for it (up to its deadline) and writes it.
-                    close_or_serve(conn, ready);
+                    to_serve.push(conn);
                 }
             }
         }
-        let mut wait = deadlines
+        let mut wait = waiting
+            .deadlines
             .first()
             .map_or(Duration::from_secs(1), |(due, _)| {
                 due.saturating_duration_since(now)
@@ -320,6 +385,11 @@ pub(super) fn poll_loop<S>(
         if let Some(end) = grace_end {
             wait = wait.min(end.saturating_duration_since(now));
         }
+        waiting.next_look = Some(now + wait);
+        drop(waiting);
+        to_close.drain(..).for_each(Conn::close);
+        to_serve.drain(..).for_each(|conn| ready.send(conn));
+        to_expire.drain(..).for_each(|conn| expire(conn, handler));
         events.clear();
         if let Err(err) = shared.poller.wait(&mut events, Some(wait))
             && err.kind() != std::io::ErrorKind::Interrupted
@@ -327,22 +397,21 @@ pub(super) fn poll_loop<S>(
             log::warn!("http poller: {err}");
             std::thread::sleep(Duration::from_millis(10));
         }
+        if events.is_empty() {
+            continue;
+        }
+        let mut waiting = shared.parking.lock();
+        waiting.next_look = None;
         for event in events.iter() {
-            if let Some(conn) = unpark(&mut parked, &mut deadlines, event.key as u64) {
-                ready.send(conn);
+            // Not parked: an event of an earlier wait, for a connection a
+            // handler thread has now (`on_unsent`); it is re-armed when
+            // parked again.
+            if let Some(conn) = waiting.take(event.key as u64) {
+                to_serve.push(conn);
             }
         }
-    }
-}
-
-/// Closes a connection that owes nothing; hands one that owes its client
-/// an answer to a handler thread, which waits for it and writes it
-/// (invariant 7: an answer is never cut).
-fn close_or_serve(conn: Conn, ready: &Ready) {
-    if conn.outbox.owes() == Owed::Nothing {
-        conn.close();
-    } else {
-        ready.send(conn);
+        drop(waiting);
+        to_serve.drain(..).for_each(|conn| ready.send(conn));
     }
 }
 

@@ -8,12 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
 use polling::Poller;
 use quiesce::{Context, Threads};
 
 use super::conn::handler_loop;
-use super::poll::{CloseOnDrop, Conn, Ready, park, poll_loop};
+use super::poll::{CloseOnDrop, Conn, Parking, Ready, park, poll_loop};
 use super::tls::Tls;
 use super::wire::write_response;
 use super::{Handler, Limits, Response};
@@ -34,10 +33,13 @@ pub(super) struct ServerState {
     /// deadline (invariant 7). Nothing else is locked under it.
     pub(super) open: Mutex<HashMap<u64, OpenConn>>,
     next_id: AtomicU64,
-    /// Where connections wait for bytes (invariant 8); `notify` wakes
-    /// `http-poll` for a connection sent on `park` and for the stop.
+    /// Where connections wait for bytes (invariant 8): each registered
+    /// once, re-armed by whoever parks it; `notify` wakes `http-poll` for
+    /// the stop, and for a connection parked with a deadline before its
+    /// next look.
     pub(super) poller: Poller,
-    pub(super) park: Sender<Conn>,
+    /// The connections parked, with their deadlines (`poll.rs`).
+    pub(super) parking: Parking,
     /// Tells the handler how many connections are open, after each change.
     pub(super) counted: Box<dyn Fn(usize) + Send + Sync>,
 }
@@ -79,8 +81,7 @@ impl Server {
         let addr = listener.local_addr()?;
         let handler = Arc::new(handler);
         let counting = handler.clone();
-        // Both unbounded: `open` bounds what they hold (invariant 5).
-        let (park_tx, park_rx) = crossbeam_channel::unbounded::<Conn>();
+        // Unbounded: `open` bounds what it holds (invariant 5).
         let ready = Arc::new(Ready::default());
         let shared = Arc::new(ServerState {
             limits: limits.clone(),
@@ -90,7 +91,7 @@ impl Server {
             open: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             poller: Poller::new()?,
-            park: park_tx,
+            parking: Parking::default(),
             counted: Box::new(move |open| counting.connections(open)),
         });
         let mut threads = Threads::new(&Context::background());
@@ -118,7 +119,7 @@ impl Server {
             // Ends after the stop's grace; closing the ready queue then
             // ends the handler threads once they are done.
             let _closes = CloseOnDrop(&poll_ready);
-            poll_loop(&poll_shared, &park_rx, &poll_ready, poll_handler.as_ref());
+            poll_loop(&poll_shared, &poll_ready, poll_handler.as_ref());
         });
         if let Err(err) = polling {
             ready.close();
