@@ -101,6 +101,7 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
             shared,
             read_timeout: None,
             head: None,
+            served: false,
         };
         if let Some(conn) = served.serve(state, handler) {
             park(shared, conn);
@@ -129,6 +130,9 @@ struct ServedConn<'a> {
     /// The method and path of the request being read, once its head is
     /// (for a refusal's metrics).
     head: Option<(String, String)>,
+    /// A request has been read since the poller handed the connection
+    /// over.
+    served: bool,
 }
 
 impl ServedConn<'_> {
@@ -258,6 +262,20 @@ impl ServedConn<'_> {
         // TLS handshake (which is read under the same deadline). Records
         // after the handshake that carry no data (a TLS key update) leave
         // the connection idle.
+        // After a request, with nothing buffered, the connection goes back
+        // to the poller without trying to read: a client that waits for
+        // its answer has sent nothing more, and one that has (pipelining)
+        // finds its registration firing at once, as it is armed. One
+        // system call (a read that would block) saved per request. Not
+        // when the TLS peer has closed its session: that is read now.
+        if self.served
+            && self.conn.buf.is_empty()
+            && self.conn.head_started.is_none()
+            && !self.conn.peer_closed
+            && !self.conn.outbox.handshaking()
+        {
+            return Err(ReadError::Park);
+        }
         while self.conn.buf.is_empty() && !self.conn.outbox.handshaking() {
             if !self.read_now()? {
                 return Err(ReadError::Park);
@@ -315,6 +333,7 @@ impl ServedConn<'_> {
                 self.read_chunked_body(Instant::now() + limits.body_timeout)?
             }
         };
+        self.served = true;
         Ok((request, close, keep_alive_10))
     }
 
