@@ -7,6 +7,12 @@
 //! (comma-separated, default `32,128`); `LOAD_ROUNDS` rounds, the order of
 //! the two servers alternating from one round to the next.
 //!
+//! `LOAD_BASELINE_BIN=path/to/quiesce` adds a third server to every round:
+//! another build of `quiesce` (the one before a change, say), measured as
+//! quiesce is. On shared cores the peer's own figure moves by a fifth from
+//! one run to the next; a change is judged against its baseline in the
+//! same rounds, not against an earlier run.
+//!
 //! The peer is built here with `cargo build --release -p quiesce-peer-axum`
 //! (into the bench's target directory: the bench profile's binaries sit
 //! in `release/` too); tokio and axum never enter the library or the binary.
@@ -54,6 +60,9 @@ use crate::temp::TempDir;
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Server {
     Quiesce,
+    /// Another build of quiesce (`LOAD_BASELINE_BIN`), to measure a change
+    /// against the binary before it in the same run.
+    Baseline,
     Peer,
 }
 
@@ -61,9 +70,25 @@ impl Server {
     fn name(self) -> &'static str {
         match self {
             Server::Quiesce => "quiesce serve",
+            Server::Baseline => "quiesce serve (LOAD_BASELINE_BIN)",
             Server::Peer => "axum + tokio peer",
         }
     }
+
+    fn is_quiesce(self) -> bool {
+        matches!(self, Server::Quiesce | Server::Baseline)
+    }
+}
+
+/// The servers measured: quiesce, the baseline build when
+/// `LOAD_BASELINE_BIN` names one, and the peer.
+fn servers() -> Vec<Server> {
+    let mut servers = vec![Server::Quiesce];
+    if env::var_os("LOAD_BASELINE_BIN").is_some() {
+        servers.push(Server::Baseline);
+    }
+    servers.push(Server::Peer);
+    servers
 }
 
 struct Run {
@@ -126,6 +151,12 @@ fn concurrencies() -> Vec<usize> {
 
 pub(crate) fn compare(bin: &Path, tmp: &TempDir, config: &Config) {
     let peer = build_peer(bin);
+    let baseline = env::var_os("LOAD_BASELINE_BIN").map_or_else(PathBuf::new, PathBuf::from);
+    assert!(
+        baseline.as_os_str().is_empty() || baseline.is_file(),
+        "LOAD_BASELINE_BIN: no binary at {}",
+        baseline.display()
+    );
     let levels = concurrencies();
     println!(
         "quiesce vs axum + tokio peer: {} round(s) of {} s per server at {:?} clients; load average {}",
@@ -137,13 +168,14 @@ pub(crate) fn compare(bin: &Path, tmp: &TempDir, config: &Config) {
     let mut runs = Vec::new();
     for round in 0..config.rounds {
         for &clients in &levels {
-            let mut order = [Server::Quiesce, Server::Peer];
+            let mut order = servers();
             if round % 2 == 1 {
                 order.reverse();
             }
             for server in order {
                 let exe = match server {
                     Server::Quiesce => bin,
+                    Server::Baseline => &baseline,
                     Server::Peer => &peer,
                 };
                 println!(
@@ -169,21 +201,25 @@ fn run_one(
 ) -> Run {
     let tag = format!(
         "p{round}-{}-{clients}",
-        if server == Server::Quiesce { "q" } else { "a" }
+        match server {
+            Server::Quiesce => "q",
+            Server::Baseline => "b",
+            Server::Peer => "a",
+        }
     );
     let data = tmp.sub(&tag);
     // The connection cap (256 by default, past it an immediate 503) set
     // for the clients, as an operator expecting them would: the peer has
     // no cap. The other settings are the defaults.
     let cap = (clients + 64).max(256).to_string();
-    let extra: &[&str] = if server == Server::Quiesce {
+    let extra: &[&str] = if server.is_quiesce() {
         &["--max-connections", &cap]
     } else {
         &[]
     };
     let mut process = Sidecar::start(exe, &data, extra);
     let pid = process.pid.to_string();
-    let quiesce = server == Server::Quiesce;
+    let quiesce = server.is_quiesce();
     let processed_now = || {
         metrics(process.addr)
             .unwrap_or_else(|e| panic!("GET /metrics: {e}"))
@@ -294,7 +330,7 @@ fn check(
         exit_code(status)
     );
     let file = data.join(match server {
-        Server::Quiesce => "quiesce.db",
+        Server::Quiesce | Server::Baseline => "quiesce.db",
         Server::Peer => "peer.db",
     });
     let found = db::find(&file, load.accepted_ids())
@@ -306,7 +342,7 @@ fn check(
         found.missing,
         file.display()
     );
-    if server == Server::Quiesce && drained {
+    if server.is_quiesce() && drained {
         assert_eq!(
             found.processed, accepted,
             "{what}: the backlog was drained, but of {accepted} report(s) answered 202 only {} are processed ({found:?})",
@@ -316,7 +352,7 @@ fn check(
     println!(
         "      database: all {accepted} report(s) answered 202 are in {}{}",
         file.display(),
-        if server == Server::Quiesce && drained {
+        if server.is_quiesce() && drained {
             ", processed"
         } else {
             ""
@@ -355,7 +391,7 @@ fn print_summary(runs: &[Run], levels: &[usize], config: &Config) {
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for &clients in levels {
-        for server in [Server::Quiesce, Server::Peer] {
+        for server in servers() {
             let these: Vec<&Run> = runs
                 .iter()
                 .filter(|r| r.server == server && r.clients == clients)
