@@ -70,9 +70,10 @@
 //!   `stopping`.
 //! - `http-poll` owns the connections waiting for bytes and their
 //!   deadlines (in `Parking`, under its lock). Whoever parks a connection
-//!   puts it there and arms its one-shot registration under that lock
-//!   (added at its first wait, deleted when it is dropped); the poller
-//!   takes it out under the lock when it fires. It hands a connection with bytes (or
+//!   puts it there, then arms its one-shot registration (added, disarmed,
+//!   before its first wait; deleted when it is dropped); the poller takes
+//!   it out under the lock when it fires, and ignores an event for a
+//!   connection not there. It hands a connection with bytes (or
 //!   a hang-up) to the ready queue, closes one whose idle time is up,
 //!   answers `408` (without blocking) to one whose head is late, and at
 //!   the stop closes heads not yet complete at once and idle connections
@@ -173,8 +174,7 @@
 //! (the poller asks what a parked connection owes), never the other way,
 //! and `open` is never held with another (no connection is dropped under
 //! `Parking`'s lock: the poller closes what it takes out after it). Nothing
-//! blocks under any: under `Parking`'s the poller is only re-armed
-//! (`epoll_ctl`) and maps changed; under `open` sockets are only shut down; under an outbox's lock they are only
+//! blocks under any: under `Parking`'s only maps are changed; under `open` sockets are only shut down; under an outbox's lock they are only
 //! sent to with `MSG_DONTWAIT`, or shut down (the handler thread drops it
 //! before writing what is unsent), and TLS records are only encrypted or
 //! decrypted in memory (reading the socket happens before the lock). The callbacks that count an answer before the client

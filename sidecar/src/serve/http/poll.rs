@@ -7,8 +7,8 @@
 //! A connection is registered with the poller once, when it is first
 //! parked, and deleted when it is dropped; its registration is one-shot,
 //! so it is disarmed when it fires. Whoever parks a connection (the accept
-//! thread, a handler thread) puts it in [`Parking`] and re-arms it itself,
-//! under `Parking`'s lock: one `epoll_ctl` per wait, and the poller is not
+//! thread, a handler thread) puts it in [`Parking`], then re-arms it
+//! itself: one `epoll_ctl` per wait, and the poller is not
 //! woken to take it in (it is woken only when the connection's deadline
 //! comes before the poller's next look at its deadlines).
 
@@ -179,28 +179,24 @@ pub(super) fn park(shared: &ServerState, mut conn: Conn) {
         .answer_due()
         .map_or(wait_end, |due| due.min(wait_end));
     let (id, stream, outbox) = (conn.id, conn.stream.clone(), conn.outbox.clone());
-    let mut waiting = shared.parking.lock();
-    if waiting.ended {
-        drop(waiting);
-        conn.close();
-        return;
-    }
-    // Armed under the lock: the poller takes a connection out only under
-    // it, so an event that fires at once finds the connection parked.
-    let interest = Event::readable(id as usize);
-    let armed = if conn.registered {
-        shared.poller.modify(&*stream, interest)
-    } else {
+    if !conn.registered {
+        // Added disarmed while this thread owns it: an event before it is
+        // parked would find nobody, and the wake-up would be lost.
         // SAFETY: the socket is deleted from the poller when the
         // connection is dropped (`Drop for Conn`), before it can close:
         // the connection holds a share of it until then.
-        let added = unsafe { shared.poller.add(&*stream, interest) };
-        conn.registered = added.is_ok();
-        added
-    };
-    if let Err(err) = armed {
+        match unsafe { shared.poller.add(&*stream, Event::none(id as usize)) } {
+            Ok(()) => conn.registered = true,
+            Err(err) => {
+                log::warn!("cannot poll a connection: {err}");
+                conn.close();
+                return;
+            }
+        }
+    }
+    let mut waiting = shared.parking.lock();
+    if waiting.ended {
         drop(waiting);
-        log::warn!("cannot poll a connection: {err}");
         conn.close();
         return;
     }
@@ -217,6 +213,17 @@ pub(super) fn park(shared: &ServerState, mut conn: Conn) {
     drop(waiting);
     if wake {
         let _ = shared.poller.notify();
+    }
+    // Armed once parked (and outside the lock, which the poller and every
+    // parking thread take): an event that fires at once finds it parked.
+    // If the poller has taken it out meanwhile (a deadline, the stop), the
+    // event finds nobody and is ignored.
+    if let Err(err) = shared.poller.modify(&*stream, Event::readable(id as usize)) {
+        let taken = shared.parking.lock().take(id);
+        if let Some(conn) = taken {
+            log::warn!("cannot poll a connection: {err}");
+            conn.close();
+        }
     }
     // Bytes a deferred answer left while the connection was on its way
     // here: wake when the socket can take them. After arming for reading,
