@@ -802,14 +802,27 @@ impl Posted {
             self.answer(response);
             return;
         }
+        // Written by `store-sync` for every report: serialised as it is,
+        // not built as a `json!` map first (the same bytes: keys in order).
+        #[derive(serde::Serialize)]
+        struct Taken<'a> {
+            report_id: &'a str,
+            status: &'static str,
+        }
         let response = match outcome {
             Ok(Outcome::Accepted) => Response::json(
                 202,
-                &json!({ "report_id": report_id, "status": "accepted" }),
+                &Taken {
+                    report_id,
+                    status: "accepted",
+                },
             ),
             Ok(Outcome::Duplicate) => Response::json(
                 200,
-                &json!({ "report_id": report_id, "status": "duplicate" }),
+                &Taken {
+                    report_id,
+                    status: "duplicate",
+                },
             ),
             Ok(Outcome::BacklogFull) => {
                 error(429, "too many reports waiting to be processed; retry later")
@@ -1024,8 +1037,5 @@ fn score(report: &Report, alert_total: u32, at_intake: bool) -> (bool, Option<st
 /// SHA-256 of `bytes`, in hex.
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    super::report::hex(&sha2::Sha256::digest(bytes))
 }

@@ -290,12 +290,13 @@ pub struct Response {
 
 impl Response {
     /// A JSON response.
-    pub fn json(status: u16, value: &serde_json::Value) -> Response {
+    pub fn json(status: u16, value: &impl serde::Serialize) -> Response {
         Response {
             status,
             content_type: "application/json",
             headers: Vec::new(),
-            body: value.to_string().into_bytes(),
+            // Only a map with keys that are not strings fails (none here).
+            body: serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec()),
         }
     }
 
