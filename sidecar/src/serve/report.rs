@@ -285,25 +285,26 @@ fn answers(object: &Map<String, Value>) -> Result<BTreeMap<String, u8>, Invalid>
     }
     let mut answers = BTreeMap::new();
     for (item, value) in items {
-        // The field as sent, so that the client can find it.
-        let name = format!("answers.{item}");
+        // The field as sent, so that the client can find it (made only for
+        // an error: most reports have none).
+        let name = || format!("answers.{item}");
         let trimmed = item.trim();
         if trimmed.is_empty() || trimmed.chars().count() > MAX_TEXT {
             return Err(invalid(
-                name,
+                name(),
                 "item names must be 1 to 128 characters, trimmed",
             ));
         }
         if trimmed.chars().any(forbidden) {
-            return Err(invalid(name, FORBIDDEN));
+            return Err(invalid(name(), FORBIDDEN));
         }
         let answer = match value.as_u64() {
             Some(n) if n <= MAX_ANSWER => n as u8,
-            _ => return Err(invalid(name, "must be an integer from 0 to 4")),
+            _ => return Err(invalid(name(), "must be an integer from 0 to 4")),
         };
         if answers.insert(trimmed.to_string(), answer).is_some() {
             return Err(invalid(
-                name,
+                name(),
                 "another item has the same name once whitespace is trimmed",
             ));
         }
