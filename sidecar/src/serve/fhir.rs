@@ -41,7 +41,6 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::instruments::{self, Instrument};
@@ -452,7 +451,7 @@ fn report_id(qr: &QuestionnaireResponse) -> Result<(String, &'static str), Opera
             None if fits => value.to_string(),
             system => {
                 let token = format!("{}|{value}", system.unwrap_or(""));
-                format!("{HASHED}{}", report::hex(&Sha256::digest(token.as_bytes())))
+                format!("{HASHED}{}", report::sha256_hex(token.as_bytes()))
             }
         };
         return Ok((id, "QuestionnaireResponse.identifier"));

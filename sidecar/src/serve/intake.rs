@@ -41,7 +41,7 @@ use super::http::{
 };
 use super::instruments;
 use super::operate;
-use super::report::{Report, rfc3339_ms};
+use super::report::{Report, rfc3339_ms, sha256_hex};
 use super::store::{
     self, AuditEvent, CallError, Failure, Op, Outcome, Reader, ReaderFactory, StoreHandle, Who,
 };
@@ -1032,10 +1032,4 @@ fn score(report: &Report, alert_total: u32, at_intake: bool) -> (bool, Option<st
         ),
         Err(_) => (false, None),
     }
-}
-
-/// SHA-256 of `bytes`, in hex.
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    super::report::hex(&sha2::Sha256::digest(bytes))
 }

@@ -140,7 +140,7 @@ impl Report {
     /// (same id, same content) from a different report reusing an id.
     pub fn content_hash(&self) -> String {
         let canonical = serde_json::to_vec(self).expect("a report serialises");
-        hex(&Sha256::digest(&canonical))
+        sha256_hex(&canonical)
     }
 
     /// Scores the answers.
@@ -448,6 +448,12 @@ pub fn rfc3339_ms(ms: i64) -> Option<String> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .map(rfc3339)
+}
+
+/// SHA-256 of `bytes`, in lower-case hex (a body's, a report's content, a
+/// token's).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 /// Lower-case hex of `bytes`: a digest of every request is written so, and

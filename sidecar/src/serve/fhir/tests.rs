@@ -1,4 +1,5 @@
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 
 use super::*;
