@@ -258,10 +258,6 @@ impl ServedConn<'_> {
     ) -> Result<(Request, bool, bool), ReadError> {
         self.head = None;
         let limits = &self.shared.limits;
-        // A head starts with its first byte, or with the first byte of a
-        // TLS handshake (which is read under the same deadline). Records
-        // after the handshake that carry no data (a TLS key update) leave
-        // the connection idle.
         // After a request, with nothing buffered, the connection goes back
         // to the poller without trying to read: a client that waits for
         // its answer has sent nothing more, and one that has (pipelining)
@@ -276,6 +272,10 @@ impl ServedConn<'_> {
         {
             return Err(ReadError::Park);
         }
+        // A head starts with its first byte, or with the first byte of a
+        // TLS handshake (which is read under the same deadline). Records
+        // after the handshake that carry no data (a TLS key update) leave
+        // the connection idle.
         while self.conn.buf.is_empty() && !self.conn.outbox.handshaking() {
             if !self.read_now()? {
                 return Err(ReadError::Park);

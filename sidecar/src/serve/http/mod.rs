@@ -173,14 +173,16 @@
 //! outbox's state. `Parking`'s may be held while an outbox's is taken
 //! (the poller asks what a parked connection owes), never the other way,
 //! and `open` is never held with another (no connection is dropped under
-//! `Parking`'s lock: the poller closes what it takes out after it). Nothing
-//! blocks under any: under `Parking`'s only maps are changed; under `open` sockets are only shut down; under an outbox's lock they are only
-//! sent to with `MSG_DONTWAIT`, or shut down (the handler thread drops it
-//! before writing what is unsent), and TLS records are only encrypted or
-//! decrypted in memory (reading the socket happens before the lock). The callbacks that count an answer before the client
-//! can see it (`before` of [`Deferred::respond`], the `gave_up` of a
-//! settle) run under the outbox's lock: they must be quick and must not call
-//! back into the server.
+//! `Parking`'s lock: the poller closes what it takes out after it).
+//! Nothing blocks under any: under `Parking`'s only maps are changed;
+//! under `open` sockets are only shut down; under an outbox's lock they
+//! are only sent to with `MSG_DONTWAIT`, or shut down (the handler thread
+//! drops it before writing what is unsent), and TLS records are only
+//! encrypted or decrypted in memory (reading the socket happens before
+//! the lock). The callbacks that count an answer before the client can
+//! see it (`before` of [`Deferred::respond`], the `gave_up` of a settle)
+//! run under the outbox's lock: they must be quick and must not call back
+//! into the server.
 
 use std::time::Duration;
 
