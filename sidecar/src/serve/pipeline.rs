@@ -633,11 +633,14 @@ fn process(
 /// A report's result as stored: its score and the analyzer's answer
 /// (`null` without an analyzer).
 fn result_json(score: &Assessment, analysis: &serde_json::Value) -> String {
-    serde_json::json!({
-        "score": score,
-        "analysis": analysis,
-    })
-    .to_string()
+    /// Written straight from the score: no tree built per report. Keys in
+    /// the score's own order, which readers of this JSON ignore.
+    #[derive(serde::Serialize)]
+    struct Stored<'a> {
+        analysis: &'a serde_json::Value,
+        score: &'a Assessment,
+    }
+    serde_json::to_string(&Stored { analysis, score }).expect("a result serialises")
 }
 
 /// What a job would store for a report scored as `score` when no analyzer
@@ -710,5 +713,28 @@ mod tests {
         backoff.observe(8);
         assert!(!backoff.holds("r1", t0) && !backoff.holds("r2", t0));
         assert!(backoff.may_claim(t0));
+    }
+
+    #[test]
+    fn a_result_is_its_score_and_the_analysis() {
+        let score = Assessment::Generic(crate::serve::report::Score {
+            total: 7,
+            max_item: 3,
+            alert: true,
+            alert_items: vec!["q2".into()],
+        });
+        let analysis = serde_json::json!({ "risk": "high" });
+        for analysis in [serde_json::Value::Null, analysis] {
+            let stored: serde_json::Value =
+                serde_json::from_str(&result_json(&score, &analysis)).unwrap();
+            assert_eq!(
+                stored,
+                serde_json::json!({ "score": score, "analysis": analysis })
+            );
+        }
+        assert_eq!(
+            scored_at_intake(&score).result,
+            r#"{"analysis":null,"score":{"total":7,"max_item":3,"alert":true,"alert_items":["q2"]}}"#
+        );
     }
 }
