@@ -126,6 +126,7 @@ mod sqlite;
 mod sync;
 mod writer;
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -447,40 +448,65 @@ impl AuditEvent {
     }
 }
 
+/// One row of the audit trail as a backend writes it, borrowed from the
+/// command it records (no copies per report).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct AuditEntry<'a> {
+    pub(crate) action: &'static str,
+    pub(crate) caller: Option<&'a str>,
+    pub(crate) remote: Option<&'a str>,
+    pub(crate) request_id: Option<&'a str>,
+    pub(crate) report_id: Option<&'a str>,
+    pub(crate) body_sha256: Option<&'a str>,
+    pub(crate) outcome: Option<&'a str>,
+    pub(crate) detail: Option<Cow<'a, str>>,
+}
+
+impl AuditEvent {
+    /// The row that records it.
+    pub(crate) fn row(&self) -> AuditEntry<'_> {
+        AuditEntry {
+            action: self.action,
+            caller: self.who.caller.as_deref(),
+            remote: self.who.remote.as_deref(),
+            request_id: self.who.request_id.as_deref(),
+            report_id: self.report_id.as_deref(),
+            body_sha256: self.body_sha256.as_deref(),
+            outcome: self.outcome.as_deref(),
+            detail: self.detail.as_deref().map(Cow::Borrowed),
+        }
+    }
+}
+
 /// The audit rows a committed command adds, in the same transaction
 /// (apart from [`Op::Audit`] itself): what the backends write.
-pub(crate) fn audit_rows(op: &Op, outcome: &Outcome, replica: &str) -> Vec<AuditEvent> {
-    let pipeline = || Who {
-        caller: Some("pipeline".into()),
-        remote: Some(replica.to_string()),
+pub(crate) fn audit_rows<'a>(
+    op: &'a Op,
+    outcome: &Outcome,
+    replica: &'a str,
+) -> Vec<AuditEntry<'a>> {
+    // What the pipeline did, on `replica`.
+    let event = |action, report_id: &'a str, outcome: &'a str, detail: Option<String>| AuditEntry {
+        action,
+        caller: Some("pipeline"),
+        remote: Some(replica),
         request_id: None,
+        report_id: Some(report_id),
+        body_sha256: None,
+        outcome: Some(outcome),
+        detail: detail.map(Cow::Owned),
     };
-    let event =
-        |action, who: Who, report_id: &str, outcome: &str, detail: serde_json::Value| AuditEvent {
-            action,
-            who,
-            report_id: Some(report_id.to_string()),
-            body_sha256: None,
-            outcome: Some(outcome.to_string()),
-            detail: (!detail.is_null()).then(|| detail.to_string()),
-        };
     // A report processed: its attempt, and the alert it raised.
-    let processed_rows = |report_id: &str, attempts: u32, alert: bool| {
+    let processed_rows = |report_id: &'a str, attempts: u32, alert: bool| {
+        // `{"attempts":N}`, as `json!` writes it.
         let mut rows = vec![event(
             "attempt",
-            pipeline(),
             report_id,
             "processed",
-            serde_json::json!({ "attempts": attempts }),
+            Some(format!("{{\"attempts\":{attempts}}}")),
         )];
         if alert {
-            rows.push(event(
-                "alert.raised",
-                pipeline(),
-                report_id,
-                "alert",
-                serde_json::Value::Null,
-            ));
+            rows.push(event("alert.raised", report_id, "alert", None));
         }
         rows
     };
@@ -502,15 +528,16 @@ pub(crate) fn audit_rows(op: &Op, outcome: &Outcome, replica: &str) -> Vec<Audit
                 Outcome::BacklogFull => "429 backlog full",
                 _ => "500",
             };
-            let mut row = event(
-                "report.received",
-                who.clone(),
-                &report.report_id,
-                status,
-                serde_json::Value::Null,
-            );
-            row.body_sha256 = Some(body_sha256.clone());
-            let mut rows = vec![row];
+            let mut rows = vec![AuditEntry {
+                action: "report.received",
+                caller: who.caller.as_deref(),
+                remote: who.remote.as_deref(),
+                request_id: who.request_id.as_deref(),
+                report_id: Some(&report.report_id),
+                body_sha256: Some(body_sha256),
+                outcome: Some(status),
+                detail: None,
+            }];
             if let (Some(scored), Outcome::Accepted) = (scored, outcome) {
                 // Processed in this transaction: the rows its processing
                 // writes (as `Op::Complete`'s), first attempt.
@@ -530,10 +557,12 @@ pub(crate) fn audit_rows(op: &Op, outcome: &Outcome, replica: &str) -> Vec<Audit
             if *outcome != Outcome::Changed {
                 return vec![event(
                     "attempt",
-                    pipeline(),
                     report_id,
                     "discarded",
-                    serde_json::json!({ "attempts": attempts, "why": "no longer claimed by this replica, or settled" }),
+                    Some(
+                        serde_json::json!({ "attempts": attempts, "why": "no longer claimed by this replica, or settled" })
+                            .to_string(),
+                    ),
                 )];
             }
             processed_rows(report_id, *attempts, *alert)
@@ -553,27 +582,29 @@ pub(crate) fn audit_rows(op: &Op, outcome: &Outcome, replica: &str) -> Vec<Audit
             outcome,
         ) => vec![event(
             "attempt",
-            pipeline(),
             report_id,
             match (op, outcome) {
                 (_, outcome) if *outcome != Outcome::Changed => "discarded",
                 (Op::Retry { .. }, _) => "retry",
                 _ => "failed",
             },
-            serde_json::json!({ "attempts": attempts, "error": error }),
+            Some(serde_json::json!({ "attempts": attempts, "error": error }).to_string()),
         )],
-        (Op::Redrive { report_id, who }, outcome) => vec![event(
-            "report.redriven",
-            who.clone(),
-            report_id,
-            if *outcome == Outcome::Changed {
+        (Op::Redrive { report_id, who }, outcome) => vec![AuditEntry {
+            action: "report.redriven",
+            caller: who.caller.as_deref(),
+            remote: who.remote.as_deref(),
+            request_id: who.request_id.as_deref(),
+            report_id: Some(report_id),
+            body_sha256: None,
+            outcome: Some(if *outcome == Outcome::Changed {
                 "queued"
             } else {
                 "refused: not failed"
-            },
-            serde_json::Value::Null,
-        )],
-        (Op::Audit(event), _) => vec![event.clone()],
+            }),
+            detail: None,
+        }],
+        (Op::Audit(event), _) => vec![event.row()],
         (Op::InsertMany { items }, Outcome::Many(outcomes)) => items
             .iter()
             .zip(outcomes)
@@ -852,6 +883,39 @@ mod tests {
         assert_eq!(throttle.hit(t0 + Duration::from_secs(11)), None);
         assert_eq!(throttle.reset(), 1);
         assert_eq!(throttle.hit(t0 + Duration::from_secs(12)), Some(1));
+    }
+
+    #[test]
+    fn a_processed_report_s_rows_name_the_pipeline_and_its_attempts() {
+        let op = Op::Complete {
+            report_id: "r-1".into(),
+            site_id: "S".into(),
+            patient_id: "p".into(),
+            result: "{}".into(),
+            alert: true,
+            attempts: 12,
+        };
+        let rows = audit_rows(&op, &Outcome::Changed, "replica-a");
+        let attempt = AuditEntry {
+            action: "attempt",
+            caller: Some("pipeline"),
+            remote: Some("replica-a"),
+            request_id: None,
+            report_id: Some("r-1"),
+            body_sha256: None,
+            outcome: Some("processed"),
+            detail: Some(serde_json::json!({ "attempts": 12 }).to_string().into()),
+        };
+        let alert = AuditEntry {
+            action: "alert.raised",
+            outcome: Some("alert"),
+            detail: None,
+            ..attempt.clone()
+        };
+        assert_eq!(rows, [attempt, alert]);
+        let discarded = audit_rows(&op, &Outcome::Unchanged, "replica-a");
+        assert_eq!(discarded.len(), 1);
+        assert_eq!(discarded[0].outcome, Some("discarded"));
     }
 
     #[test]

@@ -36,7 +36,7 @@ use quiesce::BoxError;
 
 use super::read::{AuditFilter, AuditRow, ListFilter, ListedReport, SiteSummary, StoredReport};
 use super::writer::{Applied, Counts, Effect, changed};
-use super::{AuditEvent, Claimed, Claiming, Failure, Op, Outcome, audit_rows, now_ms};
+use super::{AuditEntry, Claimed, Claiming, Failure, Op, Outcome, audit_rows, now_ms};
 
 /// The schema, one migration per version (the same versions as SQLite's);
 /// each applied in a transaction of its own with its row in
@@ -577,19 +577,19 @@ impl Tx<'_> {
     }
 
     /// Appends `row` to the audit trail.
-    fn audit(&mut self, row: &AuditEvent) -> Result<(), DbError> {
+    fn audit(&mut self, row: &AuditEntry<'_>) -> Result<(), DbError> {
         sql_query(
             "INSERT INTO audit (at, action, caller, remote, request_id, report_id, body_sha256, outcome, detail)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind::<BigInt, _>(now_ms())
         .bind::<Text, _>(row.action)
-        .bind::<Nullable<Text>, _>(row.who.caller.as_deref())
-        .bind::<Nullable<Text>, _>(row.who.remote.as_deref())
-        .bind::<Nullable<Text>, _>(row.who.request_id.as_deref())
-        .bind::<Nullable<Text>, _>(row.report_id.as_deref())
-        .bind::<Nullable<Text>, _>(row.body_sha256.as_deref())
-        .bind::<Nullable<Text>, _>(row.outcome.as_deref())
+        .bind::<Nullable<Text>, _>(row.caller)
+        .bind::<Nullable<Text>, _>(row.remote)
+        .bind::<Nullable<Text>, _>(row.request_id)
+        .bind::<Nullable<Text>, _>(row.report_id)
+        .bind::<Nullable<Text>, _>(row.body_sha256)
+        .bind::<Nullable<Text>, _>(row.outcome)
         .bind::<Nullable<Text>, _>(row.detail.as_deref())
         .execute(self.conn)?;
         Ok(())

@@ -16,7 +16,7 @@ use rusqlite::{
 };
 
 use super::writer::{Applied, Counts, Effect, changed};
-use super::{AuditEvent, Claimed, Claiming, Failure, Op, Outcome, audit_rows, now_ms};
+use super::{AuditEntry, Claimed, Claiming, Failure, Op, Outcome, audit_rows, now_ms};
 
 /// The schema, one migration per version (`PRAGMA user_version`); each is
 /// applied in a transaction of its own, with the version it brings.
@@ -376,7 +376,7 @@ fn store_fault(err: &rusqlite::Error) -> bool {
 }
 
 /// Appends `row` to the audit trail.
-fn insert_audit(tx: &Transaction<'_>, row: &AuditEvent) -> rusqlite::Result<()> {
+fn insert_audit(tx: &Transaction<'_>, row: &AuditEntry<'_>) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO audit (at, action, caller, remote, request_id, report_id, body_sha256, outcome, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -384,9 +384,9 @@ fn insert_audit(tx: &Transaction<'_>, row: &AuditEvent) -> rusqlite::Result<()> 
     .execute(params![
         now_ms(),
         row.action,
-        row.who.caller,
-        row.who.remote,
-        row.who.request_id,
+        row.caller,
+        row.remote,
+        row.request_id,
         row.report_id,
         row.body_sha256,
         row.outcome,
