@@ -169,15 +169,9 @@ pub fn open_writer(path: &Path) -> Result<Connection, BoxError> {
         log::warn!("SQLite refused WAL mode (got {mode}); commits stay durable, readers may wait");
     }
     // secure_delete: freed pages are zeroed, so deleted patient data does
-    // not linger in the file. wal_autocheckpoint: the WAL is copied into
-    // the database every 8,000 pages (32 MiB at 4 KiB) instead of 1,000.
-    // A checkpoint runs in the commit that crosses the mark and copies
-    // each page once however often it was rewritten since the last one:
-    // the index and table pages every batch touches are copied an eighth
-    // as often (the store's CPU per report fell by about 4 µs, issue 14).
+    // not linger in the file.
     conn.execute_batch(
-        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;
-         PRAGMA wal_autocheckpoint = 8000;",
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;",
     )?;
     migrate(&mut conn, path)?;
     Ok(conn)
