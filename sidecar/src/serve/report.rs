@@ -101,18 +101,9 @@ impl Report {
     ///
     /// The first problem found, naming its field.
     pub fn parse(body: &[u8], now: OffsetDateTime) -> Result<Report, Invalid> {
-        Report::read(body, now, true)
-    }
-
-    /// [`Report::parse`], trying [`Shape::read`] first when `shape_first`.
-    fn read(body: &[u8], now: OffsetDateTime, shape_first: bool) -> Result<Report, Invalid> {
-        let body = body.strip_prefix(BOM).unwrap_or(body);
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Err(invalid("body", "the body is empty; expected a JSON object"));
-        }
+        let body = content(body)?;
         // Most bodies are well-formed reports: read them without a tree.
-        let shape = if shape_first { Shape::read(body) } else { None };
-        if let Some(shape) = shape {
+        if let Some(shape) = Shape::read(body) {
             let [report_id, patient_id, site_id, instrument, submitted_at] =
                 shape.text.each_ref().map(|t| Field::Text(t));
             let items = shape.answers.iter().map(|(k, n)| (k.as_ref(), Some(*n)));
@@ -122,6 +113,12 @@ impl Report {
                 now,
             );
         }
+        Report::from_tree(body, now)
+    }
+
+    /// [`Report::parse`] of a body's [`content`] by way of a tree: any
+    /// body, whatever its problem.
+    fn from_tree(body: &[u8], now: OffsetDateTime) -> Result<Report, Invalid> {
         let Value::Object(object) = Strict::parse(body)? else {
             return Err(invalid("body", "expected a JSON object"));
         };
@@ -367,6 +364,16 @@ fn answers<'a>(
         }
     }
     Ok(answers)
+}
+
+/// The body without a leading byte order mark; an error when nothing but
+/// whitespace is left.
+fn content(body: &[u8]) -> Result<&[u8], Invalid> {
+    let body = body.strip_prefix(BOM).unwrap_or(body);
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(invalid("body", "the body is empty; expected a JSON object"));
+    }
+    Ok(body)
 }
 
 /// A text field of the body, as the checks see it.
@@ -968,7 +975,7 @@ mod tests {
             }
             assert_eq!(
                 Report::parse(&body, now()),
-                Report::read(&body, now(), false),
+                content(&body).and_then(|b| Report::from_tree(b, now())),
                 "{shown}"
             );
         }

@@ -462,18 +462,31 @@ pub(crate) struct AuditEntry<'a> {
     pub(crate) detail: Option<Cow<'a, str>>,
 }
 
+impl<'a> AuditEntry<'a> {
+    /// A row of `action` for `who`, the rest empty.
+    fn by(action: &'static str, who: &'a Who) -> AuditEntry<'a> {
+        AuditEntry {
+            action,
+            caller: who.caller.as_deref(),
+            remote: who.remote.as_deref(),
+            request_id: who.request_id.as_deref(),
+            report_id: None,
+            body_sha256: None,
+            outcome: None,
+            detail: None,
+        }
+    }
+}
+
 impl AuditEvent {
     /// The row that records it.
     pub(crate) fn row(&self) -> AuditEntry<'_> {
         AuditEntry {
-            action: self.action,
-            caller: self.who.caller.as_deref(),
-            remote: self.who.remote.as_deref(),
-            request_id: self.who.request_id.as_deref(),
             report_id: self.report_id.as_deref(),
             body_sha256: self.body_sha256.as_deref(),
             outcome: self.outcome.as_deref(),
             detail: self.detail.as_deref().map(Cow::Borrowed),
+            ..AuditEntry::by(self.action, &self.who)
         }
     }
 }
@@ -529,14 +542,10 @@ pub(crate) fn audit_rows<'a>(
                 _ => "500",
             };
             let mut rows = vec![AuditEntry {
-                action: "report.received",
-                caller: who.caller.as_deref(),
-                remote: who.remote.as_deref(),
-                request_id: who.request_id.as_deref(),
                 report_id: Some(&report.report_id),
                 body_sha256: Some(body_sha256),
                 outcome: Some(status),
-                detail: None,
+                ..AuditEntry::by("report.received", who)
             }];
             if let (Some(scored), Outcome::Accepted) = (scored, outcome) {
                 // Processed in this transaction: the rows its processing
@@ -591,18 +600,13 @@ pub(crate) fn audit_rows<'a>(
             Some(serde_json::json!({ "attempts": attempts, "error": error }).to_string()),
         )],
         (Op::Redrive { report_id, who }, outcome) => vec![AuditEntry {
-            action: "report.redriven",
-            caller: who.caller.as_deref(),
-            remote: who.remote.as_deref(),
-            request_id: who.request_id.as_deref(),
             report_id: Some(report_id),
-            body_sha256: None,
             outcome: Some(if *outcome == Outcome::Changed {
                 "queued"
             } else {
                 "refused: not failed"
             }),
-            detail: None,
+            ..AuditEntry::by("report.redriven", who)
         }],
         (Op::Audit(event), _) => vec![event.row()],
         (Op::InsertMany { items }, Outcome::Many(outcomes)) => items
