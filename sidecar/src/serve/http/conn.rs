@@ -8,7 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::deferred::{Incoming, Later, Owed};
-use super::poll::{Conn, Ready, park};
+use super::poll::{Conn, park};
+use super::readiness::Woken;
 use super::server::ServerState;
 use super::wire::{encode, encode_head, write_response};
 use super::{Handler, Request, Response};
@@ -69,19 +70,30 @@ fn linger_close(mut stream: &TcpStream, linger: Duration) {
     }
 }
 
-/// A handler thread: takes each connection the poller found readable,
-/// serves the requests whose bytes are there, and gives it back to the
-/// poller when it has to wait again (invariant 8).
+/// A handler thread: waits for a parked connection to become readable
+/// (or for one `http-poll` hands over), serves the requests whose bytes
+/// are there, and parks it again when it has to wait (invariant 8).
 pub(super) fn handler_loop<S, H: Handler<S>>(
-    conns: &Ready,
     shared: &ServerState,
     handler: &H,
     make_state: &dyn Fn() -> io::Result<S>,
 ) {
     let mut state = None;
-    // Each connection is this thread's until it closes or goes back to the
-    // poller (invariant 1).
-    while let Some(conn) = conns.recv() {
+    // Each connection is this thread's until it closes or is parked again
+    // (invariant 1).
+    loop {
+        let conn = match shared.readiness.wait() {
+            Woken::Ready(id) => match shared.parking.take(id) {
+                Some(conn) => conn,
+                // Not parked: an event of an earlier wait (`on_unsent`
+                // while a handler thread had it), or `http-poll` took it
+                // out first.
+                None => continue,
+            },
+            Woken::Handed(conn) => conn,
+            Woken::Closed => break,
+            Woken::Nothing => continue,
+        };
         if state.is_none() {
             match make_state() {
                 Ok(s) => state = Some(s),

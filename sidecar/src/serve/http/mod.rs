@@ -5,13 +5,15 @@
 //! starts threads we could neither name nor join. Parsing is `httparse`'s
 //! (hyper's parser); what is ours is the connection handling around it:
 //!
-//! - idle connections cost no thread: a connection waits in a readiness
-//!   poller (`polling`, epoll) for its first byte, its next request, or
-//!   the rest of a head not yet complete, and a handler thread is taken
-//!   only while there are bytes to read (thousands of idle connections
-//!   cost a file descriptor each: the socket, shared, never duplicated);
+//! - idle connections cost no thread: a connection is parked (its socket
+//!   in an epoll set, `rustix`) to wait for its first byte, its next
+//!   request, or the rest of a head not yet complete, and a handler thread
+//!   is taken only while there are bytes to read (thousands of idle
+//!   connections cost a file descriptor each: the socket, shared, never
+//!   duplicated). The idle handler threads wait in the epoll set
+//!   themselves, and the kernel wakes one of them per readable connection;
 //! - a deadline for the request head (from its first byte, kept while the
-//!   connection waits in the poller) and another for the body, enforced
+//!   connection is parked) and another for the body, enforced
 //!   with per-read socket timeouts computed from it (a body being read
 //!   holds its handler thread, for `body_timeout` at most);
 //! - a body limit checked on the bytes actually read (chunked bodies
@@ -24,7 +26,7 @@
 //!   front cannot read a request's end elsewhere than we do;
 //! - TLS in the process, optional (`tls.rs`: rustls, no runtime), mutual
 //!   TLS too; the handshake is read like a request head, under the same
-//!   deadline, waiting in the poller between its bytes;
+//!   deadline, parked between its bytes;
 //! - keep-alive, with an idle timeout (HTTP/1.0 only when it asks for it);
 //!   `HEAD` answered with GET's head (its `Content-Length` too), no body;
 //! - answers that wait on another thread ([`Later`], [`Deferred`]): the
@@ -44,19 +46,21 @@
 //! A [`Server`] owns the listener, its threads (`NAME-accept`, `NAME-poll`
 //! and `NAME-0`..`NAME-N`, `NAME` given at the start: `http` for the API,
 //! `admin` for the admin listener; all in one [`quiesce::Threads`], joined
-//! by [`Server::stop`]), the queues between them (to the poller: the
-//! parked connections, `poll::Parking`, a map under a mutex; from it to
-//! the handlers: the ready queue, `poll::Ready`, a mutex and a condition
-//! variable), and `ServerState`: the limits, the `stopping` flag, the
-//! poller and the registry of open connections (`open`), and the TLS
-//! configuration if any. Each open
+//! by [`Server::stop`]), where connections wait (the parked connections
+//! with their deadlines, `poll::Parking`, a map under a mutex; the epoll
+//! set the handler threads wait in, with the hand-over queue through which
+//! `http-poll` gives them a connection, `readiness::Readiness`), and
+//! `ServerState`: the limits, the `stopping` flag, those two and the
+//! registry of open connections (`open`), and the TLS configuration if
+//! any. Each open
 //! connection (`poll::Conn`) has an outbox (its write side for deferred
 //! answers, and its TLS session, `deferred.rs`).
 //!
 //! | File | The idea |
 //! |------|----------|
 //! | `server.rs` | start, the accept loop, refusing past the cap, the stop (draining the backlog) |
-//! | `poll.rs` | where connections wait for bytes: their idle and head deadlines, closing idle ones at the stop |
+//! | `poll.rs` | where connections wait for bytes: parking them, their idle and head deadlines, closing idle ones at the stop |
+//! | `readiness.rs` | the epoll set the handler threads wait in, and the hand-over from `http-poll` |
 //! | `conn.rs` | one connection on a handler thread while it has bytes: reading requests under their deadlines, calling the [`Handler`], writing its answers |
 //! | `deferred.rs` | answers written by another thread: [`Later`], [`Deferred`], the outbox |
 //! | `wire.rs` | a response's bytes, status reasons, writing them |
@@ -66,38 +70,45 @@
 //!
 //! - `http-accept` owns the listener and the connections it refuses (they
 //!   linger a moment, non-blocking). It adds each accepted connection to
-//!   `open` (or refuses it past the cap), hands it to the poller and reads
-//!   `stopping`.
-//! - `http-poll` owns the connections waiting for bytes and their
-//!   deadlines (in `Parking`, under its lock). Whoever parks a connection
-//!   puts it there, then arms its one-shot registration (added, disarmed,
-//!   before its first wait; deleted when it is dropped); the poller takes
-//!   it out under the lock when it fires, and ignores an event for a
-//!   connection not there. It hands a connection with bytes (or
-//!   a hang-up) to the ready queue, closes one whose idle time is up,
-//!   answers `408` (without blocking) to one whose head is late, and at
-//!   the stop closes heads not yet complete at once and idle connections
-//!   after the grace; then it ends, and with it the ready queue.
-//! - `http-0`..`http-N` each take one ready connection at a time off the
-//!   queue and serve the requests whose bytes are there; each owns its
-//!   per-thread state `S` (the intake's database connection) and, while it
-//!   serves one, the connection's socket and read buffer. When no bytes
-//!   are left to read it settles the outbox and gives the connection back
-//!   to the poller. Whoever drops a connection removes it from `open`.
+//!   `open` (or refuses it past the cap), parks it and reads `stopping`.
+//! - A parked connection (in `Parking`, under its lock) is owned by
+//!   nobody until it is taken out. Whoever parks a connection puts it
+//!   there, then arms its one-shot registration (added, disarmed, before
+//!   its first wait; deleted when it is dropped). The idle handler threads
+//!   all wait in the epoll set; the kernel wakes one per event, and that
+//!   one takes the connection out under the lock, or ignores the event
+//!   when the connection is not there.
+//! - `http-poll` keeps the deadlines of the parked connections: it
+//!   sleeps (on `Parking`'s condition variable) until the first one, or
+//!   until woken for an earlier one or the stop. It takes out and closes a
+//!   connection whose idle time is up, answers `408` (without blocking) to
+//!   one whose head is late, hands a handler thread (through the hand-over
+//!   queue) one whose answer is late, and at the stop closes heads not yet
+//!   complete at once and idle connections after the grace; then it ends,
+//!   and closes the hand-over queue.
+//! - `http-0`..`http-N` each take one connection at a time (woken by its
+//!   bytes, or handed over) and serve the requests whose bytes are there;
+//!   each owns its per-thread state `S` (the intake's database connection)
+//!   and, while it serves one, the connection's socket and read buffer.
+//!   When no bytes are left to read it settles the outbox and parks the
+//!   connection again. It ends when the hand-over queue is closed and
+//!   empty. Whoever drops a connection removes it from `open`.
 //! - Whoever holds a [`Deferred`] (the store's thread, which answers a
 //!   report once it is committed) locks that connection's outbox and sends
 //!   without blocking.
 //! - The thread calling [`Server::stop`] (the intake service's) sets
-//!   `stopping`, wakes `http-poll` (`notify`) and `http-accept` (with a
+//!   `stopping`, wakes `http-poll` (`Parking::wake`) and `http-accept` (with a
 //!   connection of its own), joins the threads, and at its deadline shuts
 //!   down the sockets still in `open`.
 //!
 //! # Invariants
 //!
 //! 1. A connection is owned by exactly one thread at a time: `http-accept`
-//!    until it is parked (or refused), then `http-poll` while it waits for
-//!    bytes and one handler thread while it is read, in turn, until it is
-//!    closed. Only the owner reads it; the poller only waits for it, it
+//!    until it is parked (or refused), then one handler thread while it
+//!    is read, parked again in between, until it is closed. A parked
+//!    connection is nobody's: whoever takes it out of `Parking` (under its
+//!    lock: the handler thread its event woke, or `http-poll` at a
+//!    deadline or the stop) owns it. Only the owner reads it; `http-poll`
 //!    never reads (it writes only the `408` of a late head).
 //!    Shares of the socket (one descriptor, behind an `Arc`) serve two
 //!    things only: the outbox's, through which deferred answers are
@@ -136,45 +147,48 @@
 //!    answer and into the `503` that may replace it. Connections refused
 //!    before a handler sees them are always answered `Connection: close`.
 //! 7. Before its deadline, the stop closes only idle connections that owe
-//!    their client nothing: idle means it waits in the poller with nothing
-//!    buffered. A connection in the poller that still awaits an answer (8)
+//!    their client nothing: idle means it is parked with nothing
+//!    buffered. A parked connection that still awaits an answer (8)
 //!    is handed to a handler thread at the stop, which waits for the
-//!    answer, writes it and closes. The poller closes the others after
+//!    answer, writes it and closes. `http-poll` closes the others after
 //!    the close grace (a request that arrives in it is still served, its
-//!    answer closing), then ends: a connection given back to it later is
+//!    answer closing), then ends: a connection parked later is
 //!    closed at once (after the stop a handler thread settles a
-//!    connection's answer before giving it back). A request whose head has
+//!    connection's answer before parking it). A request whose head has
 //!    been read, or its answer, is never cut; but a head not yet complete
-//!    is closed as soon as the stop is seen (by the poller at once, by a
+//!    is closed as soon as the stop is seen (by `http-poll` at once, by a
 //!    handler thread before it reads more), and a body still being read
 //!    gets until a moment before the
 //!    deadline (`BODY_STOP_MARGIN`, set with `stopping`) and is then
 //!    answered `503`, closing, with a short linger: slow clients cannot
 //!    hold a thread past the deadline. At the deadline every socket in
 //!    `open` is shut down, so that the threads return.
-//! 8. A connection waits in the poller, not on a handler thread, whenever
+//! 8. A connection is parked, not held by a handler thread, whenever
 //!    it has no bytes to read: a handler thread reads without blocking
 //!    until a head is complete, and when the bytes run out first (no
-//!    request, or part of a head) it gives the connection back, at once
+//!    request, or part of a head) it parks the connection, at once
 //!    even while a deferred answer is awaited (the thread that has the
 //!    answer writes it; the handler thread is not woken for it). Bytes the
 //!    handler thread must write (an answer the socket did not take in
-//!    full) are written first: the poller holds no connection with bytes
-//!    unsent, except those a deferred answer left, for which it is asked
-//!    (`on_unsent`, and a check when it takes a connection) to wait for
-//!    the socket to take more and then hand the connection to a handler
+//!    full) are written first: no connection is parked with bytes
+//!    unsent, except those a deferred answer left, for which its
+//!    registration also waits (`on_unsent`, and a check when it is
+//!    parked) for the socket to take more, which wakes a handler
 //!    thread. Pipelined bytes already read are served before that, never
-//!    parked. In the poller a new or keep-alive connection waits up to
+//!    parked. Parked, a new or keep-alive connection waits up to
 //!    `idle_timeout`, part of a head up to `header_timeout` from its first
 //!    byte, and one awaiting an answer no longer than the answer's
 //!    deadline, when a handler thread answers `503` if it has not come.
 //!
-//! Lock rule: there are three kinds of lock, `open`, `Parking`'s and each
-//! outbox's state. `Parking`'s may be held while an outbox's is taken
-//! (the poller asks what a parked connection owes), never the other way,
-//! and `open` is never held with another (no connection is dropped under
-//! `Parking`'s lock: the poller closes what it takes out after it).
+//! Lock rule: there are four kinds of lock, `open`, `Parking`'s, the
+//! hand-over queue's and each outbox's state. `Parking`'s may be held
+//! while an outbox's is taken (`http-poll` asks what a parked connection
+//! owes), never the other way, and `open` and the hand-over queue's are
+//! never held with another (no connection is dropped under `Parking`'s
+//! lock or the queue's: whoever takes one out closes it after).
 //! Nothing blocks under any: under `Parking`'s only maps are changed;
+//! under the hand-over queue's, its eventfd is only written or read
+//! without blocking;
 //! under `open` sockets are only shut down; under an outbox's lock they
 //! are only sent to with `MSG_DONTWAIT`, or shut down (the handler thread
 //! drops it before writing what is unsent), and TLS records are only
@@ -195,6 +209,7 @@ mod fuzz_tests;
 #[cfg(test)]
 mod park_tests;
 mod poll;
+mod readiness;
 mod server;
 mod tls;
 mod wire;

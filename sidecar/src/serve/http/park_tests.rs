@@ -71,9 +71,14 @@ impl Drop for Slow {
 
 /// The server, and what its handler says it did.
 fn start(delay: Duration, size: usize) -> (Server, Receiver<Event>) {
+    start_with(2, delay, size)
+}
+
+/// The same with `handlers` handler threads.
+fn start_with(handlers: usize, delay: Duration, size: usize) -> (Server, Receiver<Event>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let limits = Limits {
-        handlers: 2,
+        handlers,
         max_connections: 16,
         header_timeout: Duration::from_secs(60),
         body_timeout: Duration::from_secs(60),
@@ -172,6 +177,40 @@ fn a_stop_lets_an_answer_awaited_in_the_poller_arrive() {
         .spawn(move || server.stop(Instant::now() + Duration::from_secs(10)))
         .expect("spawn");
     assert_eq!(read_response(&mut client), Some((200, 10)));
+    let stuck = stopping.join().expect("stop");
+    assert!(stuck.is_empty(), "threads left: {stuck:?}");
+}
+
+/// A stop while several connections wait for their answers, with more
+/// handler threads than connections: `http-poll` hands all of them over
+/// at once (one wake-up, passed on from handler thread to handler thread),
+/// every answer arrives, and every handler thread ends (the closed
+/// hand-over wakes each in turn).
+#[test]
+fn a_stop_hands_every_awaited_answer_to_a_handler_thread_and_ends_them_all() {
+    const CLIENTS: usize = 6;
+    let (server, said) = start_with(8, Duration::from_millis(600), 10);
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut client = TcpStream::connect(server.local_addr()).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        client
+            .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        wait_for(&said, Event::Deferred);
+        clients.push(client);
+    }
+    let stopping = std::thread::Builder::new()
+        .name("park-test-stop".into())
+        .spawn(move || server.stop(Instant::now() + Duration::from_secs(10)))
+        .expect("spawn");
+    for client in &mut clients {
+        assert_eq!(read_response(client), Some((200, 10)));
+        // The stop's answer is its connection's last.
+        assert_eq!(read_response(client), None);
+    }
     let stuck = stopping.join().expect("stop");
     assert!(stuck.is_empty(), "threads left: {stuck:?}");
 }

@@ -1,24 +1,23 @@
-//! The readiness poller (`http-poll`): where connections wait, costing no
-//! thread, for their next bytes: a new connection for its first, a
-//! keep-alive one for its next request, one whose head is not yet
-//! complete for the rest of it. Each is handed to a handler thread as soon
-//! as bytes arrive (invariant 8).
+//! Where connections wait, costing no thread, for their next bytes: a new
+//! connection for its first, a keep-alive one for its next request, one
+//! whose head is not yet complete for the rest of it. The handler threads
+//! wait in the epoll set themselves (`readiness.rs`), and the one woken
+//! takes the connection out of [`Parking`] as soon as bytes arrive
+//! (invariant 8). `http-poll` keeps the deadlines.
 //!
-//! A connection is registered with the poller once, when it is first
-//! parked, and deleted when it is dropped; its registration is one-shot,
-//! so it is disarmed when it fires. Whoever parks a connection (the accept
-//! thread, a handler thread) puts it in [`Parking`], then re-arms it
-//! itself: one `epoll_ctl` per wait, and the poller is not
-//! woken to take it in (it is woken only when the connection's deadline
-//! comes before the poller's next look at its deadlines).
+//! A connection is registered once, when it is first parked, and deleted
+//! when it is dropped; its registration is one-shot, so it is disarmed
+//! when it fires. Whoever parks a connection (the accept thread, a handler
+//! thread) puts it in [`Parking`], then re-arms it itself: one
+//! `epoll_ctl` per wait, and `http-poll` is not woken to take it in (it
+//! is woken only when the connection's deadline comes before its next look
+//! at the deadlines).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-use polling::{Event, Events};
 
 use super::deferred::{Outbox, Owed};
 use super::server::{OpenConn, ServerState};
@@ -26,7 +25,7 @@ use super::wire::encode;
 use super::{Handler, Response};
 
 /// An open connection, owned by one thread at a time (invariant 1): the
-/// accept thread, then the poller while it waits, a handler thread while
+/// accept thread, then the parking while it waits, a handler thread while
 /// bytes are there to read, and so on. Dropping it forgets it in `open`.
 pub(super) struct Conn {
     pub(super) id: u64,
@@ -34,19 +33,19 @@ pub(super) struct Conn {
     /// connection) with the outbox and with `open`.
     pub(super) stream: Arc<TcpStream>,
     /// Bytes read and not yet consumed (a head not yet complete, or
-    /// pipelined requests: the latter never wait in the poller).
+    /// pipelined requests: the latter never wait in the parking).
     pub(super) buf: Vec<u8>,
     pub(super) outbox: Arc<Outbox>,
     pub(super) peer: Option<SocketAddr>,
     /// The first byte of the request head under way (or of the TLS
     /// handshake), when one is: the header deadline runs from it, in the
-    /// poller too.
+    /// parking too.
     pub(super) head_started: Option<Instant>,
     /// The TLS peer closed its session: nothing more will be read.
     pub(super) peer_closed: bool,
     /// The subject of the client's certificate, once looked up (TLS).
     pub(super) client: Option<Option<Arc<str>>>,
-    /// Added to the poller (by its first [`park`]): deleted when dropped.
+    /// Added to the epoll set (by its first [`park`]): deleted when dropped.
     registered: bool,
     shared: Arc<ServerState>,
 }
@@ -91,7 +90,7 @@ impl Conn {
                 // ignored; it is re-armed when parked again.
                 let (shared, stream) = (shared.clone(), stream.clone());
                 Box::new(move || {
-                    let _ = shared.poller.modify(&*stream, Event::all(id as usize));
+                    let _ = shared.readiness.arm(&*stream, id, true);
                 })
             })),
             stream,
@@ -112,9 +111,9 @@ impl Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         if self.registered {
-            // Deleted before the socket can close (the crate's safety rule
-            // for `add`: this is the last use of the registration).
-            let _ = self.shared.poller.delete(&*self.stream);
+            // Deleted before the socket can close: an event for it would
+            // otherwise still wake a handler thread for nothing.
+            self.shared.readiness.delete(&*self.stream);
         }
         let count = {
             let mut open = self.shared.open.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,23 +124,27 @@ impl Drop for Conn {
     }
 }
 
-/// The connections waiting in the poller, with their deadlines; parked by
-/// whoever owned them, taken out by the poller (when bytes come, or a
-/// deadline) or at its end.
+/// The connections waiting for bytes, with their deadlines; parked by
+/// whoever owned them, taken out by the handler thread an event wakes, or
+/// by `http-poll` (a deadline, the stop).
 #[derive(Default)]
 pub(super) struct Parking {
     state: Mutex<Waiting>,
+    /// Wakes `http-poll` (with `Waiting::woken`).
+    look: Condvar,
 }
 
 #[derive(Default)]
 struct Waiting {
     parked: HashMap<u64, Parked>,
     deadlines: BTreeSet<(Instant, u64)>,
-    /// When the poller looks at the deadlines next without being woken
+    /// When `http-poll` looks at the deadlines next without being woken
     /// (`None` while it is awake): a connection parked with an earlier
     /// deadline wakes it.
     next_look: Option<Instant>,
-    /// The poller has ended (after the stop's grace): a connection parked
+    /// `http-poll` is asked to look now (an earlier deadline, the stop).
+    woken: bool,
+    /// `http-poll` has ended (after the stop's grace): a connection parked
     /// now is closed.
     ended: bool,
 }
@@ -149,6 +152,19 @@ struct Waiting {
 impl Parking {
     fn lock(&self) -> MutexGuard<'_, Waiting> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes out a connection an event woke a handler thread for; `None`
+    /// when it is not parked (an event of an earlier wait, or one
+    /// `http-poll` took out first).
+    pub(super) fn take(&self, id: u64) -> Option<Conn> {
+        self.lock().take(id)
+    }
+
+    /// Asks `http-poll` to look at the deadlines and the stop now.
+    pub(super) fn wake(&self) {
+        self.lock().woken = true;
+        self.look.notify_one();
     }
 }
 
@@ -162,9 +178,9 @@ impl Waiting {
     }
 }
 
-/// Hands a connection to the poller to wait for its next bytes (its
-/// registration armed by this thread); closes it when the poller has
-/// ended (after the stop's grace).
+/// Parks a connection to wait for its next bytes (its registration armed
+/// by this thread); closes it when `http-poll` has ended (after the stop's
+/// grace).
 pub(super) fn park(shared: &ServerState, mut conn: Conn) {
     let limits = &shared.limits;
     let now = Instant::now();
@@ -181,11 +197,9 @@ pub(super) fn park(shared: &ServerState, mut conn: Conn) {
     let (id, stream, outbox) = (conn.id, conn.stream.clone(), conn.outbox.clone());
     if !conn.registered {
         // Added disarmed while this thread owns it: an event before it is
-        // parked would find nobody, and the wake-up would be lost.
-        // SAFETY: the socket is deleted from the poller when the
-        // connection is dropped (`Drop for Conn`), before it can close:
-        // the connection holds a share of it until then.
-        match unsafe { shared.poller.add(&*stream, Event::none(id as usize)) } {
+        // parked would find nobody, and the wake-up would be lost. Deleted
+        // when the connection is dropped (`Drop for Conn`).
+        match shared.readiness.add(&*stream, id) {
             Ok(()) => conn.registered = true,
             Err(err) => {
                 log::warn!("cannot poll a connection: {err}");
@@ -201,6 +215,7 @@ pub(super) fn park(shared: &ServerState, mut conn: Conn) {
         return;
     }
     let wake = waiting.next_look.is_some_and(|look| deadline < look);
+    waiting.woken |= wake;
     waiting.deadlines.insert((deadline, id));
     waiting.parked.insert(
         id,
@@ -212,14 +227,14 @@ pub(super) fn park(shared: &ServerState, mut conn: Conn) {
     );
     drop(waiting);
     if wake {
-        let _ = shared.poller.notify();
+        shared.parking.look.notify_one();
     }
-    // Armed once parked (and outside the lock, which the poller and every
-    // parking thread take): an event that fires at once finds it parked.
-    // If the poller has taken it out meanwhile (a deadline, the stop), the
-    // event finds nobody and is ignored.
-    if let Err(err) = shared.poller.modify(&*stream, Event::readable(id as usize)) {
-        let taken = shared.parking.lock().take(id);
+    // Armed once parked (and outside the lock, which `http-poll`, the
+    // handler threads and every parking thread take): an event that fires
+    // at once finds it parked. If `http-poll` has taken it out meanwhile
+    // (a deadline, the stop), the event finds nobody and is ignored.
+    if let Err(err) = shared.readiness.arm(&*stream, id, false) {
+        let taken = shared.parking.take(id);
         if let Some(conn) = taken {
             log::warn!("cannot poll a connection: {err}");
             conn.close();
@@ -228,74 +243,10 @@ pub(super) fn park(shared: &ServerState, mut conn: Conn) {
     // Bytes a deferred answer left while the connection was on its way
     // here: wake when the socket can take them. After arming for reading,
     // so that `on_unsent` and this check cannot both miss; if the
-    // connection has already left the poller, the extra event finds
+    // connection has already left the parking, the extra event finds
     // nobody, or wakes it once for nothing.
     if outbox.owes() == Owed::Bytes {
-        let _ = shared.poller.modify(&*stream, Event::all(id as usize));
-    }
-}
-
-/// The connections with bytes to read, from the poller to the handler
-/// threads: a queue under a mutex, with a condition variable. Not a
-/// channel: an idle receiver of a crossbeam channel spins and yields
-/// before it sleeps, and with dozens of handler threads taking turns that
-/// was several `sched_yield` calls per request on a busy machine; here an
-/// idle handler thread sleeps in the kernel at once.
-#[derive(Default)]
-pub(super) struct Ready {
-    /// The queue, and whether the poller has ended (no more will come).
-    state: Mutex<(VecDeque<Conn>, bool)>,
-    changed: Condvar,
-}
-
-impl Ready {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (VecDeque<Conn>, bool)> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queues a connection for a handler thread; closes it once the queue
-    /// is closed.
-    pub(super) fn send(&self, conn: Conn) {
-        let mut state = self.lock();
-        if state.1 {
-            drop(state);
-            conn.close();
-            return;
-        }
-        state.0.push_back(conn);
-        drop(state);
-        self.changed.notify_one();
-    }
-
-    /// The next connection, waiting for one; `None` once the queue is
-    /// closed and empty.
-    pub(super) fn recv(&self) -> Option<Conn> {
-        let mut state = self.lock();
-        loop {
-            if let Some(conn) = state.0.pop_front() {
-                return Some(conn);
-            }
-            if state.1 {
-                return None;
-            }
-            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    /// No more connections will come: the handler threads end once the
-    /// queue is empty.
-    pub(super) fn close(&self) {
-        self.lock().1 = true;
-        self.changed.notify_all();
-    }
-}
-
-/// Closes the queue when dropped: when the poller's thread ends, however.
-pub(super) struct CloseOnDrop<'a>(pub(super) &'a Ready);
-
-impl Drop for CloseOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.close();
+        let _ = shared.readiness.arm(&*stream, id, true);
     }
 }
 
@@ -308,10 +259,11 @@ struct Parked {
     wait_end: Instant,
 }
 
-/// The poller's loop: until the stop's grace has passed.
-pub(super) fn poll_loop<S>(shared: &ServerState, ready: &Ready, handler: &impl Handler<S>) {
+/// `http-poll`'s loop, until the stop's grace has passed: it closes
+/// connections whose wait has ended, hands a handler thread those whose
+/// answer is late, and carries out the stop among the parked connections.
+pub(super) fn poll_loop<S>(shared: &ServerState, handler: &impl Handler<S>) {
     let limits = &shared.limits;
-    let mut events = Events::new();
     let mut grace_end: Option<Instant> = None;
     // Connections taken out under the lock, handled after it (closing one
     // takes `open`'s lock, and answering a late head writes).
@@ -323,6 +275,7 @@ pub(super) fn poll_loop<S>(shared: &ServerState, ready: &Ready, handler: &impl H
         let stopping = shared.stopping.load(Ordering::SeqCst);
         let mut waiting = shared.parking.lock();
         waiting.next_look = None;
+        waiting.woken = false;
         if stopping {
             // Invariant 7: a head not yet complete is closed at once, an
             // idle connection after the grace; one that owes an answer goes
@@ -352,7 +305,9 @@ pub(super) fn poll_loop<S>(shared: &ServerState, ready: &Ready, handler: &impl H
                 waiting.ended = true;
                 drop(waiting);
                 to_close.into_iter().for_each(Conn::close);
-                to_serve.into_iter().for_each(|conn| ready.send(conn));
+                to_serve
+                    .into_iter()
+                    .for_each(|conn| shared.readiness.send(conn));
                 return;
             }
         }
@@ -392,33 +347,30 @@ pub(super) fn poll_loop<S>(shared: &ServerState, ready: &Ready, handler: &impl H
         if let Some(end) = grace_end {
             wait = wait.min(end.saturating_duration_since(now));
         }
-        waiting.next_look = Some(now + wait);
+        let look = now + wait;
+        waiting.next_look = Some(look);
         drop(waiting);
         to_close.drain(..).for_each(Conn::close);
-        to_serve.drain(..).for_each(|conn| ready.send(conn));
+        to_serve
+            .drain(..)
+            .for_each(|conn| shared.readiness.send(conn));
         to_expire.drain(..).for_each(|conn| expire(conn, handler));
-        events.clear();
-        if let Err(err) = shared.poller.wait(&mut events, Some(wait))
-            && err.kind() != std::io::ErrorKind::Interrupted
-        {
-            log::warn!("http poller: {err}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if events.is_empty() {
-            continue;
-        }
+        // Asleep until the next look, unless woken (a connection parked
+        // with an earlier deadline, the stop): `woken` is set under the
+        // lock, so a wake-up while the above ran is not missed.
         let mut waiting = shared.parking.lock();
-        waiting.next_look = None;
-        for event in events.iter() {
-            // Not parked: an event of an earlier wait, for a connection a
-            // handler thread has now (`on_unsent`); it is re-armed when
-            // parked again.
-            if let Some(conn) = waiting.take(event.key as u64) {
-                to_serve.push(conn);
+        while !waiting.woken {
+            let left = look.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
             }
+            waiting = shared
+                .parking
+                .look
+                .wait_timeout(waiting, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
-        drop(waiting);
-        to_serve.drain(..).for_each(|conn| ready.send(conn));
     }
 }
 

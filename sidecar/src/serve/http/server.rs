@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use polling::Poller;
 use quiesce::{Context, Threads};
 
 use super::conn::handler_loop;
-use super::poll::{CloseOnDrop, Conn, Parking, Ready, park, poll_loop};
+use super::poll::{Conn, Parking, park, poll_loop};
+use super::readiness::{CloseOnDrop, Readiness};
 use super::tls::Tls;
 use super::wire::write_response;
 use super::{Handler, Limits, Response};
@@ -33,12 +33,12 @@ pub(super) struct ServerState {
     /// deadline (invariant 7). Nothing else is locked under it.
     pub(super) open: Mutex<HashMap<u64, OpenConn>>,
     next_id: AtomicU64,
-    /// Where connections wait for bytes (invariant 8): each registered
-    /// once, re-armed by whoever parks it; `notify` wakes `http-poll` for
-    /// the stop, and for a connection parked with a deadline before its
-    /// next look.
-    pub(super) poller: Poller,
-    /// The connections parked, with their deadlines (`poll.rs`).
+    /// Where the handler threads wait for connections with bytes
+    /// (invariant 8): each connection registered once, re-armed by
+    /// whoever parks it; and the hand-over queue from `http-poll`.
+    pub(super) readiness: Readiness,
+    /// The connections parked, with their deadlines (`poll.rs`); its
+    /// `wake` wakes `http-poll` for the stop.
     pub(super) parking: Parking,
     /// Tells the handler how many connections are open, after each change.
     pub(super) counted: Box<dyn Fn(usize) + Send + Sync>,
@@ -81,8 +81,6 @@ impl Server {
         let addr = listener.local_addr()?;
         let handler = Arc::new(handler);
         let counting = handler.clone();
-        // Unbounded: `open` bounds what it holds (invariant 5).
-        let ready = Arc::new(Ready::default());
         let shared = Arc::new(ServerState {
             limits: limits.clone(),
             tls,
@@ -90,39 +88,33 @@ impl Server {
             stop_deadline: OnceLock::new(),
             open: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
-            poller: Poller::new()?,
+            readiness: Readiness::new()?,
             parking: Parking::default(),
             counted: Box::new(move |open| counting.connections(open)),
         });
         let mut threads = Threads::new(&Context::background());
         let make_state = Arc::new(make_state);
         for i in 0..limits.handlers.max(1) {
-            let (rx, shared, handler, make_state) = (
-                ready.clone(),
-                shared.clone(),
-                handler.clone(),
-                make_state.clone(),
-            );
+            let (own, handler, make_state) = (shared.clone(), handler.clone(), make_state.clone());
             let spawned = threads.spawn(format!("{name}-{i}"), move |_ctx| {
-                handler_loop(&rx, &shared, handler.as_ref(), make_state.as_ref());
+                handler_loop(&own, handler.as_ref(), make_state.as_ref());
             });
             if let Err(err) = spawned {
                 // Those started end (and are joined) once it is closed.
-                ready.close();
+                shared.readiness.close();
                 return Err(err);
             }
         }
         let poll_shared = shared.clone();
         let poll_handler = handler.clone();
-        let poll_ready = ready.clone();
         let polling = threads.spawn(format!("{name}-poll"), move |_ctx| {
-            // Ends after the stop's grace; closing the ready queue then
-            // ends the handler threads once they are done.
-            let _closes = CloseOnDrop(&poll_ready);
-            poll_loop(&poll_shared, &poll_ready, poll_handler.as_ref());
+            // Ends after the stop's grace; closing the hand-over queue
+            // then ends the handler threads once they are done.
+            let _closes = CloseOnDrop(&poll_shared.readiness);
+            poll_loop(&poll_shared, poll_handler.as_ref());
         });
         if let Err(err) = polling {
-            ready.close();
+            shared.readiness.close();
             return Err(err);
         }
         let accept_shared = shared.clone();
@@ -131,9 +123,9 @@ impl Server {
             accept_loop(&listener, &accept_shared, accept_handler.as_ref());
         });
         if let Err(err) = accepting {
-            // The poller ends after the stop's grace, the handlers after it.
+            // `http-poll` ends after the stop's grace, the handlers after it.
             shared.stopping.store(true, Ordering::SeqCst);
-            let _ = shared.poller.notify();
+            shared.parking.wake();
             return Err(err);
         }
         Ok(Server {
@@ -157,9 +149,9 @@ impl Server {
         // with it, for the connections still reading, invariant 7).
         let _ = self.shared.stop_deadline.set(deadline);
         self.shared.stopping.store(true, Ordering::SeqCst);
-        // The poller closes heads not yet complete, and idle connections
+        // `http-poll` closes heads not yet complete, and idle connections
         // after the grace (invariant 7).
-        let _ = self.shared.poller.notify();
+        self.shared.parking.wake();
         // Wake the accept thread, blocked in accept(), with a connection of
         // our own; it sees `stopping` and ends.
         let _ = TcpStream::connect_timeout(&wake_addr(self.addr), Duration::from_secs(1));
