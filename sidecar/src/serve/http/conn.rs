@@ -79,44 +79,54 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
     make_state: &dyn Fn() -> io::Result<S>,
 ) {
     let mut state = None;
+    let mut keys = Vec::new();
+    // Ends once the hand-over queue is closed, after serving what the same
+    // wait brought.
+    let mut closed = false;
     // Each connection is this thread's until it closes or is parked again
     // (invariant 1).
-    loop {
-        let conn = match shared.readiness.wait() {
-            Woken::Ready(id) => match shared.parking.take(id) {
-                Some(conn) => conn,
-                // Not parked: an event of an earlier wait (`on_unsent`
-                // while a handler thread had it), or `http-poll` took it
-                // out first.
-                None => continue,
-            },
-            Woken::Handed(conn) => conn,
-            Woken::Closed => break,
-            Woken::Nothing => continue,
-        };
-        if state.is_none() {
-            match make_state() {
-                Ok(s) => state = Some(s),
-                Err(err) => {
-                    log::error!("http handler cannot set up: {err}");
-                    handler.refused(503, "handler unavailable", None);
-                    refuse(&conn, "temporarily unavailable");
+    while !closed {
+        shared.readiness.wait(&mut keys);
+        for &key in &keys {
+            let conn = match shared.readiness.woken(key) {
+                Woken::Ready(id) => match shared.parking.take(id) {
+                    Some(conn) => conn,
+                    // Not parked: an event of an earlier wait (`on_unsent`
+                    // while a handler thread had it), or `http-poll` took
+                    // it out first.
+                    None => continue,
+                },
+                Woken::Handed(conn) => conn,
+                Woken::Closed => {
+                    closed = true;
                     continue;
                 }
+                Woken::Nothing => continue,
+            };
+            if state.is_none() {
+                match make_state() {
+                    Ok(s) => state = Some(s),
+                    Err(err) => {
+                        log::error!("http handler cannot set up: {err}");
+                        handler.refused(503, "handler unavailable", None);
+                        refuse(&conn, "temporarily unavailable");
+                        continue;
+                    }
+                }
             }
-        }
-        let Some(state) = state.as_mut() else {
-            continue;
-        };
-        let served = ServedConn {
-            conn,
-            shared,
-            read_timeout: None,
-            head: None,
-            served: false,
-        };
-        if let Some(conn) = served.serve(state, handler) {
-            park(shared, conn);
+            let Some(state) = state.as_mut() else {
+                continue;
+            };
+            let served = ServedConn {
+                conn,
+                shared,
+                read_timeout: None,
+                head: None,
+                served: false,
+            };
+            if let Some(conn) = served.serve(state, handler) {
+                park(shared, conn);
+            }
         }
     }
 }

@@ -32,6 +32,10 @@ use super::poll::Conn;
 /// The hand-over eventfd's key (connection ids count up from 0).
 const HANDOVER: u64 = u64::MAX;
 
+/// The most events one handler thread takes at a wait: it serves their
+/// connections one after the other, while the others sleep on.
+const EVENTS: usize = 4;
+
 /// The epoll set and the hand-over queue.
 pub(super) struct Readiness {
     epoll: OwnedFd,
@@ -113,21 +117,24 @@ impl Readiness {
     }
 
     /// Waits, without a deadline (the stop ends the wait by closing the
-    /// hand-over queue), for one event.
-    pub(super) fn wait(&self) -> Woken {
-        let mut events = [MaybeUninit::<epoll::Event>::uninit(); 1];
-        let key = match epoll::wait(&self.epoll, &mut events, None) {
-            Ok((ready, _)) => match ready.first() {
-                Some(event) => event.data.u64(),
-                None => return Woken::Nothing,
-            },
-            Err(Errno::INTR) => return Woken::Nothing,
+    /// hand-over queue), for events: their keys, up to [`EVENTS`] at once,
+    /// into `keys` (emptied first; left empty after a signal or an error
+    /// already logged). Each is for the caller to resolve ([`Self::woken`]).
+    pub(super) fn wait(&self, keys: &mut Vec<u64>) {
+        keys.clear();
+        let mut events = [MaybeUninit::<epoll::Event>::uninit(); EVENTS];
+        match epoll::wait(&self.epoll, &mut events, None) {
+            Ok((ready, _)) => keys.extend(ready.iter().map(|event| event.data.u64())),
+            Err(Errno::INTR) => {}
             Err(err) => {
                 log::warn!("http handler cannot wait for connections: {err}");
                 std::thread::sleep(Duration::from_millis(10));
-                return Woken::Nothing;
             }
-        };
+        }
+    }
+
+    /// What the event of `key` woke the caller for.
+    pub(super) fn woken(&self, key: u64) -> Woken {
         if key != HANDOVER {
             return Woken::Ready(key);
         }
