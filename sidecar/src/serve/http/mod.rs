@@ -11,7 +11,8 @@
 //!   is taken only while there are bytes to read (thousands of idle
 //!   connections cost a file descriptor each: the socket, shared, never
 //!   duplicated). The idle handler threads wait in the epoll set
-//!   themselves, and the kernel wakes one of them per readable connection;
+//!   themselves: the kernel wakes one of them for a readable connection,
+//!   and it takes up to four ready at once;
 //! - a deadline for the request head (from its first byte, kept while the
 //!   connection is parked) and another for the body, enforced
 //!   with per-read socket timeouts computed from it (a body being read

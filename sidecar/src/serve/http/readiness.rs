@@ -2,7 +2,9 @@
 //! every idle handler thread at once. The kernel wakes one waiter per
 //! event (`epoll_wait` waits exclusively), so a connection whose bytes
 //! arrive wakes the handler thread that will read them, with no thread in
-//! between (invariant 8).
+//! between (invariant 8). A thread woken takes the events that are ready,
+//! up to [`EVENTS`], and serves their connections in turn: under load,
+//! fewer threads go to sleep and are woken again.
 //!
 //! The set holds each parked connection's registration (one-shot: it is
 //! disarmed when it fires, and whoever parks the connection arms it
