@@ -492,7 +492,9 @@ impl AuditEvent {
 }
 
 /// The audit rows a committed command adds, in the same transaction
-/// (apart from [`Op::Audit`] itself): what the backends write.
+/// (apart from [`Op::Audit`] itself): what the backends write. A batch
+/// whose audit rows cannot be written is not committed at all, on both
+/// backends: no change is stored without its rows.
 pub(crate) fn audit_rows<'a>(
     op: &'a Op,
     outcome: &Outcome,

@@ -277,6 +277,9 @@ impl super::writer::Engine for Engine {
         // (7): a statement refused for a reason of the store's own (locked
         // by another process, corrupt, no room), not of the command's.
         let mut fault: Option<String> = None;
+        // The audit rows of the commands that succeeded, written after
+        // them: all of them, or the batch is not committed.
+        let mut rows: Vec<AuditEntry<'_>> = Vec::new();
         let results = match self.conn().transaction() {
             Ok(tx) => {
                 let results: Vec<Result<Effect, String>> = ops
@@ -290,11 +293,8 @@ impl super::writer::Engine for Engine {
                             return Err(format!("not attempted: {err}"));
                         }
                         apply_sql(&tx, op, &mut backlog, &claiming)
-                            .and_then(|effect| {
-                                for row in audit_rows(op, &effect.outcome, &claiming.replica) {
-                                    insert_audit(&tx, &row)?;
-                                }
-                                Ok(effect)
+                            .inspect(|effect| {
+                                rows.extend(audit_rows(op, &effect.outcome, &claiming.replica));
                             })
                             .map_err(|e| {
                                 if store_fault(&e) {
@@ -304,7 +304,16 @@ impl super::writer::Engine for Engine {
                             })
                     })
                     .collect();
-                tx.commit().map(|()| results).map_err(commit_failure)
+                // A change is never committed without its audit rows: when
+                // they cannot be written, nothing of the batch is (the
+                // transaction is rolled back as it drops), and every
+                // command is told so.
+                match insert_audit(&tx, &rows) {
+                    Ok(()) => tx.commit().map(|()| results).map_err(commit_failure),
+                    Err(err) => Err(Failure::NotStored(format!(
+                        "cannot write the audit trail: {err}"
+                    ))),
+                }
             }
             Err(err) => Err(Failure::NotStored(err.to_string())),
         };
@@ -375,23 +384,27 @@ fn store_fault(err: &rusqlite::Error) -> bool {
     )
 }
 
-/// Appends `row` to the audit trail.
-fn insert_audit(tx: &Transaction<'_>, row: &AuditEntry<'_>) -> rusqlite::Result<()> {
-    tx.prepare_cached(
+/// Appends `rows` to the audit trail, in order, all at the same moment
+/// (one transaction).
+fn insert_audit(tx: &Transaction<'_>, rows: &[AuditEntry<'_>]) -> rusqlite::Result<()> {
+    let at = now_ms();
+    let mut stmt = tx.prepare_cached(
         "INSERT INTO audit (at, action, caller, remote, request_id, report_id, body_sha256, outcome, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        now_ms(),
-        row.action,
-        row.caller,
-        row.remote,
-        row.request_id,
-        row.report_id,
-        row.body_sha256,
-        row.outcome,
-        row.detail
-    ])?;
+    )?;
+    for row in rows {
+        stmt.execute(params![
+            at,
+            row.action,
+            row.caller,
+            row.remote,
+            row.request_id,
+            row.report_id,
+            row.body_sha256,
+            row.outcome,
+            row.detail
+        ])?;
+    }
     Ok(())
 }
 
@@ -821,6 +834,106 @@ mod tests {
         );
         assert_eq!(audit[1].3.as_deref(), Some("pipeline"), "{audit:?}");
         drop(stmt);
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_batch_s_audit_rows_are_written_in_order_and_without_them_nothing_is() {
+        use super::super::Scored;
+        use super::super::writer::Engine as _;
+        use crate::serve::report::Report;
+
+        let dir = std::env::temp_dir().join(format!(
+            "quiesce-store-audit-{}-{}",
+            std::process::id(),
+            now_ms()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("quiesce.db");
+        let claiming = Claiming {
+            replica: "test".into(),
+            lease: Duration::from_secs(30),
+        };
+        let mut engine = Engine::new(path.clone(), claiming);
+        engine.open().unwrap();
+        let insert = |id: String| Op::Insert {
+            report: Report {
+                report_id: id.clone(),
+                patient_id: "p".into(),
+                site_id: "S".into(),
+                instrument: "i".into(),
+                submitted_at: "2025-06-01T09:30:00Z".into(),
+                answers: [("q1".to_string(), 3)].into(),
+            },
+            hash: format!("hash-{id}"),
+            max_backlog: 100,
+            who: Default::default(),
+            body_sha256: String::new(),
+            raw: None,
+            urgent: true,
+            scored: Some(Scored {
+                result: "{}".into(),
+                alert: true,
+                alert_labels: Vec::new(),
+            }),
+        };
+        // 13 reports, 3 rows each.
+        let ops: Vec<Op> = (0..13).map(|i| insert(format!("r{i:02}"))).collect();
+        let refs: Vec<&Op> = ops.iter().collect();
+        let results = engine.apply(&refs, 0).results.unwrap();
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let conn = Connection::open(&path).unwrap();
+        let audit = |conn: &Connection| -> Vec<(String, String, i64)> {
+            let mut stmt = conn
+                .prepare("SELECT report_id, action, at FROM audit ORDER BY id")
+                .unwrap();
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let rows = audit(&conn);
+        let expected: Vec<(String, String)> = (0..13)
+            .flat_map(|i| {
+                ["report.received", "attempt", "alert.raised"]
+                    .map(|action| (format!("r{i:02}"), action.to_string()))
+            })
+            .collect();
+        let got: Vec<(String, String)> = rows
+            .iter()
+            .map(|(id, a, _)| (id.clone(), a.clone()))
+            .collect();
+        assert_eq!(got, expected);
+        assert!(
+            rows.iter().all(|row| row.2 == rows[0].2),
+            "one moment: {rows:?}"
+        );
+
+        // A row the audit trail refuses: the batch's changes are not
+        // committed either, and every command is told it was not stored.
+        conn.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON audit WHEN NEW.report_id = 'bad'
+             BEGIN SELECT RAISE(ABORT, 'refused for the test'); END;",
+        )
+        .unwrap();
+        let ops = [insert("fine".into()), insert("bad".into())];
+        let refs: Vec<&Op> = ops.iter().collect();
+        let failure = engine.apply(&refs, 0).results.unwrap_err();
+        assert!(
+            matches!(&failure, Failure::NotStored(e) if e.contains("refused for the test")),
+            "{failure:?}"
+        );
+        let stored: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM reports WHERE report_id IN ('fine', 'bad')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(stored, 0);
+        assert_eq!(audit(&conn).len(), 39);
+        engine.close().unwrap();
         drop(conn);
         let _ = std::fs::remove_dir_all(&dir);
     }
