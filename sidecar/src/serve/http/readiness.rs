@@ -105,7 +105,9 @@ impl Readiness {
     /// Arms a connection's registration for one event: bytes to read (or
     /// a hang-up), and with `writable` room to write as well.
     pub(super) fn arm(&self, socket: impl AsFd, id: u64, writable: bool) -> std::io::Result<()> {
-        let mut flags = epoll::EventFlags::IN | epoll::EventFlags::PRI | epoll::EventFlags::ONESHOT;
+        // Not `PRI`: urgent (out-of-band) bytes are never read here, and
+        // a client must not be able to wake a handler thread for them.
+        let mut flags = epoll::EventFlags::IN | epoll::EventFlags::ONESHOT;
         if writable {
             flags |= epoll::EventFlags::OUT;
         }
