@@ -99,6 +99,16 @@ fn start_with(handlers: usize, delay: Duration, size: usize) -> (Server, Receive
     (server, said)
 }
 
+/// A client of `server` (reads time out after 20 s) that has sent `bytes`.
+fn connect(server: &Server, bytes: &[u8]) -> TcpStream {
+    let mut client = TcpStream::connect(server.local_addr()).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    client.write_all(bytes).expect("write");
+    client
+}
+
 /// Waits (10 s at most) for the handler to say `event`.
 fn wait_for(said: &Receiver<Event>, event: Event) {
     let got = said.recv_timeout(Duration::from_secs(10));
@@ -139,13 +149,7 @@ fn read_response(stream: &mut TcpStream) -> Option<(u16, usize)> {
 fn what_a_deferred_answer_leaves_unsent_is_written_once_the_client_reads() {
     const SIZE: usize = 32 << 20;
     let (server, said) = start(Duration::from_millis(100), SIZE);
-    let mut client = TcpStream::connect(server.local_addr()).expect("connect");
-    client
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    client
-        .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("write");
+    let mut client = connect(&server, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
     // The answer comes and fills the socket while nobody reads; what it
     // leaves is for whoever the poller wakes.
     wait_for(&said, Event::Deferred);
@@ -162,13 +166,7 @@ fn what_a_deferred_answer_leaves_unsent_is_written_once_the_client_reads() {
 #[test]
 fn a_stop_lets_an_answer_awaited_in_the_poller_arrive() {
     let (server, said) = start(Duration::from_millis(600), 10);
-    let mut client = TcpStream::connect(server.local_addr()).expect("connect");
-    client
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    client
-        .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("write");
+    let mut client = connect(&server, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n");
     // Deferred: the connection is on its way back to the poller while the
     // answer is 600 ms away.
     wait_for(&said, Event::Deferred);
@@ -192,13 +190,7 @@ fn a_stop_hands_every_awaited_answer_to_a_handler_thread_and_ends_them_all() {
     let (server, said) = start_with(8, Duration::from_millis(600), 10);
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
-        let mut client = TcpStream::connect(server.local_addr()).expect("connect");
-        client
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        client
-            .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
-            .expect("write");
+        let client = connect(&server, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n");
         wait_for(&said, Event::Deferred);
         clients.push(client);
     }
@@ -222,16 +214,11 @@ fn a_stop_hands_every_awaited_answer_to_a_handler_thread_and_ends_them_all() {
 #[test]
 fn a_100_continue_waits_for_the_answer_before_it() {
     let (server, _said) = start(Duration::from_millis(300), 3);
-    let mut client = TcpStream::connect(server.local_addr()).expect("connect");
-    client
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    client
-        .write_all(
-            b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n\
-              POST /second HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
-        )
-        .expect("write");
+    let mut client = connect(
+        &server,
+        b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /second HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    );
     // Everything up to the 100 Continue, without sending the body.
     let mut got = Vec::new();
     let mut chunk = [0u8; 4096];

@@ -721,14 +721,13 @@ mod tests {
         assert!(!store_fault(&rusqlite::Error::QueryReturnedNoRows));
     }
 
-    #[test]
-    fn a_report_scored_at_intake_is_stored_processed_by_its_insert_with_its_rows() {
-        use super::super::Scored;
+    /// A new database in a directory of its own under the temp dir, and
+    /// an engine open on it: the directory, the database, the engine.
+    fn new_engine(name: &str) -> (PathBuf, PathBuf, Engine) {
         use super::super::writer::Engine as _;
-        use crate::serve::report::Report;
 
         let dir = std::env::temp_dir().join(format!(
-            "quiesce-store-scored-{}-{}",
+            "quiesce-store-{name}-{}-{}",
             std::process::id(),
             now_ms()
         ));
@@ -740,7 +739,15 @@ mod tests {
         };
         let mut engine = Engine::new(path.clone(), claiming);
         assert_eq!(engine.open().unwrap().backlog, 0);
-        let insert = |id: &str, patient: &str, scored: Option<Scored>| Op::Insert {
+        (dir, path, engine)
+    }
+
+    /// A new urgent report `id` of `patient` (one answer of 3), scored at
+    /// intake or not.
+    fn insert(id: &str, patient: &str, scored: Option<super::super::Scored>) -> Op {
+        use crate::serve::report::Report;
+
+        Op::Insert {
             report: Report {
                 report_id: id.to_string(),
                 patient_id: patient.into(),
@@ -756,7 +763,15 @@ mod tests {
             raw: None,
             urgent: true,
             scored,
-        };
+        }
+    }
+
+    #[test]
+    fn a_report_scored_at_intake_is_stored_processed_by_its_insert_with_its_rows() {
+        use super::super::Scored;
+        use super::super::writer::Engine as _;
+
+        let (dir, path, mut engine) = new_engine("scored");
         let scored = Some(Scored {
             result: r#"{"score":1}"#.into(),
             alert: true,
@@ -842,44 +857,19 @@ mod tests {
     fn a_batch_s_audit_rows_are_written_in_order_and_without_them_nothing_is() {
         use super::super::Scored;
         use super::super::writer::Engine as _;
-        use crate::serve::report::Report;
 
-        let dir = std::env::temp_dir().join(format!(
-            "quiesce-store-audit-{}-{}",
-            std::process::id(),
-            now_ms()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("quiesce.db");
-        let claiming = Claiming {
-            replica: "test".into(),
-            lease: Duration::from_secs(30),
-        };
-        let mut engine = Engine::new(path.clone(), claiming);
-        engine.open().unwrap();
-        let insert = |id: String| Op::Insert {
-            report: Report {
-                report_id: id.clone(),
-                patient_id: "p".into(),
-                site_id: "S".into(),
-                instrument: "i".into(),
-                submitted_at: "2025-06-01T09:30:00Z".into(),
-                answers: [("q1".to_string(), 3)].into(),
-            },
-            hash: format!("hash-{id}"),
-            max_backlog: 100,
-            who: Default::default(),
-            body_sha256: String::new(),
-            raw: None,
-            urgent: true,
-            scored: Some(Scored {
+        let (dir, path, mut engine) = new_engine("audit");
+        let scored = || {
+            Some(Scored {
                 result: "{}".into(),
                 alert: true,
                 alert_labels: Vec::new(),
-            }),
+            })
         };
         // 13 reports, 3 rows each.
-        let ops: Vec<Op> = (0..13).map(|i| insert(format!("r{i:02}"))).collect();
+        let ops: Vec<Op> = (0..13)
+            .map(|i| insert(&format!("r{i:02}"), "p", scored()))
+            .collect();
         let refs: Vec<&Op> = ops.iter().collect();
         let results = engine.apply(&refs, 0).results.unwrap();
         assert!(results.iter().all(Result::is_ok), "{results:?}");
@@ -917,7 +907,7 @@ mod tests {
              BEGIN SELECT RAISE(ABORT, 'refused for the test'); END;",
         )
         .unwrap();
-        let ops = [insert("fine".into()), insert("bad".into())];
+        let ops = [insert("fine", "p", scored()), insert("bad", "p", scored())];
         let refs: Vec<&Op> = ops.iter().collect();
         let failure = engine.apply(&refs, 0).results.unwrap_err();
         assert!(
