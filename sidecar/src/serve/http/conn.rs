@@ -1,6 +1,7 @@
 //! One connection on a handler thread: reading requests under their
 //! deadlines, handing them to the [`Handler`], writing the answers.
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
@@ -17,6 +18,10 @@ use super::{Handler, Request, Response};
 /// How long a handler thread waits for an outstanding answer before going
 /// on (the answer's own deadline usually ends the wait first).
 const SETTLE_WAIT: Duration = Duration::from_secs(15);
+
+/// An answer larger than this may not fit in the socket's send buffer
+/// (Linux starts one at 16 KiB): writing it may block.
+const MAY_BLOCK_WRITE: usize = 16 << 10;
 
 /// The `408` of a body too slow.
 const BODY_LATE: &str = "request body not received in time";
@@ -80,6 +85,10 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
 ) {
     let mut state = None;
     let mut keys = Vec::new();
+    // The connections one wait brought, taken out of the parking at once
+    // and served in turn; handed over to other handler threads when
+    // serving one of them may block (`ServedConn::release_spare`).
+    let mut spare: VecDeque<Conn> = VecDeque::new();
     // Ends once the hand-over queue is closed, after serving what the same
     // wait brought.
     let mut closed = false;
@@ -88,27 +97,25 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
     while !closed {
         shared.readiness.wait(&mut keys);
         for &key in &keys {
-            let conn = match shared.readiness.woken(key) {
-                Woken::Ready(id) => match shared.parking.take(id) {
-                    Some(conn) => conn,
-                    // Not parked: an event of an earlier wait (`on_unsent`
-                    // while a handler thread had it), or `http-poll` took
-                    // it out first.
-                    None => continue,
-                },
-                Woken::Handed(conn) => conn,
-                Woken::Closed => {
-                    closed = true;
-                    continue;
-                }
-                Woken::Nothing => continue,
-            };
+            match shared.readiness.woken(key) {
+                // Not parked: an event of an earlier wait (`on_unsent`
+                // while a handler thread had it), or `http-poll` took it
+                // out first.
+                Woken::Ready(id) => spare.extend(shared.parking.take(id)),
+                Woken::Handed(conn) => spare.push_back(conn),
+                Woken::Closed => closed = true,
+                Woken::Nothing => {}
+            }
+        }
+        while let Some(conn) = spare.pop_front() {
             if state.is_none() {
                 match make_state() {
                     Ok(s) => state = Some(s),
                     Err(err) => {
                         log::error!("http handler cannot set up: {err}");
                         handler.refused(503, "handler unavailable", None);
+                        // Refusing lingers: the others go to other threads.
+                        spare.drain(..).for_each(|conn| shared.readiness.send(conn));
                         refuse(&conn, "temporarily unavailable");
                         continue;
                     }
@@ -120,6 +127,7 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
             let served = ServedConn {
                 conn,
                 shared,
+                spare: &mut spare,
                 read_timeout: None,
                 head: None,
                 served: false,
@@ -147,6 +155,9 @@ pub(super) enum ReadError {
 struct ServedConn<'a> {
     conn: Conn,
     shared: &'a ServerState,
+    /// The other connections this thread took at the same wait, waiting
+    /// their turn: handed over before this thread may block on this one.
+    spare: &'a mut VecDeque<Conn>,
     /// The read timeout set on the socket.
     read_timeout: Option<Duration>,
     /// The method and path of the request being read, once its head is
@@ -189,6 +200,8 @@ impl ServedConn<'_> {
                 Err(ReadError::Reject(status, why)) => {
                     let head = self.head.as_ref().map(|(m, p)| (m.as_str(), p.as_str()));
                     handler.refused(status, why, head);
+                    // Answering and lingering may block.
+                    self.release_spare();
                     if self.settle(handler).is_err() {
                         return false;
                     }
@@ -238,6 +251,9 @@ impl ServedConn<'_> {
                     } else {
                         encode(&response, close)
                     };
+                    if wire.len() > MAY_BLOCK_WRITE {
+                        self.release_spare();
+                    }
                     self.settle(handler)
                         .and_then(|()| self.conn.outbox.write_own(wire))
                 }
@@ -257,15 +273,28 @@ impl ServedConn<'_> {
     }
 
     /// Lets the outstanding answer (if any) be written first.
-    fn settle<S>(&self, handler: &impl Handler<S>) -> io::Result<()> {
+    fn settle<S>(&mut self, handler: &impl Handler<S>) -> io::Result<()> {
         self.settle_until(Instant::now() + SETTLE_WAIT, handler)
     }
 
     /// [`Outbox::settle`], telling the handler of an answer given up.
-    fn settle_until<S>(&self, deadline: Instant, handler: &impl Handler<S>) -> io::Result<()> {
+    fn settle_until<S>(&mut self, deadline: Instant, handler: &impl Handler<S>) -> io::Result<()> {
+        if self.conn.outbox.owes() != Owed::Nothing {
+            // It waits for the answer, or for the socket to take it.
+            self.release_spare();
+        }
         self.conn.outbox.settle(deadline, &|| {
             handler.refused(503, "no answer in time", None);
         })
+    }
+
+    /// Hands the other connections taken at the same wait to other handler
+    /// threads, before this one may block on its connection: they must not
+    /// wait behind a slow client (invariant 8).
+    fn release_spare(&mut self) {
+        for conn in self.spare.drain(..) {
+            self.shared.readiness.send(conn);
+        }
     }
 
     /// Reads the next request: its head from the bytes there are (when
@@ -416,6 +445,8 @@ impl ServedConn<'_> {
     }
 
     fn read_some(&mut self, deadline: Instant) -> io::Result<usize> {
+        // A blocking read: the bytes may be slow to come.
+        self.release_spare();
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());

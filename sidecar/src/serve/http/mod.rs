@@ -180,6 +180,11 @@
 //!    `idle_timeout`, part of a head up to `header_timeout` from its first
 //!    byte, and one awaiting an answer no longer than the answer's
 //!    deadline, when a handler thread answers `503` if it has not come.
+//!    A handler thread that took several connections at one wait serves
+//!    them in turn, and hands those still waiting to other handler
+//!    threads before it may block on one (a body to read, an answer to
+//!    wait for or to write that may not fit the socket): none waits
+//!    behind a slow client.
 //!
 //! Lock rule: there are four kinds of lock, `open`, `Parking`'s, the
 //! hand-over queue's and each outbox's state. `Parking`'s may be held

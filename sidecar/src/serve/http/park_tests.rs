@@ -241,3 +241,75 @@ fn a_100_continue_waits_for_the_answer_before_it() {
         "100 Continue before the first answer: {text:?}"
     );
 }
+
+/// Answers at once, after sleeping on the handler thread when the path
+/// says so (`/sleep/MS`): a handler thread kept busy.
+struct Sleepy;
+
+impl Handler<()> for Sleepy {
+    fn handle(
+        &self,
+        _state: &mut (),
+        request: &Request,
+        _stopping: bool,
+        _later: &Later<'_>,
+    ) -> Option<Response> {
+        if let Some(ms) = request.path.strip_prefix("/sleep/") {
+            let ms = ms.parse().expect("a number of milliseconds");
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        Some(Response {
+            status: 200,
+            content_type: "text/plain",
+            headers: Vec::new(),
+            body: b"ok".to_vec(),
+        })
+    }
+
+    fn refused(&self, _status: u16, _why: &str, _head: Option<(&str, &str)>) {}
+}
+
+/// A handler thread that takes several ready connections at one wait and
+/// then has to wait for one of them (a body still on its way) hands the
+/// others to another handler thread: they are not kept waiting behind a
+/// slow client until its body's deadline.
+#[test]
+fn connections_taken_together_do_not_wait_behind_a_slow_body() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let limits = Limits {
+        handlers: 2,
+        max_connections: 16,
+        header_timeout: Duration::from_secs(60),
+        body_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(60),
+        max_body: 1024,
+        max_head: 8192,
+        close_grace: Duration::from_millis(50),
+    };
+    let server =
+        Server::start("spare-test", listener, None, limits, || Ok(()), Sleepy).expect("start");
+    // Both handler threads busy, the first for less long.
+    let mut first = connect(&server, b"GET /sleep/400 HTTP/1.1\r\nHost: x\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(100));
+    let mut second = connect(&server, b"GET /sleep/900 HTTP/1.1\r\nHost: x\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(100));
+    // Meanwhile a request whose body has not all come, then a whole one:
+    // the first thread to be free usually finds both ready at once.
+    let mut slow = connect(
+        &server,
+        b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello",
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    let mut quick = connect(&server, b"GET /quick HTTP/1.1\r\nHost: x\r\n\r\n");
+    // Answered once the second thread is free, long before the slow
+    // body's deadline (30 s; the client's read gives up after 20).
+    let quick_answer = read_response(&mut quick);
+    slow.write_all(b"world").expect("the rest of the body");
+    let slow_answer = read_response(&mut slow);
+    let busy = (read_response(&mut first), read_response(&mut second));
+    let stuck = server.stop(Instant::now() + Duration::from_secs(5));
+    assert_eq!(quick_answer, Some((200, 2)));
+    assert_eq!(slow_answer, Some((200, 2)));
+    assert_eq!(busy, (Some((200, 2)), Some((200, 2))));
+    assert!(stuck.is_empty(), "threads left: {stuck:?}");
+}

@@ -4,7 +4,8 @@
 //! arrive wakes the handler thread that will read them, with no thread in
 //! between (invariant 8). A thread woken takes the events that are ready,
 //! up to [`EVENTS`], and serves their connections in turn: under load,
-//! fewer threads go to sleep and are woken again.
+//! fewer threads go to sleep and are woken again. Before it may block on
+//! one of them, it hands the others over (`conn.rs`).
 //!
 //! The set holds each parked connection's registration (one-shot: it is
 //! disarmed when it fires, and whoever parks the connection arms it
