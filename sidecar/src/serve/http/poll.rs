@@ -272,10 +272,13 @@ pub(super) fn poll_loop<S>(shared: &ServerState, handler: &impl Handler<S>) {
     let mut to_expire: Vec<Conn> = Vec::new();
     loop {
         let now = Instant::now();
-        let stopping = shared.stopping.load(Ordering::SeqCst);
         let mut waiting = shared.parking.lock();
         waiting.next_look = None;
         waiting.woken = false;
+        // Read under the lock: the stop sets it before it wakes this
+        // thread (under the same lock), so a wake-up cleared just above
+        // is one whose stop is seen here.
+        let stopping = shared.stopping.load(Ordering::SeqCst);
         if stopping {
             // Invariant 7: a head not yet complete is closed at once, an
             // idle connection after the grace; one that owes an answer goes
