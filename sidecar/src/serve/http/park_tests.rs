@@ -74,10 +74,10 @@ fn start(delay: Duration, size: usize) -> (Server, Receiver<Event>) {
     start_with(2, delay, size)
 }
 
-/// The same with `handlers` handler threads.
-fn start_with(handlers: usize, delay: Duration, size: usize) -> (Server, Receiver<Event>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let limits = Limits {
+/// The limits of these tests' servers: `handlers` handler threads, and
+/// deadlines long past any client's read timeout (20 s).
+fn limits(handlers: usize) -> Limits {
+    Limits {
         handlers,
         max_connections: 16,
         header_timeout: Duration::from_secs(60),
@@ -86,7 +86,13 @@ fn start_with(handlers: usize, delay: Duration, size: usize) -> (Server, Receive
         max_body: 1024,
         max_head: 8192,
         close_grace: Duration::from_millis(50),
-    };
+    }
+}
+
+/// The same with `handlers` handler threads.
+fn start_with(handlers: usize, delay: Duration, size: usize) -> (Server, Receiver<Event>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let limits = limits(handlers);
     let (events, said) = channel();
     let handler = Slow {
         delay,
@@ -242,11 +248,16 @@ fn a_100_continue_waits_for_the_answer_before_it() {
     );
 }
 
-/// Answers at once, after sleeping on the handler thread when the path
-/// says so (`/sleep/MS`): a handler thread kept busy.
-struct Sleepy;
+/// Answers at once, except `/hold`, which holds its handler thread until
+/// the test lets one go. Says when it holds one (`held`) and how many
+/// connections are open after each change (`open`).
+struct Gated {
+    held: crossbeam_channel::Sender<()>,
+    release: crossbeam_channel::Receiver<()>,
+    open: crossbeam_channel::Sender<usize>,
+}
 
-impl Handler<()> for Sleepy {
+impl Handler<()> for Gated {
     fn handle(
         &self,
         _state: &mut (),
@@ -254,9 +265,10 @@ impl Handler<()> for Sleepy {
         _stopping: bool,
         _later: &Later<'_>,
     ) -> Option<Response> {
-        if let Some(ms) = request.path.strip_prefix("/sleep/") {
-            let ms = ms.parse().expect("a number of milliseconds");
-            std::thread::sleep(Duration::from_millis(ms));
+        if request.path == "/hold" {
+            let _ = self.held.send(());
+            // Bounded: a test that fails first must not leave it held.
+            let _ = self.release.recv_timeout(Duration::from_secs(30));
         }
         Some(Response {
             status: 200,
@@ -267,6 +279,10 @@ impl Handler<()> for Sleepy {
     }
 
     fn refused(&self, _status: u16, _why: &str, _head: Option<(&str, &str)>) {}
+
+    fn connections(&self, open: usize) {
+        let _ = self.open.send(open);
+    }
 }
 
 /// A handler thread that takes several ready connections at one wait and
@@ -275,41 +291,62 @@ impl Handler<()> for Sleepy {
 /// slow client until its body's deadline.
 #[test]
 fn connections_taken_together_do_not_wait_behind_a_slow_body() {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let limits = Limits {
-        handlers: 2,
-        max_connections: 16,
-        header_timeout: Duration::from_secs(60),
-        body_timeout: Duration::from_secs(30),
-        idle_timeout: Duration::from_secs(60),
-        max_body: 1024,
-        max_head: 8192,
-        close_grace: Duration::from_millis(50),
+    const HOLD: &[u8] = b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n";
+    let wait = Duration::from_secs(10);
+    let (held_tx, held) = crossbeam_channel::unbounded();
+    let (release, release_rx) = crossbeam_channel::unbounded();
+    let (open_tx, open) = crossbeam_channel::unbounded();
+    let handler = Gated {
+        held: held_tx,
+        release: release_rx,
+        open: open_tx,
     };
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let server =
-        Server::start("spare-test", listener, None, limits, || Ok(()), Sleepy).expect("start");
-    // Both handler threads busy, the first for less long.
-    let mut first = connect(&server, b"GET /sleep/400 HTTP/1.1\r\nHost: x\r\n\r\n");
-    std::thread::sleep(Duration::from_millis(100));
-    let mut second = connect(&server, b"GET /sleep/900 HTTP/1.1\r\nHost: x\r\n\r\n");
-    std::thread::sleep(Duration::from_millis(100));
-    // Meanwhile a request whose body has not all come, then a whole one:
-    // the first thread to be free usually finds both ready at once.
+        Server::start("spare-test", listener, None, limits(2), || Ok(()), handler).expect("start");
+    let open_reaches = |n: usize| {
+        while open
+            .recv_timeout(wait)
+            .expect("a count of open connections")
+            != n
+        {}
+    };
+    // Both handler threads held.
+    let mut first = connect(&server, HOLD);
+    held.recv_timeout(wait).expect("the first held");
+    let mut second = connect(&server, HOLD);
+    held.recv_timeout(wait).expect("the second held");
+    // A request whose body waits for `100 Continue`, then a whole one,
+    // each parked (open) in turn with its bytes there: the thread let go
+    // next finds both ready, in that order, and takes them at one wait.
     let mut slow = connect(
         &server,
-        b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello",
+        b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
     );
-    std::thread::sleep(Duration::from_millis(50));
+    open_reaches(3);
     let mut quick = connect(&server, b"GET /quick HTTP/1.1\r\nHost: x\r\n\r\n");
-    // Answered once the second thread is free, long before the slow
-    // body's deadline (30 s; the client's read gives up after 20).
+    open_reaches(4);
+    release.send(()).expect("let one go");
+    // Its `100 Continue`: the thread that took both now waits for the
+    // slow body, having handed the other over.
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 256];
+    while !got.windows(12).any(|w| w == b"100 Continue") {
+        match slow.read(&mut chunk) {
+            Ok(0) | Err(_) => panic!("no 100 Continue: {:?}", String::from_utf8_lossy(&got)),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    release.send(()).expect("let the other go");
+    // Served by the other thread, while the slow body still has not come
+    // (the client's read gives up after 20 s, the body's deadline is 60).
     let quick_answer = read_response(&mut quick);
-    slow.write_all(b"world").expect("the rest of the body");
+    slow.write_all(b"hello").expect("the body");
     let slow_answer = read_response(&mut slow);
-    let busy = (read_response(&mut first), read_response(&mut second));
+    let held_answers = (read_response(&mut first), read_response(&mut second));
     let stuck = server.stop(Instant::now() + Duration::from_secs(5));
     assert_eq!(quick_answer, Some((200, 2)));
     assert_eq!(slow_answer, Some((200, 2)));
-    assert_eq!(busy, (Some((200, 2)), Some((200, 2))));
+    assert_eq!(held_answers, (Some((200, 2)), Some((200, 2))));
     assert!(stuck.is_empty(), "threads left: {stuck:?}");
 }
