@@ -38,7 +38,8 @@ use super::read::{AuditFilter, AuditRow, ListFilter, ListedReport, SiteSummary, 
 use super::writer::{Applied, Counts, Effect, changed};
 use super::{AuditEntry, Claimed, Claiming, Failure, Op, Outcome, audit_rows, now_ms};
 
-/// The schema, one migration per version (the same versions as SQLite's);
+/// The schema, one migration per version (versions 1 to 5 are SQLite's;
+/// SQLite's version 6 rewrote a CHECK that PostgreSQL checks as it is);
 /// each applied in a transaction of its own with its row in
 /// `quiesce_schema`.
 const MIGRATIONS: &[(i32, &str)] = &[
