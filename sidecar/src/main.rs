@@ -77,6 +77,15 @@ impl fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
+/// mimalloc, not the system's malloc: a report's strings are made on a
+/// handler thread and freed on the `store` thread, the pattern glibc's
+/// per-thread caches serve worst (malloc and free were 14% of the process's
+/// CPU). Measured in BENCHMARKS.md (issue 14, step 8): 10 to 20% less CPU
+/// per report at 32 clients. Built without transparent huge pages
+/// (`no_thp`), which kept RSS at the start 12 MiB higher.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
