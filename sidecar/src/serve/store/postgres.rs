@@ -835,13 +835,29 @@ impl Tx<'_> {
                 body,
             } => {
                 // One replica per period: the advisory lock keeps two from
-                // writing at once, and none writes over a newer period.
-                let rows = sql_query(format!(
+                // writing at once, and none writes over a newer period. The
+                // lock is taken in a statement of its own, so that the
+                // INSERT's snapshot comes after it and sees the period that
+                // the lock's last holder committed. (In one statement the
+                // snapshot came first: two replicas could each find no newer
+                // period and store the same one.)
+                #[derive(QueryableByName)]
+                struct Locked {
+                    #[diesel(sql_type = Bool)]
+                    locked: bool,
+                }
+                let lock = sql_query(format!(
+                    "SELECT pg_try_advisory_xact_lock({LOCK_SUMMARY}) AS locked"
+                ))
+                .get_result::<Locked>(self.conn)?;
+                if !lock.locked {
+                    return Ok(changed(0).into());
+                }
+                let rows = sql_query(
                     "INSERT INTO summaries (period_start, period_end, created_at, body)
                      SELECT $1, $2, $3, $4
-                     WHERE pg_try_advisory_xact_lock({LOCK_SUMMARY})
-                       AND NOT EXISTS (SELECT 1 FROM summaries WHERE period_end > $1)"
-                ))
+                     WHERE NOT EXISTS (SELECT 1 FROM summaries WHERE period_end > $1)",
+                )
                 .bind::<BigInt, _>(*period_start)
                 .bind::<BigInt, _>(*period_end)
                 .bind::<BigInt, _>(now_ms())
