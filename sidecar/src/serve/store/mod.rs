@@ -105,6 +105,11 @@
 //!    back) or may be ([`Failure::Unknown`]: any other failure of the
 //!    commit — the connection lost while committing — or of the flush
 //!    after it). Never "not stored" for a command that may be on disk.
+//!    A command whose statement fails is answered alone and leaves nothing
+//!    behind; with SQLite, one that fails after an earlier statement of its
+//!    own changed rows (a report inserted, its enrollment refused) fails
+//!    its whole batch, rolled back, as any error does with PostgreSQL: no
+//!    change is kept without its audit rows.
 //!
 //! # Files
 //!

@@ -375,6 +375,9 @@ impl super::writer::Engine for Engine {
         // The audit rows of the commands that succeeded, written after
         // them: all of them, or the batch is not committed.
         let mut rows: Vec<AuditEntry<'_>> = Vec::new();
+        // A command that failed after some of its statements had changed
+        // rows (a report inserted, then its enrollment refused).
+        let mut midway: Option<String> = None;
         let results = match self.conn().transaction() {
             Ok(tx) => {
                 let results: Vec<Result<Effect, String>> = ops
@@ -387,6 +390,9 @@ impl super::writer::Engine for Engine {
                             // deadline).
                             return Err(format!("not attempted: {err}"));
                         }
+                        // (A failed statement undoes its own changes and
+                        // counts none.)
+                        let changes = tx.total_changes();
                         apply_sql(&tx, op, &mut backlog, &claiming)
                             .inspect(|effect| {
                                 rows.extend(audit_rows(op, &effect.outcome, &claiming.replica));
@@ -395,19 +401,29 @@ impl super::writer::Engine for Engine {
                                 if store_fault(&e) {
                                     fault = Some(e.to_string());
                                 }
+                                if tx.total_changes() != changes && midway.is_none() {
+                                    midway = Some(e.to_string());
+                                }
                                 e.to_string()
                             })
                     })
                     .collect();
                 // A change is never committed without its audit rows: when
-                // they cannot be written, nothing of the batch is (the
+                // they cannot be written, or a failed command left changes
+                // of its own (which have none), nothing of the batch is (the
                 // transaction is rolled back as it drops), and every
                 // command is told so.
-                match insert_audit(&tx, &rows) {
-                    Ok(()) => tx.commit().map(|()| results).map_err(commit_failure),
-                    Err(err) => Err(Failure::NotStored(format!(
-                        "cannot write the audit trail: {err}"
-                    ))),
+                if let Some(err) = midway {
+                    Err(Failure::NotStored(format!(
+                        "a command failed midway, so none of its batch was kept: {err}"
+                    )))
+                } else {
+                    match insert_audit(&tx, &rows) {
+                        Ok(()) => tx.commit().map(|()| results).map_err(commit_failure),
+                        Err(err) => Err(Failure::NotStored(format!(
+                            "cannot write the audit trail: {err}"
+                        ))),
+                    }
                 }
             }
             Err(err) => Err(Failure::NotStored(err.to_string())),
@@ -1116,6 +1132,69 @@ mod tests {
             .unwrap();
         assert_eq!(stored, 0);
         assert_eq!(audit(&conn).len(), 39);
+        engine.close().unwrap();
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_command_that_fails_midway_keeps_nothing_of_its_batch() {
+        use super::super::Scored;
+        use super::super::writer::Engine as _;
+
+        let (dir, path, mut engine) = new_engine("midway");
+        let scored = || {
+            Some(Scored {
+                result: "{}".into(),
+                alert: false,
+                alert_labels: Vec::new(),
+            })
+        };
+        let conn = Connection::open(&path).unwrap();
+        // The enrollment of one patient refused: that report's insert has
+        // already changed a row when its command fails.
+        conn.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON enrollment WHEN NEW.patient_id = 'refused'
+             BEGIN SELECT RAISE(ABORT, 'refused for the test'); END;",
+        )
+        .unwrap();
+        let ops = [
+            insert("before", "p", scored()),
+            insert("midway", "refused", scored()),
+            insert("after", "p", scored()),
+        ];
+        let refs: Vec<&Op> = ops.iter().collect();
+        let failure = engine.apply(&refs, 0).results.unwrap_err();
+        assert!(
+            matches!(&failure, Failure::NotStored(e) if e.contains("refused for the test")),
+            "{failure:?}"
+        );
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(count("SELECT COUNT(*) FROM reports"), 0);
+        assert_eq!(count("SELECT COUNT(*) FROM enrollment"), 0);
+        assert_eq!(count("SELECT COUNT(*) FROM audit"), 0);
+
+        // A command that fails before it changes anything is its own
+        // failure: the rest of the batch is stored, with its rows.
+        conn.execute_batch(
+            "CREATE TRIGGER refuse_report BEFORE INSERT ON reports WHEN NEW.report_id = 'refused'
+             BEGIN SELECT RAISE(ABORT, 'report refused for the test'); END;",
+        )
+        .unwrap();
+        let ops = [
+            insert("before", "p", scored()),
+            insert("refused", "p", scored()),
+            insert("after", "p", None),
+        ];
+        let refs: Vec<&Op> = ops.iter().collect();
+        let results = engine.apply(&refs, 0).results.unwrap();
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        assert!(
+            matches!(&results[1], Err(e) if e.contains("report refused for the test")),
+            "{results:?}"
+        );
+        assert_eq!(count("SELECT COUNT(*) FROM reports"), 2);
+        assert_eq!(count("SELECT COUNT(*) FROM audit"), 3);
         engine.close().unwrap();
         drop(conn);
         let _ = std::fs::remove_dir_all(&dir);
