@@ -1021,7 +1021,7 @@ fn new_request_id(request: &Request) -> String {
 /// Scores `report` once: whether its answers raise an alert (it goes in
 /// the urgent lane, claimed before routine work) and, when `at_intake`
 /// (no analyzer is configured), its result, stored with its insert (see
-/// the [store](super::store)'s "Where a report is scored"). A report
+/// the [store]'s "Where a report is scored"). A report
 /// whose answers do not fit its instrument gets no result: it is queued,
 /// and the pipeline fails it for good, saying why.
 fn score(report: &Report, alert_total: u32, at_intake: bool) -> (bool, Option<store::Scored>) {

@@ -12,7 +12,7 @@
 //! A job scores the report and, when an analyzer is configured, posts it
 //! there under the job's deadline. Without an analyzer a report is scored
 //! at intake and stored processed by its own insert ([`scored_at_intake`];
-//! the [store](super::store)'s "Where a report is scored"): the jobs are
+//! the [store]'s "Where a report is scored"): the jobs are
 //! then only for the reports that were not (queued before an upgrade,
 //! re-driven, or whose answers do not fit their instrument, failed for
 //! good here). Its outcome goes to the store without
@@ -645,7 +645,7 @@ fn result_json(score: &Assessment, analysis: &serde_json::Value) -> String {
 
 /// What a job would store for a report scored as `score` when no analyzer
 /// is configured: intake sends it with the report's insert, which stores
-/// the report processed (see the [store](super::store)'s "Where a report
+/// the report processed (see the [store]'s "Where a report
 /// is scored"), and the report never comes here.
 pub(super) fn scored_at_intake(score: &Assessment) -> Scored {
     Scored {

@@ -277,7 +277,7 @@ impl ServedConn<'_> {
         self.settle_until(Instant::now() + SETTLE_WAIT, handler)
     }
 
-    /// [`Outbox::settle`], telling the handler of an answer given up.
+    /// [`Outbox::settle`](super::deferred::Outbox::settle), telling the handler of an answer given up.
     fn settle_until<S>(&mut self, deadline: Instant, handler: &impl Handler<S>) -> io::Result<()> {
         if self.conn.outbox.owes() != Owed::Nothing {
             // It waits for the answer, or for the socket to take it.

@@ -42,7 +42,7 @@
 //!
 //! # What it owns, and who touches what
 //!
-//! - `store` (the service thread, [`Writer`](writer::Writer)): the write
+//! - `store` (the service thread, [`Writer`]): the write
 //!   connection (inside its [`Engine`](writer::Engine)), the command
 //!   channel's receiving end, and every change to [`Live`]'s backlog and
 //!   enrollment counters.
