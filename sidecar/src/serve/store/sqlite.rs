@@ -976,6 +976,68 @@ mod tests {
     }
 
     #[test]
+    fn version_6_leaves_a_status_check_it_did_not_write_as_it_is() {
+        let dir = std::env::temp_dir().join(format!(
+            "quiesce-store-v6-other-{}-{}",
+            std::process::id(),
+            now_ms()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("quiesce.db");
+        let mut conn = Connection::open(&path).unwrap();
+        migrate_to(&mut conn, &path, 5).unwrap();
+        // Someone wrote the CHECK another way (no spaces after the commas).
+        let other = "CHECK (status IN ('queued','processed','failed'))";
+        let cookie: i64 = conn
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))
+            .unwrap();
+        conn.execute_batch("PRAGMA writable_schema = ON").unwrap();
+        conn.execute(
+            "UPDATE sqlite_schema SET sql = replace(sql, ?1, ?2) WHERE name = 'reports'",
+            [STATUS_CHECK_AS_IN_LIST, other],
+        )
+        .unwrap();
+        conn.pragma_update(None, "schema_version", cookie + 1)
+            .unwrap();
+        conn.execute_batch("PRAGMA writable_schema = OFF").unwrap();
+
+        migrate(&mut conn, &path).unwrap();
+        let (version, sql): (i64, String) = conn
+            .query_row(
+                "SELECT (SELECT user_version FROM pragma_user_version), sql
+                 FROM sqlite_schema WHERE name = 'reports'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(version, 6);
+        assert!(sql.contains(other), "{sql}");
+        assert!(!sql.contains(STATUS_CHECK_AS_COMPARISONS), "{sql}");
+        // Still checked.
+        let err = conn
+            .execute(
+                INSERT_QUEUED,
+                params![
+                    "r1",
+                    "p",
+                    "S",
+                    "i",
+                    "2025-06-01T09:30:00Z",
+                    "{}",
+                    "h",
+                    1,
+                    None::<String>,
+                    0
+                ],
+            )
+            .and_then(|_| conn.execute("UPDATE reports SET status = 'lost'", []))
+            .unwrap_err();
+        assert!(err.to_string().contains("CHECK constraint failed"), "{err}");
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_report_scored_at_intake_is_stored_processed_by_its_insert_with_its_rows() {
         use super::super::Scored;
         use super::super::writer::Engine as _;
