@@ -600,35 +600,29 @@ fn apply_sql(
             // taken (one lookup saved per new report).
             let answers = serde_json::to_string(&report.answers).expect("answers serialise");
             let now = now_ms();
+            let urgent = i64::from(*urgent);
+            let (result, alert) = scored
+                .as_ref()
+                .map_or((None, None), |s| (Some(&s.result), Some(s.alert)));
+            let values: [&dyn rusqlite::ToSql; 12] = [
+                &report.report_id,
+                &report.patient_id,
+                &report.site_id,
+                &report.instrument,
+                &report.submitted_at,
+                &answers,
+                hash,
+                &now,
+                raw,
+                &urgent,
+                &result,
+                &alert,
+            ];
             let inserted = match scored {
-                None => tx.prepare_cached(INSERT_QUEUED)?.execute(params![
-                    report.report_id,
-                    report.patient_id,
-                    report.site_id,
-                    report.instrument,
-                    report.submitted_at,
-                    answers,
-                    hash,
-                    now,
-                    raw,
-                    i64::from(*urgent)
-                ])?,
+                None => tx.prepare_cached(INSERT_QUEUED)?.execute(&values[..10])?,
                 // Scored at intake: stored as `Op::Complete` leaves a
                 // report (its first attempt), never queued.
-                Some(scored) => tx.prepare_cached(INSERT_SCORED)?.execute(params![
-                    report.report_id,
-                    report.patient_id,
-                    report.site_id,
-                    report.instrument,
-                    report.submitted_at,
-                    answers,
-                    hash,
-                    now,
-                    raw,
-                    i64::from(*urgent),
-                    scored.result,
-                    scored.alert
-                ])?,
+                Some(_) => tx.prepare_cached(INSERT_SCORED)?.execute(&values[..])?,
             };
             if inserted == 0 {
                 return Ok(seen(tx)?.unwrap_or(Outcome::Conflict).into());
@@ -832,11 +826,9 @@ mod tests {
         assert!(!store_fault(&rusqlite::Error::QueryReturnedNoRows));
     }
 
-    /// A new database in a directory of its own under the temp dir, and
-    /// an engine open on it: the directory, the database, the engine.
-    fn new_engine(name: &str) -> (PathBuf, PathBuf, Engine) {
-        use super::super::writer::Engine as _;
-
+    /// A directory of its own under the temp dir, and the database's path
+    /// in it (not made).
+    fn temp_db(name: &str) -> (PathBuf, PathBuf) {
         let dir = std::env::temp_dir().join(format!(
             "quiesce-store-{name}-{}-{}",
             std::process::id(),
@@ -844,6 +836,15 @@ mod tests {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("quiesce.db");
+        (dir, path)
+    }
+
+    /// A new database in a directory of its own under the temp dir, and
+    /// an engine open on it: the directory, the database, the engine.
+    fn new_engine(name: &str) -> (PathBuf, PathBuf, Engine) {
+        use super::super::writer::Engine as _;
+
+        let (dir, path) = temp_db(name);
         let claiming = Claiming {
             replica: "test".into(),
             lease: Duration::from_secs(30),
@@ -877,6 +878,32 @@ mod tests {
         }
     }
 
+    /// A result scored at intake, raising an alert or not.
+    fn scored_at_intake(alert: bool) -> Option<super::super::Scored> {
+        Some(super::super::Scored {
+            result: "{}".into(),
+            alert,
+            alert_labels: Vec::new(),
+        })
+    }
+
+    /// A queued report `id`, by the writer's own statement.
+    fn insert_queued_row(conn: &Connection, id: &str) {
+        let row = params![
+            id,
+            "p",
+            "S",
+            "i",
+            "2025-06-01T09:30:00Z",
+            "{}",
+            "h",
+            1,
+            None::<String>,
+            0
+        ];
+        assert_eq!(conn.execute(INSERT_QUEUED, row).unwrap(), 1);
+    }
+
     /// The opcodes SQLite runs for `sql` on `conn`.
     fn opcodes(conn: &Connection, sql: &str) -> Vec<String> {
         let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
@@ -891,31 +918,10 @@ mod tests {
 
     #[test]
     fn version_6_checks_a_status_without_a_temporary_b_tree_and_keeps_the_check() {
-        let dir = std::env::temp_dir().join(format!(
-            "quiesce-store-v6-{}-{}",
-            std::process::id(),
-            now_ms()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("quiesce.db");
+        let (dir, path) = temp_db("v6");
         let mut conn = Connection::open(&path).unwrap();
         migrate_to(&mut conn, &path, 5).unwrap();
-        conn.execute(
-            INSERT_QUEUED,
-            params![
-                "r1",
-                "p",
-                "S",
-                "i",
-                "2025-06-01T09:30:00Z",
-                "{}",
-                "h",
-                1,
-                None::<String>,
-                0
-            ],
-        )
-        .unwrap();
+        insert_queued_row(&conn, "r1");
         let set_status = "UPDATE reports SET status = ?1 WHERE report_id = 'r1'";
         let writes = [INSERT_QUEUED, INSERT_SCORED, set_status];
         let ephemeral = |conn: &Connection, sql: &str| {
@@ -977,13 +983,7 @@ mod tests {
 
     #[test]
     fn version_6_leaves_a_status_check_it_did_not_write_as_it_is() {
-        let dir = std::env::temp_dir().join(format!(
-            "quiesce-store-v6-other-{}-{}",
-            std::process::id(),
-            now_ms()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("quiesce.db");
+        let (dir, path) = temp_db("v6-other");
         let mut conn = Connection::open(&path).unwrap();
         migrate_to(&mut conn, &path, 5).unwrap();
         // Someone wrote the CHECK another way (no spaces after the commas).
@@ -1014,23 +1014,9 @@ mod tests {
         assert!(sql.contains(other), "{sql}");
         assert!(!sql.contains(STATUS_CHECK_AS_COMPARISONS), "{sql}");
         // Still checked.
+        insert_queued_row(&conn, "r1");
         let err = conn
-            .execute(
-                INSERT_QUEUED,
-                params![
-                    "r1",
-                    "p",
-                    "S",
-                    "i",
-                    "2025-06-01T09:30:00Z",
-                    "{}",
-                    "h",
-                    1,
-                    None::<String>,
-                    0
-                ],
-            )
-            .and_then(|_| conn.execute("UPDATE reports SET status = 'lost'", []))
+            .execute("UPDATE reports SET status = 'lost'", [])
             .unwrap_err();
         assert!(err.to_string().contains("CHECK constraint failed"), "{err}");
         drop(conn);
@@ -1126,17 +1112,10 @@ mod tests {
 
     #[test]
     fn a_batch_s_audit_rows_are_written_in_order_and_without_them_nothing_is() {
-        use super::super::Scored;
         use super::super::writer::Engine as _;
 
         let (dir, path, mut engine) = new_engine("audit");
-        let scored = || {
-            Some(Scored {
-                result: "{}".into(),
-                alert: true,
-                alert_labels: Vec::new(),
-            })
-        };
+        let scored = || scored_at_intake(true);
         // 13 reports, 3 rows each.
         let ops: Vec<Op> = (0..13)
             .map(|i| insert(&format!("r{i:02}"), "p", scored()))
@@ -1201,17 +1180,10 @@ mod tests {
 
     #[test]
     fn a_command_that_fails_midway_keeps_nothing_of_its_batch() {
-        use super::super::Scored;
         use super::super::writer::Engine as _;
 
         let (dir, path, mut engine) = new_engine("midway");
-        let scored = || {
-            Some(Scored {
-                result: "{}".into(),
-                alert: false,
-                alert_labels: Vec::new(),
-            })
-        };
+        let scored = || scored_at_intake(false);
         let conn = Connection::open(&path).unwrap();
         // The enrollment of one patient refused: that report's insert has
         // already changed a row when its command fails.
@@ -1275,13 +1247,7 @@ mod tests {
         use crate::serve::metrics::Metrics;
         use crate::serve::report::Report;
 
-        let dir = std::env::temp_dir().join(format!(
-            "quiesce-store-locked-{}-{}",
-            std::process::id(),
-            now_ms()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("quiesce.db");
+        let (dir, path) = temp_db("locked");
         let shared = Arc::new(Live {
             enrollment: Counters::new(),
             backlog: AtomicI64::new(0),
