@@ -155,7 +155,7 @@ const STATUS_CHECK_AS_COMPARISONS: &str =
 /// SQLite looks an `IN` list of more than two values up in a temporary
 /// B-tree, which it built, filled and freed on every insert into `reports`
 /// (and on every update that sets `status`): a pager opened and closed per
-/// report, about a twentieth of the `store` thread's time under load.
+/// report, 6% of the `store` thread's time in a profile under load.
 /// Comparisons cost nothing of the kind.
 ///
 /// No data depends on a CHECK, and the two accept the same rows, so the
