@@ -80,9 +80,9 @@ impl std::error::Error for Refused {}
 /// mimalloc, not the system's malloc: a report's strings are made on a
 /// handler thread and freed on the `store` thread, the pattern glibc's
 /// per-thread caches serve worst (malloc and free were 14% of the process's
-/// CPU). Measured in BENCHMARKS.md (issue 14, step 8): 10 to 20% less CPU
+/// CPU). Measured in BENCHMARKS.md (issue 14, step 8): 14 to 24% less CPU
 /// per report at 32 clients. Built without transparent huge pages
-/// (`no_thp`), which kept RSS at the start 12 MiB higher.
+/// (`no_thp`): with them, RSS at the start was 13 MiB higher.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
