@@ -315,11 +315,15 @@ impl Refusals {
         self.lingering.push((stream, Instant::now() + Self::LINGER));
     }
 
-    /// Closes those whose client has closed or whose time is up.
+    /// Closes those whose client has closed or whose time is up. What
+    /// came meanwhile is read first, also when the time is up: on a busy
+    /// machine this thread may look again long after a linger's end, and a
+    /// socket closed with bytes unread sends a reset, which can reach the
+    /// client before our answer.
     fn sweep(&mut self) {
         let now = Instant::now();
         self.lingering
-            .retain_mut(|(stream, until)| now < *until && still_open(stream));
+            .retain_mut(|(stream, until)| still_open(stream) && now < *until);
     }
 
     /// Gives the last ones their moment, then closes them all.
@@ -331,14 +335,16 @@ impl Refusals {
     }
 }
 
-/// Reads and discards what is there without blocking; `false` once the
-/// client has closed (or the connection broke).
+/// Reads and discards what is there without blocking (up to 64 KiB a
+/// look); `false` once the client has closed (or the connection broke).
 fn still_open(stream: &mut TcpStream) -> bool {
     let mut sink = [0u8; 4096];
+    let mut reads = 0;
     loop {
         match stream.read(&mut sink) {
             Ok(0) => return false,
-            Ok(_) => continue,
+            Ok(_) if reads == 16 => return true,
+            Ok(_) => reads += 1,
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => return true,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return false,
