@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::deferred::{Incoming, Later, Owed};
 use super::poll::{Conn, park};
 use super::readiness::Woken;
-use super::server::ServerState;
+use super::server::{ServerState, still_open};
 use super::wire::{encode, encode_head, write_response};
 use super::{Handler, Request, Response};
 
@@ -69,20 +69,17 @@ fn linger_close(mut stream: &TcpStream, linger: Duration) {
         }
         match stream.read(&mut sink) {
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Ok(0) | Err(_) => return,
+            // The client closed: nothing more will come.
+            Ok(0) => return,
+            // The time is up (or the connection broke).
+            Err(_) => break,
             Ok(n) => discarded += n,
         }
     }
-    // The time is up: what came since the last read (this thread may have
-    // waited for a core past the end) is read too, without waiting.
+    // What came since the last read (this thread may have waited for a
+    // core past the end) is read too, without waiting.
     if stream.set_nonblocking(true).is_ok() {
-        while discarded < (1 << 20) {
-            match stream.read(&mut sink) {
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Ok(0) | Err(_) => break,
-                Ok(n) => discarded += n,
-            }
-        }
+        still_open(stream);
     }
 }
 

@@ -337,7 +337,7 @@ impl Refusals {
 
 /// Reads and discards what is there without blocking (up to 64 KiB a
 /// look); `false` once the client has closed (or the connection broke).
-fn still_open(stream: &mut TcpStream) -> bool {
+pub(super) fn still_open(mut stream: &TcpStream) -> bool {
     let mut sink = [0u8; 4096];
     let mut reads = 0;
     loop {
