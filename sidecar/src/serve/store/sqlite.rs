@@ -383,11 +383,12 @@ impl super::writer::Engine for Engine {
                 let results: Vec<Result<Effect, String>> = ops
                     .iter()
                     .map(|op| {
-                        if let Some(err) = &fault {
-                            // The store cannot write: the rest of the batch
-                            // is not tried (each statement would wait out
-                            // the busy timeout again, past its caller's
-                            // deadline).
+                        if let Some(err) = fault.as_ref().or(midway.as_ref()) {
+                            // The store cannot write, or the batch will be
+                            // rolled back: the rest of it is not tried
+                            // (after a store fault each statement would
+                            // wait out the busy timeout again, past its
+                            // caller's deadline).
                             return Err(format!("not attempted: {err}"));
                         }
                         // (A failed statement undoes its own changes and
