@@ -31,7 +31,11 @@
 //!   intake alone: the goal compares the two;
 //! - the machine: busy share in the window, the load generator's CPU,
 //!   everything else's CPU (machine − server − this process), in cores,
-//!   and the load average after the window.
+//!   and the load average after the window;
+//! - where the server's CPU went: CPU µs per 202 by thread group (`http-*`,
+//!   `store`, `tokio-rt-worker`, ...), and its context switches per 202,
+//!   voluntary (a thread went to sleep, to be woken again) and involuntary
+//!   (a thread lost its core), in the window.
 //!
 //! The summary gives every run and, per server and concurrency, medians.
 //!
@@ -52,7 +56,10 @@ use crate::client::{Load, run_load};
 use crate::config::Config;
 use crate::db;
 use crate::http::metrics;
-use crate::proc::{TICKS_PER_SECOND, load_average, machine_cpu, process_ticks};
+use crate::proc::{
+    TICKS_PER_SECOND, context_switches, cpu_by_group, load_average, machine_cpu, process_ticks,
+    thread_ticks,
+};
 use crate::scenarios::DRAIN_TIMEOUT;
 use crate::sidecar::{Sidecar, exit_code};
 use crate::temp::TempDir;
@@ -108,6 +115,10 @@ struct Run {
     others_cores: f64,
     machine_busy: f64,
     load_avg: String,
+    /// CPU µs per 202 by thread group, largest first.
+    by_thread: Vec<(String, f64)>,
+    /// Context switches per 202: voluntary, involuntary.
+    switches: (f64, f64),
 }
 
 /// `cargo build --release -p quiesce-peer-axum`, into this bench's target
@@ -228,12 +239,15 @@ fn run_one(
     let processed_0 = quiesce.then(processed_now);
     let machine_before = machine_cpu();
     let self_before = process_ticks("self");
+    let threads_0 = thread_ticks(process.pid);
+    let switches_0 = context_switches(process.pid);
     let t0 = process_ticks(&pid);
     let started = Instant::now();
-    let (load, (t1, window, machine_after, self_after, at_end)) =
+    let (load, (t1, window, machine_after, self_after, at_end, threads)) =
         run_load(process.addr, clients, &tag, config.window, || {
             let t1 = process_ticks(&pid);
             let window = started.elapsed();
+            let threads = (thread_ticks(process.pid), context_switches(process.pid));
             let machine_after = machine_cpu();
             let self_after = process_ticks("self");
             // None when every HTTP thread is taken by a client (quiesce at
@@ -244,8 +258,9 @@ fn run_one(
             } else {
                 None
             };
-            (t1, window, machine_after, self_after, at_end)
+            (t1, window, machine_after, self_after, at_end, threads)
         });
+    let (threads_1, switches_1) = threads;
     let load_avg = load_average();
     let mut per_processed = None;
     let mut drained = false;
@@ -289,6 +304,14 @@ fn run_one(
             / secs,
         machine_busy: machine_after.busy_share(&machine_before),
         load_avg,
+        by_thread: cpu_by_group(&threads_0, &threads_1, window)
+            .into_iter()
+            .map(|(group, cores)| (group, cores * secs * 1e6 / accepted))
+            .collect(),
+        switches: (
+            switches_1.0.saturating_sub(switches_0.0) as f64 / accepted,
+            switches_1.1.saturating_sub(switches_0.1) as f64 / accepted,
+        ),
     };
     println!("      {}", load.line());
     println!(
@@ -309,7 +332,26 @@ fn run_one(
         exit_code(status),
         took.as_secs_f64() * 1000.0
     );
+    println!("      {}", run.threads_line());
     run
+}
+
+impl Run {
+    /// CPU µs per 202 by thread group, and context switches per 202.
+    fn threads_line(&self) -> String {
+        let groups: Vec<String> = self
+            .by_thread
+            .iter()
+            .filter(|(_, us)| *us >= 0.05)
+            .map(|(group, us)| format!("{group} {us:.1}"))
+            .collect();
+        format!(
+            "CPU µs per 202 by thread: {}; context switches per 202: {:.2} voluntary, {:.2} involuntary",
+            groups.join(", "),
+            self.switches.0,
+            self.switches.1
+        )
+    }
 }
 
 /// The run's promises (see the module's doc): panics when one is broken.
@@ -426,18 +468,19 @@ fn print_summary(runs: &[Run], levels: &[usize], config: &Config) {
     }
     let _ = writeln!(
         out,
-        "\nEvery run (202/s, CPU µs per 202, per processed; load average after the window):"
+        "\nEvery run (202/s, CPU µs per 202, per processed; load average after the window; by thread):"
     );
     for r in runs {
         let _ = writeln!(
             out,
-            "- {} c={}: {:.0}/s, {:.1} µs/202, {} µs/processed; load {}",
+            "- {} c={}: {:.0}/s, {:.1} µs/202, {} µs/processed; load {}; {}",
             r.server.name(),
             r.clients,
             r.rate,
             r.per_accepted,
             r.per_processed.map_or("—".into(), |v| format!("{v:.1}")),
-            r.load_avg
+            r.load_avg,
+            r.threads_line()
         );
     }
     print!("{out}");

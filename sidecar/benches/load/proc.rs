@@ -104,6 +104,32 @@ pub(crate) fn thread_ticks(pid: u32) -> HashMap<String, (String, u64)> {
     threads
 }
 
+/// Context switches of a process so far, summed over its threads (living
+/// ones: a thread that ended took its count with it): voluntary (the
+/// thread blocked: a wait, a sleep, I/O) and involuntary (the scheduler
+/// took the core from it).
+pub(crate) fn context_switches(pid: u32) -> (u64, u64) {
+    let mut total = (0, 0);
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return total;
+    };
+    for entry in entries.flatten() {
+        let Ok(status) = fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|rest| rest.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        total.0 += field("voluntary_ctxt_switches");
+        total.1 += field("nonvoluntary_ctxt_switches");
+    }
+    total
+}
+
 /// CPU used between two `thread_ticks`, in cores (CPU seconds per second),
 /// by thread group (`http-3` and `http-17` are `http-*`), largest first.
 pub(crate) fn cpu_by_group(
