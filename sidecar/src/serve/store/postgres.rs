@@ -36,7 +36,7 @@ use quiesce::BoxError;
 
 use super::read::{AuditFilter, AuditRow, ListFilter, ListedReport, SiteSummary, StoredReport};
 use super::writer::{Applied, Counts, Effect, changed};
-use super::{AuditEntry, Claimed, Claiming, Failure, Op, Outcome, audit_rows, now_ms};
+use super::{AuditEntry, Claimed, Claiming, Enrolled, Failure, Op, Outcome, audit_rows, now_ms};
 
 /// The schema, one migration per version (versions 1 to 5 are SQLite's;
 /// SQLite's version 6 rewrote a CHECK that PostgreSQL checks as it is);
@@ -319,6 +319,8 @@ pub(super) struct Engine {
     url: String,
     claiming: Claiming,
     conn: Option<PgConnection>,
+    /// Pairs whose enrollment row is committed (by any replica).
+    known: Enrolled,
 }
 
 impl Engine {
@@ -327,6 +329,7 @@ impl Engine {
             url,
             claiming,
             conn: None,
+            known: Enrolled::default(),
         }
     }
 
@@ -347,6 +350,7 @@ impl Engine {
     /// aborted the transaction and whether it was the COMMIT's.
     fn transaction(&mut self, ops: &[&Op], backlog: i64) -> Result<Vec<Effect>, (DbError, bool)> {
         let claiming = self.claiming.clone();
+        let mut known = std::mem::take(&mut self.known);
         let conn = self.conn.as_mut().expect("connected");
         let mut body_done = false;
         let result = conn.transaction::<_, DbError, _>(|c| {
@@ -356,6 +360,7 @@ impl Engine {
                 backlog,
                 backlog_delta: 0,
                 enrolled: Vec::new(),
+                known: &mut known,
             };
             if ops
                 .iter()
@@ -378,6 +383,13 @@ impl Engine {
             body_done = true;
             Ok(effects)
         });
+        if result.is_ok() {
+            known.committed();
+        } else {
+            // Rolled back, or its commit unknown: not taken as enrolled.
+            known.rolled_back();
+        }
+        self.known = known;
         result.map_err(|e| (e, body_done))
     }
 }
@@ -561,6 +573,8 @@ struct Tx<'a> {
     backlog_delta: i64,
     /// Sites where a patient enrolled for the first time.
     enrolled: Vec<String>,
+    /// Pairs known to be enrolled, and those this transaction enrolls.
+    known: &'a mut Enrolled,
 }
 
 impl Tx<'_> {
@@ -597,8 +611,13 @@ impl Tx<'_> {
     }
 
     /// Enrolls `patient_id` at `site_id`: whether it is the first time
-    /// (then counted in the site's shared count at the commit).
+    /// (then counted in the site's shared count at the commit). A pair
+    /// `known` to be enrolled sends no statement.
     fn enroll(&mut self, site_id: &str, patient_id: &str, now: i64) -> Result<bool, DbError> {
+        let key = self.known.key(site_id, patient_id);
+        if self.known.known(key) {
+            return Ok(false);
+        }
         let enrolled = sql_query(
             "INSERT INTO enrollment (site_id, patient_id, enrolled_at) VALUES ($1, $2, $3)
              ON CONFLICT DO NOTHING",
@@ -607,6 +626,7 @@ impl Tx<'_> {
         .bind::<Text, _>(patient_id)
         .bind::<BigInt, _>(now)
         .execute(self.conn)?;
+        self.known.note(key);
         if enrolled > 0 {
             self.enrolled.push(site_id.to_string());
         }

@@ -16,7 +16,7 @@ use rusqlite::{
 };
 
 use super::writer::{Applied, Counts, Effect, changed};
-use super::{AuditEntry, Claimed, Claiming, Failure, Op, Outcome, audit_rows, now_ms};
+use super::{AuditEntry, Claimed, Claiming, Enrolled, Failure, Op, Outcome, audit_rows, now_ms};
 
 /// The schema, one migration per version (`PRAGMA user_version`); each is
 /// applied in a transaction of its own, with the version it brings.
@@ -316,6 +316,7 @@ pub(super) struct Engine {
     path: PathBuf,
     claiming: Claiming,
     conn: Option<Connection>,
+    enrolled: Enrolled,
 }
 
 impl Engine {
@@ -324,6 +325,7 @@ impl Engine {
             path,
             claiming,
             conn: None,
+            enrolled: Enrolled::default(),
         }
     }
 
@@ -378,6 +380,7 @@ impl super::writer::Engine for Engine {
         // A command that failed after some of its statements had changed
         // rows (a report inserted, then its enrollment refused).
         let mut midway: Option<String> = None;
+        let mut enrolled = std::mem::take(&mut self.enrolled);
         let results = match self.conn().transaction() {
             Ok(tx) => {
                 let results: Vec<Result<Effect, String>> = ops
@@ -394,7 +397,7 @@ impl super::writer::Engine for Engine {
                         // (A failed statement undoes its own changes and
                         // counts none.)
                         let changes = tx.total_changes();
-                        apply_sql(&tx, op, &mut backlog, &claiming)
+                        apply_sql(&tx, op, &mut backlog, &claiming, &mut enrolled)
                             .inspect(|effect| {
                                 rows.extend(audit_rows(op, &effect.outcome, &claiming.replica));
                             })
@@ -429,6 +432,12 @@ impl super::writer::Engine for Engine {
             }
             Err(err) => Err(Failure::NotStored(err.to_string())),
         };
+        if results.is_ok() {
+            enrolled.committed();
+        } else {
+            enrolled.rolled_back();
+        }
+        self.enrolled = enrolled;
         Applied { results, fault }
     }
 
@@ -520,18 +529,25 @@ fn insert_audit(tx: &Transaction<'_>, rows: &[AuditEntry<'_>]) -> rusqlite::Resu
     Ok(())
 }
 
-/// Enrolls `patient_id` at `site_id`: whether it is the first time.
+/// Enrolls `patient_id` at `site_id`: whether it is the first time. A
+/// pair `known` to be enrolled runs no statement.
 fn enroll(
     tx: &Transaction<'_>,
+    known: &mut Enrolled,
     site_id: &str,
     patient_id: &str,
     now: i64,
 ) -> rusqlite::Result<bool> {
+    let key = known.key(site_id, patient_id);
+    if known.known(key) {
+        return Ok(false);
+    }
     let enrolled = tx
         .prepare_cached(
             "INSERT OR IGNORE INTO enrollment (site_id, patient_id, enrolled_at) VALUES (?1, ?2, ?3)",
         )?
         .execute(params![site_id, patient_id, now])?;
+    known.note(key);
     Ok(enrolled > 0)
 }
 
@@ -560,6 +576,7 @@ fn apply_sql(
     op: &Op,
     backlog: &mut i64,
     claiming: &Claiming,
+    enrolled: &mut Enrolled,
 ) -> rusqlite::Result<Effect> {
     let me = claiming.replica.as_str();
     match op {
@@ -567,7 +584,7 @@ fn apply_sql(
             let mut effects = Vec::with_capacity(items.len());
             for item in items {
                 // Its audit rows are written with the batch's (see `apply`).
-                effects.push(apply_sql(tx, item, backlog, claiming)?);
+                effects.push(apply_sql(tx, item, backlog, claiming, enrolled)?);
             }
             Ok(Effect::many(effects))
         }
@@ -633,7 +650,7 @@ fn apply_sql(
                 return Ok(Outcome::Accepted.into());
             }
             let mut effect = Effect::from(Outcome::Accepted);
-            effect.new_enrollment = enroll(tx, &report.site_id, &report.patient_id, now)?;
+            effect.new_enrollment = enroll(tx, enrolled, &report.site_id, &report.patient_id, now)?;
             Ok(effect)
         }
         Op::Complete {
@@ -657,7 +674,7 @@ fn apply_sql(
                 .execute(params![report_id, result, alert, attempts, now, me])?;
             let mut effect = Effect::from(changed(rows));
             if rows > 0 {
-                effect.new_enrollment = enroll(tx, site_id, patient_id, now)?;
+                effect.new_enrollment = enroll(tx, enrolled, site_id, patient_id, now)?;
             }
             Ok(effect)
         }
@@ -1180,6 +1197,51 @@ mod tests {
     }
 
     #[test]
+    fn a_patient_known_to_be_enrolled_runs_no_enrollment_statement() {
+        use super::super::writer::Engine as _;
+
+        let (dir, path, mut engine) = new_engine("known");
+        let conn = Connection::open(&path).unwrap();
+        // Counts the enrollment statements that reach the table, whether
+        // they insert or find the row there.
+        conn.execute_batch(
+            "CREATE TABLE tried (n INTEGER);
+             CREATE TRIGGER count_tries BEFORE INSERT ON enrollment
+             BEGIN INSERT INTO tried VALUES (1); END;",
+        )
+        .unwrap();
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        let mut apply = |ops: &[Op]| -> Vec<(Outcome, bool)> {
+            let refs: Vec<&Op> = ops.iter().collect();
+            engine
+                .apply(&refs, 0)
+                .results
+                .unwrap()
+                .into_iter()
+                .map(|e| e.map(|e| (e.outcome, e.new_enrollment)).unwrap())
+                .collect()
+        };
+        let scored = || scored_at_intake(false);
+        // In one batch the second report of "p" still runs the statement
+        // (its enrollment is not committed yet) and finds the row.
+        assert_eq!(
+            apply(&[insert("a", "p", scored()), insert("b", "p", scored())]),
+            [(Outcome::Accepted, true), (Outcome::Accepted, false)]
+        );
+        assert_eq!(count("SELECT COUNT(*) FROM tried"), 2);
+        // Committed: the next report of "p" runs none; a new patient does.
+        assert_eq!(
+            apply(&[insert("c", "p", scored()), insert("d", "q", scored())]),
+            [(Outcome::Accepted, false), (Outcome::Accepted, true)]
+        );
+        assert_eq!(count("SELECT COUNT(*) FROM tried"), 3);
+        assert_eq!(count("SELECT COUNT(*) FROM enrollment"), 2);
+        engine.close().unwrap();
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_command_that_fails_midway_keeps_nothing_of_its_batch() {
         use super::super::writer::Engine as _;
 
@@ -1230,6 +1292,8 @@ mod tests {
         );
         assert_eq!(count("SELECT COUNT(*) FROM reports"), 2);
         assert_eq!(count("SELECT COUNT(*) FROM audit"), 3);
+        // "p" was enrolled by the batch rolled back: not taken as known.
+        assert_eq!(count("SELECT COUNT(*) FROM enrollment"), 1);
         engine.close().unwrap();
         drop(conn);
         let _ = std::fs::remove_dir_all(&dir);
