@@ -684,18 +684,19 @@ struct Command {
 }
 
 /// Patients known to be enrolled at their site, so that a report from one
-/// of them skips the enrollment statement (an index lookup, in SQLite about
-/// a tenth of the writer's time per report when most patients are known).
+/// of them skips the enrollment statement: with SQLite an index lookup
+/// (about 2 µs of the writer's time per report, BENCHMARKS.md step 9),
+/// with PostgreSQL a round trip.
 ///
 /// A pair enters only once a transaction that enrolled it, or found it
 /// enrolled, has committed ([`Self::committed`]); a rolled-back batch's
-/// pairs are forgotten ([`Self::rolled_back`]). Nothing deletes an
-/// enrollment row, so a pair once known stays true. Each pair is kept as
-/// 128 bits of two SipHash keys drawn at random per process, not as its
-/// ids: no patient id is held here, and a pair not enrolled is taken for
-/// one that is with a probability of about one in 2^112 per lookup at the
-/// full set. At most
-/// [`Self::MOST`] pairs (2 MiB or so); when full the set starts again,
+/// pairs, and those of a commit whose outcome is unknown, are forgotten
+/// ([`Self::rolled_back`]). Nothing deletes an enrollment row, so a pair
+/// once known stays true. Each pair is kept as 128 bits from two SipHash
+/// keys drawn at random per process, not as its ids: no patient id is held
+/// here, and a pair not enrolled is taken for one that is with a
+/// probability of about one in 2^112 per lookup at the full set. At most
+/// [`Self::MOST`] pairs (about 2 MiB); when full, the set starts again,
 /// which only costs lookups.
 pub(crate) struct Enrolled {
     keys: std::collections::HashSet<u128>,
