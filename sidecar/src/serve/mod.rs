@@ -59,6 +59,9 @@ go in clear to a non-loopback host) or a command-line error (a bad --analyzer-ca
 SIGINT/SIGTERM. Durations take units: 500ms, 25s, 24h. RUST_LOG sets the log level (default info). The README's 'Try the sidecar', 'HTTP API', \
 'Security' and 'Running more than one replica' sections tell more."
 )]
+// The fields' docs are `--help`'s text, read in a terminal: `<secret>` and
+// the analyzer's URL are meant as written there, not as HTML or links.
+#[allow(rustdoc::invalid_html_tags, rustdoc::bare_urls)]
 pub struct Args {
     /// Address to listen on. Port 0 picks a free port; the bound address is
     /// logged and written to <DATA_DIR>/listen.addr.
