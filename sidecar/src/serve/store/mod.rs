@@ -689,9 +689,8 @@ struct Command {
 /// with PostgreSQL a round trip.
 ///
 /// A pair enters only once a transaction that enrolled it, or found it
-/// enrolled, has committed ([`Self::committed`]); a rolled-back batch's
-/// pairs, and those of a commit whose outcome is unknown, are forgotten
-/// ([`Self::rolled_back`]). Nothing deletes an enrollment row, so a pair
+/// enrolled, has committed; a rolled-back batch's pairs, and those of a
+/// commit whose outcome is unknown, are forgotten ([`Self::ended`]). Nothing deletes an enrollment row, so a pair
 /// once known stays true. Each pair is kept as 128 bits from two SipHash
 /// keys drawn at random per process, not as its ids: no patient id is held
 /// here, and a pair not enrolled is taken for one that is with a
@@ -737,20 +736,19 @@ impl Enrolled {
         self.pending.push(key);
     }
 
-    /// The transaction committed: its pairs are known.
-    pub(crate) fn committed(&mut self) {
+    /// The transaction under way has ended: its pairs are known when it
+    /// `committed`, and forgotten when it was rolled back or its commit's
+    /// outcome is unknown.
+    pub(crate) fn ended(&mut self, committed: bool) {
+        if !committed {
+            self.pending.clear();
+        }
         for key in self.pending.drain(..) {
             if self.keys.len() >= Self::MOST {
                 self.keys.clear();
             }
             self.keys.insert(key);
         }
-    }
-
-    /// The transaction was rolled back (or its commit failed): its pairs
-    /// are not known.
-    pub(crate) fn rolled_back(&mut self) {
-        self.pending.clear();
     }
 }
 
@@ -958,7 +956,7 @@ mod tests {
         let mut known = Enrolled::default();
         let first = known.key("S", "P-0");
         known.note(first);
-        known.committed();
+        known.ended(true);
         assert!(known.known(first));
         // The same ids at another site are another pair.
         assert!(!known.known(known.key("S2", "P-0")));
@@ -968,7 +966,7 @@ mod tests {
             last = known.key("S", &format!("P-{n}"));
             known.note(last);
         }
-        known.committed();
+        known.ended(true);
         assert!(known.keys.len() <= Enrolled::MOST, "{}", known.keys.len());
         assert!(known.known(last));
         // Full, it started again: the first pair is no longer known.

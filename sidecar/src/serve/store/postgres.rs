@@ -350,7 +350,7 @@ impl Engine {
     /// aborted the transaction and whether it was the COMMIT's.
     fn transaction(&mut self, ops: &[&Op], backlog: i64) -> Result<Vec<Effect>, (DbError, bool)> {
         let claiming = self.claiming.clone();
-        let mut known = std::mem::take(&mut self.known);
+        let known = &mut self.known;
         let conn = self.conn.as_mut().expect("connected");
         let mut body_done = false;
         let result = conn.transaction::<_, DbError, _>(|c| {
@@ -360,7 +360,7 @@ impl Engine {
                 backlog,
                 backlog_delta: 0,
                 enrolled: Vec::new(),
-                known: &mut known,
+                known: &mut *known,
             };
             if ops
                 .iter()
@@ -383,13 +383,7 @@ impl Engine {
             body_done = true;
             Ok(effects)
         });
-        if result.is_ok() {
-            known.committed();
-        } else {
-            // Rolled back, or its commit unknown: not taken as enrolled.
-            known.rolled_back();
-        }
-        self.known = known;
+        known.ended(result.is_ok());
         result.map_err(|e| (e, body_done))
     }
 }

@@ -380,8 +380,10 @@ impl super::writer::Engine for Engine {
         // A command that failed after some of its statements had changed
         // rows (a report inserted, then its enrollment refused).
         let mut midway: Option<String> = None;
-        let mut enrolled = std::mem::take(&mut self.enrolled);
-        let results = match self.conn().transaction() {
+        // The connection and the known enrollments, borrowed apart.
+        let enrolled = &mut self.enrolled;
+        let conn = self.conn.as_mut().expect("the store is open");
+        let results = match conn.transaction() {
             Ok(tx) => {
                 let results: Vec<Result<Effect, String>> = ops
                     .iter()
@@ -397,7 +399,7 @@ impl super::writer::Engine for Engine {
                         // (A failed statement undoes its own changes and
                         // counts none.)
                         let changes = tx.total_changes();
-                        apply_sql(&tx, op, &mut backlog, &claiming, &mut enrolled)
+                        apply_sql(&tx, op, &mut backlog, &claiming, enrolled)
                             .inspect(|effect| {
                                 rows.extend(audit_rows(op, &effect.outcome, &claiming.replica));
                             })
@@ -432,12 +434,7 @@ impl super::writer::Engine for Engine {
             }
             Err(err) => Err(Failure::NotStored(err.to_string())),
         };
-        if results.is_ok() {
-            enrolled.committed();
-        } else {
-            enrolled.rolled_back();
-        }
-        self.enrolled = enrolled;
+        enrolled.ended(results.is_ok());
         Applied { results, fault }
     }
 
@@ -859,6 +856,20 @@ mod tests {
 
     /// A new database in a directory of its own under the temp dir, and
     /// an engine open on it: the directory, the database, the engine.
+    /// Each command's outcome and whether it enrolled a patient, from a
+    /// batch that committed with every command stored.
+    fn outcomes(engine: &mut Engine, ops: &[&Op]) -> Vec<(Outcome, bool)> {
+        use super::super::writer::Engine as _;
+
+        engine
+            .apply(ops, 0)
+            .results
+            .unwrap()
+            .into_iter()
+            .map(|e| e.map(|e| (e.outcome, e.new_enrollment)).unwrap())
+            .collect()
+    }
+
     fn new_engine(name: &str) -> (PathBuf, PathBuf, Engine) {
         use super::super::writer::Engine as _;
 
@@ -1059,11 +1070,7 @@ mod tests {
             insert("a", "p1", scored.clone()),
         ];
         let refs: Vec<&Op> = ops.iter().collect();
-        let effects = engine.apply(&refs, 0).results.unwrap();
-        let effects: Vec<(Outcome, bool)> = effects
-            .into_iter()
-            .map(|e| e.map(|e| (e.outcome, e.new_enrollment)).unwrap())
-            .collect();
+        let effects = outcomes(&mut engine, &refs);
         assert_eq!(
             effects,
             [
@@ -1211,16 +1218,7 @@ mod tests {
         )
         .unwrap();
         let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
-        let mut apply = |ops: &[Op]| -> Vec<(Outcome, bool)> {
-            let refs: Vec<&Op> = ops.iter().collect();
-            engine
-                .apply(&refs, 0)
-                .results
-                .unwrap()
-                .into_iter()
-                .map(|e| e.map(|e| (e.outcome, e.new_enrollment)).unwrap())
-                .collect()
-        };
+        let mut apply = |ops: &[Op]| outcomes(&mut engine, &ops.iter().collect::<Vec<_>>());
         let scored = || scored_at_intake(false);
         // In one batch the second report of "p" still runs the statement
         // (its enrollment is not committed yet) and finds the row.
