@@ -140,6 +140,7 @@ impl Service for Intake {
                 // Probes and scrapes: a few at once, each quick.
                 let limits = Limits {
                     handlers: 4,
+                    active: 4,
                     max_connections: 32,
                     ..self.limits.clone()
                 };
@@ -312,7 +313,8 @@ impl Handler<Reader> for Api {
                     json!({ "method": request.method, "path": route_of(&request.path) })
                         .to_string(),
                 );
-                self.store.audit_later(event, Duration::from_millis(100));
+                self.store
+                    .audit_later(event, Duration::from_millis(100), &|| later.may_block());
                 return Some(refused);
             }
         };
@@ -322,12 +324,16 @@ impl Handler<Reader> for Api {
                 "/v1/reports" | "/fhir/QuestionnaireResponse" => {
                     return self.post_report(request, &caller, stopping, later);
                 }
+                // These wait for their commit: another thread takes this
+                // one's place meanwhile.
                 "/v1/reports:batch" => {
+                    later.may_block();
                     let response = self.post_batch(request, &caller, stopping);
                     count(&self.probes, &served_by(request, &response, Some(&caller)));
                     return Some(response);
                 }
                 "/fhir" => {
+                    later.may_block();
                     let response = self.post_fhir_batch(request, &caller, stopping);
                     count(&self.probes, &served_by(request, &response, Some(&caller)));
                     return Some(response);
@@ -337,7 +343,7 @@ impl Handler<Reader> for Api {
         }
         let response = match self.probes.route(request, stopping) {
             Some(response) => response,
-            None => self.route(db, request, &caller),
+            None => self.route(db, request, &caller, later),
         };
         count(&self.probes, &served_by(request, &response, Some(&caller)));
         Some(response)
@@ -494,23 +500,40 @@ impl Probes {
 }
 
 impl Api {
-    /// The API's own routes (the caller authenticated).
-    fn route(&self, db: &mut Reader, request: &Request, caller: &Caller) -> Response {
+    /// The API's own routes (the caller authenticated). Those that read
+    /// the database or wait for a commit (an audited read) first let
+    /// another handler thread take this one's place (`later.may_block`).
+    fn route(
+        &self,
+        db: &mut Reader,
+        request: &Request,
+        caller: &Caller,
+        later: &Later<'_>,
+    ) -> Response {
         let method = request.method.as_str();
         match request.path.as_str() {
             "/v1/reports" => match method {
-                "GET" => self.list_reports(db, request, caller),
+                "GET" => {
+                    later.may_block();
+                    self.list_reports(db, request, caller)
+                }
                 _ => not_allowed("GET, POST"),
             },
             path if path.starts_with("/v1/reports/") && path.ends_with("/retry") => {
                 let id = &path["/v1/reports/".len()..path.len() - "/retry".len()];
                 match method {
-                    "POST" => self.retry(db, request, caller, id),
+                    "POST" => {
+                        later.may_block();
+                        self.retry(db, request, caller, id)
+                    }
                     _ => not_allowed("POST"),
                 }
             }
             path if path.starts_with("/v1/reports/") => match method {
-                "GET" => self.get_report(db, request, caller, &path["/v1/reports/".len()..]),
+                "GET" => {
+                    later.may_block();
+                    self.get_report(db, request, caller, &path["/v1/reports/".len()..])
+                }
                 _ => not_allowed("GET"),
             },
             "/v1/enrollment" => match method {
@@ -519,16 +542,22 @@ impl Api {
             },
             "/v1/reports:batch" | "/fhir" | "/fhir/QuestionnaireResponse" => not_allowed("POST"),
             path if path.starts_with("/fhir/QuestionnaireResponse/") => match method {
-                "GET" => self.get_fhir_response(
-                    db,
-                    request,
-                    caller,
-                    &path["/fhir/QuestionnaireResponse/".len()..],
-                ),
+                "GET" => {
+                    later.may_block();
+                    self.get_fhir_response(
+                        db,
+                        request,
+                        caller,
+                        &path["/fhir/QuestionnaireResponse/".len()..],
+                    )
+                }
                 _ => not_allowed("GET"),
             },
             "/fhir/Observation" => match method {
-                "GET" => self.search_observations(db, request, caller),
+                "GET" => {
+                    later.may_block();
+                    self.search_observations(db, request, caller)
+                }
                 _ => not_allowed("GET"),
             },
             _ => error(404, "no such route"),
@@ -596,11 +625,13 @@ impl Api {
             received: request.received,
             probes: self.probes.clone(),
         };
-        // Not taken in time: `posted` is dropped and answers 503.
-        let _ = self.store.send(
+        // Not taken in time: `posted` is dropped and answers 503. A full
+        // queue is waited for on another thread's seat.
+        let _ = self.store.send_or_wait(
             insert,
             Box::new(move |outcome| posted.finish(outcome)),
             deadline,
+            &|| later.may_block(),
         );
         None
     }

@@ -335,7 +335,7 @@ fn audit_reload(audit: &store::StoreHandle, kind: &'static str, outcome: String)
         },
     );
     event.outcome = Some(outcome);
-    audit.audit_later(event, Duration::from_secs(1));
+    audit.audit_later(event, Duration::from_secs(1), &|| {});
 }
 
 impl Args {
@@ -548,6 +548,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         readers,
         limits: Limits {
             handlers: args.http_threads,
+            active: args.http_threads,
             max_connections: args.max_connections,
             header_timeout: args.header_timeout,
             body_timeout: args.body_timeout,

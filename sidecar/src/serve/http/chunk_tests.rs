@@ -48,6 +48,7 @@ fn start() -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let limits = Limits {
         handlers: 2,
+        active: 2,
         max_connections: 32,
         header_timeout: Duration::from_millis(500),
         body_timeout: Duration::from_millis(500),

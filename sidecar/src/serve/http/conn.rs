@@ -1,6 +1,7 @@
 //! One connection on a handler thread: reading requests under their
 //! deadlines, handing them to the [`Handler`], writing the answers.
 
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::{Shutdown, TcpStream};
@@ -83,6 +84,34 @@ fn linger_close(mut stream: &TcpStream, linger: Duration) {
     }
 }
 
+/// What a handler thread holds between one wait and the next.
+struct Turn<'a> {
+    shared: &'a ServerState,
+    /// The connections one wait brought, taken out of the parking at once
+    /// and served in turn; handed over to other handler threads when
+    /// serving one of them may block ([`Turn::may_block`]).
+    spare: RefCell<VecDeque<Conn>>,
+    /// It holds a seat among the threads that wait for events
+    /// (`readiness.rs`).
+    seated: Cell<bool>,
+}
+
+impl Turn<'_> {
+    /// Before this thread may block: the connections it took with the one
+    /// it serves go to other handler threads (they must not wait behind a
+    /// slow client, invariant 8), and its seat to a thread standing by
+    /// (the intake must not wait for this thread either).
+    fn may_block(&self) {
+        let spare: Vec<Conn> = self.spare.borrow_mut().drain(..).collect();
+        for conn in spare {
+            self.shared.readiness.send(conn);
+        }
+        if self.seated.replace(false) {
+            self.shared.readiness.give_seat();
+        }
+    }
+}
+
 /// A handler thread: waits for a parked connection to become readable
 /// (or for one `http-poll` hands over), serves the requests whose bytes
 /// are there, and parks it again when it has to wait (invariant 8).
@@ -93,29 +122,38 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
 ) {
     let mut state = None;
     let mut keys = Vec::new();
-    // The connections one wait brought, taken out of the parking at once
-    // and served in turn; handed over to other handler threads when
-    // serving one of them may block (`ServedConn::release_spare`).
-    let mut spare: VecDeque<Conn> = VecDeque::new();
+    let turn = Turn {
+        shared,
+        spare: RefCell::new(VecDeque::new()),
+        seated: Cell::new(false),
+    };
     // Ends once the hand-over queue is closed, after serving what the same
     // wait brought.
     let mut closed = false;
     // Each connection is this thread's until it closes or is parked again
     // (invariant 1).
     while !closed {
+        // Standing by until a seat is free (kept from one wait to the
+        // next, unless given up to block).
+        if !turn.seated.get() {
+            turn.seated.set(shared.readiness.take_seat());
+        }
         shared.readiness.wait(&mut keys);
         for &key in &keys {
             match shared.readiness.woken(key) {
                 // Not parked: an event of an earlier wait (`on_unsent`
                 // while a handler thread had it), or `http-poll` took it
                 // out first.
-                Woken::Ready(id) => spare.extend(shared.parking.take(id)),
-                Woken::Handed(conn) => spare.push_back(conn),
+                Woken::Ready(id) => turn.spare.borrow_mut().extend(shared.parking.take(id)),
+                Woken::Handed(conn) => turn.spare.borrow_mut().push_back(conn),
                 Woken::Closed => closed = true,
                 Woken::Nothing => {}
             }
         }
-        while let Some(conn) = spare.pop_front() {
+        loop {
+            let Some(conn) = turn.spare.borrow_mut().pop_front() else {
+                break;
+            };
             if state.is_none() {
                 match make_state() {
                     Ok(s) => state = Some(s),
@@ -123,7 +161,7 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
                         log::error!("http handler cannot set up: {err}");
                         handler.refused(503, "handler unavailable", None);
                         // Refusing lingers: the others go to other threads.
-                        spare.drain(..).for_each(|conn| shared.readiness.send(conn));
+                        turn.may_block();
                         refuse(&conn, "temporarily unavailable");
                         continue;
                     }
@@ -135,7 +173,7 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
             let served = ServedConn {
                 conn,
                 shared,
-                spare: &mut spare,
+                turn: &turn,
                 read_timeout: None,
                 head: None,
                 served: false,
@@ -144,6 +182,9 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
                 park(shared, conn);
             }
         }
+    }
+    if turn.seated.get() {
+        shared.readiness.give_seat();
     }
 }
 
@@ -164,8 +205,9 @@ struct ServedConn<'a> {
     conn: Conn,
     shared: &'a ServerState,
     /// The other connections this thread took at the same wait, waiting
-    /// their turn: handed over before this thread may block on this one.
-    spare: &'a mut VecDeque<Conn>,
+    /// their turn, and its seat: both given up before this thread may
+    /// block on this one.
+    turn: &'a Turn<'a>,
     /// The read timeout set on the socket.
     read_timeout: Option<Duration>,
     /// The method and path of the request being read, once its head is
@@ -243,9 +285,12 @@ impl ServedConn<'_> {
             // Invariant 6: after the stop begins, the last answer, closing.
             let close = stopping || asks_close;
             let head_only = request.method == "HEAD";
+            let turn = self.turn;
+            let may_block = || turn.may_block();
             let later = Later {
                 outbox: &self.conn.outbox,
                 close,
+                may_block: &may_block,
             };
             let written = match handler.handle(state, &request, stopping, &later) {
                 Some(mut response) => {
@@ -297,12 +342,11 @@ impl ServedConn<'_> {
     }
 
     /// Hands the other connections taken at the same wait to other handler
-    /// threads, before this one may block on its connection: they must not
-    /// wait behind a slow client (invariant 8).
+    /// threads, and this thread's seat to one standing by, before this one
+    /// may block on its connection: they must not wait behind a slow
+    /// client (invariant 8).
     fn release_spare(&mut self) {
-        for conn in self.spare.drain(..) {
-            self.shared.readiness.send(conn);
-        }
+        self.turn.may_block();
     }
 
     /// Reads the next request: its head from the bytes there are (when

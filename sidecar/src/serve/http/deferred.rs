@@ -370,6 +370,9 @@ impl Outbox {
 pub struct Later<'a> {
     pub(super) outbox: &'a Arc<Outbox>,
     pub(super) close: bool,
+    /// Lets the connections taken with this one, and the handler thread's
+    /// seat, go (`conn.rs`).
+    pub(super) may_block: &'a dyn Fn(),
 }
 
 impl Later<'_> {
@@ -384,6 +387,16 @@ impl Later<'_> {
             outbox: Some(self.outbox.clone()),
             serial: state.serial,
         }
+    }
+
+    /// Says the handler is about to wait (a commit, a database read, a
+    /// full queue): another handler thread takes this one's place in
+    /// waiting for requests, and the connections this one took with the
+    /// request's go to others, so that nobody waits behind it. Cheap to
+    /// call more than once; costs a hand-over, so not for work that never
+    /// waits.
+    pub fn may_block(&self) {
+        (self.may_block)();
     }
 }
 
@@ -475,6 +488,7 @@ mod tests {
         Later {
             outbox,
             close: false,
+            may_block: &|| {},
         }
     }
 

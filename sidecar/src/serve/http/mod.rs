@@ -239,6 +239,11 @@ pub struct Limits {
     /// Handler threads: requests read and answered at once (connections
     /// waiting for bytes hold none).
     pub handlers: usize,
+    /// Of those, how many wait for bytes (and serve them) at once; the
+    /// others stand by, each taking the place of one that blocks (a body
+    /// still on its way, a handler that called [`Later::may_block`]).
+    /// Clamped to `1..=handlers`.
+    pub active: usize,
     /// Open connections at most (served, or waiting for bytes or a handler).
     pub max_connections: usize,
     /// From a request's first byte to the end of its head.

@@ -79,6 +79,7 @@ fn start(delay: Duration, size: usize) -> (Server, Receiver<Event>) {
 fn limits(handlers: usize) -> Limits {
     Limits {
         handlers,
+        active: handlers,
         max_connections: 16,
         header_timeout: Duration::from_secs(60),
         body_timeout: Duration::from_secs(60),
@@ -348,5 +349,169 @@ fn connections_taken_together_do_not_wait_behind_a_slow_body() {
     assert_eq!(quick_answer, Some((200, 2)));
     assert_eq!(slow_answer, Some((200, 2)));
     assert_eq!(held_answers, (Some((200, 2)), Some((200, 2))));
+    assert!(stuck.is_empty(), "threads left: {stuck:?}");
+}
+
+/// Holds `/hold` and `/wait` until the test lets them go (`/wait` first
+/// says it may block); says on `events` what it handled, in order.
+struct Seated {
+    events: Mutex<Sender<String>>,
+    release: crossbeam_channel::Receiver<()>,
+}
+
+impl Handler<()> for Seated {
+    fn handle(
+        &self,
+        _state: &mut (),
+        request: &Request,
+        _stopping: bool,
+        later: &Later<'_>,
+    ) -> Option<Response> {
+        let say = |what: String| {
+            let _ = self.events.lock().expect("lock").send(what);
+        };
+        if request.path == "/wait" {
+            later.may_block();
+        }
+        say(format!("{} {}", request.method, request.path));
+        if request.path == "/wait" || request.path == "/hold" {
+            // Bounded: a test that fails first must not leave it held.
+            let _ = self.release.recv_timeout(Duration::from_secs(30));
+            say(format!("{} let go", request.path));
+        }
+        Some(Response {
+            status: 200,
+            content_type: "text/plain",
+            headers: Vec::new(),
+            body: b"ok".to_vec(),
+        })
+    }
+
+    fn refused(&self, _status: u16, _why: &str, _head: Option<(&str, &str)>) {}
+}
+
+/// A server stopped when dropped: a test that fails ends, instead of
+/// waiting for the server's threads for ever.
+struct Running(Option<Server>);
+
+impl Running {
+    /// Stops it; the threads left at the deadline.
+    fn stop(mut self) -> Vec<String> {
+        self.0
+            .take()
+            .map(|server| server.stop(Instant::now() + Duration::from_secs(5)))
+            .unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        self.0.as_ref().expect("running")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(server) = self.0.take() {
+            let _ = server.stop(Instant::now() + Duration::from_secs(5));
+        }
+    }
+}
+
+/// A server of two handler threads of which one waits for requests; what
+/// its handler says, and the sender that lets a held request go.
+fn start_seated() -> (Running, Receiver<String>, crossbeam_channel::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (events, said) = channel();
+    let (release, release_rx) = crossbeam_channel::unbounded();
+    let handler = Seated {
+        events: Mutex::new(events),
+        release: release_rx,
+    };
+    let limits = Limits {
+        active: 1,
+        ..limits(2)
+    };
+    let server =
+        Server::start("seat-test", listener, None, limits, || Ok(()), handler).expect("start");
+    (Running(Some(server)), said, release)
+}
+
+fn next(said: &Receiver<String>) -> String {
+    said.recv_timeout(Duration::from_secs(10))
+        .expect("the handler to say what it did")
+}
+
+/// Only the active handler threads wait for requests: one held in its
+/// handler (without saying it may block) keeps the request after it
+/// waiting, although another thread stands by.
+#[test]
+fn a_thread_held_in_its_handler_keeps_its_seat() {
+    let (server, said, release) = start_seated();
+    let mut held = connect(&server, b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(next(&said), "GET /hold");
+    let mut quick = connect(&server, b"GET /quick HTTP/1.1\r\nHost: x\r\n\r\n");
+    // Had the other thread been waiting too, it would serve /quick now.
+    let early = said.recv_timeout(Duration::from_millis(300));
+    assert!(
+        early.is_err(),
+        "served while the only seat was held: {early:?}"
+    );
+    release.send(()).expect("let it go");
+    assert_eq!(next(&said), "/hold let go");
+    assert_eq!(next(&said), "GET /quick");
+    assert_eq!(read_response(&mut held), Some((200, 2)));
+    assert_eq!(read_response(&mut quick), Some((200, 2)));
+    let stuck = server.stop();
+    assert!(stuck.is_empty(), "threads left: {stuck:?}");
+}
+
+/// A handler that says it may block gives its seat to the thread standing
+/// by, which serves the next request meanwhile.
+#[test]
+fn a_handler_that_may_block_lets_another_thread_serve_meanwhile() {
+    let (server, said, release) = start_seated();
+    let mut waiting = connect(&server, b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(next(&said), "GET /wait");
+    let mut quick = connect(&server, b"GET /quick HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(next(&said), "GET /quick");
+    assert_eq!(read_response(&mut quick), Some((200, 2)));
+    release.send(()).expect("let it go");
+    assert_eq!(next(&said), "/wait let go");
+    assert_eq!(read_response(&mut waiting), Some((200, 2)));
+    // Back from blocking, the first thread stands by (one seat, taken):
+    // requests are still served, one at a time, and both threads end.
+    let mut again = connect(&server, b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(next(&said), "GET /again");
+    assert_eq!(read_response(&mut again), Some((200, 2)));
+    let stuck = server.stop();
+    assert!(stuck.is_empty(), "threads left: {stuck:?}");
+}
+
+/// A thread waiting for a body still on its way gives its seat up too.
+#[test]
+fn a_slow_body_lets_another_thread_serve_meanwhile() {
+    let (server, said, _release) = start_seated();
+    let mut slow = connect(
+        &server,
+        b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    );
+    // Its `100 Continue`: the thread now waits for the body.
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 256];
+    while !got.windows(12).any(|w| w == b"100 Continue") {
+        match slow.read(&mut chunk) {
+            Ok(0) | Err(_) => panic!("no 100 Continue: {:?}", String::from_utf8_lossy(&got)),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let mut quick = connect(&server, b"GET /quick HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(next(&said), "GET /quick");
+    assert_eq!(read_response(&mut quick), Some((200, 2)));
+    slow.write_all(b"hello").expect("the body");
+    assert_eq!(next(&said), "POST /slow");
+    assert_eq!(read_response(&mut slow), Some((200, 2)));
+    let stuck = server.stop();
     assert!(stuck.is_empty(), "threads left: {stuck:?}");
 }

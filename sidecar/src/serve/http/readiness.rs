@@ -17,6 +17,13 @@
 //! while connections are left (or once the queue is closed) the next
 //! waiter wakes in turn.
 //!
+//! Only so many handler threads wait in the set at once (its seats, one
+//! per core by default): a thread that is about to block (a body still on
+//! its way, a commit to wait for) gives its seat up, and one of the
+//! threads standing by takes it. Under load a thread that finds events
+//! ready goes on without sleeping; with a waiter per thread, every event
+//! woke a sleeping one, and each wake-up is a context switch.
+//!
 //! Linux only: `polling`, which was used before, lets one thread wait at a
 //! time, which put a thread (and two context switches) between every
 //! readable connection and its handler.
@@ -24,7 +31,7 @@
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rustix::event::{EventfdFlags, epoll, eventfd};
@@ -46,6 +53,17 @@ pub(super) struct Readiness {
     /// (kept so under the queue's lock).
     handover: OwnedFd,
     queue: Mutex<Handover>,
+    seats: Mutex<Seats>,
+    /// A seat was given up, or the seats were done away with.
+    seat_freed: Condvar,
+}
+
+/// Places among the handler threads that wait in the epoll set.
+struct Seats {
+    free: usize,
+    /// The hand-over queue is closed: every thread waits, until it is
+    /// empty (the stop's last connections are served by whoever is left).
+    all: bool,
 }
 
 #[derive(Default)]
@@ -70,7 +88,8 @@ pub(super) enum Woken {
 }
 
 impl Readiness {
-    pub(super) fn new() -> std::io::Result<Readiness> {
+    /// A set in which `seats` handler threads wait at once (at least one).
+    pub(super) fn new(seats: usize) -> std::io::Result<Readiness> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         let handover = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
         epoll::add(
@@ -83,7 +102,41 @@ impl Readiness {
             epoll,
             handover,
             queue: Mutex::default(),
+            seats: Mutex::new(Seats {
+                free: seats.max(1),
+                all: false,
+            }),
+            seat_freed: Condvar::new(),
         })
+    }
+
+    fn seats(&self) -> MutexGuard<'_, Seats> {
+        self.seats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a seat, waiting for one to be given up: `true` once taken,
+    /// `false` (at once) after the queue is closed, when every thread may
+    /// wait.
+    pub(super) fn take_seat(&self) -> bool {
+        let mut seats = self.seats();
+        while seats.free == 0 && !seats.all {
+            seats = self
+                .seat_freed
+                .wait(seats)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        if seats.all {
+            return false;
+        }
+        seats.free -= 1;
+        true
+    }
+
+    /// Gives a seat up (its thread is about to block): a thread standing
+    /// by takes it.
+    pub(super) fn give_seat(&self) {
+        self.seats().free += 1;
+        self.seat_freed.notify_one();
     }
 
     fn lock(&self) -> MutexGuard<'_, Handover> {
@@ -192,6 +245,10 @@ impl Readiness {
                 self.signal();
             }
         }
+        drop(queue);
+        // The threads standing by wait in the set too, and end from there.
+        self.seats().all = true;
+        self.seat_freed.notify_all();
     }
 
     /// Makes the eventfd readable (under the queue's lock).

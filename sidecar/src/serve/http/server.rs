@@ -88,7 +88,7 @@ impl Server {
             stop_deadline: OnceLock::new(),
             open: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
-            readiness: Readiness::new()?,
+            readiness: Readiness::new(limits.active.clamp(1, limits.handlers.max(1)))?,
             parking: Parking::default(),
             counted: Box::new(move |open| counting.connections(open)),
         });

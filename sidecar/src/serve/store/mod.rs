@@ -914,14 +914,17 @@ impl StoreHandle {
     /// (for what must stay cheap: a refused request, a signal). Waits at
     /// most `wait` for room; a row not taken or not stored is logged,
     /// never dropped in silence.
-    pub fn audit_later(&self, event: AuditEvent, wait: Duration) {
+    /// `may_wait` is called first when there is no room at once.
+    pub fn audit_later(&self, event: AuditEvent, wait: Duration, may_wait: &dyn Fn()) {
         let action = event.action;
         let reply: Reply = Box::new(move |outcome| {
             if let Err(failure) = outcome {
                 log::warn!("audit row {action} not recorded: {failure}");
             }
         });
-        if let Err(err) = self.send(Op::Audit(event), reply, Instant::now() + wait) {
+        if let Err(err) =
+            self.send_or_wait(Op::Audit(event), reply, Instant::now() + wait, may_wait)
+        {
             log::warn!("audit row {action} not recorded: {err}");
         }
     }
@@ -934,13 +937,35 @@ impl StoreHandle {
     /// [`CallError::Unavailable`] when the store did not take it in time;
     /// `reply` is then dropped uncalled.
     pub fn send(&self, op: Op, reply: Reply, deadline: Instant) -> Result<(), CallError> {
+        self.send_or_wait(op, reply, deadline, &|| {})
+    }
+
+    /// [`StoreHandle::send`], calling `may_wait` before it waits for room
+    /// (when the queue is full): an HTTP handler lets another thread take
+    /// its place.
+    ///
+    /// # Errors
+    ///
+    /// As [`StoreHandle::send`].
+    pub fn send_or_wait(
+        &self,
+        op: Op,
+        reply: Reply,
+        deadline: Instant,
+        may_wait: &dyn Fn(),
+    ) -> Result<(), CallError> {
+        use crossbeam_channel::{SendTimeoutError, TrySendError};
+        let command = match self.tx.try_send(Command { op, reply }) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Disconnected(_)) => return Err(CallError::Unavailable("stopped")),
+            Err(TrySendError::Full(command)) => command,
+        };
+        may_wait();
         self.tx
-            .send_deadline(Command { op, reply }, deadline)
+            .send_deadline(command, deadline)
             .map_err(|e| match e {
-                crossbeam_channel::SendTimeoutError::Timeout(_) => CallError::Unavailable("busy"),
-                crossbeam_channel::SendTimeoutError::Disconnected(_) => {
-                    CallError::Unavailable("stopped")
-                }
+                SendTimeoutError::Timeout(_) => CallError::Unavailable("busy"),
+                SendTimeoutError::Disconnected(_) => CallError::Unavailable("stopped"),
             })
     }
 }
