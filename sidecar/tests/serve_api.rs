@@ -974,6 +974,77 @@ fn a_client_trickling_its_head_is_cut_off_without_holding_up_others(backend: Bac
     serve.stop_ok(Duration::from_secs(40));
 }
 
+both_backends!(slow_bodies_and_audited_reads_hold_threads_not_the_intake);
+fn slow_bodies_and_audited_reads_hold_threads_not_the_intake(backend: Backend) {
+    // One thread waits for requests; three stand by.
+    let (dir, mut serve) = server(
+        &backend,
+        "seats",
+        &[
+            "--http-threads",
+            "4",
+            "--http-active-threads",
+            "1",
+            "--body-timeout",
+            "60s",
+        ],
+    );
+    let addr = serve.addr;
+    // Two clients that send a report's head and half its body, then wait:
+    // each holds a thread, which gives its place up to one standing by.
+    let bodies: Vec<Vec<u8>> = (0..2)
+        .map(|i| {
+            report(&format!("slow-{i}"), "P-1", "s", &[("q1", 1)])
+                .to_string()
+                .into_bytes()
+        })
+        .collect();
+    let mut slow: Vec<Conn> = bodies
+        .iter()
+        .map(|body| {
+            let raw = request(
+                "POST",
+                "/v1/reports",
+                &[("Content-Type", "application/json")],
+                Some(body),
+                false,
+            );
+            let mut conn = Conn::open(addr).expect("connect a slow client");
+            conn.write(&raw[..raw.len() - body.len() / 2])
+                .expect("the head and half the body");
+            conn
+        })
+        .collect();
+    // Meanwhile the intake goes on, and audited reads (each waiting for
+    // its audit row's commit) are served too, well before the bodies'
+    // deadline (the client gives up after its own read timeout).
+    for i in 0..5 {
+        let body = report(&format!("quick-{i}"), "P-2", "s", &[("q1", 1)]);
+        assert_eq!(post_json(addr, &body).status, 202, "report {i}");
+        let read = get(addr, &format!("/v1/reports/quick-{i}"));
+        assert_eq!(read.status, 200, "read {i}");
+    }
+    // The slow bodies end, and are taken.
+    for (conn, body) in slow.iter_mut().zip(&bodies) {
+        conn.write(&body[body.len() - body.len() / 2..])
+            .expect("the rest of the body");
+        let response = conn.read_response().expect("the slow report's answer");
+        assert_eq!(response.status, 202);
+    }
+    serve.stop_ok(Duration::from_secs(40));
+    let stored = backend.scalar(
+        dir.path(),
+        "SELECT COUNT(*) FROM reports WHERE report_id LIKE 'slow-%' OR report_id LIKE 'quick-%'",
+    );
+    assert_eq!(stored, "7");
+    // Each read is in the audit trail.
+    let audited = backend.scalar(
+        dir.path(),
+        "SELECT COUNT(*) FROM audit WHERE action = 'report.read' AND report_id LIKE 'quick-%'",
+    );
+    assert_eq!(audited, "5");
+}
+
 both_backends!(a_connection_flood_past_the_limit_gets_immediate_503s);
 fn a_connection_flood_past_the_limit_gets_immediate_503s(backend: Backend) {
     let (_dir, mut serve) = server(

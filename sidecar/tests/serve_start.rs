@@ -116,6 +116,14 @@ fn invalid_values_are_usage_errors_that_name_the_flag() {
             "--http-threads must be at least 1",
         ),
         (
+            &["--http-active-threads", "0"],
+            "--http-active-threads must be at least 1",
+        ),
+        (
+            &["--http-threads", "4", "--http-active-threads", "5"],
+            "--http-active-threads (5) must be at most --http-threads (4)",
+        ),
+        (
             &["--shutdown-timeout", "0s"],
             "--shutdown-timeout (0s) must be longer than --drain-delay (0s)",
         ),

@@ -235,9 +235,19 @@ pub struct Args {
     pub alert_total: u32,
 
     /// HTTP requests read and answered at once (connections waiting for a
-    /// request hold no thread).
+    /// request hold no thread). Most of these threads stand by: see
+    /// `--http-active-threads`.
     #[arg(long, env = "QUIESCE_HTTP_THREADS", default_value_t = 64)]
     pub http_threads: usize,
+
+    /// Of `--http-threads`, how many wait for requests at once. One that
+    /// has to wait (a body still on its way, an audited read's commit, a
+    /// database read) lets one standing by take its place, so slow clients
+    /// hold threads, never the intake. Fewer waiting threads are woken
+    /// less often under load. Default: the number of CPUs (at most
+    /// `--http-threads`).
+    #[arg(long, env = "QUIESCE_HTTP_ACTIVE_THREADS")]
+    pub http_active_threads: Option<usize>,
 
     /// Open HTTP connections at most; more get 503 at once.
     #[arg(long, env = "QUIESCE_MAX_CONNECTIONS", default_value_t = 256)]
@@ -400,6 +410,19 @@ impl Args {
         if self.http_threads == 0 {
             return Err(usage!("--http-threads must be at least 1"));
         }
+        if self.http_active_threads == Some(0) {
+            return Err(usage!("--http-active-threads must be at least 1"));
+        }
+        if self
+            .http_active_threads
+            .is_some_and(|active| active > self.http_threads)
+        {
+            return Err(usage!(
+                "--http-active-threads ({}) must be at most --http-threads ({})",
+                self.http_active_threads.unwrap_or_default(),
+                self.http_threads
+            ));
+        }
         if self.max_connections < self.http_threads {
             return Err(usage!(
                 "--http-threads ({}) must be at most --max-connections ({})",
@@ -478,9 +501,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             _ => {}
         }
     }
-    let workers = args
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = args.workers.unwrap_or(cpus);
 
     // The shutdown budget after the drain delay, shared out in stop order;
     // the supervisor also holds the whole to `--shutdown-timeout`.
@@ -548,7 +570,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         readers,
         limits: Limits {
             handlers: args.http_threads,
-            active: args.http_threads,
+            active: args
+                .http_active_threads
+                .unwrap_or(cpus)
+                .min(args.http_threads),
             max_connections: args.max_connections,
             header_timeout: args.header_timeout,
             body_timeout: args.body_timeout,
