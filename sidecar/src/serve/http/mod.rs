@@ -12,7 +12,10 @@
 //!   connections cost a file descriptor each: the socket, shared, never
 //!   duplicated). The idle handler threads wait in the epoll set
 //!   themselves: the kernel wakes one of them for a readable connection,
-//!   and it takes up to four ready at once;
+//!   and it takes up to four ready at once. Only `Limits::active` of them
+//!   wait at once (one per core, in the sidecar); a thread about to block
+//!   hands its place to one standing by, so blocking costs a thread,
+//!   never the intake;
 //! - a deadline for the request head (from its first byte, kept while the
 //!   connection is parked) and another for the body, enforced
 //!   with per-read socket timeouts computed from it (a body being read
@@ -61,7 +64,7 @@
 //! |------|----------|
 //! | `server.rs` | start, the accept loop, refusing past the cap, the stop (draining the backlog) |
 //! | `poll.rs` | where connections wait for bytes: parking them, their idle and head deadlines, closing idle ones at the stop |
-//! | `readiness.rs` | the epoll set the handler threads wait in, and the hand-over from `http-poll` |
+//! | `readiness.rs` | the epoll set the handler threads wait in, its seats, and the hand-over from `http-poll` |
 //! | `conn.rs` | one connection on a handler thread while it has bytes: reading requests under their deadlines, calling the [`Handler`], writing its answers |
 //! | `deferred.rs` | answers written by another thread: [`Later`], [`Deferred`], the outbox |
 //! | `wire.rs` | a response's bytes, status reasons, writing them |
@@ -76,9 +79,10 @@
 //!   nobody until it is taken out. Whoever parks a connection puts it
 //!   there, then arms its one-shot registration (added, disarmed, before
 //!   its first wait; deleted when it is dropped). The idle handler threads
-//!   all wait in the epoll set; the kernel wakes one per event, and that
-//!   one takes the connection out under the lock, or ignores the event
-//!   when the connection is not there.
+//!   that hold a seat wait in the epoll set (the others wait for a seat,
+//!   on `Readiness`'s condition variable); the kernel wakes one per event,
+//!   and that one takes the connection out under the lock, or ignores the
+//!   event when the connection is not there.
 //! - `http-poll` keeps the deadlines of the parked connections: it
 //!   sleeps (on `Parking`'s condition variable) until the first one, or
 //!   until woken for an earlier one or the stop. It takes out and closes a
@@ -92,8 +96,12 @@
 //!   each owns its per-thread state `S` (the intake's database connection)
 //!   and, while it serves one, the connection's socket and read buffer.
 //!   When no bytes are left to read it settles the outbox and parks the
-//!   connection again. It ends when the hand-over queue is closed and
-//!   empty. Whoever drops a connection removes it from `open`.
+//!   connection again. Before it may block (a body's bytes, an answer to
+//!   settle, a large write, the handler's `Later::may_block`) it hands
+//!   the other connections of its wait over and gives its seat up; it
+//!   waits for a seat again before its next wait in the set. It ends when
+//!   the hand-over queue is closed and empty (after which every thread
+//!   may wait in the set, seated or not). Whoever drops a connection removes it from `open`.
 //! - Whoever holds a [`Deferred`] (the store's thread, which answers a
 //!   report once it is committed) locks that connection's outbox and sends
 //!   without blocking.
@@ -347,7 +355,9 @@ impl Response {
 pub trait Handler<S>: Send + Sync + 'static {
     /// Answers one request: now, with `Some(response)`, or later, with
     /// `None` after taking a [`Deferred`] from `later` (the handler thread
-    /// then goes back to reading the connection; see [`Later`]).
+    /// then goes back to reading the connection; see [`Later`]). A
+    /// handler that may wait (a database, another thread, a lock held
+    /// long) calls [`Later::may_block`] first.
     fn handle(
         &self,
         state: &mut S,
