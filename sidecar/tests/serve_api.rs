@@ -990,6 +990,25 @@ fn slow_bodies_and_audited_reads_hold_threads_not_the_intake(backend: Backend) {
         ],
     );
     let addr = serve.addr;
+    // How many threads stand by, once it is `n` (the metric follows the
+    // threads; a bound on the wait, not a speed assertion).
+    let standing_by_reaches = |n: f64| {
+        let mut seen = None;
+        wait_until(
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            &format!("threads standing by never {n}"),
+            || {
+                seen = get(addr, "/metrics")
+                    .text()
+                    .lines()
+                    .find_map(|l| l.strip_prefix("quiesce_http_threads_standing_by "))
+                    .and_then(|v| v.parse::<f64>().ok());
+                seen == Some(n)
+            },
+        );
+    };
+    standing_by_reaches(3.0);
     // Two clients that send a report's head and half its body, then wait:
     // each holds a thread, which gives its place up to one standing by.
     let bodies: Vec<Vec<u8>> = (0..2)
@@ -1015,6 +1034,7 @@ fn slow_bodies_and_audited_reads_hold_threads_not_the_intake(backend: Backend) {
             conn
         })
         .collect();
+    standing_by_reaches(1.0);
     // Meanwhile the intake goes on, and audited reads (each waiting for
     // its audit row's commit) are served too, well before the bodies'
     // deadline (the client gives up after its own read timeout).
@@ -1031,6 +1051,7 @@ fn slow_bodies_and_audited_reads_hold_threads_not_the_intake(backend: Backend) {
         let response = conn.read_response().expect("the slow report's answer");
         assert_eq!(response.status, 202);
     }
+    standing_by_reaches(3.0);
     serve.stop_ok(Duration::from_secs(40));
     let stored = backend.scalar(
         dir.path(),

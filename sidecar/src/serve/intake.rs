@@ -357,6 +357,14 @@ impl Handler<Reader> for Api {
     fn connections(&self, open: usize) {
         self.probes.shared.metrics.connections.set(open as i64);
     }
+
+    fn standing_by(&self, threads: usize) {
+        self.probes
+            .shared
+            .metrics
+            .threads_standing_by
+            .set(threads as i64);
+    }
 }
 
 /// One request served (or refused), for the metrics and the access log.

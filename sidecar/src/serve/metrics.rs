@@ -54,6 +54,9 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// Connections the admin listener is serving now.
     pub admin_connections: IntGauge,
+    /// The API's handler threads standing by, ready to take the place of
+    /// one that blocks.
+    pub threads_standing_by: IntGauge,
     /// Alerts raised (stored with their report's result), by instrument
     /// and rule.
     pub alerts: IntCounterVec,
@@ -96,6 +99,11 @@ impl Metrics {
         let admin_connections = IntGauge::new(
             "quiesce_admin_connections_open",
             "Connections the admin listener is serving now.",
+        )
+        .expect("valid metric");
+        let threads_standing_by = IntGauge::new(
+            "quiesce_http_threads_standing_by",
+            "The API's handler threads standing by (of --http-threads), each ready to take the place of one that blocks on a slow body, a read or the store. At 0, each more thread that blocks leaves one fewer waiting for requests.",
         )
         .expect("valid metric");
         let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
@@ -211,6 +219,7 @@ impl Metrics {
             Box::new(request_seconds.clone()),
             Box::new(connections.clone()),
             Box::new(admin_connections.clone()),
+            Box::new(threads_standing_by.clone()),
             Box::new(alerts.clone()),
         ] {
             registry.register(m).expect("unique metric names");
@@ -237,6 +246,7 @@ impl Metrics {
             request_seconds,
             connections,
             admin_connections,
+            threads_standing_by,
             alerts,
         }
     }

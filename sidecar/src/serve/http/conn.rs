@@ -136,7 +136,8 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
         // Standing by until a seat is free (kept from one wait to the
         // next, unless given up to block).
         if !turn.seated.get() {
-            turn.seated.set(shared.readiness.take_seat());
+            turn.seated
+                .set(shared.readiness.take_seat(&*shared.standing));
         }
         shared.readiness.wait(&mut keys);
         for &key in &keys {

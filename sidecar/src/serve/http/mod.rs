@@ -374,4 +374,8 @@ pub trait Handler<S>: Send + Sync + 'static {
 
     /// How many connections are open now, after each change.
     fn connections(&self, _open: usize) {}
+
+    /// How many handler threads stand by (wait for a seat), after each
+    /// change.
+    fn standing_by(&self, _threads: usize) {}
 }

@@ -61,6 +61,8 @@ pub(super) struct Readiness {
 /// Places among the handler threads that wait in the epoll set.
 struct Seats {
     free: usize,
+    /// Threads waiting for a seat.
+    standing_by: usize,
     /// The hand-over queue is closed: every thread waits, until it is
     /// empty (the stop's last connections are served by whoever is left).
     all: bool,
@@ -104,6 +106,7 @@ impl Readiness {
             queue: Mutex::default(),
             seats: Mutex::new(Seats {
                 free: seats.max(1),
+                standing_by: 0,
                 all: false,
             }),
             seat_freed: Condvar::new(),
@@ -116,14 +119,21 @@ impl Readiness {
 
     /// Takes a seat, waiting for one to be given up: `true` once taken,
     /// `false` (at once) after the queue is closed, when every thread may
-    /// wait.
-    pub(super) fn take_seat(&self) -> bool {
+    /// wait. `standing` is told how many threads wait for a seat, when
+    /// this one starts and stops waiting (under the lock: in order).
+    pub(super) fn take_seat(&self, standing: &dyn Fn(usize)) -> bool {
         let mut seats = self.seats();
-        while seats.free == 0 && !seats.all {
-            seats = self
-                .seat_freed
-                .wait(seats)
-                .unwrap_or_else(|e| e.into_inner());
+        if seats.free == 0 && !seats.all {
+            seats.standing_by += 1;
+            standing(seats.standing_by);
+            while seats.free == 0 && !seats.all {
+                seats = self
+                    .seat_freed
+                    .wait(seats)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            seats.standing_by -= 1;
+            standing(seats.standing_by);
         }
         if seats.all {
             return false;

@@ -42,6 +42,9 @@ pub(super) struct ServerState {
     pub(super) parking: Parking,
     /// Tells the handler how many connections are open, after each change.
     pub(super) counted: Box<dyn Fn(usize) + Send + Sync>,
+    /// Tells the handler how many handler threads stand by, after each
+    /// change.
+    pub(super) standing: Box<dyn Fn(usize) + Send + Sync>,
 }
 
 /// An open connection as the stop sees it.
@@ -81,6 +84,7 @@ impl Server {
         let addr = listener.local_addr()?;
         let handler = Arc::new(handler);
         let counting = handler.clone();
+        let standing = handler.clone();
         let shared = Arc::new(ServerState {
             limits: limits.clone(),
             tls,
@@ -91,6 +95,7 @@ impl Server {
             readiness: Readiness::new(limits.active.clamp(1, limits.handlers.max(1)))?,
             parking: Parking::default(),
             counted: Box::new(move |open| counting.connections(open)),
+            standing: Box::new(move |threads| standing.standing_by(threads)),
         });
         let mut threads = Threads::new(&Context::background());
         let make_state = Arc::new(make_state);
