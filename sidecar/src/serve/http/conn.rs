@@ -20,10 +20,6 @@ use super::{Handler, Request, Response};
 /// on (the answer's own deadline usually ends the wait first).
 const SETTLE_WAIT: Duration = Duration::from_secs(15);
 
-/// An answer larger than this may not fit in the socket's send buffer
-/// (Linux starts one at 16 KiB): writing it may block.
-const MAY_BLOCK_WRITE: usize = 16 << 10;
-
 /// The `408` of a body too slow.
 const BODY_LATE: &str = "request body not received in time";
 
@@ -270,7 +266,7 @@ impl ServedConn<'_> {
                     };
                     // Not during a TLS handshake: no HTTP can be said yet.
                     if !self.conn.outbox.handshaking() {
-                        let _ = self.conn.outbox.write_own(encode(&response, true));
+                        let _ = self.conn.outbox.write_own(encode(&response, true), &|| {});
                     }
                     self.conn.outbox.close_notify();
                     linger_close(&self.conn.stream, linger);
@@ -305,11 +301,12 @@ impl ServedConn<'_> {
                     } else {
                         encode(&response, close)
                     };
-                    if wire.len() > MAY_BLOCK_WRITE {
-                        self.release_spare();
-                    }
+                    // Sent at once when the socket takes it (nearly
+                    // always); otherwise this thread is about to wait for
+                    // its client: the others it took, and its seat, go.
+                    let turn = self.turn;
                     self.settle(handler)
-                        .and_then(|()| self.conn.outbox.write_own(wire))
+                        .and_then(|()| self.conn.outbox.write_own(wire, &|| turn.may_block()))
                 }
                 // Answered by another thread; when it is the last one, wait for it.
                 None if close => self.settle(handler),
@@ -559,11 +556,14 @@ impl ServedConn<'_> {
             .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
             && self.conn.buf.is_empty()
         {
+            let turn = self.turn;
             self.settle(handler)
                 .and_then(|()| {
                     self.conn
                         .outbox
-                        .write_own(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+                        .write_own(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(), &|| {
+                            turn.may_block()
+                        })
                 })
                 .map_err(|_| ReadError::Closed)?;
         }

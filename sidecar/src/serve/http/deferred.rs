@@ -288,16 +288,26 @@ impl Outbox {
     }
 
     /// Writes an answer of the handler thread's own (nothing is pending:
-    /// invariant 3), under the write deadline.
-    pub(super) fn write_own(&self, plain: Vec<u8>) -> io::Result<()> {
+    /// invariant 3): what the socket takes at once, then (after calling
+    /// `may_block`: the thread is about to wait for its client) the rest
+    /// under the write deadline.
+    pub(super) fn write_own(&self, plain: Vec<u8>, may_block: &dyn Fn()) -> io::Result<()> {
         if !self.tls {
+            let sent = send_now(&self.stream, &plain)?;
+            if sent == plain.len() {
+                return Ok(());
+            }
+            may_block();
             let mut stream = &*self.stream;
             let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-            return stream.write_all(&plain);
+            return stream.write_all(&plain[sent..]);
         }
         let mut state = self.lock();
         let wire = state.seal(plain);
         state.push(&self.stream, &wire);
+        if !state.unsent.is_empty() {
+            may_block();
+        }
         self.write_unsent(state)
     }
 

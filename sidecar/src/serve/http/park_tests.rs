@@ -125,9 +125,16 @@ fn wait_for(said: &Receiver<Event>, event: Event) {
 /// Reads one response with a `Content-Length`: its status and body
 /// length; `None` when the connection ends first.
 fn read_response(stream: &mut TcpStream) -> Option<(u16, usize)> {
+    read_responses(stream, 1).pop()
+}
+
+/// Reads `n` responses in a row (as [`read_response`]); fewer when the
+/// connection ends first.
+fn read_responses(stream: &mut TcpStream, n: usize) -> Vec<(u16, usize)> {
     let mut got = Vec::new();
+    let mut out = Vec::new();
     let mut chunk = vec![0u8; 1 << 16];
-    loop {
+    while out.len() < n {
         let mut headers = [httparse::EMPTY_HEADER; 16];
         let mut response = httparse::Response::new(&mut headers);
         if let Ok(httparse::Status::Complete(head)) = response.parse(&got) {
@@ -138,14 +145,17 @@ fn read_response(stream: &mut TcpStream) -> Option<(u16, usize)> {
                 .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
                 .expect("a Content-Length");
             if got.len() >= head + length {
-                return Some((response.code.unwrap_or(0), length));
+                out.push((response.code.unwrap_or(0), length));
+                got.drain(..head + length);
+                continue;
             }
         }
         match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
+            Ok(0) | Err(_) => break,
             Ok(n) => got.extend_from_slice(&chunk[..n]),
         }
     }
+    out
 }
 
 /// An answer too large for the socket, written by the answering thread
@@ -353,7 +363,8 @@ fn connections_taken_together_do_not_wait_behind_a_slow_body() {
 }
 
 /// Holds `/hold` and `/wait` until the test lets them go (`/wait` first
-/// says it may block); says on `events` what it handled, in order.
+/// says it may block), answers `/big` with 1 MiB; says on `events` what
+/// it handled, in order.
 struct Seated {
     events: Mutex<Sender<String>>,
     release: crossbeam_channel::Receiver<()>,
@@ -379,16 +390,24 @@ impl Handler<()> for Seated {
             let _ = self.release.recv_timeout(Duration::from_secs(30));
             say(format!("{} let go", request.path));
         }
+        let body = if request.path == "/big" {
+            vec![b'a'; BIG]
+        } else {
+            b"ok".to_vec()
+        };
         Some(Response {
             status: 200,
             content_type: "text/plain",
             headers: Vec::new(),
-            body: b"ok".to_vec(),
+            body,
         })
     }
 
     fn refused(&self, _status: u16, _why: &str, _head: Option<(&str, &str)>) {}
 }
+
+/// The body of `/big`.
+const BIG: usize = 1 << 20;
 
 /// A server stopped when dropped: a test that fails ends, instead of
 /// waiting for the server's threads for ever.
@@ -512,6 +531,37 @@ fn a_slow_body_lets_another_thread_serve_meanwhile() {
     slow.write_all(b"hello").expect("the body");
     assert_eq!(next(&said), "POST /slow");
     assert_eq!(read_response(&mut slow), Some((200, 2)));
+    let stuck = server.stop();
+    assert!(stuck.is_empty(), "threads left: {stuck:?}");
+}
+
+/// A client that sends requests and does not read their answers holds the
+/// thread writing to it, not its seat: once its socket takes no more, the
+/// thread standing by serves the next client meanwhile, and the answers
+/// all arrive once the client reads.
+#[test]
+fn a_client_that_does_not_read_holds_a_thread_not_the_intake() {
+    const ANSWERS: usize = 16;
+    let (server, said, _release) = start_seated();
+    // 16 MiB of answers: more than the two sockets' buffers hold.
+    let mut greedy = connect(
+        &server,
+        &b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n".repeat(ANSWERS),
+    );
+    assert_eq!(next(&said), "GET /big");
+    let mut quick = connect(&server, b"GET /quick HTTP/1.1\r\nHost: x\r\n\r\n");
+    // The bigs answered until the socket is full, then /quick.
+    let mut bigs = 1;
+    loop {
+        match next(&said).as_str() {
+            "GET /big" => bigs += 1,
+            "GET /quick" => break,
+            other => panic!("unexpected: {other}"),
+        }
+    }
+    assert!(bigs < ANSWERS, "every answer fit in the buffers");
+    assert_eq!(read_response(&mut quick), Some((200, 2)));
+    assert_eq!(read_responses(&mut greedy, ANSWERS), [(200, BIG); ANSWERS]);
     let stuck = server.stop();
     assert!(stuck.is_empty(), "threads left: {stuck:?}");
 }
