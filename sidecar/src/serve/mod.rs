@@ -242,8 +242,8 @@ pub struct Args {
 
     /// Of `--http-threads`, how many wait for requests at once. One that
     /// has to wait (a body still on its way, an audited read's commit, a
-    /// database read) lets one standing by take its place, so slow clients
-    /// hold threads, never the intake. Fewer waiting threads are woken
+    /// database read, a client not reading its answers) lets one standing
+    /// by take its place, so slow clients hold threads, never the intake. Fewer waiting threads are woken
     /// less often under load. Default: the number of CPUs (at most
     /// `--http-threads`).
     #[arg(long, env = "QUIESCE_HTTP_ACTIVE_THREADS")]
