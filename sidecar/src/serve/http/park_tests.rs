@@ -158,6 +158,18 @@ fn read_responses(stream: &mut TcpStream, n: usize) -> Vec<(u16, usize)> {
     out
 }
 
+/// Reads until the server's `100 Continue` has come.
+fn read_continue(stream: &mut TcpStream) {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 256];
+    while !got.windows(12).any(|w| w == b"100 Continue") {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => panic!("no 100 Continue: {:?}", String::from_utf8_lossy(&got)),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// An answer too large for the socket, written by the answering thread
 /// while the connection waits in the poller: the rest is written as soon
 /// as the client reads (the poller is asked to wait for writability), not
@@ -340,14 +352,7 @@ fn connections_taken_together_do_not_wait_behind_a_slow_body() {
     release.send(()).expect("let one go");
     // Its `100 Continue`: the thread that took both now waits for the
     // slow body, having handed the other over.
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 256];
-    while !got.windows(12).any(|w| w == b"100 Continue") {
-        match slow.read(&mut chunk) {
-            Ok(0) | Err(_) => panic!("no 100 Continue: {:?}", String::from_utf8_lossy(&got)),
-            Ok(n) => got.extend_from_slice(&chunk[..n]),
-        }
-    }
+    read_continue(&mut slow);
     release.send(()).expect("let the other go");
     // Served by the other thread, while the slow body still has not come
     // (the client's read gives up after 20 s, the body's deadline is 60).
@@ -414,13 +419,26 @@ const BIG: usize = 1 << 20;
 struct Running(Option<Server>);
 
 impl Running {
-    /// Stops it; the threads left at the deadline.
-    fn stop(mut self) -> Vec<String> {
-        self.0
+    /// Stops it, every thread ended by the deadline.
+    fn stop(mut self) {
+        let stuck = self
+            .0
             .take()
             .map(|server| server.stop(Instant::now() + Duration::from_secs(5)))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        assert!(stuck.is_empty(), "threads left: {stuck:?}");
     }
+}
+
+/// `GET path` on a connection of its own, handled (as `said` tells) and
+/// answered at once.
+fn served_now(server: &Server, said: &Receiver<String>, path: &str) {
+    let mut client = connect(
+        server,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(next(said), format!("GET {path}"));
+    assert_eq!(read_response(&mut client), Some((200, 2)));
 }
 
 impl std::ops::Deref for Running {
@@ -482,8 +500,7 @@ fn a_thread_held_in_its_handler_keeps_its_seat() {
     assert_eq!(next(&said), "GET /quick");
     assert_eq!(read_response(&mut held), Some((200, 2)));
     assert_eq!(read_response(&mut quick), Some((200, 2)));
-    let stuck = server.stop();
-    assert!(stuck.is_empty(), "threads left: {stuck:?}");
+    server.stop();
 }
 
 /// A handler that says it may block gives its seat to the thread standing
@@ -493,19 +510,14 @@ fn a_handler_that_may_block_lets_another_thread_serve_meanwhile() {
     let (server, said, release) = start_seated();
     let mut waiting = connect(&server, b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(next(&said), "GET /wait");
-    let mut quick = connect(&server, b"GET /quick HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(next(&said), "GET /quick");
-    assert_eq!(read_response(&mut quick), Some((200, 2)));
+    served_now(&server, &said, "/quick");
     release.send(()).expect("let it go");
     assert_eq!(next(&said), "/wait let go");
     assert_eq!(read_response(&mut waiting), Some((200, 2)));
     // Back from blocking, the first thread stands by (one seat, taken):
     // requests are still served, one at a time, and both threads end.
-    let mut again = connect(&server, b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(next(&said), "GET /again");
-    assert_eq!(read_response(&mut again), Some((200, 2)));
-    let stuck = server.stop();
-    assert!(stuck.is_empty(), "threads left: {stuck:?}");
+    served_now(&server, &said, "/again");
+    server.stop();
 }
 
 /// A thread waiting for a body still on its way gives its seat up too.
@@ -517,22 +529,12 @@ fn a_slow_body_lets_another_thread_serve_meanwhile() {
         b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
     );
     // Its `100 Continue`: the thread now waits for the body.
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 256];
-    while !got.windows(12).any(|w| w == b"100 Continue") {
-        match slow.read(&mut chunk) {
-            Ok(0) | Err(_) => panic!("no 100 Continue: {:?}", String::from_utf8_lossy(&got)),
-            Ok(n) => got.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let mut quick = connect(&server, b"GET /quick HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(next(&said), "GET /quick");
-    assert_eq!(read_response(&mut quick), Some((200, 2)));
+    read_continue(&mut slow);
+    served_now(&server, &said, "/quick");
     slow.write_all(b"hello").expect("the body");
     assert_eq!(next(&said), "POST /slow");
     assert_eq!(read_response(&mut slow), Some((200, 2)));
-    let stuck = server.stop();
-    assert!(stuck.is_empty(), "threads left: {stuck:?}");
+    server.stop();
 }
 
 /// A client that sends requests and does not read their answers holds the
@@ -562,6 +564,5 @@ fn a_client_that_does_not_read_holds_a_thread_not_the_intake() {
     assert!(bigs < ANSWERS, "every answer fit in the buffers");
     assert_eq!(read_response(&mut quick), Some((200, 2)));
     assert_eq!(read_responses(&mut greedy, ANSWERS), [(200, BIG); ANSWERS]);
-    let stuck = server.stop();
-    assert!(stuck.is_empty(), "threads left: {stuck:?}");
+    server.stop();
 }
