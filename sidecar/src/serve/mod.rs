@@ -243,9 +243,9 @@ pub struct Args {
     /// Of `--http-threads`, how many wait for requests at once. One that
     /// has to wait (a body still on its way, an audited read's commit, a
     /// database read, a client not reading its answers) lets one standing
-    /// by take its place, so slow clients hold threads, never the intake. Fewer waiting threads are woken
-    /// less often under load. Default: the number of CPUs (at most
-    /// `--http-threads`).
+    /// by take its place, so slow clients hold threads, never the intake.
+    /// Fewer waiting threads are woken less often under load. Default: the
+    /// number of CPUs (at most `--http-threads`).
     #[arg(long, env = "QUIESCE_HTTP_ACTIVE_THREADS")]
     pub http_active_threads: Option<usize>,
 
@@ -410,18 +410,15 @@ impl Args {
         if self.http_threads == 0 {
             return Err(usage!("--http-threads must be at least 1"));
         }
-        if self.http_active_threads == Some(0) {
-            return Err(usage!("--http-active-threads must be at least 1"));
-        }
-        if self
-            .http_active_threads
-            .is_some_and(|active| active > self.http_threads)
-        {
-            return Err(usage!(
-                "--http-active-threads ({}) must be at most --http-threads ({})",
-                self.http_active_threads.unwrap_or_default(),
-                self.http_threads
-            ));
+        match self.http_active_threads {
+            Some(0) => return Err(usage!("--http-active-threads must be at least 1")),
+            Some(active) if active > self.http_threads => {
+                return Err(usage!(
+                    "--http-active-threads ({active}) must be at most --http-threads ({})",
+                    self.http_threads
+                ));
+            }
+            _ => {}
         }
         if self.max_connections < self.http_threads {
             return Err(usage!(
@@ -570,10 +567,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         readers,
         limits: Limits {
             handlers: args.http_threads,
-            active: args
-                .http_active_threads
-                .unwrap_or(cpus)
-                .min(args.http_threads),
+            // At most `handlers`: the server clamps it.
+            active: args.http_active_threads.unwrap_or(cpus),
             max_connections: args.max_connections,
             header_timeout: args.header_timeout,
             body_timeout: args.body_timeout,

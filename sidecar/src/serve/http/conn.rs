@@ -98,8 +98,7 @@ impl Turn<'_> {
     /// slow client, invariant 8), and its seat to a thread standing by
     /// (the intake must not wait for this thread either).
     fn may_block(&self) {
-        let spare: Vec<Conn> = self.spare.borrow_mut().drain(..).collect();
-        for conn in spare {
+        for conn in self.spare.borrow_mut().drain(..) {
             self.shared.readiness.send(conn);
         }
         if self.seated.replace(false) {
@@ -180,9 +179,6 @@ pub(super) fn handler_loop<S, H: Handler<S>>(
             }
         }
     }
-    if turn.seated.get() {
-        shared.readiness.give_seat();
-    }
 }
 
 /// Why a request could not be read.
@@ -248,7 +244,7 @@ impl ServedConn<'_> {
                     let head = self.head.as_ref().map(|(m, p)| (m.as_str(), p.as_str()));
                     handler.refused(status, why, head);
                     // Answering and lingering may block.
-                    self.release_spare();
+                    self.turn.may_block();
                     if self.settle(handler).is_err() {
                         return false;
                     }
@@ -282,8 +278,7 @@ impl ServedConn<'_> {
             // Invariant 6: after the stop begins, the last answer, closing.
             let close = stopping || asks_close;
             let head_only = request.method == "HEAD";
-            let turn = self.turn;
-            let may_block = || turn.may_block();
+            let may_block = || self.turn.may_block();
             let later = Later {
                 outbox: &self.conn.outbox,
                 close,
@@ -304,9 +299,8 @@ impl ServedConn<'_> {
                     // Sent at once when the socket takes it (nearly
                     // always); otherwise this thread is about to wait for
                     // its client: the others it took, and its seat, go.
-                    let turn = self.turn;
                     self.settle(handler)
-                        .and_then(|()| self.conn.outbox.write_own(wire, &|| turn.may_block()))
+                        .and_then(|()| self.conn.outbox.write_own(wire, &|| self.turn.may_block()))
                 }
                 // Answered by another thread; when it is the last one, wait for it.
                 None if close => self.settle(handler),
@@ -332,19 +326,11 @@ impl ServedConn<'_> {
     fn settle_until<S>(&mut self, deadline: Instant, handler: &impl Handler<S>) -> io::Result<()> {
         if self.conn.outbox.owes() != Owed::Nothing {
             // It waits for the answer, or for the socket to take it.
-            self.release_spare();
+            self.turn.may_block();
         }
         self.conn.outbox.settle(deadline, &|| {
             handler.refused(503, "no answer in time", None);
         })
-    }
-
-    /// Hands the other connections taken at the same wait to other handler
-    /// threads, and this thread's seat to one standing by, before this one
-    /// may block on its connection: they must not wait behind a slow
-    /// client (invariant 8).
-    fn release_spare(&mut self) {
-        self.turn.may_block();
     }
 
     /// Reads the next request: its head from the bytes there are (when
@@ -496,7 +482,7 @@ impl ServedConn<'_> {
 
     fn read_some(&mut self, deadline: Instant) -> io::Result<usize> {
         // A blocking read: the bytes may be slow to come.
-        self.release_spare();
+        self.turn.may_block();
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
@@ -556,13 +542,12 @@ impl ServedConn<'_> {
             .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
             && self.conn.buf.is_empty()
         {
-            let turn = self.turn;
             self.settle(handler)
                 .and_then(|()| {
                     self.conn
                         .outbox
                         .write_own(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(), &|| {
-                            turn.may_block()
+                            self.turn.may_block()
                         })
                 })
                 .map_err(|_| ReadError::Closed)?;
