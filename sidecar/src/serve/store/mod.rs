@@ -690,27 +690,19 @@ struct Command {
 ///
 /// A pair enters only once a transaction that enrolled it, or found it
 /// enrolled, has committed; a rolled-back batch's pairs, and those of a
-/// commit whose outcome is unknown, are forgotten ([`Self::ended`]). Nothing deletes an enrollment row, so a pair
-/// once known stays true. Each pair is kept as 128 bits from two SipHash
+/// commit whose outcome is unknown, are forgotten ([`Self::ended`]).
+/// Nothing deletes an enrollment row, so a pair once known stays true. Each pair is kept as 128 bits from two SipHash
 /// keys drawn at random per process, not as its ids: no patient id is held
 /// here, and a pair not enrolled is taken for one that is with a
 /// probability of about one in 2^112 per lookup at the full set. At most
 /// [`Self::MOST`] pairs (about 2 MiB); when full, the set starts again,
 /// which only costs lookups.
+#[derive(Default)]
 pub(crate) struct Enrolled {
     keys: std::collections::HashSet<u128>,
     pending: Vec<u128>,
+    /// Two hashers, each with keys of its own drawn at random.
     hashers: (std::hash::RandomState, std::hash::RandomState),
-}
-
-impl Default for Enrolled {
-    fn default() -> Enrolled {
-        Enrolled {
-            keys: std::collections::HashSet::new(),
-            pending: Vec::new(),
-            hashers: (std::hash::RandomState::new(), std::hash::RandomState::new()),
-        }
-    }
 }
 
 impl Enrolled {

@@ -854,8 +854,6 @@ mod tests {
         (dir, path)
     }
 
-    /// A new database in a directory of its own under the temp dir, and
-    /// an engine open on it: the directory, the database, the engine.
     /// Each command's outcome and whether it enrolled a patient, from a
     /// batch that committed with every command stored.
     fn outcomes(engine: &mut Engine, ops: &[&Op]) -> Vec<(Outcome, bool)> {
@@ -870,6 +868,8 @@ mod tests {
             .collect()
     }
 
+    /// A new database in a directory of its own under the temp dir, and
+    /// an engine open on it: the directory, the database, the engine.
     fn new_engine(name: &str) -> (PathBuf, PathBuf, Engine) {
         use super::super::writer::Engine as _;
 
