@@ -601,3 +601,49 @@ fn a_client_that_does_not_read_holds_a_thread_not_the_intake() {
     assert_eq!(read_responses(&mut greedy, ANSWERS), [(200, BIG); ANSWERS]);
     server.stop();
 }
+
+/// Answers with the scheduling policy of the thread that handles the
+/// request.
+struct Policy;
+
+impl Handler<()> for Policy {
+    fn handle(
+        &self,
+        _state: &mut (),
+        _request: &Request,
+        _stopping: bool,
+        _later: &Later<'_>,
+    ) -> Option<Response> {
+        // SAFETY: no arguments; pid 0 is the calling thread.
+        let policy = unsafe { libc::sched_getscheduler(0) };
+        Some(Response {
+            status: 200,
+            content_type: "text/plain",
+            headers: Vec::new(),
+            body: policy.to_string().into_bytes(),
+        })
+    }
+
+    fn refused(&self, _status: u16, _why: &str, _head: Option<(&str, &str)>) {}
+}
+
+#[test]
+fn handler_threads_wake_without_preempting() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let server = Running(Some(
+        Server::start("policy-test", listener, None, limits(2), || Ok(()), Policy).expect("start"),
+    ));
+    let mut client = connect(
+        &server,
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).expect("read");
+    let body = answer.split("\r\n\r\n").nth(1);
+    assert_eq!(
+        body,
+        Some(libc::SCHED_BATCH.to_string().as_str()),
+        "{answer}"
+    );
+    server.stop();
+}

@@ -47,6 +47,29 @@ pub(super) struct ServerState {
     pub(super) standing: Box<dyn Fn(usize) + Send + Sync>,
 }
 
+/// Puts the calling thread under `SCHED_BATCH`: woken (a request came
+/// in), it takes a core when the thread running there blocks or its slice
+/// ends, instead of preempting it at once. Handler threads wake for
+/// nearly every request; without this, a wake-up would preempt `store` in
+/// the middle of a commit or `store-sync` in the middle of sending a
+/// commit's answers, and every thread paid for the extra switches
+/// (BENCHMARKS.md, step 11). A woken handler thread that waits a little
+/// also finds more requests ready when it runs. Its share of the CPU is
+/// unchanged (same nice value). When the kernel refuses (a seccomp filter,
+/// say), the thread keeps the policy it had.
+fn wake_without_preempting() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `sched_setscheduler` only reads `param`, which lives across
+    // the call; pid 0 is the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &raw const param) };
+    if rc != 0 {
+        log::debug!(
+            "handler thread stays under its scheduling policy: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
 /// An open connection as the stop sees it.
 pub(super) struct OpenConn {
     /// The connection's socket, shared, only ever shut down here
@@ -102,6 +125,7 @@ impl Server {
         for i in 0..limits.handlers.max(1) {
             let (own, handler, make_state) = (shared.clone(), handler.clone(), make_state.clone());
             let spawned = threads.spawn(format!("{name}-{i}"), move |_ctx| {
+                wake_without_preempting();
                 handler_loop(&own, handler.as_ref(), make_state.as_ref());
             });
             if let Err(err) = spawned {
