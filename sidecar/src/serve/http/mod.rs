@@ -101,10 +101,11 @@
 //!   the other connections of its wait over and gives its seat up; it
 //!   waits for a seat again before its next wait in the set. It ends when
 //!   the hand-over queue is closed and empty (after which every thread
-//!   may wait in the set, seated or not). Whoever drops a connection removes it from `open`.
-//!   They run under `SCHED_BATCH`: woken by a request, a handler thread
-//!   waits for a core to come free instead of preempting the thread
-//!   running there (`store` in a commit, `store-sync` sending answers).
+//!   may wait in the set, seated or not). They run under `SCHED_BATCH`:
+//!   woken by a request, a handler thread waits for a core to come free
+//!   instead of preempting the thread running there (`store` in a commit,
+//!   `store-sync` sending answers). Whoever drops a connection removes it
+//!   from `open`.
 //! - Whoever holds a [`Deferred`] (the store's thread, which answers a
 //!   report once it is committed) locks that connection's outbox and sends
 //!   without blocking.

@@ -115,7 +115,8 @@ impl Server {
             stop_deadline: OnceLock::new(),
             open: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
-            readiness: Readiness::new(limits.active.clamp(1, limits.handlers.max(1)))?,
+            // At most one seat per thread (`Readiness::new` makes it at least one).
+            readiness: Readiness::new(limits.active.min(limits.handlers))?,
             parking: Parking::default(),
             counted: Box::new(move |open| counting.connections(open)),
             standing: Box::new(move |threads| standing.standing_by(threads)),

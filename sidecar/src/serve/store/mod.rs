@@ -691,12 +691,12 @@ struct Command {
 /// A pair enters only once a transaction that enrolled it, or found it
 /// enrolled, has committed; a rolled-back batch's pairs, and those of a
 /// commit whose outcome is unknown, are forgotten ([`Self::ended`]).
-/// Nothing deletes an enrollment row, so a pair once known stays true. Each pair is kept as 128 bits from two SipHash
-/// keys drawn at random per process, not as its ids: no patient id is held
-/// here, and a pair not enrolled is taken for one that is with a
-/// probability of about one in 2^112 per lookup at the full set. At most
-/// [`Self::MOST`] pairs (about 2 MiB); when full, the set starts again,
-/// which only costs lookups.
+/// Nothing deletes an enrollment row, so a pair once known stays true.
+/// Each pair is kept as 128 bits from two SipHash keys drawn at random per
+/// process, not as its ids: no patient id is held here, and a pair not
+/// enrolled is taken for one that is with a probability of about one in
+/// 2^112 per lookup at the full set. At most [`Self::MOST`] pairs (about
+/// 2 MiB); when full, the set starts again, which only costs lookups.
 #[derive(Default)]
 pub(crate) struct Enrolled {
     keys: std::collections::HashSet<u128>,
