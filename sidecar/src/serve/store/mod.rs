@@ -5,7 +5,9 @@
 //! many inserts, claims, results and retries — and the `store-sync` thread
 //! replies to each caller once the commit is durable (with SQLite it
 //! flushes the WAL first, one fsync for one or more transactions; see
-//! [`Syncer`](sync::Syncer)). Readers open their own connections.
+//! [`Syncer`](sync::Syncer)). Readers open their own connections. The
+//! SQLite writer writes each commit's WAL frames in one call instead of
+//! two per page ([`walbuf`]).
 //!
 //! The `reports` table is both the archive and the work queue: a report is
 //! `queued` until a result (`processed`) or its last failed attempt
@@ -129,6 +131,7 @@ mod postgres;
 mod read;
 mod sqlite;
 mod sync;
+mod walbuf;
 mod writer;
 
 use std::borrow::Cow;

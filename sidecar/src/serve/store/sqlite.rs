@@ -257,7 +257,13 @@ fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Result<(), Box
 ///
 /// When the file cannot be opened or the schema applied.
 pub fn open_writer(path: &Path) -> Result<Connection, BoxError> {
-    let mut conn = Connection::open(path)?;
+    let mut conn = match super::walbuf::register() {
+        Ok(vfs) => Connection::open_with_flags_and_vfs(path, OpenFlags::default(), vfs)?,
+        Err(err) => {
+            log::warn!("{err}: the WAL is written frame by frame (slower)");
+            Connection::open(path)?
+        }
+    };
     conn.busy_timeout(Duration::from_secs(5))?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
