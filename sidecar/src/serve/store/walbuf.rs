@@ -20,11 +20,12 @@
 //!   readers (the wal-index header) only after that call has returned, and
 //!   the commit returns to the writer after that, so `store-sync`'s
 //!   `fdatasync` covers every frame of every commit it is handed.
-//! - **Anything else.** Every other call on the WAL file (a read, a sync,
-//!   a truncation, its size, a file control, the close) flushes first, and
-//!   so does a write that does not continue the buffer (SQLite rewriting a
-//!   frame in place, or starting the log over at offset 0). The bytes reach
-//!   the file in the order SQLite wrote them.
+//! - **Anything else.** A read, a sync, a truncation, a size, a file
+//!   control and the close flush first (locks and the device's properties
+//!   do not touch the bytes and pass straight through), and so does a write
+//!   that does not continue the buffer (SQLite rewriting a frame in place,
+//!   or starting the log over at offset 0). The bytes reach the file in the
+//!   order SQLite wrote them.
 //! - **What stays in memory** between calls is only frames of a
 //!   transaction that has not committed (a cache spill), which no reader
 //!   may use and a crash must lose anyway.
@@ -477,6 +478,56 @@ mod tests {
             .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
             .expect("count the copy");
         assert_eq!(seen, expected);
+        let check: String = replayed
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .expect("integrity check");
+        assert_eq!(check, "ok");
+    }
+
+    #[test]
+    fn a_transaction_that_spills_and_rewrites_its_frames_commits_whole() {
+        let dir = Dir::new("spill");
+        let w = writer(&dir.db(), 100_000);
+        // A page cache of 10 pages: the transaction below spills frames
+        // before its commit, then changes spilled pages again, which
+        // SQLite rewrites in place in the WAL.
+        w.execute_batch("PRAGMA cache_size = 10; PRAGMA cache_spill = 1")
+            .expect("a small cache");
+        commit(&w, 0, 1, 10);
+        let before = writes_by_this_thread();
+        w.execute_batch("BEGIN").expect("begin");
+        for i in 0..300 {
+            w.execute(
+                "INSERT INTO t (k, v) VALUES (?1, ?2)",
+                params![format!("s{i}"), "y".repeat(1000)],
+            )
+            .expect("insert");
+        }
+        w.execute(
+            "UPDATE t SET v = 'changed' WHERE k LIKE 's%' AND id % 3 = 0",
+            [],
+        )
+        .expect("update spilled rows");
+        w.execute_batch("COMMIT").expect("commit");
+        let writes = writes_by_this_thread() - before;
+        assert!(writes > 2, "the transaction spilled: {writes} write calls");
+        let count = |conn: &Connection| -> (i64, i64) {
+            conn.query_row(
+                "SELECT count(*), sum(v = 'changed') FROM t WHERE k LIKE 's%'",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .expect("count")
+        };
+        let r = Connection::open_with_flags(dir.db(), OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open a reader");
+        assert_eq!(count(&r), (300, 100));
+        let copy = dir.0.join("copy.db");
+        std::fs::copy(dir.db(), &copy).expect("copy the database");
+        std::fs::copy(dir.0.join("t.db-wal"), dir.0.join("copy.db-wal")).expect("copy the WAL");
+        drop((r, w));
+        let replayed = Connection::open(&copy).expect("open the copy");
+        assert_eq!(count(&replayed), (300, 100));
         let check: String = replayed
             .query_row("PRAGMA integrity_check", [], |row| row.get(0))
             .expect("integrity check");
