@@ -282,8 +282,7 @@ unsafe extern "C" fn x_write(
     }
     // A frame rewritten in place: through at once, in order.
     // SAFETY: `real` is open; SQLite's arguments passed through.
-    let write = unsafe { methods(real) }.xWrite.expect("a file writes");
-    unsafe { write(real, data, amount, offset) }
+    unsafe { methods(real).xWrite.expect("a file writes")(real, data, amount, offset) }
 }
 
 /// Generates a method that flushes the buffer, then calls the wrapped
@@ -299,8 +298,7 @@ macro_rules! flushing {
                 return rc;
             }
             // SAFETY: `real` is open; SQLite's arguments passed through.
-            let method = unsafe { methods(real) }.$method.expect("a file method");
-            unsafe { method(real, $($arg),*) }
+            unsafe { methods(real).$method.expect("a file method")(real, $($arg),*) }
         }
     };
 }
@@ -319,8 +317,7 @@ macro_rules! through {
             // SAFETY: SQLite calls this on a WAL file `x_open` opened.
             let real = unsafe { inner(file) };
             // SAFETY: `real` is open; SQLite's arguments passed through.
-            let method = unsafe { methods(real) }.$method.expect("a file method");
-            unsafe { method(real, $($arg),*) }
+            unsafe { methods(real).$method.expect("a file method")(real, $($arg),*) }
         }
     };
 }
@@ -340,8 +337,7 @@ unsafe extern "C" fn x_close(file: *mut ffi::sqlite3_file) -> c_int {
     // the file's last call.
     drop(unsafe { Box::from_raw((*file.cast::<WalFile>()).state) });
     // SAFETY: `real` is open; closed once, here.
-    let close = unsafe { methods(real) }.xClose.expect("a file closes");
-    let closed = unsafe { close(real) };
+    let closed = unsafe { methods(real).xClose.expect("a file closes")(real) };
     if flushed == ffi::SQLITE_OK {
         closed
     } else {
@@ -431,6 +427,21 @@ mod tests {
         conn.execute_batch("COMMIT").expect("commit");
     }
 
+    /// The database as a fresh process would find it: its files copied as
+    /// they are (the writer still open, its WAL not folded in) and opened
+    /// anew, so the WAL is replayed from the file alone; checked whole.
+    fn replayed(dir: &Dir) -> Connection {
+        let copy = dir.0.join("copy.db");
+        std::fs::copy(dir.db(), &copy).expect("copy the database");
+        std::fs::copy(dir.0.join("t.db-wal"), dir.0.join("copy.db-wal")).expect("copy the WAL");
+        let replayed = Connection::open(&copy).expect("open the copy");
+        let check: String = replayed
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .expect("integrity check");
+        assert_eq!(check, "ok");
+        replayed
+    }
+
     /// Write system calls this thread has made so far.
     fn writes_by_this_thread() -> u64 {
         let io =
@@ -466,22 +477,12 @@ mod tests {
                 .expect("count");
             assert_eq!(seen, expected, "rows a reader sees after transaction {txn}");
         }
-        // And what a fresh process would find: the files copied as they
-        // are (the writer open, its WAL not folded in), replayed from
-        // scratch without this process's memory.
-        let copy = dir.0.join("copy.db");
-        std::fs::copy(dir.db(), &copy).expect("copy the database");
-        std::fs::copy(dir.0.join("t.db-wal"), dir.0.join("copy.db-wal")).expect("copy the WAL");
+        let replayed = replayed(&dir);
         drop((r, w));
-        let replayed = Connection::open(&copy).expect("open the copy");
         let seen: i64 = replayed
             .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
             .expect("count the copy");
         assert_eq!(seen, expected);
-        let check: String = replayed
-            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-            .expect("integrity check");
-        assert_eq!(check, "ok");
     }
 
     #[test]
@@ -522,16 +523,9 @@ mod tests {
         let r = Connection::open_with_flags(dir.db(), OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("open a reader");
         assert_eq!(count(&r), (300, 100));
-        let copy = dir.0.join("copy.db");
-        std::fs::copy(dir.db(), &copy).expect("copy the database");
-        std::fs::copy(dir.0.join("t.db-wal"), dir.0.join("copy.db-wal")).expect("copy the WAL");
+        let replayed = replayed(&dir);
         drop((r, w));
-        let replayed = Connection::open(&copy).expect("open the copy");
         assert_eq!(count(&replayed), (300, 100));
-        let check: String = replayed
-            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-            .expect("integrity check");
-        assert_eq!(check, "ok");
     }
 
     #[test]
