@@ -115,9 +115,9 @@ const HEADER: usize = std::mem::size_of::<WalFile>().next_multiple_of(8);
 
 /// A WAL file's writes not yet made.
 struct Pending {
+    /// The bytes just before `end` (a write that does not continue them
+    /// writes them first).
     buf: Vec<u8>,
-    /// The file offset of `buf[0]`.
-    start: i64,
     /// Just past the last byte written (into `buf` or the file).
     end: i64,
     /// The last write was a commit frame's header: its page ends the
@@ -191,7 +191,6 @@ unsafe extern "C" fn x_open(
     }
     let pending = Box::new(Pending {
         buf: Vec::new(),
-        start: 0,
         // No write continues an unknown end.
         end: -1,
         commit_next: false,
@@ -227,7 +226,8 @@ unsafe fn flush(pending: &mut Pending, real: *mut ffi::sqlite3_file) -> c_int {
     // SAFETY: `real` is open.
     let write = unsafe { methods(real) }.xWrite.expect("a file writes");
     let mut rc = ffi::SQLITE_OK;
-    let mut offset = pending.start;
+    let held = i64::try_from(pending.buf.len()).expect("the buffer stays under LIMIT");
+    let mut offset = pending.end - held;
     for chunk in pending.buf.chunks(MAX_WRITE) {
         let len = c_int::try_from(chunk.len()).expect("a chunk fits a C int");
         // SAFETY: `real` is open; the chunk lives across the call.
@@ -270,9 +270,6 @@ unsafe extern "C" fn x_write(
     pending.end = offset + i64::from(amount);
     if continues || offset == 0 {
         // An append to the log (offset 0: the header of a new one).
-        if pending.buf.is_empty() {
-            pending.start = offset;
-        }
         pending.buf.extend_from_slice(bytes);
         if ends_commit || pending.buf.len() >= LIMIT {
             // SAFETY: as above.
